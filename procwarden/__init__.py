@@ -1,0 +1,1 @@
+"""The `procwarden` command: one entry point for every role and tool."""

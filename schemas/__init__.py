@@ -1,0 +1,67 @@
+"""procwarden's shared vocabulary: the records every stage reads and writes, and their codec."""
+
+from schemas.codec import DecodeError, decode_json, decode_record, encode, encode_str, to_plain
+from schemas.enums import (
+    Action,
+    Baseline,
+    ChangeKind,
+    CopyDirection,
+    CriteriaKey,
+    CriteriaOp,
+    EventKind,
+    FailMode,
+    FileOp,
+    GroupKind,
+    IncidentAction,
+    Level,
+    Mode,
+    Origin,
+    RuleSource,
+    Verdict,
+    WorkloadKind,
+    WorkloadState,
+)
+from schemas.envelope import PAYLOAD_TYPES, SCHEMA_VERSION, Envelope, Payload, decode_envelope
+from schemas.events import (
+    DockerCpEvent,
+    ExecEvent,
+    ExitEvent,
+    FileEvent,
+    StdioEvent,
+    UidChangeEvent,
+    Workload,
+)
+from schemas.outcomes import (
+    RESERVED_RULE_ID_PREFIX,
+    Decision,
+    DlqEntry,
+    Incident,
+    ProfileChange,
+    reserved_rule_id,
+)
+from schemas.policy import (
+    NODES_GROUP,
+    CrdImport,
+    Criterion,
+    GroupConfig,
+    GroupDelete,
+    GroupPolicy,
+    LearnRequest,
+    ProfilePatch,
+    Rule,
+    RuleChange,
+    RuleKey,
+    ServiceConfig,
+)
+
+__all__ = [
+    "Action", "Baseline", "ChangeKind", "CopyDirection", "CrdImport", "CriteriaKey", "CriteriaOp",
+    "Criterion", "DecodeError", "Decision", "DlqEntry", "DockerCpEvent", "Envelope", "EventKind",
+    "ExecEvent", "ExitEvent", "FailMode", "FileEvent", "FileOp", "GroupConfig", "GroupDelete",
+    "GroupKind", "GroupPolicy", "Incident", "IncidentAction", "LearnRequest", "Level", "Mode",
+    "NODES_GROUP", "Origin", "PAYLOAD_TYPES", "Payload", "ProfileChange", "ProfilePatch",
+    "RESERVED_RULE_ID_PREFIX", "Rule", "RuleChange", "RuleKey", "RuleSource", "SCHEMA_VERSION",
+    "ServiceConfig", "StdioEvent", "UidChangeEvent", "Verdict", "Workload", "WorkloadKind",
+    "WorkloadState", "decode_envelope", "decode_json", "decode_record", "encode", "encode_str",
+    "reserved_rule_id", "to_plain",
+]

@@ -1,0 +1,201 @@
+"""The JSON codec: frozen records to plain JSON and back, strictly.
+
+Decoding is driven by each record's type hints, compiled once per record type into a chain of
+small converter functions. A bad value raises `DecodeError` naming the field path (`payload.
+argv[2]`) and the reason; unknown fields and unknown enum values are errors, so a typo in a policy
+file or a newer producer is never silently misread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from enum import Enum
+from typing import Any, TypeVar
+
+import orjson
+
+__all__ = ["DecodeError", "decode_json", "decode_record", "encode", "encode_str", "to_plain"]
+
+T = TypeVar("T")
+_Converter = Callable[[Any, str], Any]
+
+
+class DecodeError(ValueError):
+    """Input that is not a valid procwarden message. `field` names where, `reason` says why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+def encode(record: object) -> bytes:
+    """Plain JSON bytes for a record (dataclasses, enums by value, tuples as arrays)."""
+    return orjson.dumps(record)
+
+
+def encode_str(record: object) -> str:
+    return orjson.dumps(record).decode()
+
+
+def to_plain(record: object) -> Any:
+    """The record as plain Python data (what `encode` would write)."""
+    return orjson.loads(orjson.dumps(record))
+
+
+def decode_json(data: bytes | str, where: str = "") -> Any:
+    """Parse JSON text; anything unparseable becomes a DecodeError."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(where, f"not valid JSON ({exc})") from None
+
+
+def decode_record(cls: type[T], obj: Any, where: str = "") -> T:
+    """Build a `cls` record from plain data, validating every field."""
+    converter = _converter_for(cls)
+    result: T = converter(obj, where)
+    return result
+
+
+_CACHE: dict[Any, _Converter] = {}
+
+
+def _converter_for(tp: Any) -> _Converter:
+    cached = _CACHE.get(tp)
+    if cached is None:
+        cached = _build(tp)
+        _CACHE[tp] = cached
+    return cached
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _build(tp: Any) -> _Converter:
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build_record(tp)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return _build_enum(tp)
+    if tp is str:
+        return _conv_str
+    if tp is bool:
+        return _conv_bool
+    if tp is int:
+        return _conv_int
+    if tp is float:
+        return _conv_float
+    if tp is Any:
+        return lambda value, where: value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        if len(members) != 1 or len(args) != 2:
+            raise TypeError(f"unsupported union {tp!r}")
+        inner = _converter_for(members[0])
+        return lambda value, where: None if value is None else inner(value, where)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _build_tuple(_converter_for(args[0]))
+    if origin in (dict, Mapping) and args and args[0] is str:
+        return _build_dict(_converter_for(args[1]))
+    raise TypeError(f"unsupported type {tp!r}")
+
+
+def _conv_str(value: Any, where: str) -> str:
+    if type(value) is not str:
+        raise DecodeError(where, f"expected a string, got {_type_name(value)}")
+    return value
+
+
+def _conv_bool(value: Any, where: str) -> bool:
+    if type(value) is not bool:
+        raise DecodeError(where, f"expected true or false, got {_type_name(value)}")
+    return value
+
+
+def _conv_int(value: Any, where: str) -> int:
+    if type(value) is not int:
+        raise DecodeError(where, f"expected an integer, got {_type_name(value)}")
+    return value
+
+
+def _conv_float(value: Any, where: str) -> float:
+    if type(value) is float or type(value) is int:
+        return float(value)
+    raise DecodeError(where, f"expected a number, got {_type_name(value)}")
+
+
+def _build_enum(enum_cls: type[Enum]) -> _Converter:
+    by_value = {member.value: member for member in enum_cls}
+    allowed = ", ".join(sorted(str(v) for v in by_value))
+
+    def convert(value: Any, where: str) -> Enum:
+        member = by_value.get(value) if isinstance(value, str) else None
+        if member is None:
+            raise DecodeError(where, f"unknown value {value!r} (allowed: {allowed})")
+        return member
+
+    return convert
+
+
+def _build_tuple(item: _Converter) -> _Converter:
+    def convert(value: Any, where: str) -> tuple[Any, ...]:
+        if type(value) is not list:
+            raise DecodeError(where, f"expected an array, got {_type_name(value)}")
+        return tuple([item(v, f"{where}[{i}]") for i, v in enumerate(value)])
+
+    return convert
+
+
+def _build_dict(item: _Converter) -> _Converter:
+    def convert(value: Any, where: str) -> dict[str, Any]:
+        if type(value) is not dict:
+            raise DecodeError(where, f"expected an object, got {_type_name(value)}")
+        return {k: item(v, _join(where, k)) for k, v in value.items()}
+
+    return convert
+
+
+def _build_record(cls: type) -> _Converter:
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    required = frozenset(
+        f.name for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    known = frozenset(f.name for f in fields)
+    _CACHE[cls] = lambda value, where: converters_ready(value, where)  # allow recursion
+    converters = {f.name: _converter_for(hints[f.name]) for f in fields}
+    name = cls.__name__
+
+    def converters_ready(value: Any, where: str) -> Any:
+        if type(value) is not dict:
+            raise DecodeError(where, f"expected an object ({name}), got {_type_name(value)}")
+        missing = required.difference(value)
+        if missing:
+            raise DecodeError(_join(where, min(missing)), "required field is missing")
+        kwargs = {}
+        for key, raw in value.items():
+            conv = converters.get(key)
+            if conv is None:
+                raise DecodeError(_join(where, key),
+                                  f"unknown field (known: {', '.join(sorted(known))})")
+            kwargs[key] = conv(raw, _join(where, key))
+        try:
+            return cls(**kwargs)
+        except (ValueError, TypeError) as exc:  # record-level invariants in __post_init__
+            raise DecodeError(where, str(exc)) from None
+
+    return converters_ready

@@ -1,0 +1,124 @@
+"""The one JSON envelope every message travels in, and its typed payloads by kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+from schemas.codec import DecodeError, decode_json, decode_record, encode
+from schemas.enums import EventKind
+from schemas.events import (
+    DockerCpEvent,
+    ExecEvent,
+    ExitEvent,
+    FileEvent,
+    StdioEvent,
+    UidChangeEvent,
+    Workload,
+)
+from schemas.outcomes import Decision, Incident, ProfileChange
+from schemas.policy import (
+    CrdImport,
+    GroupConfig,
+    GroupDelete,
+    GroupPolicy,
+    LearnRequest,
+    ProfilePatch,
+    ServiceConfig,
+)
+
+__all__ = ["Envelope", "PAYLOAD_TYPES", "Payload", "SCHEMA_VERSION", "decode_envelope", "encode"]
+
+SCHEMA_VERSION = 1
+
+Payload = Union[
+    Workload, ExecEvent, ExitEvent, FileEvent, StdioEvent, UidChangeEvent, DockerCpEvent,
+    GroupPolicy, ProfilePatch, ServiceConfig, GroupConfig, GroupDelete, CrdImport, LearnRequest,
+    Decision, Incident, ProfileChange,
+]
+
+PAYLOAD_TYPES: dict[EventKind, type] = {
+    EventKind.WORKLOAD: Workload,
+    EventKind.EXEC: ExecEvent,
+    EventKind.EXIT: ExitEvent,
+    EventKind.FILE: FileEvent,
+    EventKind.STDIO: StdioEvent,
+    EventKind.UID_CHANGE: UidChangeEvent,
+    EventKind.DOCKER_CP: DockerCpEvent,
+    EventKind.POLICY: GroupPolicy,
+    EventKind.PROFILE_PATCH: ProfilePatch,
+    EventKind.SERVICE_CONFIG: ServiceConfig,
+    EventKind.GROUP_CONFIG: GroupConfig,
+    EventKind.GROUP_DELETE: GroupDelete,
+    EventKind.CRD_IMPORT: CrdImport,
+    EventKind.LEARN: LearnRequest,
+    EventKind.VERDICT: Decision,
+    EventKind.SECURITY_EVENT: Incident,
+    EventKind.PROFILE_CHANGE: ProfileChange,
+}
+_KIND_OF = {tp: kind for kind, tp in PAYLOAD_TYPES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    schema_version: int
+    event_id: str
+    node: str
+    cluster: str
+    ts: float  # seconds since the epoch, UTC
+    kind: EventKind
+    payload: Payload
+
+    def __post_init__(self) -> None:
+        expected = PAYLOAD_TYPES[self.kind]
+        if type(self.payload) is not expected:
+            raise ValueError(f"kind {self.kind.value} carries {expected.__name__}, "
+                             f"not {type(self.payload).__name__}")
+
+    @classmethod
+    def wrap(cls, payload: Payload, *, event_id: str, node: str, ts: float,
+             cluster: str = "default") -> Envelope:
+        return cls(SCHEMA_VERSION, event_id, node, cluster, ts, _KIND_OF[type(payload)], payload)
+
+
+_HEADER_FIELDS = ("schema_version", "event_id", "node", "cluster", "ts", "kind", "payload")
+
+
+def decode_envelope(data: bytes | str | dict[str, Any]) -> Envelope:
+    """Decode one message; raises DecodeError naming the field and the reason."""
+    obj = data if isinstance(data, dict) else decode_json(data)
+    if type(obj) is not dict:
+        raise DecodeError("", "a message must be a JSON object")
+    for name in obj:
+        if name not in _HEADER_FIELDS:
+            raise DecodeError(name, f"unknown field (known: {', '.join(_HEADER_FIELDS)})")
+    for name in _HEADER_FIELDS:
+        if name not in obj:
+            raise DecodeError(name, "required field is missing")
+    version = obj["schema_version"]
+    if version != SCHEMA_VERSION or type(version) is not int:
+        raise DecodeError("schema_version", f"unsupported version {version!r} "
+                                            f"(this build reads {SCHEMA_VERSION})")
+    kind = decode_record(_KindBox, {"kind": obj["kind"]}).kind
+    event_id = decode_record(_IdBox, {"event_id": obj["event_id"], "node": obj["node"],
+                                      "cluster": obj["cluster"], "ts": obj["ts"]})
+    payload = decode_record(PAYLOAD_TYPES[kind], obj["payload"], "payload")
+    return Envelope(SCHEMA_VERSION, event_id.event_id, event_id.node, event_id.cluster,
+                    event_id.ts, kind, payload)
+
+
+@dataclass(frozen=True, slots=True)
+class _KindBox:
+    kind: EventKind
+
+
+@dataclass(frozen=True, slots=True)
+class _IdBox:
+    event_id: str
+    node: str
+    cluster: str
+    ts: float
+
+    def __post_init__(self) -> None:
+        if not self.event_id:
+            raise ValueError("event_id: must not be empty")

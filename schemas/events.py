@@ -1,0 +1,150 @@
+"""What the collectors observe: workloads, execs, exits, file changes and detector facts.
+
+Field names follow `spec/semantics.md` §13. Defaults are the common case so that scenario files stay
+short; every default is listed in `docs/decide.md`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.enums import CopyDirection, FileOp, Origin, WorkloadKind, WorkloadState
+
+__all__ = [
+    "DockerCpEvent",
+    "ExecEvent",
+    "ExitEvent",
+    "FileEvent",
+    "StdioEvent",
+    "UidChangeEvent",
+    "Workload",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A container or a host, as announced by the collector of its node."""
+
+    id: str
+    kind: WorkloadKind
+    node: str
+    name: str = ""  # container name; for a host, the host name
+    image: str = ""
+    namespace: str = ""
+    service: str = ""  # top-level owner (Deployment, StatefulSet, ...) or bare pod name
+    pod: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    probe_cmds: tuple[tuple[str, ...], ...] = ()  # the pod's exec probes, argv lists
+    system: bool = False  # platform namespace or annotation procwarden.io/system=true
+    state: WorkloadState = WorkloadState.RUNNING
+    root_pid: int = 0
+    started_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ValueError("id: must not be empty")
+        if not self.node:
+            raise ValueError("node: must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecEvent:
+    """One exec, enriched from /proc and the container's filesystem."""
+
+    workload_id: str
+    pid: int
+    path: str  # resolved executable
+    name: str = ""  # kernel comm
+    argv: tuple[str, ...] = ()
+    ppid: int = 0
+    pgid: int = 0
+    sid: int = 0
+    start_time: int = 0  # /proc/<pid>/stat starttime (clock ticks), for kill safety
+    ruid: int = 0
+    euid: int = 0
+    user: str = ""  # effective user, resolved in the workload's /etc/passwd (else decimal euid)
+    real_user: str = ""
+    parent_name: str = ""
+    parent_path: str = ""
+    family: bool = True  # descends from the container's root process
+    runtime_injected: bool = False  # started by the runtime into a running container
+    exe_on_host: bool = False  # executable outside the container's root filesystem
+    origin: Origin = Origin.IMAGE
+    hash: str = ""  # sha256 of the executable, only for groups with hash_enabled
+
+
+@dataclass(frozen=True, slots=True)
+class ExitEvent:
+    workload_id: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileEvent:
+    workload_id: str
+    op: FileOp
+    path: str
+    executable: bool = False  # after the operation
+    was_executable: bool = False  # before it (attrib)
+    from_image: bool = False  # the path existed in the image
+    in_container_fs: bool = True  # False for volumes and host paths
+    held: bool = False  # a pre-write permission event that waits for the verdict
+    pid: int = 0
+    proc_name: str = ""
+    proc_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StdioEvent:
+    """One inspection of a new process's fd 0 and fd 1 (reverse-shell detection)."""
+
+    workload_id: str
+    pid: int
+    name: str = ""
+    path: str = ""
+    fd0: str = ""  # "socket:[123]", "pipe:[7]", "/dev/null", ...
+    fd1: str = ""
+    peer: str = ""  # resolved remote address of the socket, "" if unresolvable
+    start_time: int = 0
+    ruid: int = 0
+    euid: int = 0
+    user: str = ""
+    parent_name: str = ""
+    parent_path: str = ""
+    argv: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UidChangeEvent:
+    """A real-uid change, with the facts needed to judge a root escalation (§9.3)."""
+
+    workload_id: str
+    pid: int
+    ruid: int
+    euid: int
+    name: str = ""
+    path: str = ""
+    start_time: int = 0
+    parent_name: str = ""
+    parent_path: str = ""
+    parent_ruid: int = 0  # namespace-relative
+    parent_euid: int = 0
+    parent_user: str = ""
+    parent_argv0: str = ""
+    parent_groups: tuple[str, ...] = ()
+    grandparent_name: str = ""
+    grandparent_path: str = ""
+    grandparent_ruid: int | None = None  # None: grandparent unknown
+    uid_min: int = 1000
+    sudo_in_ancestry: bool = False
+    persisted: bool = True  # still differs from the parent's 100 ms later
+    argv: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DockerCpEvent:
+    workload_id: str
+    client_argv: tuple[str, ...]
+    direction: CopyDirection | None = None  # derived from argv when absent
+    container_name: str = ""
+    container_id: str = ""

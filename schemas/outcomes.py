@@ -1,0 +1,132 @@
+"""What the pipeline produces: decisions (verdicts), incidents, profile changes, DLQ entries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.enums import (
+    Baseline,
+    ChangeKind,
+    EventKind,
+    IncidentAction,
+    Level,
+    Mode,
+    Verdict,
+)
+from schemas.policy import LearnRequest, Rule
+
+__all__ = [
+    "Decision",
+    "DlqEntry",
+    "Incident",
+    "ProfileChange",
+    "RESERVED_RULE_ID_PREFIX",
+    "reserved_rule_id",
+]
+
+RESERVED_RULE_ID_PREFIX = "00000000-0000-0000-0000-0000000000"
+
+
+def reserved_rule_id(n: int) -> str:
+    """NeuVector's reserved rule ids `…000`…`…007` (two final digits)."""
+    return f"{RESERVED_RULE_ID_PREFIX}{n:02d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """A security event with NeuVector's names and fields, so existing SIEM parsers work."""
+
+    name: str
+    level: Level
+    reported_timestamp: int
+    reported_at: str
+    cluster_name: str
+    host_id: str
+    host_name: str
+    enforcer_id: str
+    enforcer_name: str
+    id: str
+    workload_id: str
+    workload_name: str
+    workload_domain: str
+    workload_image: str
+    workload_service: str
+    action: IncidentAction
+    group: str
+    rule_id: str
+    message: str
+    proc_name: str = ""
+    proc_path: str = ""
+    proc_cmd: str = ""
+    proc_real_uid: int = 0
+    proc_effective_uid: int = 0
+    proc_real_user: str = ""
+    proc_effective_user: str = ""
+    proc_parent_name: str = ""
+    proc_parent_path: str = ""
+    file_path: str = ""
+    file_name: str = ""
+    conn_ingress: bool = False
+    aggregation_from: int = 0
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The engine's answer for one event; also the record on the verdicts topic.
+
+    `reason` is a stable code: `rule:<uuid>`, `learn`, `user-learn`, `hash-learn`, `probe`,
+    `parent-rule:<name>`, `parent-rule:pgid`, `exception:nc-healthcheck`, `ignored:runtime`,
+    `violation:R0|RD|RS|R5|R6|R7|RU|RH`, `suspicious:<name>`, `drift:<op>`, `reverse-shell`,
+    `escalation`, `docker-cp`, or `none:<why>` for events that decide nothing.
+    """
+
+    event_id: str
+    event_kind: EventKind
+    workload_id: str
+    node: str
+    verdict: Verdict
+    reason: str
+    group: str = ""  # the group the decision is attributed to
+    rule_uuid: str = ""
+    rule_group: str = ""
+    mode: Mode | None = None
+    baseline: Baseline | None = None
+    would_block: bool = False  # Monitor: Protect would have blocked this
+    suppressed: bool = False  # alert_disabled: incident kept out of published outputs
+    pid: int = 0
+    start_time: int = 0
+    name: str = ""  # process name as judged (BusyBox applet resolved)
+    path: str = ""
+    user: str = ""
+    ts: float = 0.0
+    policy_version: int = 0
+    incident: Incident | None = None
+    learn: LearnRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileChange:
+    """One change to a group's profile, with who or what made it and why."""
+
+    group: str
+    change: ChangeKind
+    version: int
+    ts: float
+    actor: str  # "learning", "probe", "api", "crd", ...
+    rule: Rule | None = None
+    detail: str = ""
+    cause_event_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DlqEntry:
+    """An undecodable or invalid message, with where it came from and why it was refused."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: str
+    key: str = ""
+    value: str = ""  # the original bytes as text (replacement characters for invalid UTF-8)
+    ts: float = 0.0

@@ -1,0 +1,155 @@
+"""Group policies, their rules, and the edits that change them (REST, CLI, CRD, learning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.enums import Action, Baseline, CriteriaKey, CriteriaOp, GroupKind, Mode, RuleSource
+
+__all__ = [
+    "CrdImport",
+    "Criterion",
+    "GroupConfig",
+    "GroupDelete",
+    "GroupPolicy",
+    "LearnRequest",
+    "NODES_GROUP",
+    "ProfilePatch",
+    "Rule",
+    "RuleChange",
+    "RuleKey",
+    "ServiceConfig",
+]
+
+NODES_GROUP = "nodes"
+
+
+@dataclass(frozen=True, slots=True)
+class Criterion:
+    key: CriteriaKey
+    op: CriteriaOp
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One process rule (NeuVector's process profile entry)."""
+
+    name: str
+    path: str
+    action: Action
+    cfg_type: RuleSource
+    uuid: str
+    group: str
+    allow_update: bool = False
+    users: tuple[str, ...] = ()  # learned rules: the users they were learned with
+    probe_cmds: tuple[str, ...] = ()  # probe rules: each probe command line, args joined by ","
+    created_timestamp: int = 0
+    last_modified_timestamp: int = 0
+    learned_from: str = ""  # event_id of the exec that taught a learned rule
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.name, self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPolicy:
+    """A group's profile: the value of the compacted policy topic, keyed by group name."""
+
+    name: str
+    kind: GroupKind
+    mode: Mode | None = None  # learned groups and nodes only
+    baseline: Baseline | None = None
+    alert_disabled: bool = False
+    hash_enabled: bool = False
+    criteria: tuple[Criterion, ...] = ()  # custom groups only
+    rules: tuple[Rule, ...] = ()
+    hash_pins: dict[str, str] = field(default_factory=dict)  # exe path -> sha256
+    version: int = 0
+    crd_managed: bool = False  # mode/baseline came from a CRD: REST may not change them
+    updated_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind is GroupKind.CUSTOM:
+            if self.mode is not None or self.baseline is not None:
+                raise ValueError("a custom group has no mode and no baseline")
+        elif self.mode is None or self.baseline is None:
+            raise ValueError(f"a {self.kind.value} group needs a mode and a baseline")
+        if self.kind is GroupKind.NODES and self.baseline is not Baseline.BASIC:
+            raise ValueError("the nodes group's baseline is always basic")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleKey:
+    name: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class RuleChange:
+    name: str
+    path: str
+    action: str  # validated by the engine, so a bad value is a 400 that names it
+    allow_update: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilePatch:
+    """NeuVector's `PATCH /v1/process_profile/{group}` body (`process_profile_config`)."""
+
+    group: str
+    baseline: str | None = None
+    alert_disabled: bool | None = None
+    hash_enabled: bool | None = None
+    process_change_list: tuple[RuleChange, ...] = ()
+    process_delete_list: tuple[RuleKey, ...] = ()
+    actor: str = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """NeuVector's `PATCH /v1/service/config` body (`config`)."""
+
+    services: tuple[str, ...]
+    profile_mode: str | None = None
+    baseline_profile: str | None = None
+    actor: str = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    """Create or update a custom group (`POST /v1/group`, `PATCH /v1/group/{name}`)."""
+
+    name: str
+    criteria: tuple[Criterion, ...]
+    actor: str = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDelete:
+    name: str
+    actor: str = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class CrdImport:
+    """The text of one or more NvSecurityRule / NvClusterSecurityRule documents."""
+
+    text: str
+    actor: str = "crd"
+
+
+@dataclass(frozen=True, slots=True)
+class LearnRequest:
+    """A rule, user or hash the engine learned, for the group's single writer to apply."""
+
+    group: str
+    name: str
+    path: str
+    user: str = ""
+    hash: str = ""
+    rule_uuid: str = ""  # the learned rule that gains a user (user-learn)
+    cause_event_id: str = ""
+    ts: float = 0.0
+    add_rule: bool = True  # False: only pin the hash / add the user to rule_uuid

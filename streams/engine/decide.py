@@ -1,0 +1,434 @@
+"""The decision procedure (spec §6, §7, §8, §9): one event in, one decision out.
+
+Pure: no I/O, no clock, no randomness, no mutation of inputs. Matching first (what does the
+profile say), then the mode decides the verdict. The Faust agents, `procwarden decide` and policy
+dry-runs all call `decide`, so they always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from schemas import (
+    Decision,
+    DockerCpEvent,
+    Envelope,
+    EventKind,
+    ExecEvent,
+    ExitEvent,
+    FileEvent,
+    FileOp,
+    IncidentAction,
+    Level,
+    LearnRequest,
+    Mode,
+    Origin,
+    Rule,
+    RuleSource,
+    StdioEvent,
+    UidChangeEvent,
+    Verdict,
+    reserved_rule_id,
+)
+from schemas import Action as RuleAction
+from schemas import CopyDirection, Incident
+from streams.engine.compiled import is_user_update_rule
+from streams.engine.detectors import (
+    NETCATS,
+    SUSPICIOUS,
+    docker_cp_target,
+    is_escalation,
+    is_nc_healthcheck,
+    is_runtime_process,
+    is_tunnel,
+)
+from streams.engine.incidents import ProcFacts, incident
+from streams.engine.matching import match_rule, process_name
+from streams.engine.probes import SHELLS
+from streams.engine.state import ProcessState, StateEffect
+from streams.engine.view import PolicyView
+
+__all__ = ["DECIDED_KINDS", "decide"]
+
+Result = tuple[Decision, StateEffect | None]
+_Finish = Callable[..., Result]
+
+# Kinds `decide` accepts, for callers that route messages.
+DECIDED_KINDS = frozenset({EventKind.EXEC, EventKind.FILE, EventKind.STDIO, EventKind.UID_CHANGE,
+                           EventKind.DOCKER_CP, EventKind.EXIT})
+
+_BASE_MESSAGE = "Process profile violation"
+_SUFFIX = {
+    "R5": ", not from an image file",
+    "R6": ", not from its root process",
+    "R7": ", not a listed family process",
+    "RU": ", started by a different user",
+}
+_ALLOWED, _DENIED, _UNLISTED = 0, 1, 2
+
+
+def decide(view: PolicyView, state: ProcessState, env: Envelope) -> Result:
+    """Decide one event of `view.workload` given the workload's process state."""
+    payload = env.payload
+    if type(payload) is ExecEvent:
+        return _decide_exec(view, state, env, payload)
+    if type(payload) is FileEvent:
+        return _decide_file(view, state, env, payload)
+    if type(payload) is StdioEvent:
+        return _decide_stdio(view, state, env, payload)
+    if type(payload) is UidChangeEvent:
+        return _decide_uid_change(view, env, payload)
+    if type(payload) is DockerCpEvent:
+        return _decide_docker_cp(view, env, payload)
+    if type(payload) is ExitEvent:
+        return _decision(view, env, Verdict.NONE, "none:exit", pid=payload.pid), \
+            StateEffect(forget_pid=payload.pid)
+    raise ValueError(f"the engine decides events, not {env.kind.value} messages")
+
+
+def _decision(view: PolicyView, env: Envelope, verdict: Verdict, reason: str, *,
+              group: str = "", rule: Rule | None = None, pid: int = 0, start_time: int = 0,
+              name: str = "", path: str = "", user: str = "", found: Incident | None = None,
+              learn: LearnRequest | None = None, would_block: bool = False) -> Decision:
+    wl = view.workload
+    return Decision(
+        event_id=env.event_id, event_kind=env.kind, workload_id=wl.id, node=wl.node,
+        verdict=verdict, reason=reason, group=group or view.learned.name,
+        rule_uuid=rule.uuid if rule is not None else "",
+        rule_group=rule.group if rule is not None else "",
+        mode=view.mode, baseline=view.baseline, would_block=would_block,
+        suppressed=found is not None and view.learned.alert_disabled,
+        pid=pid, start_time=start_time, name=name, path=path, user=user, ts=env.ts,
+        policy_version=view.learned.version, incident=found, learn=learn,
+    )
+
+
+def _would_block(view: PolicyView) -> bool:
+    """In Monitor, whether Protect would block a violation (system containers never block)."""
+    return view.mode is Mode.MONITOR and not view.workload.system
+
+
+def _proc(ev: ExecEvent, pname: str) -> ProcFacts:
+    return ProcFacts(name=pname, path=ev.path, argv=ev.argv, ruid=ev.ruid, euid=ev.euid,
+                     real_user=ev.real_user, user=ev.user, parent_name=ev.parent_name,
+                     parent_path=ev.parent_path)
+
+
+# ---- exec -------------------------------------------------------------------------------------
+
+def _decide_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent) -> Result:
+    exe = ev.path
+    pid, start = ev.pid, ev.start_time
+    if not exe or exe == "/":
+        return _decision(view, env, Verdict.NONE, "ignored:no-exe", pid=pid, start_time=start,
+                         name=ev.name), None
+    cut = exe.rfind("/")
+    exe_bin = exe[cut + 1:]
+    is_host = view.is_host
+    if (is_host or ev.exe_on_host) and is_runtime_process(exe_bin, ev.argv):  # step 1
+        return _decision(view, env, Verdict.NONE, "ignored:runtime", pid=pid, start_time=start,
+                         name=ev.name, path=exe), None
+    pname = process_name(ev.name, exe_bin, ev.argv)  # step 2
+    image_file = ev.origin is Origin.IMAGE and exe not in st.drift
+    rules = view.rules
+
+    def done(verdict: Verdict, reason: str, *, rule: Rule | None = None, group: str = "",
+             found: Incident | None = None, learn: LearnRequest | None = None,
+             effect: StateEffect | None = None, would_block: bool = False) -> Result:
+        return _decision(view, env, verdict, reason, group=group, rule=rule, pid=pid,
+                         start_time=start, name=pname, path=exe, user=ev.user, found=found,
+                         learn=learn, would_block=would_block), effect
+
+    # Step 3: netcat health checks of image files.
+    if not is_host and pname in NETCATS and image_file and is_nc_healthcheck(ev.argv):
+        return done(Verdict.ALLOW, "exception:nc-healthcheck")
+
+    # Step 4: Kubernetes exec probes.
+    if (view.probe_argvs and (ev.runtime_injected or ev.ppid in st.probe_shells)
+            and ev.argv in view.probe_argvs):
+        return _decide_probe(view, st, env, ev, pname, image_file, done)
+
+    # Step 5: risk, inherited from a risky parent.
+    risk_entry = None if (is_host and pname == "sshd") else SUSPICIOUS.get(pname)
+    risk = pname if risk_entry is not None else st.risk.get(ev.ppid, "")
+    if not risk and ev.ppid not in st.risk and ev.parent_name in SUSPICIOUS \
+            and not (is_host and ev.parent_name == "sshd"):
+        risk = ev.parent_name
+    effect = StateEffect(risk=(pid, risk)) if risk else None
+
+    # Step 6: match.
+    discover = view.mode is Mode.DISCOVER
+    pos = rules.first_match(pname, exe, skip_probe=discover)
+    m = rules.rules[pos] if pos >= 0 else None
+    finding = _UNLISTED if m is None else (_ALLOWED if m.action is RuleAction.ALLOW else _DENIED)
+
+    # Step 7: parent rules.
+    admitted = ""
+    if finding == _DENIED or (finding == _UNLISTED and not discover):
+        parent_rule = rules.parent_admission(pname, ev.parent_name, ev.parent_path)
+        if parent_rule is not None:
+            admitted = f"parent-rule:{parent_rule.name}"
+            if ev.pgid:
+                effect = StateEffect(risk=effect.risk if effect else None, admit_pgid=ev.pgid)
+        elif ev.pgid and ev.pgid in st.admitted_pgids:
+            admitted = "parent-rule:pgid"
+
+    eff_mode = view.effective_mode
+
+    def violation(reason: str, rule: Rule | None = None) -> Result:
+        found, verdict, group = _process_violation(view, env, ev, pname, reason, rule)
+        return done(verdict, f"violation:{reason}", rule=m, group=group, found=found,
+                    effect=effect, would_block=_would_block(view))
+
+    # Step 8: suspicious programs.
+    if risk and not admitted and not (finding == _ALLOWED and rules.explicitly_allows(risk)):
+        if eff_mode is Mode.DISCOVER:
+            if finding == _UNLISTED and rules.explicitly_allows(risk):
+                return violation("R0")
+            entry = SUSPICIOUS[risk]
+            found = incident(
+                view, env, kind="suspicious", level=Level.WARNING, action=IncidentAction.VIOLATE,
+                group=view.learned.name, rule_id=reserved_rule_id(1),
+                message=f"Risky application: {entry.reported}", proc=_proc(ev, pname),
+                conn_ingress=entry.incoming)
+            return done(Verdict.ALERT, f"suspicious:{risk}", rule=m, found=found, effect=effect)
+        return violation("RS", m)
+
+    # Step 9: deny rules.
+    if finding == _DENIED and not admitted:
+        return violation("RD", m)
+
+    # Step 10: zero-drift.
+    if view.zero_drift:
+        if not image_file and not (finding == _ALLOWED and is_user_update_rule(m)):
+            return violation("R5")
+        if not ev.family:
+            if finding == _ALLOWED and m is not None and m.cfg_type is RuleSource.LEARNED:
+                return violation("R6")
+            if finding == _UNLISTED and not admitted:
+                return violation("R0" if eff_mode is Mode.MONITOR else "R6")
+        elif finding == _UNLISTED and not admitted and eff_mode is not Mode.DISCOVER:
+            return violation("R7")
+
+    # Step 11: unlisted.
+    if finding == _UNLISTED and not admitted:
+        if eff_mode is Mode.DISCOVER:
+            return done(Verdict.LEARN, "learn", learn=_learn_rule(view, env, ev, pname),
+                        effect=effect)
+        return violation("R0")
+
+    # Step 12: admitted by a parent rule.
+    if admitted:
+        return done(Verdict.ALLOW, admitted, effect=effect)
+
+    assert m is not None  # allowed from here on
+    # Step 13: users of learned rules.
+    if m.cfg_type is RuleSource.LEARNED and m.users and ev.user not in m.users:
+        if eff_mode is Mode.DISCOVER:
+            learn = LearnRequest(group=m.group, name=m.name, path=m.path, user=ev.user,
+                                 rule_uuid=m.uuid, cause_event_id=env.event_id, ts=env.ts,
+                                 add_rule=False)
+            return done(Verdict.LEARN, "user-learn", rule=m, learn=learn, effect=effect)
+        return violation("RU", m)
+
+    # Step 15 precondition (custom-allowed learning), needed by step 14 too.
+    custom_learn = (eff_mode is Mode.DISCOVER and pos < rules.learned_start and not risk
+                    and rules.first_match(pname, exe, skip_probe=True,
+                                          start=rules.learned_start) < 0
+                    and (not view.zero_drift or (ev.family and image_file)))
+
+    # Step 14: hash pinning.
+    if view.learned.hash_enabled and ev.hash:
+        pin = view.learned.hash_pins.get(exe)
+        if pin is None:
+            if custom_learn:
+                return done(Verdict.LEARN, "learn", rule=m,
+                            learn=_learn_rule(view, env, ev, pname), effect=effect)
+            learn = LearnRequest(group=view.learned.name, name=pname, path=exe, hash=ev.hash,
+                                 cause_event_id=env.event_id, ts=env.ts, add_rule=False)
+            return done(Verdict.LEARN, "hash-learn", rule=m, learn=learn, effect=effect)
+        if pin != ev.hash:
+            return violation("RH", m)
+
+    # Step 15: learn what only a custom group's rule allowed.
+    if custom_learn:
+        return done(Verdict.LEARN, "learn", rule=m, learn=_learn_rule(view, env, ev, pname),
+                    effect=effect)
+
+    # Step 16.
+    return done(Verdict.ALLOW, "rule", rule=m, group=m.group, effect=effect)
+
+
+def _decide_probe(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent, pname: str,
+                  image_file: bool, done: _Finish) -> Result:
+    """Step 4: a probe exec gets the executable checks only (drift, hash pin)."""
+    rules = view.rules
+    exe = ev.path
+    effect = StateEffect(probe_shell=ev.pid) if pname in SHELLS else None
+    pos = rules.first_match(pname, exe)
+    m = rules.rules[pos] if pos >= 0 else None
+    probe_rule = _first_probe_rule(view, pname, exe)
+    if view.zero_drift and not image_file and not (
+            m is not None and m.action is RuleAction.ALLOW and is_user_update_rule(m)):
+        found, verdict, group = _process_violation(view, env, ev, pname, "R5", None)
+        return done(verdict, "violation:R5", rule=m, group=group, found=found, effect=effect,
+                    would_block=_would_block(view))
+    if view.learned.hash_enabled and ev.hash:
+        pin = view.learned.hash_pins.get(exe)
+        if pin is None:
+            learn = LearnRequest(group=view.learned.name, name=pname, path=exe, hash=ev.hash,
+                                 cause_event_id=env.event_id, ts=env.ts, add_rule=False)
+            return done(Verdict.LEARN, "hash-learn", rule=probe_rule, learn=learn,
+                        effect=effect)
+        if pin != ev.hash:
+            found, verdict, group = _process_violation(view, env, ev, pname, "RH", probe_rule)
+            return done(verdict, "violation:RH", rule=probe_rule, group=group, found=found,
+                        effect=effect, would_block=_would_block(view))
+    return done(Verdict.ALLOW, "probe", rule=probe_rule, effect=effect)
+
+
+def _first_probe_rule(view: PolicyView, pname: str, exe: str) -> Rule | None:
+    rules = view.rules
+    start = rules.learned_start
+    for pos in sorted(rules.probe_positions):
+        if pos >= start:
+            rule = rules.rules[pos]
+            if match_rule(rule.name, rule.path, pname, exe):
+                return rule
+    return None
+
+
+def _learn_rule(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str) -> LearnRequest:
+    return LearnRequest(group=view.learned.name, name=pname, path=ev.path, user=ev.user,
+                        hash=ev.hash if view.learned.hash_enabled else "",
+                        cause_event_id=env.event_id, ts=env.ts)
+
+
+def _process_violation(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str, reason: str,
+                       rule: Rule | None) -> tuple[Incident, Verdict, str]:
+    """The incident, verdict and attributed group of a profile violation (§7.4)."""
+    block = view.effective_mode is Mode.PROTECT
+    learned = view.learned.name
+    family_code = "R7" if ev.family else "R6"
+    if reason in ("RD", "RS") and block and view.zero_drift:
+        rule_id = reserved_rule_id(7 if ev.family else 6)
+        suffix, group = _SUFFIX[family_code], learned
+    elif reason in ("RD", "RU", "RH") or (reason == "RS" and rule is not None):
+        assert rule is not None
+        rule_id, suffix, group = rule.uuid, _SUFFIX.get(reason, ""), rule.group
+    elif reason in ("R0", "RS"):
+        rule_id, suffix, group = reserved_rule_id(0), "", learned
+    else:
+        rule_id, suffix, group = reserved_rule_id(int(reason[1])), _SUFFIX[reason], learned
+    message = _BASE_MESSAGE + suffix + (": execution denied" if block else "")
+    found = incident(view, env, kind="process", level=Level.WARNING,
+                     action=IncidentAction.DENY if block else IncidentAction.VIOLATE,
+                     group=group, rule_id=rule_id, message=message, proc=_proc(ev, pname))
+    return found, (Verdict.BLOCK if block else Verdict.ALERT), group
+
+
+# ---- file drift (§6) --------------------------------------------------------------------------
+
+_DRIFT_MESSAGES = {
+    FileOp.CREATE: "File drift, new executable file",
+    FileOp.MODIFY: "File drift, image file modified",
+    FileOp.ATTRIB: "File drift, file made executable",
+}
+
+
+def _is_drift(ev: FileEvent) -> bool:
+    if ev.op is FileOp.CREATE:
+        return ev.executable
+    if ev.op is FileOp.MODIFY:
+        return ev.from_image or ev.executable
+    if ev.op is FileOp.ATTRIB:
+        return ev.executable and not ev.was_executable
+    return False
+
+
+def _decide_file(view: PolicyView, st: ProcessState, env: Envelope, ev: FileEvent) -> Result:
+    if not view.zero_drift or not ev.in_container_fs:
+        return _decision(view, env, Verdict.NONE, "none:not-judged", pid=ev.pid,
+                         name=ev.proc_name, path=ev.path), None
+    if not _is_drift(ev):
+        effect = StateEffect(clean_path=ev.path) if ev.op is FileOp.DELETE else None
+        return _decision(view, env, Verdict.ALLOW, "no-drift", pid=ev.pid, name=ev.proc_name,
+                         path=ev.path), effect
+    block = view.effective_mode is Mode.PROTECT
+    # A held write that is denied never happens; everything else leaves a drifted file.
+    effect = None if (block and ev.held and ev.op is FileOp.MODIFY) else \
+        StateEffect(drift_path=ev.path)
+    found = incident(
+        view, env, kind="file", level=Level.WARNING,
+        action=IncidentAction.DENY if block else IncidentAction.VIOLATE,
+        group=view.learned.name, rule_id=reserved_rule_id(5),
+        message=_DRIFT_MESSAGES[ev.op] + (": access denied" if block else ""),
+        proc=ProcFacts(name=ev.proc_name, path=ev.proc_path), file_path=ev.path)
+    return _decision(view, env, Verdict.BLOCK if block else Verdict.ALERT, f"drift:{ev.op.value}",
+                     pid=ev.pid, name=ev.proc_name, path=ev.path, found=found,
+                     would_block=_would_block(view)), effect
+
+
+# ---- detectors (§9.2–§9.4) --------------------------------------------------------------------
+
+def _decide_stdio(view: PolicyView, st: ProcessState, env: Envelope, ev: StdioEvent) -> Result:
+    key = (ev.pid, ev.start_time)
+    if ev.name == "sshd" or not is_tunnel(ev):
+        return _decision(view, env, Verdict.NONE, "none:no-tunnel", pid=ev.pid,
+                         start_time=ev.start_time, name=ev.name, path=ev.path), None
+    seen = st.tunnels.get(key)
+    if seen is None:  # first sighting: mark only
+        return _decision(view, env, Verdict.NONE, "none:tunnel-sighted", pid=ev.pid,
+                         start_time=ev.start_time, name=ev.name, path=ev.path), \
+            StateEffect(tunnel_sighting=key)
+    if seen:
+        return _decision(view, env, Verdict.NONE, "none:tunnel-reported", pid=ev.pid,
+                         start_time=ev.start_time, name=ev.name, path=ev.path), None
+    block = view.effective_mode is Mode.PROTECT
+    found = incident(
+        view, env, kind="tunnel", level=Level.CRITICAL,
+        action=IncidentAction.DENY if block else IncidentAction.VIOLATE,
+        group=view.learned.name, rule_id=reserved_rule_id(2),
+        message="Tunnel detected: reverse shell",
+        proc=ProcFacts(name=ev.name, path=ev.path, argv=ev.argv, ruid=ev.ruid, euid=ev.euid,
+                       user=ev.user, parent_name=ev.parent_name, parent_path=ev.parent_path))
+    return _decision(view, env, Verdict.BLOCK if block else Verdict.ALERT, "reverse-shell",
+                     pid=ev.pid, start_time=ev.start_time, name=ev.name, path=ev.path,
+                     user=ev.user, found=found, would_block=_would_block(view)), \
+        StateEffect(tunnel_reported=key)
+
+
+def _decide_uid_change(view: PolicyView, env: Envelope, ev: UidChangeEvent) -> Result:
+    if not is_escalation(ev):
+        return _decision(view, env, Verdict.NONE, "none:no-escalation", pid=ev.pid,
+                         start_time=ev.start_time, name=ev.name, path=ev.path), None
+    block = view.effective_mode is Mode.PROTECT
+    found = incident(
+        view, env, kind="escalation", level=Level.CRITICAL,
+        action=IncidentAction.DENY if block else IncidentAction.VIOLATE,
+        group=view.learned.name, rule_id=reserved_rule_id(3),
+        message="Unauthorized root privilege escalation!",
+        proc=ProcFacts(name=ev.parent_name, path=ev.parent_path, argv=ev.argv,
+                       ruid=ev.parent_ruid, euid=ev.parent_euid, real_user=ev.parent_user,
+                       user=ev.parent_user, parent_name=ev.grandparent_name,
+                       parent_path=ev.grandparent_path))
+    return _decision(view, env, Verdict.BLOCK if block else Verdict.ALERT, "escalation",
+                     pid=ev.pid, start_time=ev.start_time, name=ev.name, path=ev.path,
+                     found=found, would_block=_would_block(view)), None
+
+
+def _decide_docker_cp(view: PolicyView, env: Envelope, ev: DockerCpEvent) -> Result:
+    wl = view.workload
+    target = None if view.is_host else docker_cp_target(ev, wl.name, wl.id)
+    if target is None:
+        return _decision(view, env, Verdict.NONE, "none:not-this-container"), None
+    direction, inside = target
+    message = ("docker copy to container" if direction is CopyDirection.TO_CONTAINER
+               else "docker copy from container")
+    found = incident(
+        view, env, kind="suspicious", level=Level.WARNING, action=IncidentAction.VIOLATE,
+        group=view.learned.name, rule_id=reserved_rule_id(4), message=message,
+        proc=ProcFacts(name="docker cp", path=inside, argv=ev.client_argv))
+    return _decision(view, env, Verdict.ALERT, "docker-cp", name="docker cp", path=inside,
+                     found=found), None
+

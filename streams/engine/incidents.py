@@ -1,0 +1,86 @@
+"""Incidents with NeuVector's names, reserved rule ids, messages and fields (§7.4, §9, §11)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from schemas import Envelope, Incident, IncidentAction, Level
+from streams.engine.detectors import mask_cmdline
+from streams.engine.view import PolicyView
+
+__all__ = ["ProcFacts", "incident", "incident_name"]
+
+_NAMESPACE = uuid.UUID("a3c1f9e2-5d4b-4e8a-b7c6-0f1e2d3c4b5a")
+
+_NAMES = {
+    # kind: (container name, host name)
+    "process": ("Process.Profile.Violation", "Host.Process.Violation"),
+    "suspicious": ("Container.Suspicious.Process", "Host.Suspicious.Process"),
+    "tunnel": ("Container.Tunnel.Detected", "Host.Tunnel.Detected"),
+    "escalation": ("Container.Privilege.Escalation", "Host.Privilege.Escalation"),
+    "file": ("Container.FileAccess.Violation", "Container.FileAccess.Violation"),
+}
+
+
+def incident_name(kind: str, is_host: bool) -> str:
+    return _NAMES[kind][1 if is_host else 0]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcFacts:
+    """The process an incident describes."""
+
+    name: str = ""
+    path: str = ""
+    argv: tuple[str, ...] = ()
+    ruid: int = 0
+    euid: int = 0
+    real_user: str = ""
+    user: str = ""
+    parent_name: str = ""
+    parent_path: str = ""
+
+
+def incident(view: PolicyView, env: Envelope, *, kind: str, level: Level, action: IncidentAction,
+             group: str, rule_id: str, message: str, proc: ProcFacts, file_path: str = "",
+             conn_ingress: bool = False) -> Incident:
+    wl = view.workload
+    reported = int(env.ts)
+    at = datetime.fromtimestamp(env.ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cmd = " ".join(proc.argv) if view.settings.full_cmdline else mask_cmdline(proc.argv)
+    service = view.learned.name
+    return Incident(
+        name=incident_name(kind, view.is_host),
+        level=level,
+        reported_timestamp=reported,
+        reported_at=at,
+        cluster_name=env.cluster,
+        host_id=wl.node,
+        host_name=wl.node,
+        enforcer_id=env.node,
+        enforcer_name=env.node,
+        id=str(uuid.uuid5(_NAMESPACE, f"{env.event_id}\x00{kind}")),
+        workload_id=wl.id,
+        workload_name=wl.name,
+        workload_domain=wl.namespace,
+        workload_image=wl.image,
+        workload_service=service[3:] if service.startswith("nv.") else service,
+        action=action,
+        group=group,
+        rule_id=rule_id,
+        message=message,
+        proc_name=proc.name,
+        proc_path=proc.path,
+        proc_cmd=cmd,
+        proc_real_uid=proc.ruid,
+        proc_effective_uid=proc.euid,
+        proc_real_user=proc.real_user,
+        proc_effective_user=proc.user,
+        proc_parent_name=proc.parent_name,
+        proc_parent_path=proc.parent_path,
+        file_path=file_path,
+        file_name=file_path.rsplit("/", 1)[-1] if file_path else "",
+        conn_ingress=conn_ingress,
+    )

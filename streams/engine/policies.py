@@ -1,0 +1,354 @@
+"""Pure transformations of group policies: learning, REST edits, custom groups, new workloads.
+
+Each function takes the current policies and returns an `EditResult` with the groups it changed
+(version bumped once), the groups it deleted and one `ProfileChange` per change. Refusals raise
+`PolicyError` with the HTTP status the API answers (400 invalid, 404 unknown, 409 conflict).
+Edits are all-or-nothing: nothing is returned unless everything in the request was valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from schemas import (
+    NODES_GROUP,
+    Baseline,
+    ChangeKind,
+    GroupConfig,
+    GroupDelete,
+    GroupKind,
+    GroupPolicy,
+    LearnRequest,
+    Mode,
+    ProfileChange,
+    ProfilePatch,
+    Rule,
+    RuleSource,
+    ServiceConfig,
+    Workload,
+)
+from schemas import Action as RuleAction
+from streams.engine.membership import learned_group_name
+from streams.engine.probes import probe_rules, rule_uuid
+from streams.engine.validation import (
+    PolicyError,
+    clean_path,
+    parse_baseline,
+    parse_mode,
+    validate_criteria,
+    validate_custom_group_name,
+    validate_rule,
+)
+from streams.engine.view import EngineSettings
+
+__all__ = [
+    "EditResult",
+    "apply_group_config",
+    "apply_group_delete",
+    "apply_learn",
+    "apply_profile_patch",
+    "apply_service_config",
+    "ensure_workload_groups",
+    "merge",
+    "nodes_group",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EditResult:
+    updated: dict[str, GroupPolicy] = field(default_factory=dict)
+    deleted: tuple[str, ...] = ()
+    changes: tuple[ProfileChange, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.updated or self.deleted)
+
+
+class _Edit:
+    """Collects the changes of one request against a snapshot of the policies."""
+
+    def __init__(self, policies: Mapping[str, GroupPolicy], ts: float, actor: str,
+                 cause: str = "") -> None:
+        self.base = policies
+        self.ts = ts
+        self.actor = actor
+        self.cause = cause
+        self.updated: dict[str, GroupPolicy] = {}
+        self.changes: list[ProfileChange] = []
+        self.deleted: list[str] = []
+
+    def get(self, name: str) -> GroupPolicy | None:
+        return self.updated.get(name, self.base.get(name))
+
+    def require(self, name: str) -> GroupPolicy:
+        policy = self.get(name)
+        if policy is None:
+            raise PolicyError(f"group {name!r} does not exist", status=404, field="group")
+        return policy
+
+    def put(self, policy: GroupPolicy, change: ChangeKind, rule: Rule | None = None,
+            detail: str = "") -> None:
+        self.put_many(policy, [(change, rule, detail)])
+
+    def put_many(self, policy: GroupPolicy,
+                 changes: Iterable[tuple[ChangeKind, Rule | None, str]]) -> None:
+        """Store `policy`; one request bumps a group's version once, however many changes."""
+        before = self.base.get(policy.name)
+        version = (before.version if before else 0) + 1
+        policy = dataclasses.replace(policy, version=version, updated_at=self.ts)
+        self.updated[policy.name] = policy
+        self.changes.extend(ProfileChange(group=policy.name, change=change, version=version,
+                                          ts=self.ts, actor=self.actor, rule=rule, detail=detail,
+                                          cause_event_id=self.cause)
+                            for change, rule, detail in changes)
+
+    def result(self) -> EditResult:
+        return EditResult(dict(self.updated), tuple(self.deleted), tuple(self.changes))
+
+
+def nodes_group(settings: EngineSettings, ts: float = 0.0) -> GroupPolicy:
+    """The reserved `nodes` group, as it exists from the start."""
+    return GroupPolicy(name=NODES_GROUP, kind=GroupKind.NODES, mode=settings.new_group_mode,
+                       baseline=Baseline.BASIC, version=1, updated_at=ts)
+
+
+def ensure_workload_groups(policies: Mapping[str, GroupPolicy], workload: Workload,
+                           settings: EngineSettings, ts: float) -> EditResult:
+    """Create the learned group of a new workload and add its pod's exec probe rules."""
+    edit = _Edit(policies, ts, "probe")
+    name = learned_group_name(workload)
+    policy = edit.get(name)
+    if policy is None:
+        if name == NODES_GROUP:
+            policy = nodes_group(settings, ts)
+        else:
+            policy = GroupPolicy(name=name, kind=GroupKind.LEARNED, mode=settings.new_group_mode,
+                                 baseline=settings.new_group_baseline)
+        edit.actor = "workload"
+        edit.put(policy, ChangeKind.GROUP_CREATED, detail=f"first workload {workload.id}")
+        edit.actor = "probe"
+        policy = edit.require(name)
+    wanted = probe_rules(name, workload.probe_cmds, int(ts))
+    if wanted:
+        rules = list(policy.rules)
+        index = {r.uuid: i for i, r in enumerate(rules)}
+        added = []
+        for rule in wanted:
+            i = index.get(rule.uuid)
+            if i is None:
+                rules.append(rule)
+                added.append(rule)
+            elif (rules[i].path, rules[i].probe_cmds) != (rule.path, rule.probe_cmds):
+                merged = _merge_probe(rules[i], rule, int(ts))
+                if merged != rules[i]:
+                    rules[i] = merged
+                    added.append(merged)
+        if added:
+            policy = dataclasses.replace(policy, rules=tuple(rules))
+            for rule in added:
+                edit.put(policy, ChangeKind.PROBE_RULE, rule)
+    return edit.result()
+
+
+def _merge_probe(old: Rule, new: Rule, ts: int) -> Rule:
+    lines = list(old.probe_cmds)
+    lines.extend(line for line in new.probe_cmds if line not in lines)
+    path = old.path if (old.path == new.path and len(lines) == len(old.probe_cmds)) else "*"
+    return dataclasses.replace(old, path=path, probe_cmds=tuple(lines), last_modified_timestamp=ts)
+
+
+def apply_learn(policies: Mapping[str, GroupPolicy], req: LearnRequest) -> EditResult:
+    """Apply what the engine learned; idempotent per `name:path`, user and hash pin (§10)."""
+    edit = _Edit(policies, req.ts, "learning", req.cause_event_id)
+    policy = edit.get(req.group)
+    if policy is None or policy.kind is GroupKind.CUSTOM:
+        return edit.result()  # the group went away meanwhile: nothing to learn into
+    ts = int(req.ts)
+    rules = list(policy.rules)
+    learning = policy.mode is Mode.DISCOVER
+    if learning and (req.add_rule or req.rule_uuid):
+        target = None
+        for i, r in enumerate(rules):
+            if (r.uuid == req.rule_uuid if req.rule_uuid else
+                    (r.key == (req.name, req.path) and r.cfg_type is not RuleSource.GROUND)):
+                target = i
+                break
+        if target is None and req.add_rule:
+            rule = Rule(name=req.name, path=req.path, action=RuleAction.ALLOW,
+                        cfg_type=RuleSource.LEARNED,
+                        uuid=rule_uuid(policy.name, "learned", req.name, req.path),
+                        group=policy.name, users=(req.user,) if req.user else (),
+                        created_timestamp=ts, last_modified_timestamp=ts,
+                        learned_from=req.cause_event_id)
+            rules.append(rule)
+            policy = dataclasses.replace(policy, rules=tuple(rules))
+            edit.put(policy, ChangeKind.RULE_LEARNED, rule)
+        elif target is not None:
+            rule = rules[target]
+            if (rule.cfg_type is RuleSource.LEARNED and rule.users and req.user
+                    and req.user not in rule.users):
+                rule = dataclasses.replace(rule, users=rule.users + (req.user,),
+                                           last_modified_timestamp=ts)
+                rules[target] = rule
+                policy = dataclasses.replace(policy, rules=tuple(rules))
+                edit.put(policy, ChangeKind.USER_LEARNED, rule, detail=req.user)
+    if req.hash and policy.hash_enabled and req.path not in policy.hash_pins:
+        policy = dataclasses.replace(policy, hash_pins={**policy.hash_pins, req.path: req.hash})
+        edit.put(policy, ChangeKind.HASH_LEARNED, detail=f"{req.path} sha256:{req.hash}")
+    return edit.result()
+
+
+def _normalise_key(name: str, path: str) -> tuple[str, str]:
+    path = path.strip()
+    return name.strip(), clean_path(path) if path.startswith("/") else path
+
+
+def apply_profile_patch(policies: Mapping[str, GroupPolicy], patch: ProfilePatch,
+                        ts: float) -> EditResult:
+    """`PATCH /v1/process_profile/{group}`: deletes first, then changes, then baseline/flags."""
+    edit = _Edit(policies, ts, patch.actor)
+    policy = edit.require(patch.group)
+    custom = policy.kind is GroupKind.CUSTOM
+    if custom and (patch.baseline is not None or patch.alert_disabled is not None
+                   or patch.hash_enabled is not None):
+        raise PolicyError("a custom group has no baseline and no flags", field="baseline")
+    now = int(ts)
+    version = policy.version + 1
+    rules = list(policy.rules)
+    deleted: list[Rule] = []
+    for i, key in enumerate(patch.process_delete_list):
+        name, path = _normalise_key(key.name, key.path)
+        hits = [r for r in rules if r.key == (name, path)]
+        mine = [r for r in hits if r.cfg_type is not RuleSource.GROUND]
+        if not mine:
+            why = "is managed by a CRD" if hits else "is not in the profile"
+            raise PolicyError(f"rule {name}:{path} {why}",
+                              field=f"process_delete_list[{i}]")
+        rules.remove(mine[0])
+        deleted.append(mine[0])
+    changed: list[tuple[ChangeKind, Rule]] = []
+    for i, change in enumerate(patch.process_change_list):
+        try:
+            name, path, action = validate_rule(change.name, change.path, change.action)
+        except PolicyError as exc:
+            raise PolicyError(exc.message, field=f"process_change_list[{i}].{exc.field}") from None
+        rule = Rule(name=name, path=path, action=action, cfg_type=RuleSource.USER_CREATED,
+                    uuid=rule_uuid(policy.name, "user", name, path, str(version)),
+                    group=policy.name, allow_update=change.allow_update,
+                    created_timestamp=now, last_modified_timestamp=now)
+        existing = next((j for j, r in enumerate(rules)
+                         if r.key == rule.key and r.cfg_type is not RuleSource.GROUND), None)
+        if existing is None:
+            rules.append(rule)
+            changed.append((ChangeKind.RULE_ADDED, rule))
+        else:
+            rule = dataclasses.replace(rule, created_timestamp=rules[existing].created_timestamp)
+            rules[existing] = rule
+            changed.append((ChangeKind.RULE_CHANGED, rule))
+    new = dataclasses.replace(policy, rules=tuple(rules))
+    details: list[tuple[ChangeKind, str]] = []
+    if patch.baseline is not None:
+        baseline = parse_baseline(patch.baseline)
+        if policy.kind is GroupKind.NODES and baseline is not Baseline.BASIC:
+            raise PolicyError("the nodes group only accepts the basic baseline", field="baseline")
+        if baseline is not policy.baseline:
+            if policy.crd_managed:
+                raise PolicyError("the baseline of this group is managed by a CRD",
+                                  field="baseline")
+            new = dataclasses.replace(new, baseline=baseline)
+            details.append((ChangeKind.BASELINE_CHANGED, baseline.value))
+    flags = {}
+    if patch.alert_disabled is not None and patch.alert_disabled != policy.alert_disabled:
+        flags["alert_disabled"] = patch.alert_disabled
+    if patch.hash_enabled is not None and patch.hash_enabled != policy.hash_enabled:
+        flags["hash_enabled"] = patch.hash_enabled
+    if flags:
+        # Turning hash pinning off forgets every pin; turning it on starts afresh.
+        new = dataclasses.replace(new, hash_pins={}, **flags) if "hash_enabled" in flags \
+            else dataclasses.replace(new, **flags)
+        details.append((ChangeKind.FLAGS_CHANGED,
+                        ", ".join(f"{k}={str(v).lower()}" for k, v in flags.items())))
+    if new == policy:
+        return edit.result()
+    edit.put_many(new, [(ChangeKind.RULE_DELETED, r, "") for r in deleted]
+                  + [(k, r, "") for k, r in changed] + [(k, None, d) for k, d in details])
+    return edit.result()
+
+
+def _learned_name(service: str) -> str:
+    return NODES_GROUP if service == NODES_GROUP else "nv." + service
+
+
+def apply_service_config(policies: Mapping[str, GroupPolicy], cfg: ServiceConfig,
+                         ts: float) -> EditResult:
+    """`PATCH /v1/service/config`: mode and baseline of learned groups (or `nodes`)."""
+    edit = _Edit(policies, ts, cfg.actor)
+    mode = parse_mode(cfg.profile_mode) if cfg.profile_mode is not None else None
+    baseline = parse_baseline(cfg.baseline_profile) if cfg.baseline_profile is not None else None
+    if not cfg.services:
+        raise PolicyError("name at least one service", field="services")
+    for i, service in enumerate(cfg.services):
+        name = _learned_name(service.strip())
+        policy = edit.get(name)
+        if policy is None or policy.kind is GroupKind.CUSTOM:
+            raise PolicyError(f"service {service!r} does not exist", status=404,
+                              field=f"services[{i}]")
+        if policy.crd_managed and (mode is not None or baseline is not None):
+            raise PolicyError(f"group {name} is managed by a CRD", field=f"services[{i}]")
+        new = policy
+        if mode is not None and mode is not policy.mode:
+            new = dataclasses.replace(new, mode=mode)
+        if baseline is not None and policy.kind is not GroupKind.NODES \
+                and baseline is not policy.baseline:
+            new = dataclasses.replace(new, baseline=baseline)
+        if new != policy:
+            kind = ChangeKind.MODE_CHANGED if new.mode is not policy.mode \
+                else ChangeKind.BASELINE_CHANGED
+            detail = ", ".join(f"{k}={v}" for k, v in (("mode", new.mode), ("baseline", new.baseline))
+                               if getattr(new, k) is not getattr(policy, k))
+            edit.put(new, kind, detail=detail)
+    return edit.result()
+
+
+def apply_group_config(policies: Mapping[str, GroupPolicy], cfg: GroupConfig,
+                       ts: float) -> EditResult:
+    """Create a custom group, or change its criteria."""
+    edit = _Edit(policies, ts, cfg.actor)
+    name = validate_custom_group_name(cfg.name.strip())
+    criteria = validate_criteria(cfg.criteria)
+    policy = edit.get(name)
+    if policy is None:
+        edit.put(GroupPolicy(name=name, kind=GroupKind.CUSTOM, criteria=criteria),
+                 ChangeKind.GROUP_CREATED)
+    elif policy.kind is not GroupKind.CUSTOM:
+        raise PolicyError(f"{name} is not a custom group", status=409, field="name")
+    elif policy.criteria != criteria:
+        edit.put(dataclasses.replace(policy, criteria=criteria), ChangeKind.CRITERIA_CHANGED)
+    return edit.result()
+
+
+def apply_group_delete(policies: Mapping[str, GroupPolicy], req: GroupDelete,
+                       ts: float) -> EditResult:
+    edit = _Edit(policies, ts, req.actor)
+    policy = edit.require(req.name)
+    if policy.kind is not GroupKind.CUSTOM:
+        raise PolicyError(f"{req.name} is not a custom group; only custom groups can be deleted",
+                          field="name")
+    edit.deleted.append(req.name)
+    edit.changes.append(ProfileChange(group=req.name, change=ChangeKind.GROUP_DELETED,
+                                      version=policy.version + 1, ts=ts, actor=req.actor))
+    return edit.result()
+
+
+def merge(policies: Mapping[str, GroupPolicy], results: Iterable[EditResult]) -> dict[str, GroupPolicy]:
+    """The policies after some edit results (a convenience for callers and tests)."""
+    out = dict(policies)
+    for result in results:
+        out.update(result.updated)
+        for name in result.deleted:
+            out.pop(name, None)
+    return out
+

@@ -1,0 +1,130 @@
+"""Validation and normalisation of what users send: rules, baselines, modes, groups (§12)."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from schemas import Action, Baseline, Criterion, CriteriaKey, CriteriaOp, Mode
+
+__all__ = [
+    "PolicyError",
+    "clean_path",
+    "parse_baseline",
+    "parse_mode",
+    "validate_criteria",
+    "validate_custom_group_name",
+    "validate_rule",
+]
+
+
+class PolicyError(ValueError):
+    """An edit the engine refuses. `status` is the HTTP status the API answers with."""
+
+    def __init__(self, message: str, *, status: int = 400, field: str = "") -> None:
+        self.status = status
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+def clean_path(path: str) -> str:
+    """Lexical cleaning like Go's path.Clean (`/bin/../sbin/ws` → `/sbin/ws`)."""
+    cleaned = posixpath.normpath(path)
+    if cleaned.startswith("//"):
+        cleaned = "/" + cleaned.lstrip("/")
+    return cleaned
+
+
+def _validate_path(path: str, field: str) -> str:
+    path = path.strip()
+    if path in ("", "*"):
+        return path
+    if not path.startswith("/"):
+        raise PolicyError("must be empty, *, or an absolute path starting with /", field=field)
+    if path.endswith("/"):
+        raise PolicyError("must not end with /", field=field)
+    if "<" in path or ">" in path:
+        raise PolicyError("must not contain < or >", field=field)
+    if path.count("*") > 1:
+        raise PolicyError("may contain at most one *", field=field)
+    cleaned = clean_path(path)
+    if cleaned in ("/", "."):
+        raise PolicyError(f"{path!r} cleans to {cleaned!r}", field=field)
+    return cleaned
+
+
+def validate_rule(name: str, path: str, action: str, *, crd: bool = False) -> tuple[str, str, Action]:
+    """Validate and normalise one rule's `name`, `path` and `action`.
+
+    `crd`: the CRD importer's extra rule — an empty name with a concrete path becomes the
+    path's basename.
+    """
+    act_text = action.strip()
+    try:
+        act = Action(act_text)
+    except ValueError:
+        raise PolicyError(f"unknown action {action!r} (allowed: allow, deny)",
+                          field="action") from None
+    name = name.strip()
+    norm_path = _validate_path(path, "path")
+    if not name:
+        if crd and norm_path not in ("", "*", "/*"):
+            name = norm_path.rsplit("/", 1)[-1]
+        else:
+            raise PolicyError("must not be empty", field="name")
+    if name == "*" and norm_path == "":
+        raise PolicyError("name * needs a path", field="path")
+    if act is Action.DENY and name == "*" and norm_path in ("*", "/*"):
+        raise PolicyError("a deny rule for every process (deny all) is not allowed", field="action")
+    return name, norm_path, act
+
+
+def parse_baseline(value: str) -> Baseline:
+    text = value.strip().lower()
+    if text in ("zero-drift", "default", "shield"):
+        return Baseline.ZERO_DRIFT
+    if text == "basic":
+        return Baseline.BASIC
+    raise PolicyError(f"unknown baseline {value!r} (allowed: basic, zero-drift)", field="baseline")
+
+
+def parse_mode(value: str) -> Mode:
+    text = value.strip().lower()
+    for mode in Mode:
+        if mode.value.lower() == text:
+            return mode
+    raise PolicyError(f"unknown mode {value!r} (allowed: Discover, Monitor, Protect)",
+                      field="mode")
+
+
+_CUSTOM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def validate_custom_group_name(name: str) -> str:
+    if not _CUSTOM_NAME.fullmatch(name):
+        raise PolicyError("must be 1 to 64 characters of A-Z a-z 0-9 . _ -", field="name")
+    if name.startswith(("nv.", "fed.")):
+        raise PolicyError("nv. and fed. names are reserved", field="name")
+    if name == "nodes":
+        raise PolicyError("nodes is reserved", field="name")
+    return name
+
+
+def validate_criteria(criteria: tuple[Criterion, ...]) -> tuple[Criterion, ...]:
+    if not criteria:
+        raise PolicyError("a custom group needs at least one criterion", field="criteria")
+    out = []
+    for i, c in enumerate(criteria):
+        value = c.value.strip()
+        where = f"criteria[{i}].value"
+        if not value:
+            raise PolicyError("must not be empty", field=where)
+        if c.op in (CriteriaOp.REGEX, CriteriaOp.NOT_REGEX):
+            pattern = value.split("=", 1)[1] if c.key is CriteriaKey.LABEL and "=" in value else value
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise PolicyError(f"invalid regular expression ({exc})", field=where) from None
+        out.append(Criterion(c.key, c.op, value))
+    return tuple(out)

@@ -1,0 +1,83 @@
+"""What one workload's decisions need to know, assembled from the group policies (§5, §7)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from schemas import Baseline, GroupKind, GroupPolicy, Mode, Workload, WorkloadKind
+from streams.engine.compiled import CompiledRules, compile_rules
+from streams.engine.membership import custom_groups_of, learned_group_name
+from streams.engine.ordering import order_group_rules
+from streams.engine.probes import probe_commands
+
+__all__ = ["EngineSettings", "MissingGroup", "PolicyView", "build_view", "view_key"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """Deployment settings that change decisions."""
+
+    full_cmdline: bool = False  # §11: keep secret-looking arguments unmasked in incidents
+    new_group_mode: Mode = Mode.DISCOVER
+    new_group_baseline: Baseline = Baseline.ZERO_DRIFT
+
+
+class MissingGroup(LookupError):
+    """The workload's learned group does not exist (yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyView:
+    workload: Workload
+    learned: GroupPolicy  # the learned group, or `nodes` for a host
+    custom_groups: tuple[str, ...]
+    rules: CompiledRules
+    mode: Mode  # M
+    effective_mode: Mode  # M': Monitor for a system container in Protect (D14)
+    baseline: Baseline  # B (hosts: basic)
+    is_host: bool
+    probe_argvs: frozenset[tuple[str, ...]]
+    settings: EngineSettings
+
+    @property
+    def group(self) -> str:
+        return self.learned.name
+
+    @property
+    def zero_drift(self) -> bool:
+        return not self.is_host and self.baseline is Baseline.ZERO_DRIFT
+
+
+def view_key(workload: Workload, policies: Mapping[str, GroupPolicy]) -> tuple[object, ...]:
+    """A cache key that changes whenever the view for `workload` could change."""
+    return (workload, tuple((p.name, p.version) for p in policies.values()))
+
+
+def build_view(policies: Mapping[str, GroupPolicy], workload: Workload,
+               settings: EngineSettings = EngineSettings()) -> PolicyView:
+    name = learned_group_name(workload)
+    learned = policies.get(name)
+    if learned is None:
+        raise MissingGroup(name)
+    is_host = workload.kind is WorkloadKind.HOST
+    customs = () if is_host else custom_groups_of(workload, policies.values())
+    custom_rules = [r for g in customs for r in policies[g].rules]
+    ordered_custom = order_group_rules(custom_rules)
+    ordered = ordered_custom + order_group_rules(learned.rules)
+    assert learned.mode is not None and learned.baseline is not None
+    mode = learned.mode
+    effective_mode = Mode.MONITOR if (workload.system and mode is Mode.PROTECT) else mode
+    baseline = Baseline.BASIC if (is_host or learned.kind is GroupKind.NODES) else learned.baseline
+    return PolicyView(
+        workload=workload,
+        learned=learned,
+        custom_groups=customs,
+        rules=compile_rules(ordered, len(ordered_custom)),
+        mode=mode,
+        effective_mode=effective_mode,
+        baseline=baseline,
+        is_host=is_host,
+        probe_argvs=probe_commands(workload.probe_cmds) if not is_host else frozenset(),
+        settings=settings,
+    )

@@ -1,0 +1,162 @@
+"""A decision session: policies, workloads and process state, fed one message at a time.
+
+It routes each message to the engine (events to `decide`, edits to the policy functions) and
+keeps what the next decision needs. It does no I/O: the offline replay drives it from files, and
+dry-runs drive it with one event. Learning is applied at once here, as the single writer would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from schemas import (
+    CrdImport,
+    Decision,
+    Envelope,
+    GroupConfig,
+    GroupDelete,
+    GroupPolicy,
+    LearnRequest,
+    ProfileChange,
+    ProfilePatch,
+    ServiceConfig,
+    Verdict,
+    Workload,
+    WorkloadState,
+)
+from streams.engine import (
+    DECIDED_KINDS,
+    EditResult,
+    EngineSettings,
+    PolicyError,
+    PolicyView,
+    ProcessState,
+    apply_crd,
+    apply_group_config,
+    apply_group_delete,
+    apply_learn,
+    apply_profile_patch,
+    apply_service_config,
+    build_view,
+    decide,
+    ensure_workload_groups,
+    nodes_group,
+)
+
+__all__ = ["EditOutcome", "DecisionSession", "UnknownWorkload"]
+
+
+class UnknownWorkload(LookupError):
+    """An event names a workload that was never announced."""
+
+
+@dataclass(frozen=True, slots=True)
+class EditOutcome:
+    """The answer to a policy edit or workload announcement."""
+
+    event_id: str
+    verdict: Verdict  # accept or reject
+    reason: str
+    groups: tuple[str, ...] = ()
+    changes: tuple[ProfileChange, ...] = ()
+    status: int = 200
+
+
+@dataclass
+class DecisionSession:
+    settings: EngineSettings = field(default_factory=EngineSettings)
+    policies: dict[str, GroupPolicy] = field(default_factory=dict)
+    workloads: dict[str, Workload] = field(default_factory=dict)
+    states: dict[str, ProcessState] = field(default_factory=dict)
+    _views: dict[str, tuple[int, PolicyView]] = field(default_factory=dict)
+    _epoch: int = 0
+
+    def __post_init__(self) -> None:
+        self.policies.setdefault("nodes", nodes_group(self.settings))
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def load_policies(self, policies: Iterable[GroupPolicy]) -> None:
+        for policy in policies:
+            self.policies[policy.name] = policy
+        self._epoch += 1
+
+    def apply(self, result: EditResult) -> None:
+        if result.changed:
+            self.policies.update(result.updated)
+            for name in result.deleted:
+                self.policies.pop(name, None)
+            self._epoch += 1
+
+    def view(self, workload_id: str) -> PolicyView:
+        cached = self._views.get(workload_id)
+        if cached is not None and cached[0] == self._epoch:
+            return cached[1]
+        workload = self.workloads.get(workload_id)
+        if workload is None:
+            raise UnknownWorkload(workload_id)
+        view = build_view(self.policies, workload, self.settings)
+        self._views[workload_id] = (self._epoch, view)
+        return view
+
+    # -- messages -------------------------------------------------------------------------------
+
+    def handle(self, env: Envelope) -> Decision | EditOutcome:
+        """Decide an event or apply an edit. Raises UnknownWorkload for an unannounced workload;
+        refused edits come back as `reject` outcomes."""
+        if env.kind in DECIDED_KINDS:
+            return self.decide(env)
+        try:
+            return self._edit(env)
+        except PolicyError as exc:
+            return EditOutcome(env.event_id, Verdict.REJECT, str(exc), status=exc.status)
+
+    def decide(self, env: Envelope) -> Decision:
+        workload_id: str = getattr(env.payload, "workload_id")
+        view = self.view(workload_id)
+        state = self.states.setdefault(workload_id, ProcessState())
+        decision, effect = decide(view, state, env)
+        state.apply(effect)
+        if decision.learn is not None:
+            self.apply(apply_learn(self.policies, decision.learn))
+        return decision
+
+    def _edit(self, env: Envelope) -> EditOutcome:
+        p = env.payload
+        ts = env.ts
+        if isinstance(p, Workload):
+            return self._workload(env, p)
+        if isinstance(p, ProfilePatch):
+            result = apply_profile_patch(self.policies, p, ts)
+        elif isinstance(p, ServiceConfig):
+            result = apply_service_config(self.policies, p, ts)
+        elif isinstance(p, GroupConfig):
+            result = apply_group_config(self.policies, p, ts)
+        elif isinstance(p, GroupDelete):
+            result = apply_group_delete(self.policies, p, ts)
+        elif isinstance(p, CrdImport):
+            result = apply_crd(self.policies, p.text, self.settings, ts, p.actor)
+        elif isinstance(p, LearnRequest):
+            result = apply_learn(self.policies, p)
+        elif isinstance(p, GroupPolicy):
+            result = EditResult(updated={p.name: p})
+        else:
+            raise PolicyError(f"{env.kind.value} messages are outputs, not inputs", field="kind")
+        self.apply(result)
+        return EditOutcome(env.event_id, Verdict.ACCEPT,
+                           "changed" if result.changed else "unchanged",
+                           tuple(sorted({*result.updated, *result.deleted})), result.changes)
+
+    def _workload(self, env: Envelope, workload: Workload) -> EditOutcome:
+        if workload.state is WorkloadState.STOPPED:
+            self.workloads.pop(workload.id, None)
+            self.states.pop(workload.id, None)
+            self._views.pop(workload.id, None)
+            return EditOutcome(env.event_id, Verdict.ACCEPT, "workload stopped")
+        self.workloads[workload.id] = workload
+        self._views.pop(workload.id, None)
+        result = ensure_workload_groups(self.policies, workload, self.settings, env.ts)
+        self.apply(result)
+        return EditOutcome(env.event_id, Verdict.ACCEPT, "workload running",
+                           tuple(sorted(result.updated)), result.changes)
