@@ -42,7 +42,8 @@ def decide(
     was rejected, 2 for bad options or policy files.
     """
     from streams.engine import EngineSettings, PolicyError, parse_baseline, parse_mode
-    from streams.replay import dumps, explain as explain_line, load_policy_file, replay
+    from streams.replay import dumps, load_policy_file, replay
+    from streams.replay import explain as explain_line
     from streams.session import DecisionSession
 
     try:

@@ -23,6 +23,7 @@ from schemas.enums import (
 )
 from schemas.envelope import PAYLOAD_TYPES, SCHEMA_VERSION, Envelope, Payload, decode_envelope
 from schemas.events import (
+    WORKLOAD_EVENT_TYPES,
     DockerCpEvent,
     ExecEvent,
     ExitEvent,
@@ -30,6 +31,7 @@ from schemas.events import (
     StdioEvent,
     UidChangeEvent,
     Workload,
+    WorkloadEvent,
 )
 from schemas.outcomes import (
     RESERVED_RULE_ID_PREFIX,
@@ -61,7 +63,8 @@ __all__ = [
     "GroupKind", "GroupPolicy", "Incident", "IncidentAction", "LearnRequest", "Level", "Mode",
     "NODES_GROUP", "Origin", "PAYLOAD_TYPES", "Payload", "ProfileChange", "ProfilePatch",
     "RESERVED_RULE_ID_PREFIX", "Rule", "RuleChange", "RuleKey", "RuleSource", "SCHEMA_VERSION",
-    "ServiceConfig", "StdioEvent", "UidChangeEvent", "Verdict", "Workload", "WorkloadKind",
+    "ServiceConfig", "StdioEvent", "UidChangeEvent", "Verdict", "WORKLOAD_EVENT_TYPES", "Workload",
+    "WorkloadEvent", "WorkloadKind",
     "WorkloadState", "decode_envelope", "decode_json", "decode_record", "encode", "encode_str",
     "reserved_rule_id", "to_plain",
 ]

@@ -176,11 +176,10 @@ def _build_record(cls: type) -> _Converter:
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     )
     known = frozenset(f.name for f in fields)
-    _CACHE[cls] = lambda value, where: converters_ready(value, where)  # allow recursion
-    converters = {f.name: _converter_for(hints[f.name]) for f in fields}
+    converters: dict[str, _Converter] = {}
     name = cls.__name__
 
-    def converters_ready(value: Any, where: str) -> Any:
+    def convert(value: Any, where: str) -> Any:
         if type(value) is not dict:
             raise DecodeError(where, f"expected an object ({name}), got {_type_name(value)}")
         missing = required.difference(value)
@@ -198,4 +197,6 @@ def _build_record(cls: type) -> _Converter:
         except (ValueError, TypeError) as exc:  # record-level invariants in __post_init__
             raise DecodeError(where, str(exc)) from None
 
-    return converters_ready
+    _CACHE[cls] = convert  # registered before its fields, so records may nest themselves
+    converters.update({f.name: _converter_for(hints[f.name]) for f in fields})
+    return convert

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from schemas.codec import DecodeError, decode_json, decode_record, encode
 from schemas.enums import EventKind
@@ -31,11 +31,11 @@ __all__ = ["Envelope", "PAYLOAD_TYPES", "Payload", "SCHEMA_VERSION", "decode_env
 
 SCHEMA_VERSION = 1
 
-Payload = Union[
-    Workload, ExecEvent, ExitEvent, FileEvent, StdioEvent, UidChangeEvent, DockerCpEvent,
-    GroupPolicy, ProfilePatch, ServiceConfig, GroupConfig, GroupDelete, CrdImport, LearnRequest,
-    Decision, Incident, ProfileChange,
-]
+Payload = (
+    Workload | ExecEvent | ExitEvent | FileEvent | StdioEvent | UidChangeEvent | DockerCpEvent
+    | GroupPolicy | ProfilePatch | ServiceConfig | GroupConfig | GroupDelete | CrdImport
+    | LearnRequest | Decision | Incident | ProfileChange
+)
 
 PAYLOAD_TYPES: dict[EventKind, type] = {
     EventKind.WORKLOAD: Workload,
@@ -102,7 +102,7 @@ def decode_envelope(data: bytes | str | dict[str, Any]) -> Envelope:
     kind = decode_record(_KindBox, {"kind": obj["kind"]}).kind
     event_id = decode_record(_IdBox, {"event_id": obj["event_id"], "node": obj["node"],
                                       "cluster": obj["cluster"], "ts": obj["ts"]})
-    payload = decode_record(PAYLOAD_TYPES[kind], obj["payload"], "payload")
+    payload: Payload = decode_record(PAYLOAD_TYPES[kind], obj["payload"], "payload")
     return Envelope(SCHEMA_VERSION, event_id.event_id, event_id.node, event_id.cluster,
                     event_id.ts, kind, payload)
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from schemas.enums import CopyDirection, FileOp, Origin, WorkloadKind, WorkloadState
 
 __all__ = [
+    "WORKLOAD_EVENT_TYPES",
+    "WorkloadEvent",
     "DockerCpEvent",
     "ExecEvent",
     "ExitEvent",
@@ -148,3 +150,7 @@ class DockerCpEvent:
     direction: CopyDirection | None = None  # derived from argv when absent
     container_name: str = ""
     container_id: str = ""
+
+
+WorkloadEvent = ExecEvent | ExitEvent | FileEvent | StdioEvent | UidChangeEvent | DockerCpEvent
+WORKLOAD_EVENT_TYPES = (ExecEvent, ExitEvent, FileEvent, StdioEvent, UidChangeEvent, DockerCpEvent)

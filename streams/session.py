@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from schemas import (
+    WORKLOAD_EVENT_TYPES,
     CrdImport,
     Decision,
     Envelope,
@@ -113,7 +114,10 @@ class DecisionSession:
             return EditOutcome(env.event_id, Verdict.REJECT, str(exc), status=exc.status)
 
     def decide(self, env: Envelope) -> Decision:
-        workload_id: str = getattr(env.payload, "workload_id")
+        payload = env.payload
+        if not isinstance(payload, WORKLOAD_EVENT_TYPES):
+            raise TypeError(f"{env.kind.value} is not an event of a workload")
+        workload_id = payload.workload_id
         view = self.view(workload_id)
         state = self.states.setdefault(workload_id, ProcessState())
         decision, effect = decide(view, state, env)

@@ -17,9 +17,9 @@ from schemas import (
     NODES_GROUP,
     Baseline,
     ChangeKind,
-    Criterion,
     CriteriaKey,
     CriteriaOp,
+    Criterion,
     GroupKind,
     GroupPolicy,
     Mode,
@@ -190,7 +190,10 @@ def apply_crd(policies: Mapping[str, GroupPolicy], text: str, settings: EngineSe
             crd_managed=policy.crd_managed or imp.mode is not None or imp.baseline is not None,
         )
         if new != policy or imp.group not in policies:
-            edit.put(new, ChangeKind.CRD_IMPORTED,
-                     detail=f"{len(ground)} rules" + (f", mode={imp.mode.value}" if imp.mode else "")
-                     + (f", baseline={imp.baseline.value}" if imp.baseline else ""))
+            detail = [f"{len(ground)} rules"]
+            if imp.mode:
+                detail.append(f"mode={imp.mode.value}")
+            if imp.baseline:
+                detail.append(f"baseline={imp.baseline.value}")
+            edit.put(new, ChangeKind.CRD_IMPORTED, detail=", ".join(detail))
     return edit.result()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from schemas import Action as RuleAction
 from schemas import (
+    CopyDirection,
     Decision,
     DockerCpEvent,
     Envelope,
@@ -18,9 +20,10 @@ from schemas import (
     ExitEvent,
     FileEvent,
     FileOp,
+    Incident,
     IncidentAction,
-    Level,
     LearnRequest,
+    Level,
     Mode,
     Origin,
     Rule,
@@ -30,8 +33,6 @@ from schemas import (
     Verdict,
     reserved_rule_id,
 )
-from schemas import Action as RuleAction
-from schemas import CopyDirection, Incident
 from streams.engine.compiled import is_user_update_rule
 from streams.engine.detectors import (
     NETCATS,

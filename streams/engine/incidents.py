@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from schemas import Envelope, Incident, IncidentAction, Level
 from streams.engine.detectors import mask_cmdline
@@ -48,7 +48,7 @@ def incident(view: PolicyView, env: Envelope, *, kind: str, level: Level, action
              conn_ingress: bool = False) -> Incident:
     wl = view.workload
     reported = int(env.ts)
-    at = datetime.fromtimestamp(env.ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    at = datetime.fromtimestamp(env.ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     cmd = " ".join(proc.argv) if view.settings.full_cmdline else mask_cmdline(proc.argv)
     service = view.learned.name
     return Incident(

@@ -54,7 +54,7 @@ def process_name(comm: str, exe_bin: str, argv: Sequence[str]) -> str:
 
 def match_rule(rname: str, rpath: str, pname: str, exe: str) -> bool:
     """The matching algorithm of §4.2, case by case. Parent rules are filtered out by callers."""
-    if rname == "*" and (rpath == "*" or rpath == "/*"):  # 1
+    if rname == "*" and (rpath in {"*", "/*"}):  # 1
         return True
     cut = exe.rfind("/")
     if cut < 0:  # 2
@@ -100,7 +100,7 @@ def parent_rule_admits(rule: Rule, pname: str, parent_name: str, parent_exe: str
     if rule.action is not Action.ALLOW:
         return False
     p = rule.name[:-2]
-    if parent_name != p and pname != p:
+    if p not in (parent_name, pname):
         return False
     rpath = rule.path
     if rpath in WILDCARD_PATHS:

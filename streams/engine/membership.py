@@ -8,9 +8,9 @@ from functools import lru_cache
 
 from schemas import (
     NODES_GROUP,
-    Criterion,
     CriteriaKey,
     CriteriaOp,
+    Criterion,
     GroupKind,
     GroupPolicy,
     Workload,

@@ -51,6 +51,7 @@ def order_group_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:
     return tuple(r for _, r in sorted(_positions(rules), key=_sort_key))
 
 
-def effective_rules(custom_rules: Sequence[Rule], learned_rules: Sequence[Rule]) -> tuple[Rule, ...]:
+def effective_rules(custom_rules: Sequence[Rule],
+                    learned_rules: Sequence[Rule]) -> tuple[Rule, ...]:
     """The custom groups' rules merged and ordered together, then the learned group's rules."""
     return order_group_rules(custom_rules) + order_group_rules(learned_rules)

@@ -190,7 +190,7 @@ def apply_learn(policies: Mapping[str, GroupPolicy], req: LearnRequest) -> EditR
             rule = rules[target]
             if (rule.cfg_type is RuleSource.LEARNED and rule.users and req.user
                     and req.user not in rule.users):
-                rule = dataclasses.replace(rule, users=rule.users + (req.user,),
+                rule = dataclasses.replace(rule, users=(*rule.users, req.user),
                                            last_modified_timestamp=ts)
                 rules[target] = rule
                 policy = dataclasses.replace(policy, rules=tuple(rules))
@@ -260,17 +260,16 @@ def apply_profile_patch(policies: Mapping[str, GroupPolicy], patch: ProfilePatch
                                   field="baseline")
             new = dataclasses.replace(new, baseline=baseline)
             details.append((ChangeKind.BASELINE_CHANGED, baseline.value))
-    flags = {}
+    flags = []
     if patch.alert_disabled is not None and patch.alert_disabled != policy.alert_disabled:
-        flags["alert_disabled"] = patch.alert_disabled
+        new = dataclasses.replace(new, alert_disabled=patch.alert_disabled)
+        flags.append(f"alert_disabled={str(patch.alert_disabled).lower()}")
     if patch.hash_enabled is not None and patch.hash_enabled != policy.hash_enabled:
-        flags["hash_enabled"] = patch.hash_enabled
-    if flags:
         # Turning hash pinning off forgets every pin; turning it on starts afresh.
-        new = dataclasses.replace(new, hash_pins={}, **flags) if "hash_enabled" in flags \
-            else dataclasses.replace(new, **flags)
-        details.append((ChangeKind.FLAGS_CHANGED,
-                        ", ".join(f"{k}={str(v).lower()}" for k, v in flags.items())))
+        new = dataclasses.replace(new, hash_enabled=patch.hash_enabled, hash_pins={})
+        flags.append(f"hash_enabled={str(patch.hash_enabled).lower()}")
+    if flags:
+        details.append((ChangeKind.FLAGS_CHANGED, ", ".join(flags)))
     if new == policy:
         return edit.result()
     edit.put_many(new, [(ChangeKind.RULE_DELETED, r, "") for r in deleted]
@@ -307,7 +306,7 @@ def apply_service_config(policies: Mapping[str, GroupPolicy], cfg: ServiceConfig
         if new != policy:
             kind = ChangeKind.MODE_CHANGED if new.mode is not policy.mode \
                 else ChangeKind.BASELINE_CHANGED
-            detail = ", ".join(f"{k}={v}" for k, v in (("mode", new.mode), ("baseline", new.baseline))
+            detail = ", ".join(f"{k}={getattr(new, k)}" for k in ("mode", "baseline")
                                if getattr(new, k) is not getattr(policy, k))
             edit.put(new, kind, detail=detail)
     return edit.result()
@@ -343,7 +342,8 @@ def apply_group_delete(policies: Mapping[str, GroupPolicy], req: GroupDelete,
     return edit.result()
 
 
-def merge(policies: Mapping[str, GroupPolicy], results: Iterable[EditResult]) -> dict[str, GroupPolicy]:
+def merge(policies: Mapping[str, GroupPolicy],
+          results: Iterable[EditResult]) -> dict[str, GroupPolicy]:
     """The policies after some edit results (a convenience for callers and tests)."""
     out = dict(policies)
     for result in results:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from schemas import Action, Baseline, Criterion, CriteriaKey, CriteriaOp, Mode
+from schemas import Action, Baseline, CriteriaKey, CriteriaOp, Criterion, Mode
 
 __all__ = [
     "PolicyError",
@@ -54,7 +54,8 @@ def _validate_path(path: str, field: str) -> str:
     return cleaned
 
 
-def validate_rule(name: str, path: str, action: str, *, crd: bool = False) -> tuple[str, str, Action]:
+def validate_rule(name: str, path: str, action: str, *,
+                  crd: bool = False) -> tuple[str, str, Action]:
     """Validate and normalise one rule's `name`, `path` and `action`.
 
     `crd`: the CRD importer's extra rule — an empty name with a concrete path becomes the
@@ -121,7 +122,8 @@ def validate_criteria(criteria: tuple[Criterion, ...]) -> tuple[Criterion, ...]:
         if not value:
             raise PolicyError("must not be empty", field=where)
         if c.op in (CriteriaOp.REGEX, CriteriaOp.NOT_REGEX):
-            pattern = value.split("=", 1)[1] if c.key is CriteriaKey.LABEL and "=" in value else value
+            label_value = c.key is CriteriaKey.LABEL and "=" in value
+            pattern = value.split("=", 1)[1] if label_value else value
             try:
                 re.compile(pattern)
             except re.error as exc:
