@@ -89,16 +89,18 @@ def decode_envelope(data: bytes | str | dict[str, Any]) -> Envelope:
     obj = data if isinstance(data, dict) else decode_json(data)
     if type(obj) is not dict:
         raise DecodeError("", "a message must be a JSON object")
+    # The version first: a message from another version may have other fields.
+    version = obj.get("schema_version")
+    if version != SCHEMA_VERSION or type(version) is not int:
+        reason = ("required field is missing" if version is None else
+                  f"unsupported version {version!r} (this build reads {SCHEMA_VERSION})")
+        raise DecodeError("schema_version", reason)
     for name in obj:
         if name not in _HEADER_FIELDS:
             raise DecodeError(name, f"unknown field (known: {', '.join(_HEADER_FIELDS)})")
     for name in _HEADER_FIELDS:
         if name not in obj:
             raise DecodeError(name, "required field is missing")
-    version = obj["schema_version"]
-    if version != SCHEMA_VERSION or type(version) is not int:
-        raise DecodeError("schema_version", f"unsupported version {version!r} "
-                                            f"(this build reads {SCHEMA_VERSION})")
     kind = decode_record(_KindBox, {"kind": obj["kind"]}).kind
     event_id = decode_record(_IdBox, {"event_id": obj["event_id"], "node": obj["node"],
                                       "cluster": obj["cluster"], "ts": obj["ts"]})

@@ -1,0 +1,187 @@
+"""The wire codec: strict decoding, field-naming errors, golden files, fuzzed input."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas import (
+    PAYLOAD_TYPES,
+    Baseline,
+    DecodeError,
+    Envelope,
+    ExecEvent,
+    FileEvent,
+    FileOp,
+    GroupKind,
+    GroupPolicy,
+    Mode,
+    Origin,
+    ProfilePatch,
+    RuleChange,
+    decode_envelope,
+    decode_record,
+    encode,
+)
+from schemas.topics import ALL_TOPICS, verdict_partition
+from tests.builders import NODE, World, container, group, learned_rule
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+
+
+def _samples() -> dict[str, Envelope]:
+    world = World(groups=[group(mode=Mode.PROTECT, rules=(learned_rule("ls", "/bin/ls"),))])
+    decision = world.exec("/bin/cat", argv=("cat", "--password=x"), pid=4242, ppid=1)
+    decision = dataclasses.replace(decision, event_id="e-decision")
+    wrap = lambda p, i: Envelope.wrap(p, event_id=i, node=NODE, ts=1_700_000_000.5,  # noqa: E731
+                                      cluster="prod")
+    return {
+        "workload": wrap(container(image="nginx:1.25", labels={"app": "web"},
+                                   probe_cmds=(("cat", "/tmp/ok"),)), "e-workload"),
+        "exec": wrap(ExecEvent(workload_id="c1", pid=10, path="/usr/bin/curl", name="curl",
+                               argv=("curl", "-s", "http://x"), ppid=1, pgid=10, sid=1,
+                               start_time=123456, ruid=1000, euid=1000, user="app",
+                               real_user="app", parent_name="sh", parent_path="/bin/sh",
+                               family=False, runtime_injected=True, origin=Origin.MODIFIED,
+                               hash="ab" * 32), "e-exec"),
+        "file": wrap(FileEvent("c1", FileOp.ATTRIB, "/tmp/x", executable=True, pid=7,
+                               proc_name="chmod", proc_path="/bin/chmod"), "e-file"),
+        "policy": wrap(group(rules=(learned_rule("ls", "/bin/ls"),), hash_enabled=True,
+                             hash_pins={"/bin/ls": "cd" * 32}), "e-policy"),
+        "profile_patch": wrap(ProfilePatch(group="nv.web.demo", baseline="basic",
+                                           process_change_list=(RuleChange("ls", "/bin/ls",
+                                                                           "deny"),)),
+                              "e-patch"),
+        "verdict": wrap(decision, "e-verdict"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_samples()))
+def test_golden(name: str) -> None:
+    env = _samples()[name]
+    path = GOLDEN / f"{name}.json"
+    encoded = orjson.dumps(orjson.loads(encode(env)), option=orjson.OPT_INDENT_2) + b"\n"
+    if os.environ.get("PROCWARDEN_UPDATE_GOLDEN") == "1":
+        path.write_bytes(encoded)
+    assert path.read_bytes() == encoded, f"{path.name} differs from what the codec writes"
+    assert decode_envelope(path.read_bytes()) == env
+
+
+def test_every_kind_has_a_payload_type() -> None:
+    from schemas import EventKind
+
+    assert set(PAYLOAD_TYPES) == set(EventKind)
+
+
+ERRORS: dict[str, tuple[Any, str, str]] = {
+    "not json": (b"{", "", "not valid JSON"),
+    "not an object": ([], "", "JSON object"),
+    "missing header": ({"schema_version": 1}, "event_id", "required"),
+    "unknown header": ({"schema_version": 1, "extra": 1}, "extra", "unknown field"),
+    "no version": ({"event_id": "e"}, "schema_version", "required"),
+    "future version": ("version", "schema_version", "unsupported version 2"),
+    "unknown kind": ("kind", "kind", "unknown value 'telepathy'"),
+    "unknown enum in payload": ("origin", "payload.origin", "unknown value 'space'"),
+    "wrong type": ("pid", "payload.pid", "expected an integer, got string"),
+    "bool is not int": ("pidbool", "payload.pid", "expected an integer, got boolean"),
+    "bad array item": ("argv", "payload.argv[1]", "expected a string, got integer"),
+    "unknown payload field": ("typo", "payload.exe", "unknown field"),
+    "missing payload field": ("missing", "payload.path", "required field is missing"),
+}
+
+_GOOD = {"schema_version": 1, "event_id": "e", "node": "n", "cluster": "c", "ts": 1,
+         "kind": "exec", "payload": {"workload_id": "w", "pid": 1, "path": "/bin/ls"}}
+
+
+def _mutate(how: str) -> dict[str, Any]:
+    msg = orjson.loads(orjson.dumps(_GOOD))
+    p = msg["payload"]
+    if how == "version":
+        msg["schema_version"] = 2
+    elif how == "kind":
+        msg["kind"] = "telepathy"
+    elif how == "origin":
+        p["origin"] = "space"
+    elif how == "pid":
+        p["pid"] = "1"
+    elif how == "pidbool":
+        p["pid"] = True
+    elif how == "argv":
+        p["argv"] = ["ls", 3]
+    elif how == "typo":
+        p["exe"] = "/bin/ls"
+    elif how == "missing":
+        del p["path"]
+    return dict(msg)
+
+
+@pytest.mark.parametrize("case", ERRORS.values(), ids=ERRORS.keys())
+def test_decode_errors_name_field_and_reason(case: tuple[Any, str, str]) -> None:
+    data, field, reason = case
+    raw = orjson.dumps(_mutate(data)) if isinstance(data, str) else (
+        data if isinstance(data, bytes) else orjson.dumps(data))
+    with pytest.raises(DecodeError) as err:
+        decode_envelope(raw)
+    assert err.value.field == field
+    assert reason in err.value.reason
+
+
+def test_record_invariants_are_decode_errors() -> None:
+    with pytest.raises(DecodeError, match="custom group has no mode"):
+        decode_record(GroupPolicy, {"name": "x", "kind": "custom", "mode": "Protect"})
+    with pytest.raises(DecodeError, match="baseline is always basic"):
+        decode_record(GroupPolicy, {"name": "nodes", "kind": "nodes", "mode": "Protect",
+                                    "baseline": "zero-drift"})
+    ok = decode_record(GroupPolicy, {"name": "nv.a.b", "kind": "learned", "mode": "Monitor",
+                                     "baseline": "basic"})
+    assert (ok.kind, ok.mode, ok.baseline) == (GroupKind.LEARNED, Mode.MONITOR, Baseline.BASIC)
+
+
+def test_float_fields_accept_integers_only_as_numbers() -> None:
+    assert decode_envelope(orjson.dumps(_GOOD)).ts == 1.0
+    with pytest.raises(DecodeError):
+        decode_envelope(orjson.dumps({**_GOOD, "ts": "1"}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_only_raise_decode_errors(data: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        decode_envelope(data)
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
+                     | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(k.value for k in PAYLOAD_TYPES)), _json)
+def test_random_payloads_only_raise_decode_errors(kind: str, payload: Any) -> None:
+    with contextlib.suppress(DecodeError):
+        decode_envelope(orjson.dumps({**_GOOD, "kind": kind, "payload": payload}))
+
+
+def test_topics_are_named_and_keyed() -> None:
+    names = {t.name for t in ALL_TOPICS}
+    assert len(names) == len(ALL_TOPICS) and all(n.startswith("procwarden.") for n in names)
+    compacted = {t.name for t in ALL_TOPICS if t.compacted}
+    assert compacted == {"procwarden.policy", "procwarden.workloads"}
+
+
+@pytest.mark.parametrize("key,expected", [
+    ("21", -973932308), ("foobar", -790332482), ("abc", 479470107),
+    ("a-little-bit-long-string", -985981536), ("a-little-bit-longer-string", -1486304829),
+    ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971)])
+def test_verdict_partition_uses_kafkas_murmur2(key: str, expected: int) -> None:
+    # Reference values from Kafka's own partitioner tests (Utils.murmur2).
+    assert verdict_partition(key, 2**31 - 1) == (expected & 0x7FFFFFFF) % (2**31 - 1)
