@@ -20,7 +20,6 @@ import orjson
 __all__ = ["DecodeError", "decode_json", "decode_record", "encode", "encode_str", "to_plain"]
 
 T = TypeVar("T")
-_Converter = Callable[[Any, str], Any]
 
 
 class DecodeError(ValueError):
@@ -57,11 +56,30 @@ def decode_json(data: bytes | str, where: str = "") -> Any:
 def decode_record(cls: type[T], obj: Any, where: str = "") -> T:
     """Build a `cls` record from plain data, validating every field."""
     converter = _converter_for(cls)
-    result: T = converter(obj, where)
+    try:
+        result: T = converter(obj)
+    except DecodeError as exc:
+        raise _prefixed(exc, where) from None
     return result
 
 
+# A converter takes a plain value and returns the typed one, or raises DecodeError naming the
+# field relative to itself. Containers prefix the path on the way out, so the path string is only
+# built when something is wrong.
+_Converter = Callable[[Any], Any]
 _CACHE: dict[Any, _Converter] = {}
+
+
+def _prefixed(exc: DecodeError, part: str) -> DecodeError:
+    if not part:
+        return exc
+    if not exc.field:
+        field = part
+    elif exc.field.startswith("["):
+        field = part + exc.field
+    else:
+        field = f"{part}.{exc.field}"
+    return DecodeError(field, exc.reason)
 
 
 def _converter_for(tp: Any) -> _Converter:
@@ -70,10 +88,6 @@ def _converter_for(tp: Any) -> _Converter:
         cached = _build(tp)
         _CACHE[tp] = cached
     return cached
-
-
-def _join(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
 
 
 def _type_name(value: Any) -> str:
@@ -97,7 +111,7 @@ def _build(tp: Any) -> _Converter:
     if tp is float:
         return _conv_float
     if tp is Any:
-        return lambda value, where: value
+        return lambda value: value
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -105,65 +119,86 @@ def _build(tp: Any) -> _Converter:
         if len(members) != 1 or len(args) != 2:
             raise TypeError(f"unsupported union {tp!r}")
         inner = _converter_for(members[0])
-        return lambda value, where: None if value is None else inner(value, where)
+        return lambda value: None if value is None else inner(value)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return _build_tuple(_converter_for(args[0]))
+        return _build_tuple(args[0])
     if origin in (dict, Mapping) and args and args[0] is str:
         return _build_dict(_converter_for(args[1]))
     raise TypeError(f"unsupported type {tp!r}")
 
 
-def _conv_str(value: Any, where: str) -> str:
+def _conv_str(value: Any) -> str:
     if type(value) is not str:
-        raise DecodeError(where, f"expected a string, got {_type_name(value)}")
+        raise DecodeError("", f"expected a string, got {_type_name(value)}")
     return value
 
 
-def _conv_bool(value: Any, where: str) -> bool:
+def _conv_bool(value: Any) -> bool:
     if type(value) is not bool:
-        raise DecodeError(where, f"expected true or false, got {_type_name(value)}")
+        raise DecodeError("", f"expected true or false, got {_type_name(value)}")
     return value
 
 
-def _conv_int(value: Any, where: str) -> int:
+def _conv_int(value: Any) -> int:
     if type(value) is not int:
-        raise DecodeError(where, f"expected an integer, got {_type_name(value)}")
+        raise DecodeError("", f"expected an integer, got {_type_name(value)}")
     return value
 
 
-def _conv_float(value: Any, where: str) -> float:
+def _conv_float(value: Any) -> float:
     if type(value) is float or type(value) is int:
         return float(value)
-    raise DecodeError(where, f"expected a number, got {_type_name(value)}")
+    raise DecodeError("", f"expected a number, got {_type_name(value)}")
+
+
+# Types whose JSON value is already the Python value when `type(raw)` is exactly this type.
+_PLAIN = {str: str, int: int, bool: bool, float: float}
 
 
 def _build_enum(enum_cls: type[Enum]) -> _Converter:
     by_value = {member.value: member for member in enum_cls}
     allowed = ", ".join(sorted(str(v) for v in by_value))
 
-    def convert(value: Any, where: str) -> Enum:
-        member = by_value.get(value) if isinstance(value, str) else None
+    def convert(value: Any) -> Enum:
+        member = by_value.get(value) if type(value) is str else None
         if member is None:
-            raise DecodeError(where, f"unknown value {value!r} (allowed: {allowed})")
+            raise DecodeError("", f"unknown value {value!r} (allowed: {allowed})")
         return member
 
     return convert
 
 
-def _build_tuple(item: _Converter) -> _Converter:
-    def convert(value: Any, where: str) -> tuple[Any, ...]:
+def _build_tuple(item_type: Any) -> _Converter:
+    item = _converter_for(item_type)
+    plain = _PLAIN.get(item_type)
+
+    def convert(value: Any) -> tuple[Any, ...]:
         if type(value) is not list:
-            raise DecodeError(where, f"expected an array, got {_type_name(value)}")
-        return tuple([item(v, f"{where}[{i}]") for i, v in enumerate(value)])
+            raise DecodeError("", f"expected an array, got {_type_name(value)}")
+        if plain is not None and all(type(v) is plain for v in value):
+            return tuple(value)
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(item(v))
+            except DecodeError as exc:
+                raise _prefixed(exc, f"[{i}]") from None
+        return tuple(out)
 
     return convert
 
 
 def _build_dict(item: _Converter) -> _Converter:
-    def convert(value: Any, where: str) -> dict[str, Any]:
+    def convert(value: Any) -> dict[str, Any]:
         if type(value) is not dict:
-            raise DecodeError(where, f"expected an object, got {_type_name(value)}")
-        return {k: item(v, _join(where, k)) for k, v in value.items()}
+            raise DecodeError("", f"expected an object, got {_type_name(value)}")
+        out = {}
+        for k, v in value.items():
+            try:
+                out[k] = item(v)
+            except DecodeError as exc:
+                raise _prefixed(exc, k) from None
+        return out
 
     return convert
 
@@ -175,28 +210,36 @@ def _build_record(cls: type) -> _Converter:
         f.name for f in fields
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     )
-    known = frozenset(f.name for f in fields)
-    converters: dict[str, _Converter] = {}
+    known = ", ".join(sorted(f.name for f in fields))
+    # name -> (type that needs no conversion or None, converter)
+    specs: dict[str, tuple[type | None, _Converter]] = {}
     name = cls.__name__
 
-    def convert(value: Any, where: str) -> Any:
+    def convert(value: Any) -> Any:
         if type(value) is not dict:
-            raise DecodeError(where, f"expected an object ({name}), got {_type_name(value)}")
-        missing = required.difference(value)
-        if missing:
-            raise DecodeError(_join(where, min(missing)), "required field is missing")
+            raise DecodeError("", f"expected an object ({name}), got {_type_name(value)}")
+        if not required.issubset(value):
+            raise DecodeError(min(required.difference(value)), "required field is missing")
         kwargs = {}
         for key, raw in value.items():
-            conv = converters.get(key)
-            if conv is None:
-                raise DecodeError(_join(where, key),
-                                  f"unknown field (known: {', '.join(sorted(known))})")
-            kwargs[key] = conv(raw, _join(where, key))
+            spec = specs.get(key)
+            if spec is None:
+                raise DecodeError(key, f"unknown field (known: {known})")
+            plain, conv = spec
+            if type(raw) is plain:
+                kwargs[key] = raw
+                continue
+            try:
+                kwargs[key] = conv(raw)
+            except DecodeError as exc:
+                raise _prefixed(exc, key) from None
         try:
             return cls(**kwargs)
         except (ValueError, TypeError) as exc:  # record-level invariants in __post_init__
-            raise DecodeError(where, str(exc)) from None
+            raise DecodeError("", str(exc)) from None
 
     _CACHE[cls] = convert  # registered before its fields, so records may nest themselves
-    converters.update({f.name: _converter_for(hints[f.name]) for f in fields})
+    for f in fields:
+        tp = hints[f.name]
+        specs[f.name] = (_PLAIN.get(tp), _converter_for(tp))
     return convert

@@ -101,26 +101,20 @@ def decode_envelope(data: bytes | str | dict[str, Any]) -> Envelope:
     for name in _HEADER_FIELDS:
         if name not in obj:
             raise DecodeError(name, "required field is missing")
-    kind = decode_record(_KindBox, {"kind": obj["kind"]}).kind
-    event_id = decode_record(_IdBox, {"event_id": obj["event_id"], "node": obj["node"],
-                                      "cluster": obj["cluster"], "ts": obj["ts"]})
+    kind = _KINDS.get(obj["kind"]) if type(obj["kind"]) is str else None
+    if kind is None:
+        raise DecodeError("kind", f"unknown value {obj['kind']!r} (allowed: {_KIND_NAMES})")
+    event_id, node, cluster, ts = obj["event_id"], obj["node"], obj["cluster"], obj["ts"]
+    for name, value in (("event_id", event_id), ("node", node), ("cluster", cluster)):
+        if type(value) is not str:
+            raise DecodeError(name, "expected a string")
+    if not event_id:
+        raise DecodeError("event_id", "must not be empty")
+    if type(ts) is not float and type(ts) is not int:
+        raise DecodeError("ts", "expected a number")
     payload: Payload = decode_record(PAYLOAD_TYPES[kind], obj["payload"], "payload")
-    return Envelope(SCHEMA_VERSION, event_id.event_id, event_id.node, event_id.cluster,
-                    event_id.ts, kind, payload)
+    return Envelope(SCHEMA_VERSION, event_id, node, cluster, float(ts), kind, payload)
 
 
-@dataclass(frozen=True, slots=True)
-class _KindBox:
-    kind: EventKind
-
-
-@dataclass(frozen=True, slots=True)
-class _IdBox:
-    event_id: str
-    node: str
-    cluster: str
-    ts: float
-
-    def __post_init__(self) -> None:
-        if not self.event_id:
-            raise ValueError("event_id: must not be empty")
+_KINDS = {k.value: k for k in EventKind}
+_KIND_NAMES = ", ".join(sorted(_KINDS))

@@ -32,7 +32,8 @@ def reserved_rule_id(n: int) -> str:
     return f"{RESERVED_RULE_ID_PREFIX}{n:02d}"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like Decision: built on the hot path of every violation. Treat it as immutable.
+@dataclass(slots=True)
 class Incident:
     """A security event with NeuVector's names and fields, so existing SIEM parsers work."""
 
@@ -71,7 +72,9 @@ class Incident:
     count: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a Decision is built for every event, and a frozen dataclass's __init__ is about 4x
+# slower (3-4 us against 1 us here). Treat it as immutable all the same.
+@dataclass(slots=True)
 class Decision:
     """The engine's answer for one event; also the record on the verdicts topic.
 

@@ -7,8 +7,6 @@ dry-runs all call `decide`, so they always agree.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from schemas import Action as RuleAction
 from schemas import (
     CopyDirection,
@@ -51,8 +49,17 @@ from streams.engine.view import PolicyView
 
 __all__ = ["DECIDED_KINDS", "decide"]
 
+
+# Enum members bound once: reading a member off an Enum class costs 100-200 ns on Python 3.11,
+# and the exec path reads a dozen of them per event.
+_ALLOW, _LEARN, _ALERT, _BLOCK, _NONE = (Verdict.ALLOW, Verdict.LEARN, Verdict.ALERT,
+                                         Verdict.BLOCK, Verdict.NONE)
+_DISCOVER, _MONITOR, _PROTECT = Mode.DISCOVER, Mode.MONITOR, Mode.PROTECT
+_IMAGE = Origin.IMAGE
+_RULE_ALLOW = RuleAction.ALLOW
+_LEARNED = RuleSource.LEARNED
+
 Result = tuple[Decision, StateEffect | None]
-_Finish = Callable[..., Result]
 
 # Kinds `decide` accepts, for callers that route messages.
 DECIDED_KINDS = frozenset({EventKind.EXEC, EventKind.FILE, EventKind.STDIO, EventKind.UID_CHANGE,
@@ -82,7 +89,7 @@ def decide(view: PolicyView, state: ProcessState, env: Envelope) -> Result:
     if type(payload) is DockerCpEvent:
         return _decide_docker_cp(view, env, payload)
     if type(payload) is ExitEvent:
-        return _decision(view, env, Verdict.NONE, "none:exit", pid=payload.pid), \
+        return _decision(view, env, _NONE, "none:exit", pid=payload.pid), \
             StateEffect(forget_pid=payload.pid)
     raise ValueError(f"the engine decides events, not {env.kind.value} messages")
 
@@ -106,7 +113,7 @@ def _decision(view: PolicyView, env: Envelope, verdict: Verdict, reason: str, *,
 
 def _would_block(view: PolicyView) -> bool:
     """In Monitor, whether Protect would block a violation (system containers never block)."""
-    return view.mode is Mode.MONITOR and not view.workload.system
+    return view.mode is _MONITOR and not view.workload.system
 
 
 def _proc(ev: ExecEvent, pname: str) -> ProcFacts:
@@ -117,37 +124,55 @@ def _proc(ev: ExecEvent, pname: str) -> ProcFacts:
 
 # ---- exec -------------------------------------------------------------------------------------
 
+# What the exec procedure concludes: verdict, reason, matched rule, attributed group, incident,
+# learning request, state effect. The Decision is built once from it.
+_Outcome = tuple[Verdict, str, Rule | None, str, Incident | None, LearnRequest | None,
+                 StateEffect | None]
+
+
 def _decide_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent) -> Result:
     exe = ev.path
     pid, start = ev.pid, ev.start_time
     if not exe or exe == "/":
-        return _decision(view, env, Verdict.NONE, "ignored:no-exe", pid=pid, start_time=start,
+        return _decision(view, env, _NONE, "ignored:no-exe", pid=pid, start_time=start,
                          name=ev.name), None
-    cut = exe.rfind("/")
-    exe_bin = exe[cut + 1:]
-    is_host = view.is_host
-    if (is_host or ev.exe_on_host) and is_runtime_process(exe_bin, ev.argv):  # step 1
-        return _decision(view, env, Verdict.NONE, "ignored:runtime", pid=pid, start_time=start,
+    exe_bin = exe[exe.rfind("/") + 1:]
+    if (view.is_host or ev.exe_on_host) and is_runtime_process(exe_bin, ev.argv):  # step 1
+        return _decision(view, env, _NONE, "ignored:runtime", pid=pid, start_time=start,
                          name=ev.name, path=exe), None
     pname = process_name(ev.name, exe_bin, ev.argv)  # step 2
-    image_file = ev.origin is Origin.IMAGE and exe not in st.drift
-    rules = view.rules
+    verdict, reason, rule, group, found, learn, effect = _judge_exec(view, st, env, ev, pname)
+    wl = view.workload
+    learned = view.learned
+    return Decision(
+        event_id=env.event_id, event_kind=env.kind, workload_id=wl.id, node=wl.node,
+        verdict=verdict, reason=reason, group=group or learned.name,
+        rule_uuid=rule.uuid if rule is not None else "",
+        rule_group=rule.group if rule is not None else "",
+        mode=view.mode, baseline=view.baseline,
+        would_block=verdict is _ALERT and found is not None and _would_block(view),
+        suppressed=found is not None and learned.alert_disabled,
+        pid=pid, start_time=start, name=pname, path=exe, user=ev.user, ts=env.ts,
+        policy_version=learned.version, incident=found, learn=learn,
+    ), effect
 
-    def done(verdict: Verdict, reason: str, *, rule: Rule | None = None, group: str = "",
-             found: Incident | None = None, learn: LearnRequest | None = None,
-             effect: StateEffect | None = None, would_block: bool = False) -> Result:
-        return _decision(view, env, verdict, reason, group=group, rule=rule, pid=pid,
-                         start_time=start, name=pname, path=exe, user=ev.user, found=found,
-                         learn=learn, would_block=would_block), effect
+
+def _judge_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent,
+                pname: str) -> _Outcome:
+    """§7.1 steps 3 to 16."""
+    exe = ev.path
+    is_host = view.is_host
+    image_file = ev.origin is _IMAGE and exe not in st.drift
+    rules = view.rules
 
     # Step 3: netcat health checks of image files.
     if not is_host and pname in NETCATS and image_file and is_nc_healthcheck(ev.argv):
-        return done(Verdict.ALLOW, "exception:nc-healthcheck")
+        return _ALLOW, "exception:nc-healthcheck", None, "", None, None, None
 
     # Step 4: Kubernetes exec probes.
     if (view.probe_argvs and (ev.runtime_injected or ev.ppid in st.probe_shells)
             and ev.argv in view.probe_argvs):
-        return _decide_probe(view, st, env, ev, pname, image_file, done)
+        return _judge_probe(view, env, ev, pname, image_file)
 
     # Step 5: risk, inherited from a risky parent.
     risk_entry = None if (is_host and pname == "sshd") else SUSPICIOUS.get(pname)
@@ -155,13 +180,13 @@ def _decide_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEven
     if not risk and ev.ppid not in st.risk and ev.parent_name in SUSPICIOUS \
             and not (is_host and ev.parent_name == "sshd"):
         risk = ev.parent_name
-    effect = StateEffect(risk=(pid, risk)) if risk else None
+    effect = StateEffect(risk=(ev.pid, risk)) if risk else None
 
     # Step 6: match.
-    discover = view.mode is Mode.DISCOVER
+    discover = view.mode is _DISCOVER
     pos = rules.first_match(pname, exe, skip_probe=discover)
     m = rules.rules[pos] if pos >= 0 else None
-    finding = _UNLISTED if m is None else (_ALLOWED if m.action is RuleAction.ALLOW else _DENIED)
+    finding = _UNLISTED if m is None else (_ALLOWED if m.action is _RULE_ALLOW else _DENIED)
 
     # Step 7: parent rules.
     admitted = ""
@@ -176,64 +201,60 @@ def _decide_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEven
 
     eff_mode = view.effective_mode
 
-    def violation(reason: str, rule: Rule | None = None) -> Result:
-        found, verdict, group = _process_violation(view, env, ev, pname, reason, rule)
-        return done(verdict, f"violation:{reason}", rule=m, group=group, found=found,
-                    effect=effect, would_block=_would_block(view))
-
     # Step 8: suspicious programs.
     if risk and not admitted and not (finding == _ALLOWED and rules.explicitly_allows(risk)):
-        if eff_mode is Mode.DISCOVER:
+        if eff_mode is _DISCOVER:
             if finding == _UNLISTED and rules.explicitly_allows(risk):
-                return violation("R0")
+                return _violation(view, env, ev, pname, "R0", m, None, effect)
             entry = SUSPICIOUS[risk]
             found = incident(
                 view, env, kind="suspicious", level=Level.WARNING, action=IncidentAction.VIOLATE,
                 group=view.learned.name, rule_id=reserved_rule_id(1),
                 message=f"Risky application: {entry.reported}", proc=_proc(ev, pname),
                 conn_ingress=entry.incoming)
-            return done(Verdict.ALERT, f"suspicious:{risk}", rule=m, found=found, effect=effect)
-        return violation("RS", m)
+            return _ALERT, f"suspicious:{risk}", m, "", found, None, effect
+        return _violation(view, env, ev, pname, "RS", m, m, effect)
 
     # Step 9: deny rules.
     if finding == _DENIED and not admitted:
-        return violation("RD", m)
+        return _violation(view, env, ev, pname, "RD", m, m, effect)
 
     # Step 10: zero-drift.
     if view.zero_drift:
         if not image_file and not (finding == _ALLOWED and is_user_update_rule(m)):
-            return violation("R5")
+            return _violation(view, env, ev, pname, "R5", m, None, effect)
         if not ev.family:
-            if finding == _ALLOWED and m is not None and m.cfg_type is RuleSource.LEARNED:
-                return violation("R6")
+            if finding == _ALLOWED and m is not None and m.cfg_type is _LEARNED:
+                return _violation(view, env, ev, pname, "R6", m, None, effect)
             if finding == _UNLISTED and not admitted:
-                return violation("R0" if eff_mode is Mode.MONITOR else "R6")
-        elif finding == _UNLISTED and not admitted and eff_mode is not Mode.DISCOVER:
-            return violation("R7")
+                reason = "R0" if eff_mode is _MONITOR else "R6"
+                return _violation(view, env, ev, pname, reason, m, None, effect)
+        elif finding == _UNLISTED and not admitted and eff_mode is not _DISCOVER:
+            return _violation(view, env, ev, pname, "R7", m, None, effect)
 
     # Step 11: unlisted.
     if finding == _UNLISTED and not admitted:
-        if eff_mode is Mode.DISCOVER:
-            return done(Verdict.LEARN, "learn", learn=_learn_rule(view, env, ev, pname),
-                        effect=effect)
-        return violation("R0")
+        if eff_mode is _DISCOVER:
+            return _LEARN, "learn", None, "", None, _learn_rule(view, env, ev, pname), \
+                effect
+        return _violation(view, env, ev, pname, "R0", m, None, effect)
 
     # Step 12: admitted by a parent rule.
     if admitted:
-        return done(Verdict.ALLOW, admitted, effect=effect)
+        return _ALLOW, admitted, None, "", None, None, effect
 
     assert m is not None  # allowed from here on
     # Step 13: users of learned rules.
-    if m.cfg_type is RuleSource.LEARNED and m.users and ev.user not in m.users:
-        if eff_mode is Mode.DISCOVER:
+    if m.cfg_type is _LEARNED and m.users and ev.user not in m.users:
+        if eff_mode is _DISCOVER:
             learn = LearnRequest(group=m.group, name=m.name, path=m.path, user=ev.user,
                                  rule_uuid=m.uuid, cause_event_id=env.event_id, ts=env.ts,
                                  add_rule=False)
-            return done(Verdict.LEARN, "user-learn", rule=m, learn=learn, effect=effect)
-        return violation("RU", m)
+            return _LEARN, "user-learn", m, "", None, learn, effect
+        return _violation(view, env, ev, pname, "RU", m, m, effect)
 
-    # Step 15 precondition (custom-allowed learning), needed by step 14 too.
-    custom_learn = (eff_mode is Mode.DISCOVER and pos < rules.learned_start and not risk
+    # Step 15's condition (custom-allowed learning); step 14 needs it too.
+    custom_learn = (eff_mode is _DISCOVER and pos < rules.learned_start and not risk
                     and rules.first_match(pname, exe, skip_probe=True,
                                           start=rules.learned_start) < 0
                     and (not view.zero_drift or (ev.family and image_file)))
@@ -242,26 +263,31 @@ def _decide_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEven
     if view.learned.hash_enabled and ev.hash:
         pin = view.learned.hash_pins.get(exe)
         if pin is None:
-            if custom_learn:
-                return done(Verdict.LEARN, "learn", rule=m,
-                            learn=_learn_rule(view, env, ev, pname), effect=effect)
+            if custom_learn:  # learning the rule pins the hash too
+                return _LEARN, "learn", m, "", None, _learn_rule(view, env, ev, pname), \
+                    effect
             learn = LearnRequest(group=view.learned.name, name=pname, path=exe, hash=ev.hash,
                                  cause_event_id=env.event_id, ts=env.ts, add_rule=False)
-            return done(Verdict.LEARN, "hash-learn", rule=m, learn=learn, effect=effect)
+            return _LEARN, "hash-learn", m, "", None, learn, effect
         if pin != ev.hash:
-            return violation("RH", m)
+            return _violation(view, env, ev, pname, "RH", m, m, effect)
 
     # Step 15: learn what only a custom group's rule allowed.
     if custom_learn:
-        return done(Verdict.LEARN, "learn", rule=m, learn=_learn_rule(view, env, ev, pname),
-                    effect=effect)
+        return _LEARN, "learn", m, "", None, _learn_rule(view, env, ev, pname), effect
 
     # Step 16.
-    return done(Verdict.ALLOW, "rule", rule=m, group=m.group, effect=effect)
+    return _ALLOW, "rule", m, m.group, None, None, effect
 
 
-def _decide_probe(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent, pname: str,
-                  image_file: bool, done: _Finish) -> Result:
+def _violation(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str, reason: str,
+               m: Rule | None, rule: Rule | None, effect: StateEffect | None) -> _Outcome:
+    found, verdict, group = _process_violation(view, env, ev, pname, reason, rule)
+    return verdict, f"violation:{reason}", m, group, found, None, effect
+
+
+def _judge_probe(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str,
+                 image_file: bool) -> _Outcome:
     """Step 4: a probe exec gets the executable checks only (drift, hash pin)."""
     rules = view.rules
     exe = ev.path
@@ -269,23 +295,17 @@ def _decide_probe(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEve
     pos = rules.first_match(pname, exe)
     m = rules.rules[pos] if pos >= 0 else None
     probe_rule = _first_probe_rule(view, pname, exe)
-    if view.zero_drift and not image_file and not (
-            m is not None and m.action is RuleAction.ALLOW and is_user_update_rule(m)):
-        found, verdict, group = _process_violation(view, env, ev, pname, "R5", None)
-        return done(verdict, "violation:R5", rule=m, group=group, found=found, effect=effect,
-                    would_block=_would_block(view))
+    if view.zero_drift and not image_file and not is_user_update_rule(m):
+        return _violation(view, env, ev, pname, "R5", m, None, effect)
     if view.learned.hash_enabled and ev.hash:
         pin = view.learned.hash_pins.get(exe)
         if pin is None:
             learn = LearnRequest(group=view.learned.name, name=pname, path=exe, hash=ev.hash,
                                  cause_event_id=env.event_id, ts=env.ts, add_rule=False)
-            return done(Verdict.LEARN, "hash-learn", rule=probe_rule, learn=learn,
-                        effect=effect)
+            return _LEARN, "hash-learn", probe_rule, "", None, learn, effect
         if pin != ev.hash:
-            found, verdict, group = _process_violation(view, env, ev, pname, "RH", probe_rule)
-            return done(verdict, "violation:RH", rule=probe_rule, group=group, found=found,
-                        effect=effect, would_block=_would_block(view))
-    return done(Verdict.ALLOW, "probe", rule=probe_rule, effect=effect)
+            return _violation(view, env, ev, pname, "RH", probe_rule, probe_rule, effect)
+    return _ALLOW, "probe", probe_rule, "", None, None, effect
 
 
 def _first_probe_rule(view: PolicyView, pname: str, exe: str) -> Rule | None:
@@ -308,7 +328,7 @@ def _learn_rule(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str) -> L
 def _process_violation(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str, reason: str,
                        rule: Rule | None) -> tuple[Incident, Verdict, str]:
     """The incident, verdict and attributed group of a profile violation (§7.4)."""
-    block = view.effective_mode is Mode.PROTECT
+    block = view.effective_mode is _PROTECT
     learned = view.learned.name
     family_code = "R7" if ev.family else "R6"
     if reason in ("RD", "RS") and block and view.zero_drift:
@@ -325,7 +345,7 @@ def _process_violation(view: PolicyView, env: Envelope, ev: ExecEvent, pname: st
     found = incident(view, env, kind="process", level=Level.WARNING,
                      action=IncidentAction.DENY if block else IncidentAction.VIOLATE,
                      group=group, rule_id=rule_id, message=message, proc=_proc(ev, pname))
-    return found, (Verdict.BLOCK if block else Verdict.ALERT), group
+    return found, (_BLOCK if block else _ALERT), group
 
 
 # ---- file drift (§6) --------------------------------------------------------------------------
@@ -349,13 +369,13 @@ def _is_drift(ev: FileEvent) -> bool:
 
 def _decide_file(view: PolicyView, st: ProcessState, env: Envelope, ev: FileEvent) -> Result:
     if not view.zero_drift or not ev.in_container_fs:
-        return _decision(view, env, Verdict.NONE, "none:not-judged", pid=ev.pid,
+        return _decision(view, env, _NONE, "none:not-judged", pid=ev.pid,
                          name=ev.proc_name, path=ev.path), None
     if not _is_drift(ev):
         effect = StateEffect(clean_path=ev.path) if ev.op is FileOp.DELETE else None
-        return _decision(view, env, Verdict.ALLOW, "no-drift", pid=ev.pid, name=ev.proc_name,
+        return _decision(view, env, _ALLOW, "no-drift", pid=ev.pid, name=ev.proc_name,
                          path=ev.path), effect
-    block = view.effective_mode is Mode.PROTECT
+    block = view.effective_mode is _PROTECT
     # A held write that is denied never happens; everything else leaves a drifted file.
     effect = None if (block and ev.held and ev.op is FileOp.MODIFY) else \
         StateEffect(drift_path=ev.path)
@@ -365,7 +385,7 @@ def _decide_file(view: PolicyView, st: ProcessState, env: Envelope, ev: FileEven
         group=view.learned.name, rule_id=reserved_rule_id(5),
         message=_DRIFT_MESSAGES[ev.op] + (": access denied" if block else ""),
         proc=ProcFacts(name=ev.proc_name, path=ev.proc_path), file_path=ev.path)
-    return _decision(view, env, Verdict.BLOCK if block else Verdict.ALERT, f"drift:{ev.op.value}",
+    return _decision(view, env, _BLOCK if block else _ALERT, f"drift:{ev.op.value}",
                      pid=ev.pid, name=ev.proc_name, path=ev.path, found=found,
                      would_block=_would_block(view)), effect
 
@@ -375,17 +395,17 @@ def _decide_file(view: PolicyView, st: ProcessState, env: Envelope, ev: FileEven
 def _decide_stdio(view: PolicyView, st: ProcessState, env: Envelope, ev: StdioEvent) -> Result:
     key = (ev.pid, ev.start_time)
     if ev.name == "sshd" or not is_tunnel(ev):
-        return _decision(view, env, Verdict.NONE, "none:no-tunnel", pid=ev.pid,
+        return _decision(view, env, _NONE, "none:no-tunnel", pid=ev.pid,
                          start_time=ev.start_time, name=ev.name, path=ev.path), None
     seen = st.tunnels.get(key)
     if seen is None:  # first sighting: mark only
-        return _decision(view, env, Verdict.NONE, "none:tunnel-sighted", pid=ev.pid,
+        return _decision(view, env, _NONE, "none:tunnel-sighted", pid=ev.pid,
                          start_time=ev.start_time, name=ev.name, path=ev.path), \
             StateEffect(tunnel_sighting=key)
     if seen:
-        return _decision(view, env, Verdict.NONE, "none:tunnel-reported", pid=ev.pid,
+        return _decision(view, env, _NONE, "none:tunnel-reported", pid=ev.pid,
                          start_time=ev.start_time, name=ev.name, path=ev.path), None
-    block = view.effective_mode is Mode.PROTECT
+    block = view.effective_mode is _PROTECT
     found = incident(
         view, env, kind="tunnel", level=Level.CRITICAL,
         action=IncidentAction.DENY if block else IncidentAction.VIOLATE,
@@ -393,7 +413,7 @@ def _decide_stdio(view: PolicyView, st: ProcessState, env: Envelope, ev: StdioEv
         message="Tunnel detected: reverse shell",
         proc=ProcFacts(name=ev.name, path=ev.path, argv=ev.argv, ruid=ev.ruid, euid=ev.euid,
                        user=ev.user, parent_name=ev.parent_name, parent_path=ev.parent_path))
-    return _decision(view, env, Verdict.BLOCK if block else Verdict.ALERT, "reverse-shell",
+    return _decision(view, env, _BLOCK if block else _ALERT, "reverse-shell",
                      pid=ev.pid, start_time=ev.start_time, name=ev.name, path=ev.path,
                      user=ev.user, found=found, would_block=_would_block(view)), \
         StateEffect(tunnel_reported=key)
@@ -401,9 +421,9 @@ def _decide_stdio(view: PolicyView, st: ProcessState, env: Envelope, ev: StdioEv
 
 def _decide_uid_change(view: PolicyView, env: Envelope, ev: UidChangeEvent) -> Result:
     if not is_escalation(ev):
-        return _decision(view, env, Verdict.NONE, "none:no-escalation", pid=ev.pid,
+        return _decision(view, env, _NONE, "none:no-escalation", pid=ev.pid,
                          start_time=ev.start_time, name=ev.name, path=ev.path), None
-    block = view.effective_mode is Mode.PROTECT
+    block = view.effective_mode is _PROTECT
     found = incident(
         view, env, kind="escalation", level=Level.CRITICAL,
         action=IncidentAction.DENY if block else IncidentAction.VIOLATE,
@@ -413,7 +433,7 @@ def _decide_uid_change(view: PolicyView, env: Envelope, ev: UidChangeEvent) -> R
                        ruid=ev.parent_ruid, euid=ev.parent_euid, real_user=ev.parent_user,
                        user=ev.parent_user, parent_name=ev.grandparent_name,
                        parent_path=ev.grandparent_path))
-    return _decision(view, env, Verdict.BLOCK if block else Verdict.ALERT, "escalation",
+    return _decision(view, env, _BLOCK if block else _ALERT, "escalation",
                      pid=ev.pid, start_time=ev.start_time, name=ev.name, path=ev.path,
                      found=found, would_block=_would_block(view)), None
 
@@ -422,7 +442,7 @@ def _decide_docker_cp(view: PolicyView, env: Envelope, ev: DockerCpEvent) -> Res
     wl = view.workload
     target = None if view.is_host else docker_cp_target(ev, wl.name, wl.id)
     if target is None:
-        return _decision(view, env, Verdict.NONE, "none:not-this-container"), None
+        return _decision(view, env, _NONE, "none:not-this-container"), None
     direction, inside = target
     message = ("docker copy to container" if direction is CopyDirection.TO_CONTAINER
                else "docker copy from container")
@@ -430,6 +450,6 @@ def _decide_docker_cp(view: PolicyView, env: Envelope, ev: DockerCpEvent) -> Res
         view, env, kind="suspicious", level=Level.WARNING, action=IncidentAction.VIOLATE,
         group=view.learned.name, rule_id=reserved_rule_id(4), message=message,
         proc=ProcFacts(name="docker cp", path=inside, argv=ev.client_argv))
-    return _decision(view, env, Verdict.ALERT, "docker-cp", name="docker cp", path=inside,
+    return _decision(view, env, _ALERT, "docker-cp", name="docker cp", path=inside,
                      found=found), None
 

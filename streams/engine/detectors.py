@@ -116,6 +116,9 @@ _MASK = "******"
 
 def mask_cmdline(argv: Sequence[str]) -> str:
     """The command line with the value of any secret-named argument masked (§11)."""
+    line = " ".join(argv)
+    if not _SECRET.search(line):
+        return line
     out: list[str] = []
     mask_next = False
     for arg in argv:

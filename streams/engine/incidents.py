@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
+import hashlib
 from datetime import UTC, datetime
+from functools import lru_cache
+from typing import NamedTuple
 
 from schemas import Envelope, Incident, IncidentAction, Level
 from streams.engine.detectors import mask_cmdline
 from streams.engine.view import PolicyView
 
 __all__ = ["ProcFacts", "incident", "incident_name"]
-
-_NAMESPACE = uuid.UUID("a3c1f9e2-5d4b-4e8a-b7c6-0f1e2d3c4b5a")
 
 _NAMES = {
     # kind: (container name, host name)
@@ -24,12 +23,23 @@ _NAMES = {
 }
 
 
+@lru_cache(maxsize=4096)
+def _iso_utc(second: int) -> str:
+    # Memoised: incidents of one burst share their second, and strftime is slow.
+    return datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _incident_id(event_id: str, kind: str) -> str:
+    """A stable uuid-shaped id per (event, incident kind), so a replayed event keeps its id."""
+    h = hashlib.blake2b(f"{event_id}\x00{kind}".encode(), digest_size=16).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def incident_name(kind: str, is_host: bool) -> str:
     return _NAMES[kind][1 if is_host else 0]
 
 
-@dataclass(frozen=True, slots=True)
-class ProcFacts:
+class ProcFacts(NamedTuple):
     """The process an incident describes."""
 
     name: str = ""
@@ -48,7 +58,7 @@ def incident(view: PolicyView, env: Envelope, *, kind: str, level: Level, action
              conn_ingress: bool = False) -> Incident:
     wl = view.workload
     reported = int(env.ts)
-    at = datetime.fromtimestamp(env.ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    at = _iso_utc(reported)
     cmd = " ".join(proc.argv) if view.settings.full_cmdline else mask_cmdline(proc.argv)
     service = view.learned.name
     return Incident(
@@ -61,7 +71,7 @@ def incident(view: PolicyView, env: Envelope, *, kind: str, level: Level, action
         host_name=wl.node,
         enforcer_id=env.node,
         enforcer_name=env.node,
-        id=str(uuid.uuid5(_NAMESPACE, f"{env.event_id}\x00{kind}")),
+        id=_incident_id(env.event_id, kind),
         workload_id=wl.id,
         workload_name=wl.name,
         workload_domain=wl.namespace,

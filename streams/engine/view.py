@@ -39,14 +39,11 @@ class PolicyView:
     is_host: bool
     probe_argvs: frozenset[tuple[str, ...]]
     settings: EngineSettings
+    zero_drift: bool  # a container whose baseline is zero-drift
 
     @property
     def group(self) -> str:
         return self.learned.name
-
-    @property
-    def zero_drift(self) -> bool:
-        return not self.is_host and self.baseline is Baseline.ZERO_DRIFT
 
 
 def view_key(workload: Workload, policies: Mapping[str, GroupPolicy]) -> tuple[object, ...]:
@@ -80,4 +77,5 @@ def build_view(policies: Mapping[str, GroupPolicy], workload: Workload,
         is_host=is_host,
         probe_argvs=probe_commands(workload.probe_cmds) if not is_host else frozenset(),
         settings=settings,
+        zero_drift=not is_host and baseline is Baseline.ZERO_DRIFT,
     )
