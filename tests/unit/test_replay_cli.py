@@ -99,3 +99,15 @@ def test_new_group_defaults_are_settings() -> None:
     out = {o["line"]: o for o in lines(result.stdout)}
     assert (out[2]["mode"], out[2]["baseline"], out[2]["verdict"]) == ("Monitor", "basic",
                                                                       "alert")
+
+
+def test_shipped_native_policy_protects_the_demo(tmp_path: Path) -> None:
+    events = tmp_path / "ev.jsonl"
+    head = EXAMPLE.read_text().splitlines()
+    ping = head[3].replace('"name":"date","argv":["date"]', '"name":"ping","argv":["ping","x"]')
+    events.write_text("\n".join([head[0], head[3], ping]) + "\n")
+    result = run("-p", str(ROOT / "examples" / "policies" / "web-protect.yaml"), str(events))
+    assert result.returncode == 0, result.stderr
+    out = lines(result.stdout)
+    assert [o["verdict"] for o in out[1:]] == ["allow", "block"]
+    assert out[2]["reason"] == "violation:RD"
