@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from procwarden.stack import Stack
 
 app = typer.Typer(
     name="procwarden",
@@ -69,6 +72,86 @@ def decide(
     if failures:
         typer.echo(f"procwarden decide: {failures} line(s) failed or were rejected", err=True)
         raise typer.Exit(1)
+
+
+stack_app = typer.Typer(help="The local single-node stack: Kafka (KRaft) and ClickHouse.",
+                        no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+def _stack(action: str) -> Stack:
+    """The stack from its settings; a bad setting is a one-line error, not a traceback."""
+    from pydantic import ValidationError
+
+    from procwarden.stack import Stack
+
+    try:
+        return Stack()
+    except ValidationError as exc:
+        problems = "; ".join(f"PROCWARDEN_STACK_{'_'.join(map(str, e['loc'])).upper()}: "
+                             f"{e['msg']}" for e in exc.errors())
+        typer.echo(f"procwarden stack {action}: bad setting: {problems}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _say(message: str) -> None:
+    typer.echo(f"[stack] {message}", err=True)
+
+
+def _run_stack(action: str) -> None:
+    from procwarden.stack import StackError
+
+    stack = _stack(action)
+    try:
+        getattr(stack, action)(_say)
+    except StackError as exc:
+        typer.echo(f"procwarden stack {action}: {exc}", err=True)
+        typer.echo("  look at: `procwarden stack status`, `procwarden stack logs`", err=True)
+        raise typer.Exit(1) from None
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Kafka and ClickHouse (installing what is missing), create topics, apply the schema.
+    Running it again is harmless."""
+    _run_stack("up")
+    _print_status("up")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop Kafka (controlled shutdown) and ClickHouse. Data stays for the next `up`."""
+    _run_stack("down")
+
+
+@stack_app.command("reset")
+def stack_reset(yes: Annotated[bool, typer.Option("--yes", help="Do not ask")] = False) -> None:
+    """Stop the stack and delete all its data."""
+    if not yes and not typer.confirm("Delete all Kafka and ClickHouse data of the local stack?"):
+        raise typer.Exit(1)
+    _run_stack("reset")
+
+
+def _print_status(action: str) -> bool:
+    stack = _stack(action)
+    status = stack.status()
+    for line in status.lines(stack):
+        typer.echo(line)
+    return status.up
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show whether Kafka and ClickHouse are running and serving. Exit 1 unless both are."""
+    if not _print_status("status"):
+        raise typer.Exit(1)
+
+
+@stack_app.command("logs")
+def stack_logs() -> None:
+    """Where the servers write their logs."""
+    for name, path in _stack("logs").logs().items():
+        typer.echo(f"{name:18} {path}")
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""Sinks: ClickHouse storage for the SOC and SIEM forwarding."""

@@ -1,0 +1,1 @@
+"""Real containers and helpers for integration tests and the demo."""

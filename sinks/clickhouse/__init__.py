@@ -1,0 +1,1 @@
+"""ClickHouse: the schema (DDL beside the rows) and its writer."""

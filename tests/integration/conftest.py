@@ -1,0 +1,73 @@
+"""Fixtures on the real local stack: Kafka (KRaft) and ClickHouse started by procwarden itself.
+
+The stack is brought up once per test session (or reused when it already runs) and stopped at
+the end if this session started it. Each test gets its own topics and its own ClickHouse
+database. A service that cannot be started is a test error, never a skip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from procwarden.stack import Stack
+from schemas.connections import ClickHouseConnection, KafkaConnection
+from sinks.clickhouse.migrations import connect
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    stack = Stack()
+    was_up = stack.status().up
+    stack.up(say=lambda message: None)
+    yield stack
+    if not was_up:
+        stack.down(say=lambda message: None)
+
+
+@pytest.fixture(scope="session")
+def kafka(stack: Stack) -> KafkaConnection:
+    return stack.kafka_connection
+
+
+@pytest.fixture
+def topic_factory(kafka: KafkaConnection) -> Iterator[Callable[..., str]]:
+    """Creates uniquely named topics for one test and deletes them afterwards."""
+    admin = AdminClient(kafka.confluent_config())
+    made: list[str] = []
+
+    def make(partitions: int = 1, **config: str) -> str:
+        name = f"test.{uuid.uuid4().hex[:12]}"
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1,
+                                      config=config)])[name].result(30)
+        made.append(name)
+        return name
+
+    yield make
+    if made:
+        for future in admin.delete_topics(made).values():
+            future.result(30)
+
+
+@pytest.fixture
+def clickhouse_db(stack: Stack) -> Iterator[tuple[ClickHouseConnection, str]]:
+    """A fresh ClickHouse database for one test, dropped afterwards."""
+    conn = stack.clickhouse_connection
+    db = f"test_{uuid.uuid4().hex[:12]}"
+    client = connect(conn)
+    client.execute(f"CREATE DATABASE {db}")
+    yield conn, db
+    client.execute(f"DROP DATABASE IF EXISTS {db}")
+    client.disconnect()
