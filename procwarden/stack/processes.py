@@ -16,6 +16,9 @@ from pathlib import Path
 __all__ = ["ManagedProcess", "StackError", "port_owner", "port_in_use", "tail"]
 
 
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
+
 class StackError(RuntimeError):
     """Something the operator has to fix; the message says what and how."""
 
@@ -94,6 +97,9 @@ class ManagedProcess:
             proc = subprocess.Popen(list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     env=env)
+        # The server outlives this handle's owner (it runs detached); keep the handle so it is
+        # neither collected while the server runs nor left unreaped when this process stops it.
+        _STARTED[proc.pid] = proc
         self.pid_file.write_text(f"{proc.pid}\n")
         return proc.pid
 
@@ -125,7 +131,8 @@ class ManagedProcess:
                 os.killpg(pid, signal.SIGKILL)
             while self.running():
                 time.sleep(0.05)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
+        started = _STARTED.pop(pid, None)
+        if started is not None:
+            started.wait()  # this process started it: reap it
         self.pid_file.unlink(missing_ok=True)
         return True
