@@ -192,3 +192,22 @@ def test_settings_reject_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.returncode == 2
     assert "bad setting: PROCWARDEN_STACK_KAFKA_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_second_stack_on_other_ports_and_reset(tmp_path: Path) -> None:
+    """Ports and the state folder are settings; `reset` stops it and wipes its data."""
+    settings = StackSettings(home=tmp_path / "stack2", kafka_port=19092,
+                             kafka_controller_port=19093, clickhouse_tcp_port=19000,
+                             clickhouse_http_port=18123, clickhouse_interserver_port=19009)
+    other = Stack(settings)
+    messages: list[str] = []
+    try:
+        other.up(say=messages.append)
+        assert other.status().up
+        assert other.kafka_connection.bootstrap_servers == "127.0.0.1:19092"
+        assert any("topics: 8 created" in m for m in messages)
+        assert (tmp_path / "stack2" / "kafka" / "data" / "meta.properties").exists()
+    finally:
+        other.reset(say=messages.append)
+    assert not (tmp_path / "stack2").exists()
+    assert not other.status().kafka_pid and not other.status().clickhouse_pid
