@@ -13,7 +13,13 @@ import urllib.request
 from pathlib import Path
 
 from procwarden.stack.layout import ProgressFn, StackLayout
-from procwarden.stack.processes import ManagedProcess, StackError, port_in_use, port_owner
+from procwarden.stack.processes import (
+    LocalServer,
+    ManagedProcess,
+    StackError,
+    port_in_use,
+    port_owner,
+)
 
 __all__ = ["ClickHouseServer", "ensure_debian_packages"]
 
@@ -37,15 +43,17 @@ def ensure_debian_packages(packages: dict[str, str], say: ProgressFn) -> None:
             raise StackError(f"`{' '.join(argv)}` failed:\n{output}")
 
 
-class ClickHouseServer:
+class ClickHouseServer(LocalServer):
+    stop_timeout = 20.0
+
     def __init__(self, layout: StackLayout, tcp_port: int, http_port: int,
                  interserver_port: int) -> None:
+        home = layout.var / "clickhouse"
+        super().__init__(home, ManagedProcess("ClickHouse", home / "clickhouse.pid",
+                                              home / "console.log"))
         self.tcp_port = tcp_port
         self.http_port = http_port
         self.interserver_port = interserver_port
-        self.home = layout.var / "clickhouse"
-        self.process = ManagedProcess("ClickHouse", self.home / "clickhouse.pid",
-                                      self.home / "console.log")
 
     def ready(self) -> bool:
         try:
@@ -92,9 +100,3 @@ class ClickHouseServer:
         ], cwd=h)
         self.process.wait_ready(self.ready, timeout, "answer /ping")
         return True
-
-    def stop(self) -> bool:
-        return self.process.stop(timeout=20.0)
-
-    def reset(self) -> None:
-        shutil.rmtree(self.home, ignore_errors=True)

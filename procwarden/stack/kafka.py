@@ -17,7 +17,13 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from procwarden.stack.layout import ProgressFn, StackLayout
-from procwarden.stack.processes import ManagedProcess, StackError, port_in_use, port_owner
+from procwarden.stack.processes import (
+    LocalServer,
+    ManagedProcess,
+    StackError,
+    port_in_use,
+    port_owner,
+)
 
 __all__ = ["KafkaServer", "kafka_version", "quiet_logger"]
 
@@ -75,16 +81,16 @@ logger.shutdown.level = INFO
 """
 
 
-class KafkaServer:
+class KafkaServer(LocalServer):
     def __init__(self, layout: StackLayout, port: int, controller_port: int,
                  heap_mb: int = 512) -> None:
+        home = layout.var / "kafka"
+        super().__init__(home, ManagedProcess("Kafka", home / "kafka.pid", home / "kafka.log"))
         self.layout = layout
         self.port = port
         self.controller_port = controller_port
         self.heap_mb = heap_mb
-        self.home = layout.var / "kafka"
-        self.data = self.home / "data"
-        self.process = ManagedProcess("Kafka", self.home / "kafka.pid", self.home / "kafka.log")
+        self.data = home / "data"
 
     @property
     def bootstrap(self) -> str:
@@ -175,9 +181,3 @@ class KafkaServer:
                            cwd=self.home)
         self.process.wait_ready(self.ready, timeout, "answer metadata requests")
         return True
-
-    def stop(self) -> bool:
-        return self.process.stop(timeout=30.0)
-
-    def reset(self) -> None:
-        shutil.rmtree(self.home, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ManagedProcess", "StackError", "port_owner", "port_in_use", "tail"]
+__all__ = ["LocalServer", "ManagedProcess", "StackError", "port_owner", "port_in_use", "tail"]
 
 
 _STARTED: dict[int, subprocess.Popen[bytes]] = {}
@@ -136,3 +137,19 @@ class ManagedProcess:
             started.wait()  # this process started it: reap it
         self.pid_file.unlink(missing_ok=True)
         return True
+
+
+class LocalServer:
+    """A server of the local stack: its state folder and its process."""
+
+    stop_timeout = 30.0
+
+    def __init__(self, home: Path, process: ManagedProcess) -> None:
+        self.home = home
+        self.process = process
+
+    def stop(self) -> bool:
+        return self.process.stop(timeout=self.stop_timeout)
+
+    def reset(self) -> None:
+        shutil.rmtree(self.home, ignore_errors=True)

@@ -375,19 +375,29 @@ def _decide_file(view: PolicyView, st: ProcessState, env: Envelope, ev: FileEven
         effect = StateEffect(clean_path=ev.path) if ev.op is FileOp.DELETE else None
         return _decision(view, env, _ALLOW, "no-drift", pid=ev.pid, name=ev.proc_name,
                          path=ev.path), effect
-    block = view.effective_mode is _PROTECT
+    decision = _detected(view, env, "file", Level.WARNING, 5, _DRIFT_MESSAGES[ev.op],
+                         ProcFacts(name=ev.proc_name, path=ev.proc_path),
+                         f"drift:{ev.op.value}", pid=ev.pid, name=ev.proc_name, path=ev.path,
+                         denied_suffix=": access denied", file_path=ev.path)
     # A held write that is denied never happens; everything else leaves a drifted file.
-    effect = None if (block and ev.held and ev.op is FileOp.MODIFY) else \
-        StateEffect(drift_path=ev.path)
+    held_and_denied = decision.verdict is _BLOCK and ev.held and ev.op is FileOp.MODIFY
+    return decision, None if held_and_denied else StateEffect(drift_path=ev.path)
+
+
+def _detected(view: PolicyView, env: Envelope, kind: str, level: Level, rule_no: int,
+              message: str, proc: ProcFacts, reason: str, *, pid: int, name: str, path: str,
+              start_time: int = 0, user: str = "", denied_suffix: str = "",
+              file_path: str = "") -> Decision:
+    """A detector's finding: alert, or block in Protect (never for system containers)."""
+    block = view.effective_mode is _PROTECT
     found = incident(
-        view, env, kind="file", level=Level.WARNING,
+        view, env, kind=kind, level=level,
         action=IncidentAction.DENY if block else IncidentAction.VIOLATE,
-        group=view.learned.name, rule_id=reserved_rule_id(5),
-        message=_DRIFT_MESSAGES[ev.op] + (": access denied" if block else ""),
-        proc=ProcFacts(name=ev.proc_name, path=ev.proc_path), file_path=ev.path)
-    return _decision(view, env, _BLOCK if block else _ALERT, f"drift:{ev.op.value}",
-                     pid=ev.pid, name=ev.proc_name, path=ev.path, found=found,
-                     would_block=_would_block(view)), effect
+        group=view.learned.name, rule_id=reserved_rule_id(rule_no),
+        message=message + (denied_suffix if block else ""), proc=proc, file_path=file_path)
+    return _decision(view, env, _BLOCK if block else _ALERT, reason, pid=pid,
+                     start_time=start_time, name=name, path=path, user=user, found=found,
+                     would_block=_would_block(view))
 
 
 # ---- detectors (§9.2–§9.4) --------------------------------------------------------------------
@@ -405,37 +415,25 @@ def _decide_stdio(view: PolicyView, st: ProcessState, env: Envelope, ev: StdioEv
     if seen:
         return _decision(view, env, _NONE, "none:tunnel-reported", pid=ev.pid,
                          start_time=ev.start_time, name=ev.name, path=ev.path), None
-    block = view.effective_mode is _PROTECT
-    found = incident(
-        view, env, kind="tunnel", level=Level.CRITICAL,
-        action=IncidentAction.DENY if block else IncidentAction.VIOLATE,
-        group=view.learned.name, rule_id=reserved_rule_id(2),
-        message="Tunnel detected: reverse shell",
-        proc=ProcFacts(name=ev.name, path=ev.path, argv=ev.argv, ruid=ev.ruid, euid=ev.euid,
-                       user=ev.user, parent_name=ev.parent_name, parent_path=ev.parent_path))
-    return _decision(view, env, _BLOCK if block else _ALERT, "reverse-shell",
-                     pid=ev.pid, start_time=ev.start_time, name=ev.name, path=ev.path,
-                     user=ev.user, found=found, would_block=_would_block(view)), \
-        StateEffect(tunnel_reported=key)
+    proc = ProcFacts(name=ev.name, path=ev.path, argv=ev.argv, ruid=ev.ruid, euid=ev.euid,
+                     user=ev.user, parent_name=ev.parent_name, parent_path=ev.parent_path)
+    return _detected(view, env, "tunnel", Level.CRITICAL, 2, "Tunnel detected: reverse shell",
+                     proc, "reverse-shell", pid=ev.pid, start_time=ev.start_time, name=ev.name,
+                     path=ev.path, user=ev.user), StateEffect(tunnel_reported=key)
 
 
 def _decide_uid_change(view: PolicyView, env: Envelope, ev: UidChangeEvent) -> Result:
     if not is_escalation(ev):
         return _decision(view, env, _NONE, "none:no-escalation", pid=ev.pid,
                          start_time=ev.start_time, name=ev.name, path=ev.path), None
-    block = view.effective_mode is _PROTECT
-    found = incident(
-        view, env, kind="escalation", level=Level.CRITICAL,
-        action=IncidentAction.DENY if block else IncidentAction.VIOLATE,
-        group=view.learned.name, rule_id=reserved_rule_id(3),
-        message="Unauthorized root privilege escalation!",
-        proc=ProcFacts(name=ev.parent_name, path=ev.parent_path, argv=ev.argv,
-                       ruid=ev.parent_ruid, euid=ev.parent_euid, real_user=ev.parent_user,
-                       user=ev.parent_user, parent_name=ev.grandparent_name,
-                       parent_path=ev.grandparent_path))
-    return _decision(view, env, _BLOCK if block else _ALERT, "escalation",
-                     pid=ev.pid, start_time=ev.start_time, name=ev.name, path=ev.path,
-                     found=found, would_block=_would_block(view)), None
+    # proc_* describe the user's process (the parent), proc_parent_* the grandparent.
+    proc = ProcFacts(name=ev.parent_name, path=ev.parent_path, argv=ev.argv,
+                     ruid=ev.parent_ruid, euid=ev.parent_euid, real_user=ev.parent_user,
+                     user=ev.parent_user, parent_name=ev.grandparent_name,
+                     parent_path=ev.grandparent_path)
+    return _detected(view, env, "escalation", Level.CRITICAL, 3,
+                     "Unauthorized root privilege escalation!", proc, "escalation", pid=ev.pid,
+                     start_time=ev.start_time, name=ev.name, path=ev.path), None
 
 
 def _decide_docker_cp(view: PolicyView, env: Envelope, ev: DockerCpEvent) -> Result:
