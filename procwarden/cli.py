@@ -74,6 +74,32 @@ def decide(
         raise typer.Exit(1)
 
 
+@app.command()
+def streams() -> None:
+    """Run a stream worker: decide events, learn, publish verdicts and incidents, write
+    policies. Settings: STREAMS_* and PROCWARDEN_KAFKA_* variables."""
+    from pydantic import ValidationError
+
+    from schemas.connections import ConfigError, KafkaConnection
+    from streams.app import run_worker
+    from streams.settings import StreamSettings
+
+    try:
+        settings = StreamSettings()
+        kafka = KafkaConnection.from_env()
+    except ValidationError as exc:
+        problems = "; ".join(f"STREAMS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                             for e in exc.errors())
+        typer.echo(f"procwarden streams: bad setting: {problems}", err=True)
+        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        typer.echo(f"procwarden streams: bad setting: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"procwarden streams: {kafka.describe()}, group {settings.app_id}, "
+               f"api http://{settings.web_host}:{settings.web_port}", err=True)
+    run_worker(settings, kafka)
+
+
 stack_app = typer.Typer(help="The local single-node stack: Kafka (KRaft) and ClickHouse.",
                         no_args_is_help=True)
 app.add_typer(stack_app, name="stack")

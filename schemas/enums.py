@@ -97,6 +97,7 @@ class EventKind(_WireEnum):
     VERDICT = "verdict"
     SECURITY_EVENT = "security_event"
     PROFILE_CHANGE = "profile_change"
+    DLQ = "dlq"
 
 
 class FileOp(_WireEnum):

@@ -16,7 +16,7 @@ from schemas.events import (
     UidChangeEvent,
     Workload,
 )
-from schemas.outcomes import Decision, Incident, ProfileChange
+from schemas.outcomes import Decision, DlqEntry, Incident, ProfileChange
 from schemas.policy import (
     CrdImport,
     GroupConfig,
@@ -34,7 +34,7 @@ SCHEMA_VERSION = 1
 Payload = (
     Workload | ExecEvent | ExitEvent | FileEvent | StdioEvent | UidChangeEvent | DockerCpEvent
     | GroupPolicy | ProfilePatch | ServiceConfig | GroupConfig | GroupDelete | CrdImport
-    | LearnRequest | Decision | Incident | ProfileChange
+    | LearnRequest | Decision | Incident | ProfileChange | DlqEntry
 )
 
 PAYLOAD_TYPES: dict[EventKind, type] = {
@@ -55,6 +55,7 @@ PAYLOAD_TYPES: dict[EventKind, type] = {
     EventKind.VERDICT: Decision,
     EventKind.SECURITY_EVENT: Incident,
     EventKind.PROFILE_CHANGE: ProfileChange,
+    EventKind.DLQ: DlqEntry,
 }
 _KIND_OF = {tp: kind for kind, tp in PAYLOAD_TYPES.items()}
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ALL_TOPICS", "DLQ", "EXEC", "FILE", "POLICY", "POLICY_UPDATES", "SECURITY_EVENTS",
+__all__ = ["ALL_TOPICS", "DLQ", "EXEC", "FILE", "POLICY", "POLICY_UPDATES", "PROFILE_CHANGES",
+           "SECURITY_EVENTS",
            "TopicSpec", "VERDICTS", "WORKLOADS", "verdict_partition"]
 
 
@@ -30,8 +31,12 @@ VERDICTS = TopicSpec("procwarden.verdicts", "node name", 12, retention_ms=24 * 3
 SECURITY_EVENTS = TopicSpec("procwarden.security-events", "group name", 6,
                             retention_ms=30 * 24 * 3600 * 1000)
 DLQ = TopicSpec("procwarden.dlq", "source topic", 1, retention_ms=30 * 24 * 3600 * 1000)
+# What each accepted edit or learned rule changed, with who/what/why, for the sinks.
+PROFILE_CHANGES = TopicSpec("procwarden.profile-changes", "group name", 6,
+                            retention_ms=30 * 24 * 3600 * 1000)
 
-ALL_TOPICS = (WORKLOADS, EXEC, FILE, POLICY, POLICY_UPDATES, VERDICTS, SECURITY_EVENTS, DLQ)
+ALL_TOPICS = (WORKLOADS, EXEC, FILE, POLICY, POLICY_UPDATES, VERDICTS, SECURITY_EVENTS, DLQ,
+              PROFILE_CHANGES)
 
 
 def verdict_partition(node: str, partitions: int) -> int:

@@ -7,7 +7,7 @@ dry-runs drive it with one event. Learning is applied at once here, as the singl
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from schemas import (
@@ -45,7 +45,7 @@ from streams.engine import (
     nodes_group,
 )
 
-__all__ = ["EditOutcome", "DecisionSession", "UnknownWorkload"]
+__all__ = ["DecisionSession", "EditOutcome", "UnknownWorkload", "edit_result"]
 
 
 class UnknownWorkload(LookupError):
@@ -82,6 +82,15 @@ class DecisionSession:
         for policy in policies:
             self.policies[policy.name] = policy
         self._epoch += 1
+
+    def forget_policy(self, name: str) -> None:
+        if self.policies.pop(name, None) is not None:
+            self._epoch += 1
+
+    def forget_workload(self, workload_id: str) -> None:
+        self.workloads.pop(workload_id, None)
+        self.states.pop(workload_id, None)
+        self._views.pop(workload_id, None)
 
     def apply(self, result: EditResult) -> None:
         if result.changed:
@@ -127,26 +136,9 @@ class DecisionSession:
         return decision
 
     def _edit(self, env: Envelope) -> EditOutcome:
-        p = env.payload
-        ts = env.ts
-        if isinstance(p, Workload):
-            return self._workload(env, p)
-        if isinstance(p, ProfilePatch):
-            result = apply_profile_patch(self.policies, p, ts)
-        elif isinstance(p, ServiceConfig):
-            result = apply_service_config(self.policies, p, ts)
-        elif isinstance(p, GroupConfig):
-            result = apply_group_config(self.policies, p, ts)
-        elif isinstance(p, GroupDelete):
-            result = apply_group_delete(self.policies, p, ts)
-        elif isinstance(p, CrdImport):
-            result = apply_crd(self.policies, p.text, self.settings, ts, p.actor)
-        elif isinstance(p, LearnRequest):
-            result = apply_learn(self.policies, p)
-        elif isinstance(p, GroupPolicy):
-            result = EditResult(updated={p.name: p})
-        else:
-            raise PolicyError(f"{env.kind.value} messages are outputs, not inputs", field="kind")
+        if isinstance(env.payload, Workload):
+            return self._workload(env, env.payload)
+        result = edit_result(self.policies, env, self.settings)
         self.apply(result)
         return EditOutcome(env.event_id, Verdict.ACCEPT,
                            "changed" if result.changed else "unchanged",
@@ -154,9 +146,7 @@ class DecisionSession:
 
     def _workload(self, env: Envelope, workload: Workload) -> EditOutcome:
         if workload.state is WorkloadState.STOPPED:
-            self.workloads.pop(workload.id, None)
-            self.states.pop(workload.id, None)
-            self._views.pop(workload.id, None)
+            self.forget_workload(workload.id)
             return EditOutcome(env.event_id, Verdict.ACCEPT, "workload stopped")
         self.workloads[workload.id] = workload
         self._views.pop(workload.id, None)
@@ -164,3 +154,27 @@ class DecisionSession:
         self.apply(result)
         return EditOutcome(env.event_id, Verdict.ACCEPT, "workload running",
                            tuple(sorted(result.updated)), result.changes)
+
+
+def edit_result(policies: Mapping[str, GroupPolicy], env: Envelope,
+                settings: EngineSettings) -> EditResult:
+    """What an edit message does to the policies (raises PolicyError when it is refused)."""
+    p = env.payload
+    ts = env.ts
+    if isinstance(p, Workload):
+        return ensure_workload_groups(policies, p, settings, ts)
+    if isinstance(p, ProfilePatch):
+        return apply_profile_patch(policies, p, ts)
+    if isinstance(p, ServiceConfig):
+        return apply_service_config(policies, p, ts)
+    if isinstance(p, GroupConfig):
+        return apply_group_config(policies, p, ts)
+    if isinstance(p, GroupDelete):
+        return apply_group_delete(policies, p, ts)
+    if isinstance(p, CrdImport):
+        return apply_crd(policies, p.text, settings, ts, p.actor)
+    if isinstance(p, LearnRequest):
+        return apply_learn(policies, p, settings)
+    if isinstance(p, GroupPolicy):
+        return EditResult(updated={p.name: p})
+    raise PolicyError(f"{env.kind.value} messages are outputs, not edits", field="kind")

@@ -118,19 +118,11 @@ def nodes_group(settings: EngineSettings, ts: float = 0.0) -> GroupPolicy:
 def ensure_workload_groups(policies: Mapping[str, GroupPolicy], workload: Workload,
                            settings: EngineSettings, ts: float) -> EditResult:
     """Create the learned group of a new workload and add its pod's exec probe rules."""
-    edit = _Edit(policies, ts, "probe")
+    edit = _Edit(policies, ts, "workload")
     name = learned_group_name(workload)
-    policy = edit.get(name)
-    if policy is None:
-        if name == NODES_GROUP:
-            policy = nodes_group(settings, ts)
-        else:
-            policy = GroupPolicy(name=name, kind=GroupKind.LEARNED, mode=settings.new_group_mode,
-                                 baseline=settings.new_group_baseline)
-        edit.actor = "workload"
-        edit.put(policy, ChangeKind.GROUP_CREATED, detail=f"first workload {workload.id}")
-        edit.actor = "probe"
-        policy = edit.require(name)
+    _create_learned_group(edit, name, settings, f"first workload {workload.id}")
+    policy = edit.require(name)
+    edit.actor = "probe"
     wanted = probe_rules(name, workload.probe_cmds, int(ts))
     if wanted:
         rules = list(policy.rules)
@@ -153,6 +145,18 @@ def ensure_workload_groups(policies: Mapping[str, GroupPolicy], workload: Worklo
     return edit.result()
 
 
+def _create_learned_group(edit: _Edit, name: str, settings: EngineSettings, why: str) -> None:
+    """Create a learned group (or `nodes`) with the deployment defaults, if it is missing."""
+    if edit.get(name) is not None:
+        return
+    if name == NODES_GROUP:
+        policy = nodes_group(settings, edit.ts)
+    else:
+        policy = GroupPolicy(name=name, kind=GroupKind.LEARNED, mode=settings.new_group_mode,
+                             baseline=settings.new_group_baseline)
+    edit.put(policy, ChangeKind.GROUP_CREATED, detail=why)
+
+
 def _merge_probe(old: Rule, new: Rule, ts: int) -> Rule:
     lines = list(old.probe_cmds)
     lines.extend(line for line in new.probe_cmds if line not in lines)
@@ -160,9 +164,15 @@ def _merge_probe(old: Rule, new: Rule, ts: int) -> Rule:
     return dataclasses.replace(old, path=path, probe_cmds=tuple(lines), last_modified_timestamp=ts)
 
 
-def apply_learn(policies: Mapping[str, GroupPolicy], req: LearnRequest) -> EditResult:
-    """Apply what the engine learned; idempotent per `name:path`, user and hash pin (§10)."""
+def apply_learn(policies: Mapping[str, GroupPolicy], req: LearnRequest,
+                settings: EngineSettings | None = None) -> EditResult:
+    """Apply what the engine learned; idempotent per `name:path`, user and hash pin (§10).
+
+    With `settings`, a learned group that does not exist yet (its workload's announcement is
+    still on its way) is created with the deployment defaults first."""
     edit = _Edit(policies, req.ts, "learning", req.cause_event_id)
+    if settings is not None and (req.group.startswith("nv.") or req.group == NODES_GROUP):
+        _create_learned_group(edit, req.group, settings, f"learning from {req.cause_event_id}")
     policy = edit.get(req.group)
     if policy is None or policy.kind is GroupKind.CUSTOM:
         return edit.result()  # the group went away meanwhile: nothing to learn into

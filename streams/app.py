@@ -1,0 +1,138 @@
+"""The Faust app: topics, thin agents, the policy mirror, and the worker entry point.
+
+Agents only hand each raw message to `Handlers`; every message on every topic is plain JSON in
+the `schemas/` envelope (raw serializers: no Faust framing on the wire). Faust acknowledges a
+message when its agent moves on and flushes the producer before it commits offsets, so an output
+is in Kafka before its input counts as done; after a crash the uncommitted tail is decided again,
+which gives the same decisions with the same ids (sinks deduplicate by id, collectors check pids
+against start times, the policy writer is idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from typing import Any
+
+import faust
+import mode
+
+from schemas.connections import KafkaConnection
+from schemas.topics import EXEC, FILE, POLICY_UPDATES, WORKLOADS
+from streams.handlers import Handlers, RawMessage
+from streams.mirror import PolicyMirror
+from streams.session import DecisionSession
+from streams.settings import StreamSettings
+
+__all__ = ["build_app", "run_worker"]
+
+log = logging.getLogger("procwarden.streams")
+
+
+class _FaustPublisher:
+    """Publishes raw bytes through the app's producer (attached to the current event)."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._topics: dict[str, Any] = {}
+
+    async def send(self, topic: str, key: bytes, value: bytes | None) -> None:
+        channel = self._topics.get(topic)
+        if channel is None:
+            channel = self._topics[topic] = self.app.topic(
+                topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                value_serializer="raw", internal=False)
+        await channel.send(key=key, value=value)
+
+
+class _MirrorService(mode.Service):
+    def __init__(self, mirror: PolicyMirror, handlers: Handlers, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mirror = mirror
+        self.handlers = handlers
+
+    async def on_start(self) -> None:
+        await self.mirror.start()
+        self.add_future(self._announce_ready())
+
+    async def _announce_ready(self) -> None:
+        await self.mirror.caught_up.wait()
+        log.info("policies restored (%d groups, %d workloads): deciding",
+                 len(self.handlers.session.policies), len(self.handlers.session.workloads))
+        self.handlers.ready.set()
+
+    async def on_stop(self) -> None:
+        await self.mirror.stop()
+
+
+def _broker_url(kafka: KafkaConnection) -> str:
+    return ";".join(f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(","))
+
+
+def _credentials(kafka: KafkaConnection) -> Any:
+    protocol = kafka.security_protocol.upper()
+    ssl_context = None
+    if "SSL" in protocol:
+        ssl_context = ssl.create_default_context(cafile=kafka.ssl_ca_location or None)
+        if kafka.ssl_cert_location:
+            ssl_context.load_cert_chain(kafka.ssl_cert_location, kafka.ssl_key_location or None)
+    if "SASL" in protocol:
+        return faust.SASLCredentials(username=kafka.sasl_username, password=kafka.sasl_password,
+                                     mechanism=kafka.sasl_mechanism.upper(),
+                                     ssl_context=ssl_context)
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.App, Handlers]:
+    (settings.data_dir / settings.app_id).mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=_broker_url(kafka),
+        broker_credentials=_credentials(kafka),
+        store="memory://",
+        autodiscover=False,
+        datadir=str(settings.data_dir / settings.app_id),
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_compression_type="lz4",
+        topic_allow_declare=False,  # topics come from schemas.topics via `procwarden stack up`
+        topic_disable_leader=True,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+    )
+    session = DecisionSession(settings=settings.engine())
+    handlers = Handlers(session=session, publisher=_FaustPublisher(app), kafka=kafka,
+                        node=f"streams@{socket.gethostname()}",
+                        unknown_workload_wait_s=settings.unknown_workload_wait_s)
+    mirror = PolicyMirror(kafka, on_policy=handlers.on_policy, on_workload=handlers.on_workload)
+    app.add_dependency(_MirrorService(mirror, handlers, loop=app.loop))
+
+    def topic(name: str) -> Any:
+        return app.topic(kafka.topic(name), key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw", internal=False)
+
+    def agent(channel: Any, handler: Any, name: str) -> None:
+        async def process(stream: faust.StreamT[Any]) -> None:
+            async for event in stream.events():
+                m = event.message
+                await handler(RawMessage(m.topic, m.partition, m.offset, m.key, m.value))
+        process.__name__ = process.__qualname__ = name
+        app.agent(channel, name=f"procwarden.{name}")(process)
+
+    agent(topic(EXEC.name), handlers.on_event, "decide_exec")
+    agent(topic(FILE.name), handlers.on_event, "decide_file")
+    agent(topic(WORKLOADS.name), handlers.on_workload_announcement, "announce_workloads")
+    agent(topic(POLICY_UPDATES.name), handlers.on_update, "write_policies")
+    return app, handlers
+
+
+def run_worker(settings: StreamSettings, kafka: KafkaConnection) -> None:
+    """Run one stream worker until SIGTERM/SIGINT (a clean stop commits what was decided)."""
+    app, _ = build_app(settings, kafka)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper())
+    worker.execute_from_commandline()

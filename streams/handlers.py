@@ -1,0 +1,209 @@
+"""What the stream worker does with each message, behind one small publishing interface.
+
+The Faust agents only hand raw messages here. Nothing raises out of a handler: a message that
+cannot be decoded, names no announced workload, or is refused goes to the DLQ with its topic,
+partition, offset and the error, and the worker carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from schemas import (
+    Decision,
+    DecodeError,
+    DlqEntry,
+    Envelope,
+    GroupPolicy,
+    Incident,
+    LearnRequest,
+    ProfileChange,
+    Workload,
+    WorkloadState,
+    decode_envelope,
+    encode,
+)
+from schemas.connections import KafkaConnection
+from schemas.topics import (
+    DLQ,
+    POLICY,
+    POLICY_UPDATES,
+    PROFILE_CHANGES,
+    SECURITY_EVENTS,
+    VERDICTS,
+)
+from streams.engine import DECIDED_KINDS, EditResult, PolicyError, learned_group_name
+from streams.session import DecisionSession, UnknownWorkload, edit_result
+
+__all__ = ["Handlers", "Publisher", "RawMessage"]
+
+log = logging.getLogger("procwarden.streams")
+
+
+class Publisher(Protocol):
+    async def send(self, topic: str, key: bytes, value: bytes | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class Handlers:
+    session: DecisionSession
+    publisher: Publisher
+    kafka: KafkaConnection
+    node: str = "streams"
+    unknown_workload_wait_s: float = 3.0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    counts: Counter[str] = field(default_factory=Counter)
+    decide_seconds: float = 0.0
+    # The policies as published on the policy topic (what the writer edits). The decision
+    # session's copy may be ahead: it applies what it learns at once, before the writer does.
+    published: dict[str, GroupPolicy] = field(default_factory=dict)
+    # Groups this worker deleted, with their last version: older echoes are ignored.
+    _deleted: dict[str, int] = field(default_factory=dict)
+
+    # -- mirror callbacks -----------------------------------------------------------------------
+
+    def on_policy(self, name: str, policy: GroupPolicy | None) -> None:
+        if policy is None:
+            self.published.pop(name, None)
+            self.session.forget_policy(name)
+            return
+        if policy.version <= self._deleted.get(name, -1):
+            return
+        known = self.published.get(name)
+        if known is None or policy.version > known.version:
+            self.published[name] = policy
+        current = self.session.policies.get(name)
+        if current is None or policy.version >= current.version:
+            self.session.load_policies([policy])
+
+    def on_workload(self, env: Envelope | None, workload_id: str) -> None:
+        if env is None:
+            self.session.forget_workload(workload_id)
+        else:
+            self.session.handle(env)
+
+    # -- agents ---------------------------------------------------------------------------------
+
+    async def on_event(self, msg: RawMessage) -> None:
+        """An exec/file/... event: decide it and publish the verdict and what follows."""
+        try:
+            env = decode_envelope(msg.value or b"")
+            if env.kind not in DECIDED_KINDS:
+                raise DecodeError("kind", f"{env.kind.value} is not an event of a workload")
+        except DecodeError as exc:
+            await self.dead_letter(msg, f"invalid message: {exc}")
+            return
+        await self.ready.wait()
+        started = time.perf_counter()
+        try:
+            decision = await self._decide(env)
+        except UnknownWorkload as exc:
+            await self.dead_letter(msg, f"unknown workload {exc.args[0]!r}")
+            return
+        except Exception as exc:
+            log.exception("deciding %s failed", env.event_id)
+            await self.dead_letter(msg, f"decision failed: {exc!r}")
+            return
+        mode = decision.mode.value if decision.mode else "-"
+        self.counts[f"decided:{decision.verdict.value}:{mode}"] += 1
+        await self._publish_decision(decision)
+        self.decide_seconds += time.perf_counter() - started
+
+    async def _decide(self, env: Envelope) -> Decision:
+        deadline = time.monotonic() + self.unknown_workload_wait_s
+        while True:
+            try:
+                return self.session.decide(env)
+            except UnknownWorkload:
+                # The announcement travels on another topic and may be a moment behind.
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def _publish_decision(self, decision: Decision) -> None:
+        await self.send(VERDICTS.name, decision.node, decision, decision.event_id)
+        incident = decision.incident
+        if incident is not None and not decision.suppressed:
+            await self.send(SECURITY_EVENTS.name, incident.group, incident, incident.id)
+        if decision.learn is not None:
+            await self.send(POLICY_UPDATES.name, decision.learn.group, decision.learn,
+                            f"{decision.event_id}:learn")
+
+    async def on_workload_announcement(self, msg: RawMessage) -> None:
+        """A workload started: make sure its learned group exists with its probe rules."""
+        if msg.value is None:
+            return
+        try:
+            env = decode_envelope(msg.value)
+            if not isinstance(env.payload, Workload):
+                raise DecodeError("kind", f"{env.kind.value} is not a workload announcement")
+        except DecodeError as exc:
+            await self.dead_letter(msg, f"invalid message: {exc}")
+            return
+        workload = env.payload
+        if workload.state is WorkloadState.RUNNING:
+            await self.send_envelope(POLICY_UPDATES.name, learned_group_name(workload), env)
+
+    async def on_update(self, msg: RawMessage) -> None:
+        """The single writer of a group: apply a learned rule or an edit, publish the policy."""
+        try:
+            env = decode_envelope(msg.value or b"")
+        except DecodeError as exc:
+            await self.dead_letter(msg, f"invalid message: {exc}")
+            return
+        await self.ready.wait()
+        try:
+            result = edit_result(self.published, env, self.session.settings)
+        except PolicyError as exc:
+            await self.dead_letter(msg, f"edit rejected ({exc.status}): {exc}")
+            return
+        await self.publish_result(result, env)
+
+    async def publish_result(self, result: EditResult, cause: Envelope) -> None:
+        for name, policy in sorted(result.updated.items()):
+            self.published[name] = policy
+            await self.send(POLICY.name, name, policy, f"{cause.event_id}:{name}")
+        for name in result.deleted:
+            gone = self.published.pop(name, None)
+            self._deleted[name] = gone.version if gone else 0
+            await self.publisher.send(self.kafka.topic(POLICY.name), name.encode(), None)
+        for i, change in enumerate(result.changes):
+            await self.send(PROFILE_CHANGES.name, change.group, change,
+                            f"{cause.event_id}:change:{i}")
+        self.session.apply(result)
+        self.counts["policy_versions_written"] += len(result.updated)
+
+    # -- publishing -----------------------------------------------------------------------------
+
+    async def send(self, topic: str, key: str,
+                   payload: Decision | Incident | LearnRequest | GroupPolicy | ProfileChange
+                   | DlqEntry, event_id: str) -> None:
+        env = Envelope.wrap(payload, event_id=event_id, node=self.node,
+                            ts=getattr(payload, "ts", 0.0) or time.time())
+        await self.send_envelope(topic, key, env)
+
+    async def send_envelope(self, topic: str, key: str, env: Envelope) -> None:
+        await self.publisher.send(self.kafka.topic(topic), key.encode(), encode(env))
+
+    async def dead_letter(self, msg: RawMessage, error: str) -> None:
+        self.counts["dlq"] += 1
+        log.warning("to the DLQ: %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
+        entry = DlqEntry(topic=msg.topic, partition=msg.partition, offset=msg.offset, error=error,
+                         key=(msg.key or b"").decode(errors="replace"),
+                         value=(msg.value or b"").decode(errors="replace"), ts=time.time())
+        await self.send(DLQ.name, msg.topic, entry,
+                        f"dlq:{msg.topic}:{msg.partition}:{msg.offset}")

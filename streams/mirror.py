@@ -1,0 +1,117 @@
+"""Every worker's full copy of the group policies and workloads.
+
+A consumer outside any consumer group reads every partition of the compacted `procwarden.policy`
+and `procwarden.workloads` topics from the beginning and feeds the decision session. Workers
+decide nothing until the mirror has caught up with the end offsets it saw at start, so the first
+decision after a restart already uses the restored policies. (Faust's GlobalTable would do this,
+but it stores Faust's own framing and is known to loop in recovery with several workers.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas import DecodeError, Envelope, GroupPolicy, Workload, decode_envelope
+from schemas.connections import KafkaConnection
+from schemas.topics import POLICY, WORKLOADS
+
+__all__ = ["PolicyMirror"]
+
+log = logging.getLogger("procwarden.streams.mirror")
+
+
+class PolicyMirror:
+    def __init__(self, kafka: KafkaConnection, *,
+                 on_policy: Callable[[str, GroupPolicy | None], None],
+                 on_workload: Callable[[Envelope | None, str], None]) -> None:
+        self.kafka = kafka
+        self.on_policy = on_policy
+        self.on_workload = on_workload
+        self.caught_up = asyncio.Event()
+        self.invalid = 0
+        self.applied = 0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.kafka.bootstrap_servers, enable_auto_commit=False,
+            group_id=None, auto_offset_reset="earliest",
+            security_protocol=self.kafka.security_protocol.upper(),
+            sasl_mechanism=self.kafka.sasl_mechanism.upper() or "PLAIN",
+            sasl_plain_username=self.kafka.sasl_username or None,
+            sasl_plain_password=self.kafka.sasl_password or None)
+        await self._consumer.start()
+        tps = []
+        for spec in (POLICY, WORKLOADS):
+            topic = self.kafka.topic(spec.name)
+            parts = self._consumer.partitions_for_topic(topic)
+            if parts is None:
+                await self._consumer._client.force_metadata_update()
+                parts = self._consumer.partitions_for_topic(topic) or set()
+            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        ends = await self._consumer.end_offsets(tps)
+        self._task = asyncio.create_task(self._run(dict(ends)))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _run(self, ends: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        pending = {tp for tp, end in ends.items() if end > 0}
+        if not pending:
+            self.caught_up.set()
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for tp, records in batches.items():
+                for record in records:
+                    self._apply(tp.topic, record.key, record.value)
+                if tp in pending and records and records[-1].offset + 1 >= ends[tp]:
+                    pending.discard(tp)
+            if pending and all(await self._positions_reached(consumer, pending, ends)):
+                pending.clear()
+            if not pending and not self.caught_up.is_set():
+                log.info("policy mirror caught up (%d records)", self.applied)
+                self.caught_up.set()
+
+    @staticmethod
+    async def _positions_reached(consumer: AIOKafkaConsumer, pending: set[TopicPartition],
+                                 ends: dict[TopicPartition, int]) -> list[bool]:
+        return [await consumer.position(tp) >= ends[tp] for tp in pending]
+
+    def _apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        name = key.decode(errors="replace") if key else ""
+        is_policy = topic == self.kafka.topic(POLICY.name)
+        if value is None:  # a tombstone: the group or workload is gone
+            if is_policy:
+                self.on_policy(name, None)
+            else:
+                self.on_workload(None, name)
+            return
+        try:
+            env = decode_envelope(value)
+        except DecodeError as exc:
+            self.invalid += 1
+            log.warning("ignoring an invalid message on %s (key %r): %s", topic, name, exc)
+            return
+        self.applied += 1
+        if is_policy and isinstance(env.payload, GroupPolicy):
+            self.on_policy(env.payload.name, env.payload)
+        elif not is_policy and isinstance(env.payload, Workload):
+            self.on_workload(env, env.payload.id)
+        else:
+            self.invalid += 1
+            log.warning("ignoring a %s message on %s", env.kind.value, topic)

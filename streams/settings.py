@@ -1,0 +1,47 @@
+"""The stream worker's settings: `STREAMS_*` variables, validated at start-up.
+
+Where Kafka is comes from `PROCWARDEN_KAFKA_*` (schemas/connections.py), shared by every role.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import Baseline, Mode
+from streams.engine import EngineSettings, parse_baseline, parse_mode
+
+__all__ = ["StreamSettings"]
+
+
+class StreamSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMS_", extra="forbid")
+
+    app_id: str = Field("procwarden-streams", description="Kafka consumer group of the workers")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=1, le=65535)
+    api_token: SecretStr | None = Field(None, description="bearer token for API writes")
+    open_reads: bool = Field(False, description="serve API reads without the token")
+    new_group_mode: str = "Discover"
+    new_group_baseline: str = "zero-drift"
+    full_cmdline: bool = False
+    unknown_workload_wait_s: float = Field(3.0, ge=0, description="wait for an announcement")
+    data_dir: Path = Path("var/streams")
+    log_level: str = "info"
+
+    @field_validator("new_group_mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        return parse_mode(value).value
+
+    @field_validator("new_group_baseline")
+    @classmethod
+    def _baseline(cls, value: str) -> str:
+        return parse_baseline(value).value
+
+    def engine(self) -> EngineSettings:
+        return EngineSettings(full_cmdline=self.full_cmdline,
+                              new_group_mode=Mode(self.new_group_mode),
+                              new_group_baseline=Baseline(self.new_group_baseline))

@@ -1,0 +1,152 @@
+"""Helpers to drive a real stream worker (`procwarden streams`) over a real Kafka."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from procwarden.stack.topics import ensure_topics
+from schemas import Envelope, decode_envelope, encode
+from schemas.connections import KafkaConnection
+from schemas.topics import ALL_TOPICS
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE = "node-1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Pipeline:
+    """A private set of topics (a unique prefix) and the stream workers running on them."""
+
+    base: KafkaConnection
+    tmp: Path
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}.")
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    web_port: int = field(default_factory=free_port)
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        self.kafka = KafkaConnection(bootstrap_servers=self.base.bootstrap_servers,
+                                     topic_prefix=self.prefix)
+        ensure_topics(self.kafka, ALL_TOPICS)
+        self.producer = Producer({**self.kafka.confluent_config(), "enable.idempotence": True,
+                                  "partitioner": "murmur2_random"})
+
+    def topic(self, name: str) -> str:
+        return self.kafka.topic(name)
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"worker-{len(self.workers)}.log"
+        environ = {**os.environ,
+                   "PROCWARDEN_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+                   "PROCWARDEN_KAFKA_TOPIC_PREFIX": self.prefix,
+                   "STREAMS_APP_ID": f"streams-{self.prefix.rstrip('.')}",
+                   "STREAMS_WEB_PORT": str(self.web_port),
+                   "STREAMS_DATA_DIR": str(self.tmp / "streams"),
+                   "STREAMS_API_TOKEN": "test-token",
+                   **env}
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "procwarden.cli", "streams"],
+                                    cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")
+            if "[^Worker]: Ready" in text:
+                self.workers.append(proc)
+                return proc
+            if proc.poll() is not None:
+                raise AssertionError(f"the stream worker exited:\n{text[-3000:]}")
+            time.sleep(0.2)
+        proc.kill()
+        raise AssertionError(f"the stream worker did not get ready:\n{log.read_text()[-3000:]}")
+
+    def stop_workers(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.workers.clear()
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in self.tmp.glob("*.log"))
+
+    # -- messages -------------------------------------------------------------------------------
+
+    def send(self, topic: str, key: str, payload: Any, ts: float | None = None) -> Envelope:
+        self.seq += 1
+        env = Envelope.wrap(payload, event_id=f"{self.prefix}{self.seq}", node=NODE,
+                            ts=ts or time.time(), cluster="test")
+        self.producer.produce(self.topic(topic), key=key.encode(), value=encode(env))
+        assert self.producer.flush(30) == 0
+        return env
+
+    def send_raw(self, topic: str, key: str, value: bytes) -> None:
+        self.producer.produce(self.topic(topic), key=key.encode(), value=value)
+        assert self.producer.flush(30) == 0
+
+    def consumer(self, topic: str, partitions: list[int] | None = None) -> Iterator[Any]:
+        """Yields (message, envelope-or-None) from the start of a topic, forever."""
+        consumer = Consumer({**self.kafka.confluent_config(),
+                             "group.id": f"reader-{uuid.uuid4().hex}",
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        if partitions is None:
+            consumer.subscribe([self.topic(topic)])
+        else:
+            consumer.assign([TopicPartition(self.topic(topic), p, 0) for p in partitions])
+        try:
+            while True:
+                msg = consumer.poll(0.2)
+                if msg is None or msg.error():
+                    yield None
+                    continue
+                yield msg
+        finally:
+            consumer.close()
+
+    def wait_for(self, topic: str, match: Callable[[Envelope], bool], timeout: float = 30.0,
+                 partitions: list[int] | None = None) -> tuple[Envelope, Any]:
+        deadline = time.monotonic() + timeout
+        for msg in self.consumer(topic, partitions):
+            if msg is not None and msg.value() is not None:
+                env = decode_envelope(msg.value())
+                if match(env):
+                    return env, msg
+            if time.monotonic() > deadline:
+                break
+        raise AssertionError(f"nothing matched on {topic} within {timeout} s\n{self.logs()}")
+
+    def read_all(self, topic: str, settle: float = 2.0) -> list[Envelope]:
+        """Everything on a topic, after it stays quiet for `settle` seconds."""
+        out: list[Envelope] = []
+        quiet_since = time.monotonic()
+        for msg in self.consumer(topic):
+            if msg is not None and msg.value() is not None:
+                out.append(decode_envelope(msg.value()))
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > settle:
+                return out
+        return out
