@@ -100,6 +100,10 @@ def streams() -> None:
     run_worker(settings, kafka)
 
 
+from procwarden.policy_cli import policy_app  # noqa: E402 - light: stdlib and typer only
+
+app.add_typer(policy_app, name="policy")
+
 stack_app = typer.Typer(help="The local single-node stack: Kafka (KRaft) and ClickHouse.",
                         no_args_is_help=True)
 app.add_typer(stack_app, name="stack")

@@ -20,10 +20,12 @@ import mode
 
 from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, FILE, POLICY_UPDATES, WORKLOADS
+from streams.api import PolicyApi
 from streams.handlers import Handlers, RawMessage
 from streams.mirror import PolicyMirror
 from streams.session import DecisionSession
 from streams.settings import StreamSettings
+from streams.web import install_routes
 
 __all__ = ["build_app", "run_worker"]
 
@@ -109,6 +111,8 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
     handlers = Handlers(session=session, publisher=_FaustPublisher(app), kafka=kafka,
                         node=f"streams@{socket.gethostname()}",
                         unknown_workload_wait_s=settings.unknown_workload_wait_s)
+    # `nodes` exists from the start, published or not; the mirror brings newer versions.
+    handlers.published["nodes"] = session.policies["nodes"]
     mirror = PolicyMirror(kafka, on_policy=handlers.on_policy, on_workload=handlers.on_workload)
     app.add_dependency(_MirrorService(mirror, handlers, loop=app.loop))
 
@@ -124,6 +128,7 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
         process.__name__ = process.__qualname__ = name
         app.agent(channel, name=f"procwarden.{name}")(process)
 
+    install_routes(app, PolicyApi(handlers), settings)
     agent(topic(EXEC.name), handlers.on_event, "decide_exec")
     agent(topic(FILE.name), handlers.on_event, "decide_file")
     agent(topic(WORKLOADS.name), handlers.on_workload_announcement, "announce_workloads")

@@ -14,6 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from prometheus_client import Counter as Counter_
+from prometheus_client import Histogram
+
 from schemas import (
     Decision,
     DecodeError,
@@ -44,6 +47,17 @@ __all__ = ["Handlers", "Publisher", "RawMessage"]
 
 log = logging.getLogger("procwarden.streams")
 
+DECIDED = Counter_("procwarden_streams_decided_total", "Events decided", ["verdict", "mode"])
+DEAD_LETTERS = Counter_("procwarden_streams_dlq_total", "Messages sent to the DLQ", ["topic"])
+DECIDE_SECONDS = Histogram("procwarden_streams_decide_seconds",
+                           "Time from receiving an event to publishing its verdict",
+                           buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                    0.05, 0.1, 0.25))
+EVENT_AGE = Histogram("procwarden_streams_event_age_seconds",
+                      "Age of an event (its ts) when its verdict is published: the lag",
+                      buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30, 120))
+POLICY_WRITES = Counter_("procwarden_streams_policy_versions_total", "Policy versions written")
+
 
 class Publisher(Protocol):
     async def send(self, topic: str, key: bytes, value: bytes | None) -> None: ...
@@ -67,7 +81,6 @@ class Handlers:
     unknown_workload_wait_s: float = 3.0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     counts: Counter[str] = field(default_factory=Counter)
-    decide_seconds: float = 0.0
     # The policies as published on the policy topic (what the writer edits). The decision
     # session's copy may be ahead: it applies what it learns at once, before the writer does.
     published: dict[str, GroupPolicy] = field(default_factory=dict)
@@ -121,7 +134,9 @@ class Handlers:
         mode = decision.mode.value if decision.mode else "-"
         self.counts[f"decided:{decision.verdict.value}:{mode}"] += 1
         await self._publish_decision(decision)
-        self.decide_seconds += time.perf_counter() - started
+        DECIDED.labels(decision.verdict.value, mode).inc()
+        DECIDE_SECONDS.observe(time.perf_counter() - started)
+        EVENT_AGE.observe(max(0.0, time.time() - env.ts))
 
     async def _decide(self, env: Envelope) -> Decision:
         deadline = time.monotonic() + self.unknown_workload_wait_s
@@ -186,6 +201,7 @@ class Handlers:
                             f"{cause.event_id}:change:{i}")
         self.session.apply(result)
         self.counts["policy_versions_written"] += len(result.updated)
+        POLICY_WRITES.inc(len(result.updated))
 
     # -- publishing -----------------------------------------------------------------------------
 
@@ -201,6 +217,7 @@ class Handlers:
 
     async def dead_letter(self, msg: RawMessage, error: str) -> None:
         self.counts["dlq"] += 1
+        DEAD_LETTERS.labels(msg.topic).inc()
         log.warning("to the DLQ: %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
         entry = DlqEntry(topic=msg.topic, partition=msg.partition, offset=msg.offset, error=error,
                          key=(msg.key or b"").decode(errors="replace"),

@@ -1,0 +1,161 @@
+"""`procwarden policy ...`: the policy API from the command line.
+
+Where the API is: `PROCWARDEN_API_URL` (default `http://127.0.0.1:6066`) and its token
+`PROCWARDEN_API_TOKEN`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["policy_app"]
+
+policy_app = typer.Typer(help="Read and change process profiles through the policy API.",
+                         no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON answer")]
+
+
+class ApiCallError(Exception):
+    pass
+
+
+def call(method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> Any:
+    base = os.environ.get("PROCWARDEN_API_URL", "http://127.0.0.1:6066").rstrip("/")
+    headers = {"Content-Type": "application/json"}
+    token = os.environ.get("PROCWARDEN_API_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("message", exc.reason)
+        except (ValueError, AttributeError):
+            message = exc.reason
+        raise ApiCallError(f"{exc.code}: {message}") from None
+    except urllib.error.URLError as exc:
+        raise ApiCallError(f"cannot reach the policy API at {base} ({exc.reason}); is "
+                           "`procwarden streams` running? (PROCWARDEN_API_URL)") from None
+
+
+def _run(method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> Any:
+    try:
+        return call(method, path, body, raw=raw)
+    except ApiCallError as exc:
+        typer.echo(f"procwarden policy: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
+                     for r in [headers, *rows])
+
+
+def _print_profile(profile: dict[str, Any]) -> None:
+    head = profile["group"]
+    if "mode" in profile:
+        head += (f"  mode={profile['mode']} baseline={profile['baseline']}"
+                 f" alert_disabled={str(profile['alert_disabled']).lower()}"
+                 f" hash_enabled={str(profile['hash_enabled']).lower()}")
+    typer.echo(f"{head}  version={profile.get('version', '?')}")
+    rows = [[str(i + 1), e["action"], e["name"], e["path"] or '""', e["cfg_type"],
+             ",".join(e.get("users", [])), e["group"]]
+            for i, e in enumerate(profile["process_list"])]
+    if rows:
+        typer.echo(_table(rows, ["#", "action", "name", "path", "source", "users", "group"]))
+    else:
+        typer.echo("  (no rules)")
+
+
+@policy_app.command("get")
+def get(group: Annotated[str | None, typer.Argument(help="A group; all when omitted")] = None,
+        as_json: JsonOpt = False) -> None:
+    """Show process profiles, rules in the order they are matched."""
+    answer = _run("GET", f"/v1/process_profile/{group}" if group else "/v1/process_profile")
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    profiles = [answer["process_profile"]] if group else answer["process_profiles"]
+    for i, profile in enumerate(profiles):
+        if i:
+            typer.echo("")
+        _print_profile(profile)
+
+
+@policy_app.command("apply")
+def apply(file: Annotated[Path, typer.Option("-f", "--file", help="NvSecurityRule YAML/JSON")],
+          as_json: JsonOpt = False) -> None:
+    """Apply NeuVector security-rule CRD documents (process rules, mode, baseline)."""
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        typer.echo(f"procwarden policy apply: {exc}", err=True)
+        raise typer.Exit(2) from None
+    answer = _run("POST", "/v1/policy/import", raw=raw)
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+    else:
+        typer.echo(f"applied: {', '.join(answer['groups']) or 'nothing changed'}")
+
+
+def _service(group: str) -> str:
+    return group if group == "nodes" else group.removeprefix("nv.")
+
+
+@policy_app.command("set-mode")
+def set_mode(group: str, mode: Annotated[str, typer.Argument(help="Discover|Monitor|Protect")],
+             as_json: JsonOpt = False) -> None:
+    """Switch a learned group (or nodes) to Discover, Monitor or Protect."""
+    answer = _run("PATCH", "/v1/service/config",
+                  {"config": {"services": [_service(group)], "profile_mode": mode}})
+    _echo(answer, as_json, lambda: _print_profile(answer["process_profiles"][0]))
+
+
+@policy_app.command("set-baseline")
+def set_baseline(group: str,
+                 baseline: Annotated[str, typer.Argument(help="zero-drift|basic")],
+                 as_json: JsonOpt = False) -> None:
+    """Switch a learned group between the zero-drift and basic baselines."""
+    answer = _run("PATCH", f"/v1/process_profile/{group}",
+                  {"process_profile_config": {"baseline": baseline}})
+    _echo(answer, as_json, lambda: _print_profile(answer["process_profile"]))
+
+
+@policy_app.command("add-rule")
+def add_rule(group: str, name: str, path: str,
+             action: Annotated[str, typer.Option(help="allow|deny")] = "allow",
+             allow_update: Annotated[bool, typer.Option(help="Cover updated executables")]
+             = False, as_json: JsonOpt = False) -> None:
+    """Add (or change) a rule: NAME and PATH as in the console (`*`, `/dir/*`, ...)."""
+    change = {"name": name, "path": path, "action": action, "allow_update": allow_update}
+    answer = _run("PATCH", f"/v1/process_profile/{group}",
+                  {"process_profile_config": {"process_change_list": [change]}})
+    _echo(answer, as_json, lambda: _print_profile(answer["process_profile"]))
+
+
+@policy_app.command("delete-rule")
+def delete_rule(group: str, name: str, path: str, as_json: JsonOpt = False) -> None:
+    """Delete a rule by NAME and PATH (CRD rules are changed by applying the CRD)."""
+    answer = _run("PATCH", f"/v1/process_profile/{group}",
+                  {"process_profile_config": {"process_delete_list": [
+                      {"name": name, "path": path}]}})
+    _echo(answer, as_json, lambda: _print_profile(answer["process_profile"]))
+
+
+def _echo(answer: Any, as_json: bool, human: Any) -> None:
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+    else:
+        human()

@@ -1,0 +1,143 @@
+"""HTTP for the policy API: thin Faust web views over `streams.api.PolicyApi`.
+
+Every write needs `Authorization: Bearer <STREAMS_API_TOKEN>`; reads too, unless
+`STREAMS_OPEN_READS=true`. Errors are `{"code", "error", "message"}`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+import orjson
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams.api import Answer, ApiError, PolicyApi, error_body
+from streams.settings import StreamSettings
+
+__all__ = ["install_routes"]
+
+
+def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings) -> None:
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+
+    def authorised(request: Request, write: bool) -> None:
+        if not write and settings.open_reads:
+            return
+        if token is None:
+            raise ApiError(403, "the API has no token: set STREAMS_API_TOKEN to allow "
+                                + ("writes" if write else "reads (or STREAMS_OPEN_READS=true)"))
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise ApiError(401, "missing or wrong bearer token")
+
+    def answer(view: View, status: int, body: Any) -> Response:
+        return view.bytes(orjson.dumps(body), content_type="application/json", status=status)
+
+    async def body_json(request: Request) -> Any:
+        raw = await request.read()
+        try:
+            return orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, f"the body is not JSON: {exc}") from None
+
+    def actor(request: Request) -> str:
+        return f"api:{request.remote or 'local'}"  # type: ignore[attr-defined]
+
+    async def run(view: View, request: Request, write: bool,
+                  call: Callable[[], Answer | Awaitable[Answer]]) -> Response:
+        try:
+            authorised(request, write)
+            result = call()
+            status, body = await result if not isinstance(result, tuple) else result
+        except ApiError as exc:
+            return answer(view, exc.status, error_body(exc.status, exc.message))
+        return answer(view, status, body)
+
+    @app.page("/v1/process_profile")
+    class Profiles(View):
+        async def get(self, request: Request) -> Response:
+            return await run(self, request, False, api.list_profiles)
+
+    @app.page("/v1/process_profile/{group}")
+    class Profile(View):
+        async def get(self, request: Request, group: str) -> Response:
+            return await run(self, request, False, lambda: api.get_profile(group))
+
+        async def patch(self, request: Request, group: str) -> Response:
+            async def call() -> Answer:
+                return await api.patch_profile(group, await body_json(request), actor(request))
+            return await run(self, request, True, call)
+
+    @app.page("/v1/process_rules/{uuid}")
+    class Rules(View):
+        async def get(self, request: Request, uuid: str) -> Response:
+            return await run(self, request, False, lambda: api.get_rule(uuid))
+
+    @app.page("/v1/workload/{wid}/process_profile")
+    class WorkloadProfile(View):
+        async def get(self, request: Request, wid: str) -> Response:
+            return await run(self, request, False, lambda: api.workload_profile(wid, False))
+
+    @app.page("/v1/host/{wid}/process_profile")
+    class HostProfile(View):
+        async def get(self, request: Request, wid: str) -> Response:
+            return await run(self, request, False, lambda: api.workload_profile(wid, True))
+
+    @app.page("/v1/service/config")
+    class ServiceConfigView(View):
+        async def patch(self, request: Request) -> Response:
+            async def call() -> Answer:
+                return await api.patch_service_config(await body_json(request), actor(request))
+            return await run(self, request, True, call)
+
+    @app.page("/v1/group")
+    class Groups(View):
+        async def get(self, request: Request) -> Response:
+            return await run(self, request, False, api.list_groups)
+
+        async def post(self, request: Request) -> Response:
+            async def call() -> Answer:
+                return await api.create_group(await body_json(request), actor(request))
+            return await run(self, request, True, call)
+
+    @app.page("/v1/group/{name}")
+    class Group(View):
+        async def get(self, request: Request, name: str) -> Response:
+            return await run(self, request, False, lambda: api.get_group(name))
+
+        async def patch(self, request: Request, name: str) -> Response:
+            async def call() -> Answer:
+                return await api.patch_group(name, await body_json(request), actor(request))
+            return await run(self, request, True, call)
+
+        async def delete(self, request: Request, name: str) -> Response:
+            return await run(self, request, True, lambda: api.delete_group(name, actor(request)))
+
+    @app.page("/v1/policy/import")
+    class Import(View):
+        async def post(self, request: Request) -> Response:
+            async def call() -> Answer:
+                text = (await request.read()).decode(errors="replace")
+                return await api.import_policy(text, actor(request))
+            return await run(self, request, True, call)
+
+    @app.page("/v1/dry-run")
+    class DryRun(View):
+        async def post(self, request: Request) -> Response:
+            async def call() -> Answer:
+                return api.dry_run(await body_json(request))
+            return await run(self, request, False, call)
+
+    @app.page("/v1/status")
+    class Status(View):
+        async def get(self, request: Request) -> Response:
+            return await run(self, request, False, api.status)
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
