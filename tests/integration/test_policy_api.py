@@ -1,0 +1,185 @@
+"""The policy API and the `procwarden policy` CLI against a real stream worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas import Decision, Verdict, to_plain
+from schemas.connections import KafkaConnection
+from schemas.topics import EXEC, WORKLOADS
+from tests.integration.streamkit import ROOT, Pipeline
+from tests.integration.test_streams import WEB, WORKLOAD, decision_for, exec_event
+
+TOKEN = "test-token"
+
+
+@pytest.fixture(scope="module")
+def api(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    p = Pipeline(kafka, tmp_path_factory.mktemp("api"))
+    p.start_worker()
+    p.send(WORKLOADS.name, WORKLOAD.id, WORKLOAD)
+    decision_for(p, p.send(EXEC.name, WORKLOAD.id, exec_event("/bin/ls", 1)).event_id)
+    yield p
+    p.stop_workers()
+
+
+def http(p: Pipeline, method: str, path: str, body: Any = None, *, token: str | None = TOKEN,
+         raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{p.web_port}{path}", data=data,
+                                     method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def cli(p: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PROCWARDEN_API_URL": f"http://127.0.0.1:{p.web_port}",
+           "PROCWARDEN_API_TOKEN": TOKEN}
+    return subprocess.run([sys.executable, "-m", "procwarden.cli", "policy", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_auth(api: Pipeline) -> None:
+    assert http(api, "GET", "/v1/process_profile", token=None)[0] == 401
+    status, body = http(api, "PATCH", "/v1/service/config", {"config": {
+        "services": ["web.demo"], "profile_mode": "Monitor"}}, token="wrong")
+    assert (status, body["error"]) == (401, "unauthorized")
+
+
+def test_profiles_and_rule_lookup(api: Pipeline) -> None:
+    status, body = http(api, "GET", "/v1/process_profile")
+    assert status == 200
+    groups = [p["group"] for p in body["process_profiles"]]
+    assert "nodes" in groups and WEB in groups
+    status, body = http(api, "GET", f"/v1/process_profile/{WEB}")
+    (ls,) = [e for e in body["process_profile"]["process_list"] if e["name"] == "ls"]
+    assert (ls["cfg_type"], ls["users"], ls["user"]) == ("learned", ["root"], "root")
+    status, rules = http(api, "GET", f"/v1/process_rules/{ls['uuid']}")
+    assert status == 200 and rules["process_rules"][0]["group"] == WEB
+    status, body = http(api, "GET", f"/v1/workload/{WORKLOAD.id}/process_profile")
+    assert status == 200 and body["process_profile"]["group"] == WEB
+    assert http(api, "GET", "/v1/process_profile/nope")[0] == 404
+    assert http(api, "GET", f"/v1/host/{WORKLOAD.id}/process_profile")[0] == 404
+
+
+def test_edits_validate_and_apply_to_the_next_event(api: Pipeline) -> None:
+    bad = http(api, "PATCH", f"/v1/process_profile/{WEB}", {"process_profile_config": {
+        "process_change_list": [{"name": "cat", "path": "bin/cat", "action": "deny"}]}})
+    assert bad[0] == 400 and "process_change_list[0].path" in bad[1]["message"]
+    unknown = http(api, "PATCH", "/v1/process_profile/nv.ghost.x", {"process_profile_config": {
+        "baseline": "basic"}})
+    assert unknown[0] == 404
+    wrong_enum = http(api, "PATCH", "/v1/service/config", {"config": {
+        "services": ["web.demo"], "profile_mode": "Lockdown"}})
+    assert wrong_enum[0] == 400 and "Lockdown" in wrong_enum[1]["message"]
+    status, body = http(api, "PATCH", f"/v1/process_profile/{WEB}", {"process_profile_config": {
+        "process_change_list": [{"name": "cat", "path": "/bin/cat", "action": "deny"}]}})
+    assert status == 200
+    assert any(e["name"] == "cat" and e["action"] == "deny"
+               for e in body["process_profile"]["process_list"])
+    d = decision_for(api, api.send(EXEC.name, WORKLOAD.id, exec_event("/bin/cat", 2)).event_id)
+    assert (d.verdict, d.reason) == (Verdict.ALERT, "violation:RD")  # Discover: deny alerts
+
+
+def test_dry_run_decides_without_learning(api: Pipeline) -> None:
+    from schemas import Envelope
+
+    env = Envelope.wrap(exec_event("/usr/bin/never-seen", 9), event_id="dry-1", node="node-1",
+                        ts=1.0)
+    status, body = http(api, "POST", "/v1/dry-run", {"event": to_plain(env)})
+    assert status == 200 and body["decision"]["verdict"] == "learn"
+    _, profile = http(api, "GET", f"/v1/process_profile/{WEB}")
+    assert all(e["path"] != "/usr/bin/never-seen" for e in profile["process_profile"]["process_list"])
+    assert http(api, "POST", "/v1/dry-run", {"event": {"kind": "exec"}})[0] == 400
+
+
+def test_custom_groups(api: Pipeline) -> None:
+    config = {"config": {"name": "tools", "criteria": [
+        {"key": "namespace", "op": "=", "value": "demo"}]}}
+    status, body = http(api, "POST", "/v1/group", config)
+    assert status == 200 and body["group"]["kind"] == "custom"
+    assert http(api, "POST", "/v1/group", config)[0] == 409
+    assert http(api, "POST", "/v1/group", {"config": {"name": "nv.bad", "criteria": []}})[0] == 400
+    status, body = http(api, "GET", "/v1/group")
+    tools = next(g for g in body["groups"] if g["name"] == "tools")
+    assert tools["members"] == 1
+    assert http(api, "DELETE", "/v1/group/tools")[0] == 200
+    assert http(api, "GET", "/v1/group/tools")[0] == 404
+
+
+def test_crd_import_and_crd_managed_mode(api: Pipeline) -> None:
+    crd = (ROOT / "examples" / "policies" / "custom-lockdown.yaml").read_bytes()
+    status, body = http(api, "POST", "/v1/policy/import", raw=crd)
+    assert status == 200 and body["groups"] == ["demo-lockdown"]
+    managed = b"""apiVersion: neuvector.com/v1
+kind: NvSecurityRule
+metadata: {name: web}
+spec:
+  target: {selector: {name: nv.web.demo}}
+  process_profile: {mode: Monitor}
+  process: [{name: ping, path: "", action: deny}]
+"""
+    assert http(api, "POST", "/v1/policy/import", raw=managed)[0] == 200
+    status, body = http(api, "PATCH", "/v1/service/config", {"config": {
+        "services": ["web.demo"], "profile_mode": "Protect"}})
+    assert status == 400 and "CRD" in body["message"]
+    d = decision_for(api, api.send(EXEC.name, WORKLOAD.id,
+                                   exec_event("/usr/bin/wget", 3)).event_id)
+    assert (d.verdict, d.rule_group) == (Verdict.ALERT, "demo-lockdown")
+
+
+def test_metrics(api: Pipeline) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{api.web_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert 'procwarden_streams_decided_total{mode="Discover",verdict="learn"}' in text
+    assert "procwarden_streams_decide_seconds_bucket" in text
+
+
+def test_policy_cli(api: Pipeline, tmp_path: Path) -> None:
+    got = cli(api, "get", "nodes")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.startswith("nodes  mode=")
+    added = cli(api, "add-rule", "nodes", "sshd", "/usr/sbin/sshd")
+    assert added.returncode == 0, added.stderr
+    assert "allow   sshd" in added.stdout
+    bad = cli(api, "add-rule", "nodes", "x", "relative/x")
+    assert bad.returncode == 1 and "400" in bad.stderr and "path" in bad.stderr
+    as_json = cli(api, "get", "nodes", "--json")
+    assert any(e["name"] == "sshd" for e in json.loads(as_json.stdout)["process_profile"]
+               ["process_list"])
+    assert cli(api, "delete-rule", "nodes", "sshd", "/usr/sbin/sshd").returncode == 0
+    mode = cli(api, "set-mode", "nodes", "Monitor")
+    assert mode.returncode == 0 and "mode=Monitor" in mode.stdout
+    crd = tmp_path / "nodes.yaml"
+    crd.write_text("apiVersion: neuvector.com/v1\nkind: NvClusterSecurityRule\nspec:\n"
+                   "  target: {selector: {name: nodes}}\n"
+                   "  process: [{name: nc, path: '*', action: deny}]\n")
+    applied = cli(api, "apply", "-f", str(crd))
+    assert applied.returncode == 0 and "nodes" in applied.stdout, applied.stderr
+    unreachable = subprocess.run([sys.executable, "-m", "procwarden.cli", "policy", "get"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "PROCWARDEN_API_URL": "http://127.0.0.1:9"})
+    assert unreachable.returncode == 1 and "cannot reach the policy API" in unreachable.stderr
+
+
+def test_decisions_are_plain_json(api: Pipeline) -> None:
+    from schemas.topics import VERDICTS
+
+    env, msg = api.wait_for(VERDICTS.name, lambda e: isinstance(e.payload, Decision))
+    raw = json.loads(msg.value())
+    assert raw["kind"] == "verdict" and raw["payload"]["event_id"] == env.payload.event_id
+    assert msg.headers() is None  # no Faust framing
