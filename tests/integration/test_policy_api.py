@@ -172,6 +172,7 @@ def test_policy_cli(api: Pipeline, tmp_path: Path) -> None:
     assert applied.returncode == 0 and "nodes" in applied.stdout, applied.stderr
     unreachable = subprocess.run([sys.executable, "-m", "procwarden.cli", "policy", "get"],
                                  cwd=ROOT, capture_output=True, text=True, timeout=60,
+                                 check=False,
                                  env={**os.environ, "PROCWARDEN_API_URL": "http://127.0.0.1:9"})
     assert unreachable.returncode == 1 and "cannot reach the policy API" in unreachable.stderr
 
