@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -18,6 +18,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _bad_setting(command: str, prefix: str, exc: Exception) -> NoReturn:
+    """A bad setting is one line naming the variable, exit status 2 (never a traceback)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        text = "; ".join(f"{prefix}{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                         for e in errors())
+    else:
+        text = str(exc)
+    typer.echo(f"procwarden {command}: bad setting: {text}", err=True)
+    raise typer.Exit(2)
 
 
 @app.callback()
@@ -87,17 +99,54 @@ def streams() -> None:
     try:
         settings = StreamSettings()
         kafka = KafkaConnection.from_env()
-    except ValidationError as exc:
-        problems = "; ".join(f"STREAMS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                             for e in exc.errors())
-        typer.echo(f"procwarden streams: bad setting: {problems}", err=True)
-        raise typer.Exit(2) from None
-    except ConfigError as exc:
-        typer.echo(f"procwarden streams: bad setting: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except (ValidationError, ConfigError) as exc:
+        _bad_setting("streams", "STREAMS_", exc)
     typer.echo(f"procwarden streams: {kafka.describe()}, group {settings.app_id}, "
                f"api http://{settings.web_host}:{settings.web_port}", err=True)
     run_worker(settings, kafka)
+
+
+@app.command("sink-clickhouse")
+def sink_clickhouse() -> None:
+    """Store verdicts, security events, profile changes and workloads in ClickHouse.
+    Settings: SINKS_*, PROCWARDEN_KAFKA_* and PROCWARDEN_CLICKHOUSE_* variables."""
+    import logging
+    import signal
+
+    from prometheus_client import start_http_server
+    from pydantic import ValidationError
+
+    from schemas.connections import ClickHouseConnection, ConfigError, KafkaConnection
+    from sinks.clickhouse.writer import ClickHouseWriter
+    from sinks.settings import SinkSettings
+
+    try:
+        settings = SinkSettings()
+        kafka, clickhouse = KafkaConnection.from_env(), ClickHouseConnection.from_env()
+    except (ValidationError, ConfigError) as exc:
+        _bad_setting("sink-clickhouse", "SINKS_", exc)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    writer = ClickHouseWriter(kafka, clickhouse, group_id=settings.group_id,
+                              batch_size=settings.batch_size,
+                              batch_seconds=settings.batch_seconds,
+                              max_backoff=settings.max_backoff_seconds)
+    typer.echo(f"procwarden sink-clickhouse: {kafka.describe()} -> {clickhouse.describe()}",
+               err=True)
+    try:
+        writer.run(lambda: stopping)
+    finally:
+        writer.close()
 
 
 from procwarden.policy_cli import policy_app  # noqa: E402 - light: stdlib and typer only
@@ -118,10 +167,7 @@ def _stack(action: str) -> Stack:
     try:
         return Stack()
     except ValidationError as exc:
-        problems = "; ".join(f"PROCWARDEN_STACK_{'_'.join(map(str, e['loc'])).upper()}: "
-                             f"{e['msg']}" for e in exc.errors())
-        typer.echo(f"procwarden stack {action}: bad setting: {problems}", err=True)
-        raise typer.Exit(2) from None
+        _bad_setting(f"stack {action}", "PROCWARDEN_STACK_", exc)
 
 
 def _say(message: str) -> None:

@@ -1,0 +1,111 @@
+"""Benchmark: rows/s from Kafka into ClickHouse through the sink, against a baseline.
+
+N verdicts (default 500,000) are produced to a private verdicts topic. Baseline, same run:
+clickhouse-driver columnar INSERTs of the same rows straight from memory (rows built before the
+clock starts, 100,000 per INSERT). Then the sink (`ClickHouseWriter`, decode + rows + insert +
+commit) stores them from Kafka into another database. Targets (issue 6): >= 100,000 rows/s and
+>= 60% of the baseline. Needs the local stack (`procwarden stack up`).
+
+    python bench/sink.py [--rows N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from confluent_kafka import Producer
+
+from procwarden.stack.topics import ensure_topics
+from schemas import Decision, Envelope, EventKind, Mode, Verdict, encode
+from schemas.connections import ClickHouseConnection, KafkaConnection
+from schemas.topics import VERDICTS
+from sinks.clickhouse.migrations import apply_migrations, connect
+from sinks.clickhouse.rows import TABLES
+from sinks.clickhouse.writer import ClickHouseWriter
+
+
+def envelopes(n: int) -> list[Envelope]:
+    out = []
+    for i in range(n):
+        d = Decision(event_id=f"ev-{i}", event_kind=EventKind.EXEC, workload_id=f"c{i % 500}",
+                     node=f"node-{i % 50}", verdict=Verdict.BLOCK if i % 50 == 0 else
+                     Verdict.ALLOW, reason="rule", group=f"nv.svc{i % 20}.prod",
+                     rule_uuid="4d66739d-563e-528f-b106-fa0239e0e2a1", rule_group="nv.svc.prod",
+                     mode=Mode.PROTECT, pid=1000 + i % 30000, start_time=123456 + i,
+                     name=f"tool{i % 50}", path=f"/usr/bin/tool{i % 50}", user="app",
+                     ts=1_700_000_000.0 + i / 1000, policy_version=7)
+        out.append(Envelope.wrap(d, event_id=f"v-{i}", node="streams", ts=d.ts))
+    return out
+
+
+def baseline(envs: list[Envelope], db: str) -> float:
+    table = TABLES[Decision]
+    rows = [table.row(e) for e in envs]
+    client = connect(ClickHouseConnection())
+    apply_migrations(client, db)
+    cols = ", ".join(table.columns)
+    chunks = [[list(c) for c in zip(*rows[i:i + 100_000], strict=True)]
+              for i in range(0, len(rows), 100_000)]
+    started = time.perf_counter()
+    for data in chunks:
+        client.execute(f"INSERT INTO {db}.events ({cols}) VALUES", data, columnar=True)
+    elapsed = time.perf_counter() - started
+    client.disconnect()
+    return len(rows) / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=500_000)
+    args = parser.parse_args()
+    kafka = KafkaConnection(topic_prefix=f"sinkbench{uuid.uuid4().hex[:6]}.")
+    ensure_topics(kafka, [VERDICTS])
+    envs = envelopes(args.rows)
+    producer = Producer({**kafka.confluent_config(), "linger.ms": 20,
+                         "compression.type": "lz4", "batch.size": 1 << 20})
+    for i, env in enumerate(envs):
+        producer.produce(kafka.topic(VERDICTS.name), key=env.node.encode(), value=encode(env))
+        if i % 10_000 == 0:
+            producer.poll(0)
+    producer.flush(120)
+    base_db = f"bench_base_{uuid.uuid4().hex[:8]}"
+    sink_db = f"bench_sink_{uuid.uuid4().hex[:8]}"
+    print(f"sink benchmark: {args.rows:,} verdict rows (25 columns)")
+    base = baseline(envs, base_db)
+    print(f"baseline  columnar INSERT from memory: {base:>10,.0f} rows/s")
+
+    writer = ClickHouseWriter(kafka, ClickHouseConnection(database=sink_db),
+                              group_id=f"bench-{uuid.uuid4().hex[:6]}", topics=(VERDICTS,),
+                              batch_size=100_000, batch_seconds=1.0)
+    apply_migrations(connect(ClickHouseConnection()), sink_db)
+    done = threading.Event()
+    started = time.perf_counter()
+    thread = threading.Thread(target=writer.run,
+                              args=(lambda: done.is_set() or writer.stored >= args.rows,))
+    thread.start()
+    thread.join()
+    elapsed = time.perf_counter() - started
+    writer.close()
+    rate = writer.stored / elapsed
+    client = connect(ClickHouseConnection())
+    stored = client.execute(f"SELECT count() FROM {sink_db}.events")[0][0]
+    for db in (base_db, sink_db):
+        client.execute(f"DROP DATABASE IF EXISTS {db}")
+    client.disconnect()
+    print(f"sink      Kafka -> ClickHouse:          {rate:>10,.0f} rows/s "
+          f"({stored:,} rows stored, {rate / base:.0%} of the baseline)")
+    print(f"target: >= 100,000 rows/s -> {rate:,.0f} {'MET' if rate >= 100_000 else 'MISSED'}")
+    print(f"target: >= 60% of the baseline -> {rate / base:.0%} "
+          f"{'MET' if rate >= 0.6 * base else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
