@@ -149,6 +149,61 @@ def sink_clickhouse() -> None:
         writer.close()
 
 
+@app.command()
+def siem() -> None:
+    """Forward security events to a SIEM: syslog (RFC 5424, JSON or CEF; UDP, TCP, TLS) and/or
+    a JSON webhook. Settings: SIEM_* and PROCWARDEN_KAFKA_* variables."""
+    import logging
+    import signal
+
+    from prometheus_client import start_http_server
+    from pydantic import ValidationError
+
+    from schemas import Level
+    from schemas.connections import ConfigError, KafkaConnection
+    from sinks.settings import SiemSettings
+    from sinks.siem.forwarder import Destination, SiemForwarder
+    from sinks.siem.transports import WebhookTransport, syslog_transport
+
+    try:
+        settings = SiemSettings()
+        kafka = KafkaConnection.from_env()
+        destinations = []
+        if settings.syslog_url:
+            destinations.append(Destination(
+                "syslog", syslog_transport(settings.syslog_url, ca_file=settings.ca_file,
+                                           cert_file=settings.cert_file,
+                                           key_file=settings.key_file),
+                settings.syslog_format, hostname=settings.hostname))
+        if settings.webhook_url:
+            destinations.append(Destination(
+                "webhook", WebhookTransport(settings.webhook_url, token=settings.webhook_token),
+                "json", syslog=False))
+    except (ValidationError, ConfigError, ValueError) as exc:
+        _bad_setting("siem", "SIEM_", exc)
+    if not destinations:
+        _bad_setting("siem", "SIEM_", ValueError("set SIEM_SYSLOG_URL and/or SIEM_WEBHOOK_URL"))
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    groups = frozenset(g.strip() for g in settings.groups.split(",") if g.strip())
+    forwarder = SiemForwarder(kafka, destinations, group_id=settings.group_id,
+                              min_level=Level(settings.min_level), groups=groups)
+    try:
+        forwarder.run(lambda: stopping)
+    finally:
+        forwarder.close()
+
+
 from procwarden.policy_cli import policy_app  # noqa: E402 - light: stdlib and typer only
 
 app.add_typer(policy_app, name="policy")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["SinkSettings"]
+__all__ = ["SiemSettings", "SinkSettings"]
 
 
 class SinkSettings(BaseSettings):
@@ -16,4 +16,24 @@ class SinkSettings(BaseSettings):
     batch_seconds: float = Field(0.5, gt=0)
     max_backoff_seconds: float = Field(10.0, gt=0)
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 disables /metrics")
+    log_level: str = "info"
+
+
+class SiemSettings(BaseSettings):
+    """`SIEM_*`: where incidents go and which ones."""
+
+    model_config = SettingsConfigDict(env_prefix="SIEM_", extra="forbid")
+
+    syslog_url: str = Field("", description="udp://host:514, tcp://host:514 or tls://host:6514")
+    syslog_format: str = Field("json", pattern="^(json|cef)$")
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    webhook_url: str = ""
+    webhook_token: str = Field("", repr=False)
+    min_level: str = Field("WARNING", pattern="^(INFO|WARNING|CRITICAL)$")
+    groups: str = Field("", description="comma-separated groups; empty for all")
+    hostname: str = "procwarden"
+    group_id: str = "procwarden-siem"
+    metrics_port: int = Field(9465, ge=0, le=65535)
     log_level: str = "info"

@@ -1,0 +1,152 @@
+"""The SIEM forwarder: security events from Kafka to syslog and webhooks, nothing dropped.
+
+A batch is filtered (minimum level, groups), formatted per destination, sent to every
+destination, and only then are its offsets committed. A destination that fails is retried with
+backoff while the partitions are paused: a slow or absent SIEM makes the forwarder lag (visible
+in `procwarden_siem_lag_messages`), never lose incidents.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from prometheus_client import Counter, Gauge
+
+from schemas import DecodeError, Incident, Level, decode_envelope
+from schemas.connections import KafkaConnection
+from schemas.topics import SECURITY_EVENTS
+from sinks.siem.formats import cef, incident_json, syslog_5424
+from sinks.siem.transports import Transport
+
+__all__ = ["Destination", "SiemForwarder"]
+
+log = logging.getLogger("procwarden.sinks.siem")
+
+SENT = Counter("procwarden_siem_sent_total", "Incidents sent", ["destination"])
+FAILED = Counter("procwarden_siem_failures_total", "Failed sends (retried)", ["destination"])
+SKIPPED = Counter("procwarden_siem_filtered_total", "Incidents left out by the filters")
+LAG = Gauge("procwarden_siem_lag_messages", "Security events not forwarded yet")
+
+_RANK = {Level.INFO: 0, Level.WARNING: 1, Level.CRITICAL: 2}
+
+
+@dataclass
+class Destination:
+    name: str
+    transport: Transport
+    format: str = "json"  # json | cef
+    syslog: bool = True  # wrap in RFC 5424 (webhooks send the bare JSON)
+    hostname: str = "procwarden"
+
+    def render(self, incident: Incident) -> bytes:
+        body: bytes | str = incident_json(incident) if self.format == "json" else cef(incident)
+        if self.syslog:
+            return syslog_5424(incident, body, hostname=self.hostname)
+        return body if isinstance(body, bytes) else body.encode()
+
+
+@dataclass
+class SiemForwarder:
+    kafka: KafkaConnection
+    destinations: Sequence[Destination]
+    group_id: str = "procwarden-siem"
+    min_level: Level = Level.WARNING
+    groups: frozenset[str] = frozenset()  # empty: every group
+    batch_size: int = 1000
+    batch_seconds: float = 0.5
+    max_backoff: float = 30.0
+    forwarded: int = 0
+    _consumer: Consumer = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._consumer = Consumer({
+            **self.kafka.confluent_config(), "group.id": self.group_id,
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "max.poll.interval.ms": 600_000})
+        self._consumer.subscribe([self.kafka.topic(SECURITY_EVENTS.name)])
+
+    def wanted(self, incident: Incident) -> bool:
+        return (_RANK[incident.level] >= _RANK[self.min_level]
+                and (not self.groups or incident.group in self.groups))
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        while not should_stop():
+            batch = self._consumer.consume(self.batch_size, self.batch_seconds)
+            batch = [m for m in batch if not m.error()]
+            if batch and self._forward(batch, should_stop):
+                self._commit(batch)
+
+    def close(self) -> None:
+        self._consumer.close()
+        for destination in self.destinations:
+            destination.transport.close()
+
+    def _forward(self, batch: Sequence[Message], should_stop: Callable[[], bool]) -> bool:
+        incidents = []
+        for msg in batch:
+            try:
+                env = decode_envelope(msg.value() or b"")
+            except DecodeError as exc:
+                log.warning("skipping an invalid security event at %s[%s]@%s: %s",
+                            msg.topic(), msg.partition(), msg.offset(), exc)
+                continue
+            if isinstance(env.payload, Incident) and self.wanted(env.payload):
+                incidents.append(env.payload)
+            else:
+                SKIPPED.inc()
+        for destination in self.destinations:
+            lines = [destination.render(i) for i in incidents]
+            if lines and not self._send(destination, lines, should_stop):
+                return False
+        self.forwarded += len(incidents)
+        return True
+
+    def _send(self, destination: Destination, lines: list[bytes],
+              should_stop: Callable[[], bool]) -> bool:
+        delay, paused = 0.2, False
+        while True:
+            try:
+                destination.transport.send(lines)
+                SENT.labels(destination.name).inc(len(lines))
+                break
+            except OSError as exc:
+                FAILED.labels(destination.name).inc()
+                if not paused:
+                    self._consumer.pause(self._consumer.assignment())
+                    paused = True
+                log.warning("%s: sending %d incidents failed (%s); retrying in %.1f s",
+                            destination.name, len(lines), exc, delay)
+                end = time.monotonic() + delay
+                while time.monotonic() < end:
+                    self._consumer.poll(0.1)
+                if should_stop():
+                    return False
+                delay = min(delay * 2, self.max_backoff)
+        if paused:
+            self._consumer.resume(self._consumer.assignment())
+        return True
+
+    def _commit(self, batch: Sequence[Message]) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for msg in batch:
+            key = (msg.topic() or "", msg.partition() or 0)
+            last[key] = max(last.get(key, -1), msg.offset() or 0)
+        try:
+            self._consumer.commit(offsets=[TopicPartition(t, p, o + 1)
+                                           for (t, p), o in last.items()], asynchronous=False)
+        except KafkaException as exc:
+            log.warning("committing offsets failed: %s", exc)
+        behind = 0
+        for tp in self._consumer.assignment():
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, timeout=1, cached=True)
+                pos = self._consumer.position([tp])[0].offset
+            except KafkaException:
+                continue
+            if pos >= 0 and high >= 0:
+                behind += max(0, high - pos)
+        LAG.set(behind)
