@@ -57,3 +57,4 @@ def test_bad_kafka_settings_name_the_variable(env: dict[str, str], variable: str
 def test_bad_clickhouse_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         ClickHouseConnection.from_env(env)
+
