@@ -102,6 +102,16 @@ def start_worker(kafka: KafkaConnection, tmp: Path, app_id: str) -> subprocess.P
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+def verdict_consumer(kafka: KafkaConnection, reset: str) -> Consumer:
+    consumer = Consumer({**kafka.confluent_config(), "group.id": f"bench-{uuid.uuid4().hex}",
+                         "auto.offset.reset": reset, "enable.auto.commit": False,
+                         "fetch.wait.max.ms": 5})
+    consumer.subscribe([kafka.topic(VERDICTS.name)])
+    while not consumer.assignment():
+        consumer.poll(0.1)
+    return consumer
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -110,19 +120,18 @@ def free_port() -> int:
 
 def count_verdicts(kafka: KafkaConnection, expected: int, timeout: float,
                    worker: subprocess.Popen[bytes], on_message: object = None,
-                   ) -> tuple[int, float, float]:
+                   consumer: Consumer | None = None) -> tuple[int, float, float]:
     """Consume verdicts until `expected` arrived; (count, first ts, last ts) from Kafka
     timestamps (the worker's produce time)."""
-    consumer = Consumer({**kafka.confluent_config(), "group.id": f"bench-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([kafka.topic(VERDICTS.name)])
+    if consumer is None:
+        consumer = verdict_consumer(kafka, "earliest")
     count, first, last = 0, float("inf"), 0.0
     deadline = time.monotonic() + timeout
     try:
         while count < expected and time.monotonic() < deadline:
             if worker.poll() is not None:
                 raise SystemExit(f"the worker exited ({worker.returncode}); see its log")
-            for msg in consumer.consume(10000, 0.2):
+            for msg in consumer.consume(10000, 0.01):
                 if msg.error():
                     continue
                 count += 1
@@ -230,10 +239,12 @@ def main() -> int:
                 producer.poll(0)
             producer.flush(30)
 
+        # A fresh reader at the end of the verdicts: it sees only the paced events' verdicts.
+        reader = verdict_consumer(kafka, "latest")
         pacer = threading.Thread(target=pace)
         pacer.start()
-        count_verdicts(kafka, args.events + total, args.latency_seconds + 120, worker,
-                       on_message=on_verdict)
+        count_verdicts(kafka, total, args.latency_seconds + 120, worker,
+                       on_message=on_verdict, consumer=reader)
         pacer.join()
         if latencies:
             q = statistics.quantiles(latencies, n=100)
