@@ -1,0 +1,166 @@
+"""Which workload a process belongs to: its container (from the cgroup path and the OCI
+runtime's state) or the node itself (`nodes`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas import Workload, WorkloadKind
+
+__all__ = ["ContainerInfo", "WorkloadResolver", "container_id_from_cgroup", "host_workload_id"]
+
+# Runtime state folders: runc's own, and the runc roots containerd and CRI-O use.
+RUNTIME_ROOTS = ("/run/runc", "/run/containerd/runc/k8s.io", "/run/containerd/runc/default",
+                 "/run/crun")
+_ID_PREFIXES = ("cri-containerd-", "crio-", "docker-", "libpod-")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def host_workload_id(node: str) -> str:
+    return f"host:{node}"
+
+
+def container_id_from_cgroup(cgroup: str) -> str | None:
+    """The last component of the process's cgroup path, without runtime decorations."""
+    for line in cgroup.splitlines():
+        path = line.split(":", 2)[-1]
+        leaf = path.rstrip("/").rsplit("/", 1)[-1]
+        if not leaf:
+            continue
+        leaf = leaf.removesuffix(".scope")
+        for prefix in _ID_PREFIXES:
+            leaf = leaf.removeprefix(prefix)
+        if _SAFE_ID.fullmatch(leaf):
+            return leaf
+    return None
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    init_pid: int
+    annotations: dict[str, str]
+    upperdir: Path | None
+    lowerdirs: tuple[Path, ...]
+    passwd: dict[int, str] = field(default_factory=dict)
+
+
+def _overlay_dirs(init_pid: int) -> tuple[Path | None, tuple[Path, ...]]:
+    try:
+        mountinfo = Path(f"/proc/{init_pid}/mountinfo").read_text()
+    except OSError:
+        return None, ()
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/" and " - overlay " in line:
+            options = line.rsplit(" ", 1)[-1].split(",")
+            upper = next((o[9:] for o in options if o.startswith("upperdir=")), "")
+            lower = next((o[9:] for o in options if o.startswith("lowerdir=")), "")
+            return (Path(upper) if upper else None,
+                    tuple(Path(p) for p in lower.split(":") if p))
+    return None, ()
+
+
+def _passwd(init_pid: int) -> dict[int, str]:
+    users: dict[int, str] = {}
+    try:
+        text = Path(f"/proc/{init_pid}/root/etc/passwd").read_text(errors="replace")
+    except OSError:
+        return users
+    for line in text.splitlines():
+        parts = line.split(":")
+        if len(parts) > 2 and parts[2].isdigit():
+            users.setdefault(int(parts[2]), parts[0])
+    return users
+
+
+@dataclass
+class WorkloadResolver:
+    node: str
+    runtime_roots: tuple[str, ...] = RUNTIME_ROOTS
+    platform_namespaces: frozenset[str] = frozenset({"kube-system"})
+    _containers: dict[str, ContainerInfo | None] = field(default_factory=dict)
+    _host_users: dict[int, str] = field(default_factory=dict)
+
+    def container(self, cid: str) -> ContainerInfo | None:
+        if cid in self._containers:
+            return self._containers[cid]
+        info = None
+        for root in self.runtime_roots:
+            state_file = Path(root) / cid / "state.json"
+            try:
+                state = json.loads(state_file.read_text())
+            except (OSError, ValueError):
+                continue
+            labels = state.get("config", {}).get("labels") or []
+            annotations = dict(label.split("=", 1) for label in labels if "=" in label)
+            bundle = annotations.pop("bundle", "")
+            if bundle:
+                try:
+                    config = json.loads((Path(bundle) / "config.json").read_text())
+                    annotations = {**annotations, **(config.get("annotations") or {})}
+                except (OSError, ValueError):
+                    pass
+            init_pid = int(state.get("init_process_pid", 0))
+            upper, lowers = _overlay_dirs(init_pid)
+            info = ContainerInfo(cid, init_pid, annotations, upper, lowers, _passwd(init_pid))
+            break
+        if info is not None:
+            self._containers[cid] = info
+        return info
+
+    def forget(self, cid: str) -> None:
+        self._containers.pop(cid, None)
+
+    def container_of(self, cgroup: str) -> ContainerInfo | None:
+        cid = container_id_from_cgroup(cgroup)
+        return self.container(cid) if cid else None
+
+    def workload(self, info: ContainerInfo | None) -> Workload:
+        if info is None:
+            return Workload(id=host_workload_id(self.node), kind=WorkloadKind.HOST,
+                            node=self.node, name=self.node)
+        a = info.annotations
+        namespace = a.get("io.kubernetes.pod.namespace", "")
+        pod = a.get("io.kubernetes.pod.name", "")
+        name = a.get("io.kubernetes.container.name", info.id)
+        try:
+            labels = {str(k): str(v) for k, v in json.loads(a.get("procwarden.io/labels", "{}")
+                                                               ).items()}
+            probes = tuple(tuple(str(x) for x in p)
+                           for p in json.loads(a.get("procwarden.io/probes", "[]")))
+        except (ValueError, TypeError, AttributeError):
+            labels, probes = {}, ()
+        return Workload(
+            id=info.id, kind=WorkloadKind.CONTAINER, node=self.node, name=name,
+            image=a.get("io.kubernetes.container.image", a.get("procwarden.io/image", "")),
+            namespace=namespace, service=a.get("procwarden.io/owner", "") or _owner(pod),
+            pod=pod, labels=labels, probe_cmds=probes,
+            system=a.get("procwarden.io/system") == "true"
+            or namespace in self.platform_namespaces,
+            root_pid=info.init_pid)
+
+    def user_name(self, info: ContainerInfo | None, uid: int) -> str:
+        if info is not None:
+            return info.passwd.get(uid, str(uid))
+        if not self._host_users:
+            self._host_users = _passwd(1) or {0: "root"}
+        return self._host_users.get(uid, str(uid))
+
+
+_REPLICASET_POD = re.compile(r"^(?P<owner>.+)-[a-z0-9]{6,10}-[a-z0-9]{5}$")
+_SET_POD = re.compile(r"^(?P<owner>.+)-(?:[0-9]+|[a-z0-9]{5})$")
+
+
+def _owner(pod: str) -> str:
+    """The top-level owner a pod name suggests (Deployment for `name-<rs hash>-<id>`,
+    StatefulSet/DaemonSet for `name-<n>`/`name-<id>`); the pod name itself otherwise."""
+    for pattern in (_REPLICASET_POD, _SET_POD):
+        match = pattern.match(pod)
+        if match:
+            return match.group("owner")
+    return pod
+

@@ -1,0 +1,123 @@
+"""The collector's sensing on real runc containers: workload, family, image origin, users."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from collectors.procfs import read_proc
+from collectors.sensing import Sensor
+from collectors.workloads import WorkloadResolver, container_id_from_cgroup
+from procwarden.testbed.containers import Container, run_container
+from schemas import Origin, WorkloadKind
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKDIR = ROOT / "var" / "testbed"
+
+
+@pytest.fixture
+def web() -> Iterator[Container]:
+    with run_container(WORKDIR, "web", namespace="demo", pod="web-7d9f8c6b5-x2k4q",
+                       labels={"app": "web"}, probes=[["cat", "/tmp/healthy"]],
+                       command=("/bin/sh", "-c", "while true; do sleep 1; done")) as c:
+        yield c
+
+
+def _pids_in(container: Container, argv0: str, timeout: float = 10.0,
+             outside_init: bool = False) -> list[int]:
+    """Pids in the container whose argv[0] is `argv0` (optionally: not children of init)."""
+    ns = os.readlink(f"/proc/{container.init_pid}/ns/pid")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            info = read_proc(int(pid))
+            if (info and info.pid_ns == ns and info.argv[:1] == (argv0,)
+                    and not (outside_init and info.ppid == container.init_pid)):
+                found.append(info.pid)
+        if found:
+            return found
+        time.sleep(0.05)
+    return []
+
+
+def sensor() -> Sensor:
+    return Sensor(WorkloadResolver(node="node-1"))
+
+
+def test_container_process_has_its_workload_and_is_family(web: Container) -> None:
+    sensed = sensor().sense_exec(web.init_pid)
+    assert sensed is not None
+    wl, ev = sensed.workload, sensed.event
+    assert (wl.id, wl.kind, wl.name, wl.namespace, wl.pod) == (
+        web.id, WorkloadKind.CONTAINER, "web", "demo", "web-7d9f8c6b5-x2k4q")
+    assert wl.service == "web" and wl.labels == {"app": "web"}
+    assert wl.probe_cmds == (("cat", "/tmp/healthy"),) and not wl.system
+    assert (ev.path, ev.name, ev.argv[0]) == ("/bin/busybox", "sh", "/bin/sh")
+    assert ev.family and not ev.runtime_injected and ev.origin is Origin.IMAGE
+    assert ev.user == "root" and not ev.exe_on_host
+    (child,) = _pids_in(web, "sleep")[:1]
+    sensed = sensor().sense_exec(child)
+    assert sensed is not None and sensed.event.family
+    assert sensed.event.parent_name == "sh" and sensed.event.ppid == web.init_pid
+
+
+def test_runc_exec_is_not_family(web: Container) -> None:
+    proc = web.spawn("sleep", "30", user="33:33")
+    try:
+        (pid,) = _pids_in(web, "sleep", outside_init=True)[:1]
+        sensed = sensor().sense_exec(pid)
+        assert sensed is not None
+        assert not sensed.event.family and sensed.event.runtime_injected
+        assert (sensed.event.user, sensed.event.euid) == ("www-data", 33)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_new_and_modified_executables(web: Container) -> None:
+    web.exec("cp", "/bin/busybox", "/tmp/sleep")
+    new = web.spawn("/tmp/sleep", "30")
+    try:
+        (pid,) = _pids_in(web, "/tmp/sleep")[:1]
+        sensed = sensor().sense_exec(pid)
+        assert sensed is not None
+        assert (sensed.event.path, sensed.event.origin) == ("/tmp/sleep", Origin.NEW)
+    finally:
+        new.kill()
+        new.wait()
+    web.exec("sh", "-c", "chmod 755 /bin/busybox")  # copy-up, same content: still the image's
+    resolver = WorkloadResolver(node="node-1")
+    info = resolver.container_of(Path(f"/proc/{web.init_pid}/cgroup").read_text())
+    assert info is not None
+    from collectors.sensing import exe_origin
+
+    assert exe_origin(info, "/bin/busybox") is Origin.IMAGE
+    web.exec("sh", "-c", "printf x >> /etc/hostname")  # a running binary cannot be written
+    assert exe_origin(info, "/etc/hostname") is Origin.MODIFIED
+    assert exe_origin(info, "/bin/never-there") is Origin.IMAGE
+
+
+def test_host_process_belongs_to_nodes() -> None:
+    sensed = sensor().sense_exec(os.getpid())
+    assert sensed is not None
+    assert (sensed.workload.kind, sensed.workload.id) == (WorkloadKind.HOST, "host:node-1")
+    assert sensed.event.workload_id == "host:node-1" and sensed.event.user == "root"
+
+
+@pytest.mark.parametrize("cgroup,expected", [
+    ("9:pids:/pw-web-12ab34cd56\n", "pw-web-12ab34cd56"),
+    ("0::/system.slice/cri-containerd-" + "a" * 64 + ".scope\n", "a" * 64),
+    ("11:memory:/kubepods/besteffort/pod1234/" + "b" * 64 + "\n", "b" * 64),
+    ("0::/user.slice/crio-" + "c" * 64 + ".scope", "c" * 64),
+])
+def test_container_ids_from_cgroups(cgroup: str, expected: str) -> None:
+    assert container_id_from_cgroup(cgroup) == expected
+
+
+def test_gone_processes_read_as_none() -> None:
+    assert read_proc(2**22 + 12345) is None
