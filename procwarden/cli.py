@@ -204,6 +204,39 @@ def siem() -> None:
         forwarder.close()
 
 
+@app.command()
+def collector(
+    node: Annotated[str | None, typer.Option(help="This node's name (default: hostname)")] = None,
+    with_hash: Annotated[bool, typer.Option(help="Send the sha256 of every executable")] = False,
+) -> None:
+    """Watch this node's execs (process connector + /proc), tag them with their workload and
+    publish them. Needs root. Kafka from PROCWARDEN_KAFKA_* variables."""
+    import logging
+    import signal
+    import socket
+
+    from collectors.agent import Collector
+    from schemas.connections import ConfigError, KafkaConnection
+
+    try:
+        kafka = KafkaConnection.from_env()
+    except ConfigError as exc:
+        _bad_setting("collector", "PROCWARDEN_KAFKA_", exc)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    agent = Collector(kafka, node=node or socket.gethostname(), with_hash=with_hash)
+    typer.echo(f"procwarden collector: node {agent.node}, {kafka.describe()}", err=True)
+    agent.run(lambda: stopping)
+
+
 from procwarden.policy_cli import policy_app  # noqa: E402 - light: stdlib and typer only
 
 app.add_typer(policy_app, name="policy")
