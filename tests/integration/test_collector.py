@@ -62,3 +62,37 @@ def test_execs_are_published_with_their_workload(kafka: KafkaConnection,
     finally:
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(30) == 0, (tmp_path / "collector.log").read_text()[-3000:]
+
+
+def test_collector_to_stream_worker_to_verdict(kafka: KafkaConnection, tmp_path: Path) -> None:
+    """The real pipeline on one node: a container exec, sensed by the collector, decided by the
+    stream worker (Discover learns it), and its verdict back on the node's partition."""
+    from schemas import Decision, Verdict
+    from schemas.topics import VERDICTS, verdict_partition
+
+    pipe = Pipeline(kafka, tmp_path)
+    pipe.start_worker()
+    env = {**os.environ, "PROCWARDEN_KAFKA_TOPIC_PREFIX": pipe.prefix}
+    with open(tmp_path / "collector.log", "wb") as log:
+        agent = subprocess.Popen([sys.executable, "-m", "procwarden.cli", "collector",
+                                  "--node", "node-e2e"], cwd=ROOT, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+    try:
+        time.sleep(1.5)
+        with run_container(WORKDIR, "shop", namespace="e2e") as shop:
+            shop.exec("sleep", "1")
+            verdict, msg = pipe.wait_for(
+                VERDICTS.name, lambda e: isinstance(e.payload, Decision)
+                and e.payload.workload_id == shop.id and e.payload.name == "sleep"
+                and e.payload.pid != shop.init_pid,
+                partitions=[verdict_partition("node-e2e", VERDICTS.partitions)])
+            decision = verdict.payload
+            assert isinstance(decision, Decision)
+            # Discover + zero-drift: a runc exec is not family, so it is alerted, not learned.
+            assert (decision.group, decision.verdict, decision.reason) == (
+                "nv.shop.e2e", Verdict.ALERT, "violation:R6")
+            assert msg.key() == b"node-e2e"
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(30) == 0
+        pipe.stop_workers()
