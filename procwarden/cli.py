@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -30,6 +31,24 @@ def _bad_setting(command: str, prefix: str, exc: Exception) -> NoReturn:
         text = str(exc)
     typer.echo(f"procwarden {command}: bad setting: {text}", err=True)
     raise typer.Exit(2)
+
+
+def _role_process(log_level: str, metrics_port: int) -> threading.Event:
+    """Logging, /metrics on loopback (port 0: none), and an event that SIGTERM/SIGINT set,
+    for the long-running roles that stop cleanly between batches."""
+    import logging
+    import signal
+
+    from prometheus_client import start_http_server
+
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if metrics_port:
+        start_http_server(metrics_port, addr="127.0.0.1")
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    return stopping
 
 
 @app.callback()
@@ -110,10 +129,7 @@ def streams() -> None:
 def sink_clickhouse() -> None:
     """Store verdicts, security events, profile changes and workloads in ClickHouse.
     Settings: SINKS_*, PROCWARDEN_KAFKA_* and PROCWARDEN_CLICKHOUSE_* variables."""
-    import logging
-    import signal
 
-    from prometheus_client import start_http_server
     from pydantic import ValidationError
 
     from schemas.connections import ClickHouseConnection, ConfigError, KafkaConnection
@@ -125,18 +141,7 @@ def sink_clickhouse() -> None:
         kafka, clickhouse = KafkaConnection.from_env(), ClickHouseConnection.from_env()
     except (ValidationError, ConfigError) as exc:
         _bad_setting("sink-clickhouse", "SINKS_", exc)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = _role_process(settings.log_level, settings.metrics_port)
     writer = ClickHouseWriter(kafka, clickhouse, group_id=settings.group_id,
                               batch_size=settings.batch_size,
                               batch_seconds=settings.batch_seconds,
@@ -144,7 +149,7 @@ def sink_clickhouse() -> None:
     typer.echo(f"procwarden sink-clickhouse: {kafka.describe()} -> {clickhouse.describe()}",
                err=True)
     try:
-        writer.run(lambda: stopping)
+        writer.run(stopping.is_set)
     finally:
         writer.close()
 
@@ -153,10 +158,7 @@ def sink_clickhouse() -> None:
 def siem() -> None:
     """Forward security events to a SIEM: syslog (RFC 5424, JSON or CEF; UDP, TCP, TLS) and/or
     a JSON webhook. Settings: SIEM_* and PROCWARDEN_KAFKA_* variables."""
-    import logging
-    import signal
 
-    from prometheus_client import start_http_server
     from pydantic import ValidationError
 
     from schemas import Level
@@ -183,23 +185,12 @@ def siem() -> None:
         _bad_setting("siem", "SIEM_", exc)
     if not destinations:
         _bad_setting("siem", "SIEM_", ValueError("set SIEM_SYSLOG_URL and/or SIEM_WEBHOOK_URL"))
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = _role_process(settings.log_level, settings.metrics_port)
     groups = frozenset(g.strip() for g in settings.groups.split(",") if g.strip())
     forwarder = SiemForwarder(kafka, destinations, group_id=settings.group_id,
                               min_level=Level(settings.min_level), groups=groups)
     try:
-        forwarder.run(lambda: stopping)
+        forwarder.run(stopping.is_set)
     finally:
         forwarder.close()
 
@@ -211,8 +202,6 @@ def collector(
 ) -> None:
     """Watch this node's execs (process connector + /proc), tag them with their workload and
     publish them. Needs root. Kafka from PROCWARDEN_KAFKA_* variables."""
-    import logging
-    import signal
     import socket
 
     from collectors.agent import Collector
@@ -222,19 +211,10 @@ def collector(
         kafka = KafkaConnection.from_env()
     except ConfigError as exc:
         _bad_setting("collector", "PROCWARDEN_KAFKA_", exc)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = _role_process("info", 0)
     agent = Collector(kafka, node=node or socket.gethostname(), with_hash=with_hash)
     typer.echo(f"procwarden collector: node {agent.node}, {kafka.describe()}", err=True)
-    agent.run(lambda: stopping)
+    agent.run(stopping.is_set)
 
 
 from procwarden.policy_cli import policy_app  # noqa: E402 - light: stdlib and typer only

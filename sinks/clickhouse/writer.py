@@ -18,7 +18,7 @@ from typing import Any
 
 from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as ClickHouseError
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
 from schemas import DecodeError, DlqEntry, Envelope, decode_envelope, encode
@@ -26,6 +26,7 @@ from schemas.connections import ClickHouseConnection, KafkaConnection
 from schemas.topics import DLQ, PROFILE_CHANGES, SECURITY_EVENTS, VERDICTS, WORKLOADS, TopicSpec
 from sinks.clickhouse.migrations import apply_migrations, connect
 from sinks.clickhouse.rows import table_for
+from sinks.offsets import commit_batch
 
 __all__ = ["ClickHouseWriter", "SINK_TOPICS"]
 
@@ -169,26 +170,4 @@ class ClickHouseWriter:
         self.dlq.produce(self.kafka.topic(DLQ.name), key=entry.topic.encode(), value=encode(env))
 
     def _commit(self, batch: Sequence[Message]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for msg in batch:
-            key = (msg.topic() or "", msg.partition() or 0)
-            last[key] = max(last.get(key, -1), msg.offset() or 0)
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-        try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            # The rows are stored; a replay after a failed commit collapses in FINAL.
-            log.warning("committing offsets failed: %s", exc)
-        self._update_lag()
-
-    def _update_lag(self) -> None:
-        behind = 0
-        for tp in self.consumer.assignment():
-            try:
-                _, high = self.consumer.get_watermark_offsets(tp, timeout=1, cached=True)
-                position = self.consumer.position([tp])[0].offset
-            except KafkaException:
-                continue
-            if position >= 0 and high >= 0:
-                behind += max(0, high - position)
-        LAG.set(behind)
+        LAG.set(commit_batch(self.consumer, batch))

@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, Message
 from prometheus_client import Counter, Gauge
 
 from schemas import DecodeError, Incident, Level, decode_envelope
 from schemas.connections import KafkaConnection
 from schemas.topics import SECURITY_EVENTS
+from sinks.offsets import commit_batch
 from sinks.siem.formats import cef, incident_json, syslog_5424
 from sinks.siem.transports import Transport
 
@@ -131,22 +132,4 @@ class SiemForwarder:
         return True
 
     def _commit(self, batch: Sequence[Message]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for msg in batch:
-            key = (msg.topic() or "", msg.partition() or 0)
-            last[key] = max(last.get(key, -1), msg.offset() or 0)
-        try:
-            self._consumer.commit(offsets=[TopicPartition(t, p, o + 1)
-                                           for (t, p), o in last.items()], asynchronous=False)
-        except KafkaException as exc:
-            log.warning("committing offsets failed: %s", exc)
-        behind = 0
-        for tp in self._consumer.assignment():
-            try:
-                _, high = self._consumer.get_watermark_offsets(tp, timeout=1, cached=True)
-                pos = self._consumer.position([tp])[0].offset
-            except KafkaException:
-                continue
-            if pos >= 0 and high >= 0:
-                behind += max(0, high - pos)
-        LAG.set(behind)
+        LAG.set(commit_batch(self._consumer, batch))
