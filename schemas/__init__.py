@@ -1,6 +1,6 @@
 """procwarden's shared vocabulary: the records every stage reads and writes, and their codec."""
 
-from schemas.codec import DecodeError, decode_json, decode_record, encode, encode_str, to_plain
+from schemas.codec import DecodeError, decode_json, decode_record, encode, to_plain
 from schemas.enums import (
     Action,
     Baseline,
@@ -65,6 +65,6 @@ __all__ = [
     "RESERVED_RULE_ID_PREFIX", "Rule", "RuleChange", "RuleKey", "RuleSource", "SCHEMA_VERSION",
     "ServiceConfig", "StdioEvent", "UidChangeEvent", "Verdict", "WORKLOAD_EVENT_TYPES", "Workload",
     "WorkloadEvent", "WorkloadKind",
-    "WorkloadState", "decode_envelope", "decode_json", "decode_record", "encode", "encode_str",
+    "WorkloadState", "decode_envelope", "decode_json", "decode_record", "encode",
     "reserved_rule_id", "to_plain",
 ]

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-__all__ = ["DecodeError", "decode_json", "decode_record", "encode", "encode_str", "to_plain"]
+__all__ = ["DecodeError", "decode_json", "decode_record", "encode", "to_plain"]
 
 T = TypeVar("T")
 
@@ -34,10 +34,6 @@ class DecodeError(ValueError):
 def encode(record: object) -> bytes:
     """Plain JSON bytes for a record (dataclasses, enums by value, tuples as arrays)."""
     return orjson.dumps(record)
-
-
-def encode_str(record: object) -> str:
-    return orjson.dumps(record).decode()
 
 
 def to_plain(record: object) -> Any:

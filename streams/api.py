@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import yaml
+
 from schemas import (
     CrdImport,
     DecodeError,
@@ -39,7 +41,9 @@ from streams.engine import (
     ProcessState,
     build_view,
     decide,
+    ensure_workload_groups,
     learned_group_name,
+    order_group_rules,
     parse_crd_documents,
 )
 from streams.handlers import Handlers
@@ -85,8 +89,6 @@ def entry_json(rule: Rule, pins: Mapping[str, str]) -> dict[str, Any]:
 
 
 def profile_json(policy: GroupPolicy) -> dict[str, Any]:
-    from streams.engine import order_group_rules
-
     body: dict[str, Any] = {"group": policy.name}
     if policy.kind is not GroupKind.CUSTOM:
         assert policy.mode is not None and policy.baseline is not None
@@ -198,8 +200,6 @@ class PolicyApi:
         policies = self._policies()
         group = learned_group_name(workload)
         if group not in policies:
-            from streams.engine import ensure_workload_groups
-
             policies.update(ensure_workload_groups(policies, workload, self.session.settings,
                                                    env.ts).updated)
         view = build_view(policies, workload, self.session.settings)
@@ -263,8 +263,6 @@ class PolicyApi:
             docs = parse_crd_documents(text)
         except PolicyError as exc:
             raise ApiError(exc.status, str(exc)) from None
-        import yaml
-
         for doc in docs:
             group = str(((doc.get("spec") or {}).get("target") or {}).get("selector", {})
                         .get("name", "")).strip()

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from procwarden.stack.clickhouse import ClickHouseServer
 from procwarden.stack.kafka import KafkaServer
 from procwarden.stack.layout import ProgressFn, StackLayout, StackSettings
-from procwarden.stack.processes import StackError
 from procwarden.stack.topics import ensure_topics
 from schemas.connections import ClickHouseConnection, KafkaConnection
 from sinks.clickhouse.migrations import apply_migrations, connect
@@ -103,8 +102,3 @@ class Stack:
                 "clickhouse": str(self.clickhouse.home / "server.log"),
                 "clickhouse errors": str(self.clickhouse.home / "server.err.log")}
 
-
-def require_up(stack: Stack) -> None:
-    status = stack.status()
-    if not status.up:
-        raise StackError("the local stack is not running: start it with `procwarden stack up`")

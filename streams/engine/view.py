@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from schemas import Baseline, GroupKind, GroupPolicy, Mode, Workload, WorkloadKind
 from streams.engine.compiled import CompiledRules, compile_rules
 from streams.engine.membership import custom_groups_of, learned_group_name
-from streams.engine.ordering import order_group_rules
+from streams.engine.ordering import effective_rules
 from streams.engine.probes import probe_commands
 
-__all__ = ["EngineSettings", "MissingGroup", "PolicyView", "build_view", "view_key"]
+__all__ = ["EngineSettings", "MissingGroup", "PolicyView", "build_view"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +46,6 @@ class PolicyView:
         return self.learned.name
 
 
-def view_key(workload: Workload, policies: Mapping[str, GroupPolicy]) -> tuple[object, ...]:
-    """A cache key that changes whenever the view for `workload` could change."""
-    return (workload, tuple((p.name, p.version) for p in policies.values()))
-
-
 def build_view(policies: Mapping[str, GroupPolicy], workload: Workload,
                settings: EngineSettings = EngineSettings()) -> PolicyView:
     name = learned_group_name(workload)
@@ -60,8 +55,7 @@ def build_view(policies: Mapping[str, GroupPolicy], workload: Workload,
     is_host = workload.kind is WorkloadKind.HOST
     customs = () if is_host else custom_groups_of(workload, policies.values())
     custom_rules = [r for g in customs for r in policies[g].rules]
-    ordered_custom = order_group_rules(custom_rules)
-    ordered = ordered_custom + order_group_rules(learned.rules)
+    ordered = effective_rules(custom_rules, learned.rules)
     assert learned.mode is not None and learned.baseline is not None
     mode = learned.mode
     effective_mode = Mode.MONITOR if (workload.system and mode is Mode.PROTECT) else mode
@@ -70,7 +64,7 @@ def build_view(policies: Mapping[str, GroupPolicy], workload: Workload,
         workload=workload,
         learned=learned,
         custom_groups=customs,
-        rules=compile_rules(ordered, len(ordered_custom)),
+        rules=compile_rules(ordered, len(custom_rules)),
         mode=mode,
         effective_mode=effective_mode,
         baseline=baseline,

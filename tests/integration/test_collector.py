@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from procwarden.testbed.containers import run_container
@@ -18,68 +20,71 @@ from tests.integration.streamkit import ROOT, Pipeline
 WORKDIR = ROOT / "var" / "testbed"
 
 
-def test_execs_are_published_with_their_workload(kafka: KafkaConnection,
-                                                 tmp_path: Path) -> None:
-    pipe = Pipeline(kafka, tmp_path)
+@contextmanager
+def running_collector(pipe: Pipeline, node: str, tmp_path: Path) -> Iterator[None]:
+    """The real `procwarden collector` on this node, publishing to the pipeline's topics;
+    it must stop cleanly (exit 0) on SIGTERM."""
     env = {**os.environ, "PROCWARDEN_KAFKA_TOPIC_PREFIX": pipe.prefix}
     with open(tmp_path / "collector.log", "wb") as log:
         agent = subprocess.Popen([sys.executable, "-m", "procwarden.cli", "collector",
-                                  "--node", "node-t"], cwd=ROOT, env=env, stdout=log,
+                                  "--node", node], cwd=ROOT, env=env, stdout=log,
                                  stderr=subprocess.STDOUT)
     try:
         time.sleep(1.5)  # the connector listens
-        with run_container(WORKDIR, "web", namespace="demo") as web:
-            # Processes that live long enough for /proc to be read: the connector reports pids
-            # only (catching the shortest-lived ones needs fanotify, not built yet).
-            web.exec("cp", "/bin/busybox", "/tmp/sleep")
-            web.exec("/tmp/sleep", "1")  # a runc exec of a new binary
-            web.exec("sleep", "1")
-            subprocess.run(["sleep", "1"], check=True)  # a host process
-
-            def exec_of(test: object) -> ExecEvent:
-                got, _ = pipe.wait_for(EXEC.name, lambda e: isinstance(e.payload, ExecEvent)
-                                       and test(e.payload))  # type: ignore[operator]
-                assert isinstance(got.payload, ExecEvent)
-                return got.payload
-
-            dropped = exec_of(lambda e: e.path == "/tmp/sleep")
-            assert dropped.workload_id == web.id
-            assert (dropped.origin, dropped.family, dropped.runtime_injected) == (
-                Origin.NEW, False, True)
-            ident = exec_of(lambda e: e.argv == ("sleep", "1") and e.workload_id == web.id)
-            assert ident.path == "/bin/busybox" and ident.origin is Origin.IMAGE
-            assert ident.user == "root" and not ident.family
-            host = exec_of(lambda e: e.path == "/usr/bin/sleep")
-            assert host.workload_id == "host:node-t"
-            announced, _ = pipe.wait_for(WORKLOADS.name, lambda e: isinstance(
-                e.payload, Workload) and e.payload.id == web.id)
-            assert isinstance(announced.payload, Workload)
-            assert (announced.payload.kind, announced.payload.namespace,
-                    announced.payload.node) == (WorkloadKind.CONTAINER, "demo", "node-t")
-            exited, _ = pipe.wait_for(EXEC.name, lambda e: isinstance(e.payload, ExitEvent)
-                                      and e.payload.pid == ident.pid)
-            assert exited.payload.workload_id == web.id  # type: ignore[union-attr]
+        yield
     finally:
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(30) == 0, (tmp_path / "collector.log").read_text()[-3000:]
 
 
+def test_execs_are_published_with_their_workload(kafka: KafkaConnection,
+                                                 tmp_path: Path) -> None:
+    pipe = Pipeline(kafka, tmp_path)
+    with running_collector(pipe, "node-t", tmp_path), \
+            run_container(WORKDIR, "web", namespace="demo") as web:
+        # Processes that live long enough for /proc to be read: the connector reports pids
+        # only (catching the shortest-lived ones needs fanotify, not built yet).
+        web.exec("cp", "/bin/busybox", "/tmp/sleep")
+        web.exec("/tmp/sleep", "1")  # a runc exec of a new binary
+        web.exec("sleep", "1")
+        subprocess.run(["sleep", "1"], check=True)  # a host process
+
+        def exec_of(test: object) -> ExecEvent:
+            got, _ = pipe.wait_for(EXEC.name, lambda e: isinstance(e.payload, ExecEvent)
+                                   and test(e.payload))  # type: ignore[operator]
+            assert isinstance(got.payload, ExecEvent)
+            return got.payload
+
+        dropped = exec_of(lambda e: e.path == "/tmp/sleep")
+        assert dropped.workload_id == web.id
+        assert (dropped.origin, dropped.family, dropped.runtime_injected) == (
+            Origin.NEW, False, True)
+        ident = exec_of(lambda e: e.argv == ("sleep", "1") and e.workload_id == web.id)
+        assert ident.path == "/bin/busybox" and ident.origin is Origin.IMAGE
+        assert ident.user == "root" and not ident.family
+        host = exec_of(lambda e: e.path == "/usr/bin/sleep")
+        assert host.workload_id == "host:node-t"
+        announced, _ = pipe.wait_for(WORKLOADS.name, lambda e: isinstance(
+            e.payload, Workload) and e.payload.id == web.id)
+        assert isinstance(announced.payload, Workload)
+        assert (announced.payload.kind, announced.payload.namespace,
+                announced.payload.node) == (WorkloadKind.CONTAINER, "demo", "node-t")
+        exited, _ = pipe.wait_for(EXEC.name, lambda e: isinstance(e.payload, ExitEvent)
+                                  and e.payload.pid == ident.pid)
+        assert exited.payload.workload_id == web.id  # type: ignore[union-attr]
+
+
 def test_collector_to_stream_worker_to_verdict(kafka: KafkaConnection, tmp_path: Path) -> None:
     """The real pipeline on one node: a container exec, sensed by the collector, decided by the
-    stream worker (Discover learns it), and its verdict back on the node's partition."""
+    stream worker, and its verdict back on the node's partition."""
     from schemas import Decision, Verdict
     from schemas.topics import VERDICTS, verdict_partition
 
     pipe = Pipeline(kafka, tmp_path)
     pipe.start_worker()
-    env = {**os.environ, "PROCWARDEN_KAFKA_TOPIC_PREFIX": pipe.prefix}
-    with open(tmp_path / "collector.log", "wb") as log:
-        agent = subprocess.Popen([sys.executable, "-m", "procwarden.cli", "collector",
-                                  "--node", "node-e2e"], cwd=ROOT, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT)
     try:
-        time.sleep(1.5)
-        with run_container(WORKDIR, "shop", namespace="e2e") as shop:
+        with running_collector(pipe, "node-e2e", tmp_path), \
+                run_container(WORKDIR, "shop", namespace="e2e") as shop:
             shop.exec("sleep", "1")
             verdict, msg = pipe.wait_for(
                 VERDICTS.name, lambda e: isinstance(e.payload, Decision)
@@ -93,6 +98,4 @@ def test_collector_to_stream_worker_to_verdict(kafka: KafkaConnection, tmp_path:
                 "nv.shop.e2e", Verdict.ALERT, "violation:R6")
             assert msg.key() == b"node-e2e"
     finally:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(30) == 0
         pipe.stop_workers()
