@@ -1,17 +1,19 @@
-"""The node agent's sensing loop: the Linux process connector in, exec events out to Kafka.
+"""The node agent: the Linux process connector in, exec events out to Kafka, verdicts enforced.
 
 Each exec the kernel reports is enriched from /proc (a process gone before we look is counted,
 never hidden), tagged with its workload, and published keyed by workload id so per-workload order
 holds. A workload is announced on `procwarden.workloads` the first time one of its processes is
-seen. Exits are published for processes whose exec was.
+seen. Exits are published for processes whose exec was. New processes' stdio is inspected for
+reverse shells. The enforcer (collectors/enforcer.py) acts on this node's verdicts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import itertools
 import logging
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,9 +24,12 @@ from confluent_kafka import Producer
 from prometheus_client import Counter
 from pyroute2 import ProcEventSocket
 
+from collectors.enforcer import Enforcer
 from collectors.sensing import Sensor
+from collectors.settings import CollectorSettings
+from collectors.stdio import StdioInspector
 from collectors.workloads import WorkloadResolver
-from schemas import Envelope, ExitEvent, Payload, Workload, encode
+from schemas import Envelope, ExitEvent, Payload, Workload, WorkloadState, encode
 from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, WORKLOADS
 
@@ -41,19 +46,25 @@ PUBLISHED = Counter("procwarden_collector_published_total", "Messages published"
 @dataclass
 class Collector:
     kafka: KafkaConnection
-    node: str = field(default_factory=socket.gethostname)
-    cluster: str = "default"
-    with_hash: bool = False
+    settings: CollectorSettings = field(default_factory=CollectorSettings)
     resolver: WorkloadResolver = field(init=False)
     sensor: Sensor = field(init=False)
+    enforcer: Enforcer | None = field(init=False, default=None)
     _announced: dict[str, Workload] = field(default_factory=dict)
     _reported: dict[int, str] = field(default_factory=dict)  # pid -> workload id
-    _seq: int = 0
+    _roots: dict[int, Workload] = field(default_factory=dict)  # container root pid -> workload
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
     _closing: bool = False
 
     def __post_init__(self) -> None:
+        self.node = self.settings.node
         self.resolver = WorkloadResolver(node=self.node)
         self.sensor = Sensor(self.resolver)
+        self.stdio = StdioInspector(self.settings.stdio_inspections,
+                                    self.settings.stdio_interval_s)
+        if self.settings.enforce:
+            self.enforcer = Enforcer(self.settings, self.kafka, self.resolver, self.sensor,
+                                     self.publish)
         self.producer = Producer({
             **self.kafka.confluent_config(), "enable.idempotence": True, "acks": "all",
             "compression.type": "lz4", "linger.ms": 5, "partitioner": "murmur2_random",
@@ -70,17 +81,25 @@ class Collector:
         reader.start()
         if not listening.wait(10):
             raise RuntimeError("the process connector did not start (is this root?)")
+        if self.enforcer is not None:
+            self.enforcer.start()
         try:
             while not should_stop():
+                due = self.stdio.next_due()
+                wait = 0.2 if due is None else min(0.2, max(0.0, due - time.monotonic()))
                 try:
-                    message = inbox.get(timeout=0.2)
+                    message = inbox.get(timeout=wait)
                 except queue.Empty:
-                    self.producer.poll(0)
-                    continue
-                self.handle(message.get("event"), message)
+                    message = None
+                if message is not None:
+                    self.handle(message.get("event"), message)
+                for found in self.stdio.run_due():
+                    self.publish(EXEC.name, found.workload_id, found)
                 self.producer.poll(0)
         finally:
             self._closing = True
+            if self.enforcer is not None:
+                self.enforcer.stop()
             self.producer.flush(30)
 
     def _read(self, inbox: queue.Queue[Any], listening: threading.Event) -> None:
@@ -118,23 +137,39 @@ class Collector:
             workload_id = self._reported.pop(pid, None)
             if workload_id is not None:
                 self.publish(EXEC.name, workload_id, ExitEvent(workload_id, pid))
+            stopped = self._roots.pop(pid, None)
+            if stopped is not None:
+                self._stopped(stopped)
+
+    def _stopped(self, workload: Workload) -> None:
+        """A container's root process exited: the container is gone."""
+        self._announced.pop(workload.id, None)
+        self.resolver.forget(workload.id)
+        if self.enforcer is not None:
+            self.enforcer.forget(workload.id)
+        self.publish(WORKLOADS.name, workload.id,
+                     dataclasses.replace(workload, state=WorkloadState.STOPPED))
 
     def _on_exec(self, pid: int) -> None:
-        sensed = self.sensor.sense_exec(pid, with_hash=self.with_hash)
+        sensed = self.sensor.sense_exec(pid, with_hash=self.settings.with_hash)
         if sensed is None:
             LOST.labels("process_gone").inc()
             return
         workload = sensed.workload
         if self._announced.get(workload.id) != workload:
             self._announced[workload.id] = workload
+            if workload.root_pid:
+                self._roots[workload.root_pid] = workload
             self.publish(WORKLOADS.name, workload.id, workload)
         self._reported[pid] = workload.id
         self.publish(EXEC.name, workload.id, sensed.event)
+        self.stdio.watch(sensed.event)
 
-    def publish(self, topic: str, key: str, payload: Payload) -> None:
-        self._seq += 1
-        env = Envelope.wrap(payload, event_id=f"{self.node}:{time.time_ns()}:{self._seq}",
-                            node=self.node, ts=time.time(), cluster=self.cluster)
+    def publish(self, topic: str, key: str, payload: Payload) -> str:
+        """Publish one record (from any thread); returns its event id."""
+        event_id = f"{self.node}:{time.time_ns()}:{next(self._seq)}"
+        env = Envelope.wrap(payload, event_id=event_id, node=self.node, ts=time.time(),
+                            cluster=self.settings.cluster)
         while True:
             try:
                 self.producer.produce(self.kafka.topic(topic), key=key.encode(),
@@ -143,3 +178,4 @@ class Collector:
             except BufferError:  # the local queue is full: wait for deliveries
                 self.producer.poll(0.1)
         PUBLISHED.labels(topic).inc()
+        return event_id

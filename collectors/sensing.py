@@ -53,7 +53,7 @@ class Sensor:
     def __init__(self, resolver: WorkloadResolver) -> None:
         self.resolver = resolver
 
-    def _family(self, proc: ProcInfo, info: ContainerInfo) -> bool:
+    def is_family(self, proc: ProcInfo, info: ContainerInfo) -> bool:
         """Descends from the container's init process, inside the container's pid namespace
         (a process `runc exec` or `kubectl exec` put there has a parent outside it)."""
         pid, seen = proc.pid, 0
@@ -78,7 +78,7 @@ class Sensor:
         origin = Origin.IMAGE
         family = True
         if info is not None:
-            family = self._family(proc, info)
+            family = self.is_family(proc, info)
             exe_on_host = not _same_filesystem(pid, info.init_pid)
             if not exe_on_host:
                 origin = exe_origin(info, proc.exe)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -198,22 +198,33 @@ def siem() -> None:
 @app.command()
 def collector(
     node: Annotated[str | None, typer.Option(help="This node's name (default: hostname)")] = None,
-    with_hash: Annotated[bool, typer.Option(help="Send the sha256 of every executable")] = False,
+    with_hash: Annotated[bool | None, typer.Option(help="Send the sha256 of every executable")
+                         ] = None,
+    dry_run: Annotated[bool | None, typer.Option(help="Sense and report; never kill or deny")
+                       ] = None,
 ) -> None:
-    """Watch this node's execs (process connector + /proc), tag them with their workload and
-    publish them. Needs root. Kafka from PROCWARDEN_KAFKA_* variables."""
-    import socket
+    """Watch this node's execs (process connector + /proc), tag them with their workload,
+    publish them and enforce this node's verdicts: kill blocked processes, hold the execs of
+    Protect containers until they are judged. Needs root. Settings: COLLECTOR_* and
+    PROCWARDEN_KAFKA_* variables (options override them)."""
+    from pydantic import ValidationError
 
     from collectors.agent import Collector
+    from collectors.settings import CollectorSettings
     from schemas.connections import ConfigError, KafkaConnection
 
+    overrides: dict[str, Any] = {k: v for k, v in {
+        "node": node, "with_hash": with_hash, "dry_run": dry_run}.items() if v is not None}
     try:
+        settings = CollectorSettings.model_validate(overrides)
         kafka = KafkaConnection.from_env()
-    except ConfigError as exc:
-        _bad_setting("collector", "PROCWARDEN_KAFKA_", exc)
-    stopping = _role_process("info", 0)
-    agent = Collector(kafka, node=node or socket.gethostname(), with_hash=with_hash)
-    typer.echo(f"procwarden collector: node {agent.node}, {kafka.describe()}", err=True)
+    except (ValidationError, ConfigError) as exc:
+        _bad_setting("collector", "COLLECTOR_", exc)
+    stopping = _role_process(settings.log_level, settings.metrics_port)
+    agent = Collector(kafka, settings)
+    typer.echo(f"procwarden collector: node {agent.node}, {kafka.describe()}"
+               f"{' (dry run)' if settings.dry_run else ''}, fail mode "
+               f"{settings.fail_mode.value}", err=True)
     agent.run(stopping.is_set)
 
 

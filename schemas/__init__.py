@@ -25,6 +25,7 @@ from schemas.envelope import PAYLOAD_TYPES, SCHEMA_VERSION, Envelope, Payload, d
 from schemas.events import (
     WORKLOAD_EVENT_TYPES,
     DockerCpEvent,
+    ExecCheck,
     ExecEvent,
     ExitEvent,
     FileEvent,
@@ -59,7 +60,8 @@ from schemas.policy import (
 __all__ = [
     "Action", "Baseline", "ChangeKind", "CopyDirection", "CrdImport", "CriteriaKey", "CriteriaOp",
     "Criterion", "DecodeError", "Decision", "DlqEntry", "DockerCpEvent", "Envelope", "EventKind",
-    "ExecEvent", "ExitEvent", "FailMode", "FileEvent", "FileOp", "GroupConfig", "GroupDelete",
+    "ExecCheck", "ExecEvent", "ExitEvent", "FailMode", "FileEvent", "FileOp", "GroupConfig",
+    "GroupDelete",
     "GroupKind", "GroupPolicy", "Incident", "IncidentAction", "LearnRequest", "Level", "Mode",
     "NODES_GROUP", "Origin", "PAYLOAD_TYPES", "Payload", "ProfileChange", "ProfilePatch",
     "RESERVED_RULE_ID_PREFIX", "Rule", "RuleChange", "RuleKey", "RuleSource", "SCHEMA_VERSION",

@@ -82,6 +82,7 @@ class EventKind(_WireEnum):
 
     WORKLOAD = "workload"
     EXEC = "exec"
+    EXEC_CHECK = "exec_check"
     EXIT = "exit"
     FILE = "file"
     STDIO = "stdio"

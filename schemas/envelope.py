@@ -9,6 +9,7 @@ from schemas.codec import DecodeError, decode_json, decode_record, encode
 from schemas.enums import EventKind
 from schemas.events import (
     DockerCpEvent,
+    ExecCheck,
     ExecEvent,
     ExitEvent,
     FileEvent,
@@ -32,7 +33,8 @@ __all__ = ["Envelope", "PAYLOAD_TYPES", "Payload", "SCHEMA_VERSION", "decode_env
 SCHEMA_VERSION = 1
 
 Payload = (
-    Workload | ExecEvent | ExitEvent | FileEvent | StdioEvent | UidChangeEvent | DockerCpEvent
+    Workload | ExecEvent | ExecCheck | ExitEvent | FileEvent | StdioEvent | UidChangeEvent
+    | DockerCpEvent
     | GroupPolicy | ProfilePatch | ServiceConfig | GroupConfig | GroupDelete | CrdImport
     | LearnRequest | Decision | Incident | ProfileChange | DlqEntry
 )
@@ -40,6 +42,7 @@ Payload = (
 PAYLOAD_TYPES: dict[EventKind, type] = {
     EventKind.WORKLOAD: Workload,
     EventKind.EXEC: ExecEvent,
+    EventKind.EXEC_CHECK: ExecCheck,
     EventKind.EXIT: ExitEvent,
     EventKind.FILE: FileEvent,
     EventKind.STDIO: StdioEvent,

@@ -14,6 +14,7 @@ __all__ = [
     "WORKLOAD_EVENT_TYPES",
     "WorkloadEvent",
     "DockerCpEvent",
+    "ExecCheck",
     "ExecEvent",
     "ExitEvent",
     "FileEvent",
@@ -73,6 +74,26 @@ class ExecEvent:
     exe_on_host: bool = False  # executable outside the container's root filesystem
     origin: Origin = Origin.IMAGE
     hash: str = ""  # sha256 of the executable, only for groups with hash_enabled
+
+
+@dataclass(frozen=True, slots=True)
+class ExecCheck:
+    """An exec held before it runs (fanotify permission event), asking for a verdict (§14).
+
+    Only the file and the calling process are known: no argv, no final process name.
+    """
+
+    workload_id: str
+    pid: int  # the caller, about to become the new program
+    path: str  # the executable, as seen inside the workload
+    start_time: int = 0  # the caller's
+    euid: int = 0
+    user: str = ""
+    name: str = ""  # the caller's comm
+    runtime_injected: bool = False
+    exe_on_host: bool = False
+    origin: Origin = Origin.IMAGE
+    netcat: bool = False  # the file is what nc, ncat or netcat resolve to in the workload
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,5 +173,7 @@ class DockerCpEvent:
     container_id: str = ""
 
 
-WorkloadEvent = ExecEvent | ExitEvent | FileEvent | StdioEvent | UidChangeEvent | DockerCpEvent
-WORKLOAD_EVENT_TYPES = (ExecEvent, ExitEvent, FileEvent, StdioEvent, UidChangeEvent, DockerCpEvent)
+WorkloadEvent = (ExecEvent | ExecCheck | ExitEvent | FileEvent | StdioEvent | UidChangeEvent
+                 | DockerCpEvent)
+WORKLOAD_EVENT_TYPES = (ExecEvent, ExecCheck, ExitEvent, FileEvent, StdioEvent, UidChangeEvent,
+                        DockerCpEvent)

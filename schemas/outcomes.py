@@ -81,7 +81,9 @@ class Decision:
     `reason` is a stable code: `rule:<uuid>`, `learn`, `user-learn`, `hash-learn`, `probe`,
     `parent-rule:<name>`, `parent-rule:pgid`, `exception:nc-healthcheck`, `ignored:runtime`,
     `violation:R0|RD|RS|R5|R6|R7|RU|RH`, `suspicious:<name>`, `drift:<op>`, `reverse-shell`,
-    `escalation`, `docker-cp`, or `none:<why>` for events that decide nothing.
+    `escalation`, `docker-cp`, `pre-exec:<why>` for held execs (`exec_check`), or `none:<why>`
+    for events that decide nothing. A `policy` decision (verdict `none`, reason `policy-state`)
+    tells a workload's collector its `pre_exec` and `policy_stamp` after a policy change.
     """
 
     event_id: str
@@ -104,6 +106,10 @@ class Decision:
     user: str = ""
     ts: float = 0.0
     policy_version: int = 0
+    # For the collector: hold this workload's execs before they run (a container in Protect),
+    # and a stamp that changes whenever any policy the workload's decisions read changes.
+    pre_exec: bool = False
+    policy_stamp: str = ""
     incident: Incident | None = None
     learn: LearnRequest | None = None
 

@@ -22,6 +22,7 @@ from schemas import (
     DecodeError,
     DlqEntry,
     Envelope,
+    GroupKind,
     GroupPolicy,
     Incident,
     LearnRequest,
@@ -40,7 +41,14 @@ from schemas.topics import (
     SECURITY_EVENTS,
     VERDICTS,
 )
-from streams.engine import DECIDED_KINDS, EditResult, PolicyError, learned_group_name
+from streams.engine import (
+    DECIDED_KINDS,
+    EditResult,
+    MissingGroup,
+    PolicyError,
+    learned_group_name,
+    policy_state,
+)
 from streams.session import DecisionSession, UnknownWorkload, edit_result
 
 __all__ = ["Handlers", "Publisher", "RawMessage"]
@@ -86,6 +94,8 @@ class Handlers:
     published: dict[str, GroupPolicy] = field(default_factory=dict)
     # Groups this worker deleted, with their last version: older echoes are ignored.
     _deleted: dict[str, int] = field(default_factory=dict)
+    # What this worker last told each workload's collector: (pre_exec, policy stamp).
+    _told: dict[str, tuple[bool, str]] = field(default_factory=dict)
 
     # -- mirror callbacks -----------------------------------------------------------------------
 
@@ -104,6 +114,9 @@ class Handlers:
             self.session.load_policies([policy])
 
     def on_workload(self, env: Envelope | None, workload_id: str) -> None:
+        if env is None or (isinstance(env.payload, Workload)
+                           and env.payload.state is WorkloadState.STOPPED):
+            self._told.pop(workload_id, None)
         if env is None:
             self.session.forget_workload(workload_id)
         else:
@@ -202,6 +215,32 @@ class Handlers:
         self.session.apply(result)
         self.counts["policy_versions_written"] += len(result.updated)
         POLICY_WRITES.inc(len(result.updated))
+        await self._tell_collectors(result, cause)
+
+    async def _tell_collectors(self, result: EditResult, cause: Envelope) -> None:
+        """Tell the collectors of the workloads a change touches whether to hold their execs
+        before they run, and give held workloads the stamp that invalidates cached answers."""
+        if isinstance(cause.payload, Workload):
+            self.session.handle(cause)  # the mirror may not have brought it here yet
+            affected = [cause.payload.id]
+        else:
+            changed = {*result.updated, *result.deleted}
+            learned_only = all(p.kind is GroupKind.LEARNED for p in result.updated.values()) \
+                and not result.deleted
+            affected = [wid for wid, wl in self.session.workloads.items()
+                        if not learned_only or learned_group_name(wl) in changed]
+        for wid in affected:
+            try:
+                view = self.session.view(wid)
+            except (MissingGroup, UnknownWorkload):
+                continue
+            told = self._told.get(wid, (False, ""))
+            now = (view.pre_exec, view.stamp)
+            if now == told or (not view.pre_exec and not told[0]):
+                continue
+            self._told[wid] = now
+            state = policy_state(view, f"{cause.event_id}:policy:{wid}", cause.ts or time.time())
+            await self.send(VERDICTS.name, state.node, state, state.event_id)
 
     # -- publishing -----------------------------------------------------------------------------
 

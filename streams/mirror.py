@@ -47,18 +47,32 @@ class PolicyMirror:
             sasl_plain_username=self.kafka.sasl_username or None,
             sasl_plain_password=self.kafka.sasl_password or None)
         await self._consumer.start()
-        tps = []
-        for spec in (POLICY, WORKLOADS):
-            topic = self.kafka.topic(spec.name)
-            parts = self._consumer.partitions_for_topic(topic)
-            if parts is None:
-                await self._consumer._client.force_metadata_update()
-                parts = self._consumer.partitions_for_topic(topic) or set()
-            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = await self._partitions()
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
         ends = await self._consumer.end_offsets(tps)
         self._task = asyncio.create_task(self._run(dict(ends)))
+
+    async def _partitions(self, timeout: float = 60.0) -> list[TopicPartition]:
+        """Every partition of the mirrored topics. Just after the topics were created the
+        broker may not list them yet: ask again until it does."""
+        assert self._consumer is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            tps = []
+            for spec in (POLICY, WORKLOADS):
+                topic = self.kafka.topic(spec.name)
+                parts = self._consumer.partitions_for_topic(topic)
+                if not parts:
+                    await self._consumer._client.force_metadata_update()
+                    parts = self._consumer.partitions_for_topic(topic) or set()
+                tps += [TopicPartition(topic, p) for p in sorted(parts)]
+            if {tp.topic for tp in tps} == {self.kafka.topic(s.name) for s in (POLICY, WORKLOADS)}:
+                return tps
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"the topics {POLICY.name} and {WORKLOADS.name} do not exist "
+                                   "(run `procwarden stack up`, or create them)")
+            await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -19,7 +19,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ANNOTATIONS", "BusyBoxImage", "Container", "ContainerError", "run_container"]
+__all__ = ["ANNOTATIONS", "APP_LOOP", "BusyBoxImage", "Container", "ContainerError",
+           "run_container"]
+
+# A root process that stands for the container's application: it runs each command line written
+# to its control FIFO as its own child, so what it runs is family (unlike `runc exec`), the way a
+# web server's CGI or an exploited app would run things.
+APP_LOOP = ("/bin/sh", "-c",
+            'n=0; while true; do if read -r line < /run/ctl; then n=$((n+1)); '
+            'sh -c "$line" > /run/out.$n 2>&1; echo $? > /run/rc.$n; fi; done')
 
 ANNOTATIONS = {
     "namespace": "io.kubernetes.pod.namespace",
@@ -64,8 +72,9 @@ class BusyBoxImage:
     @classmethod
     def build(cls, folder: Path) -> BusyBoxImage:
         rootfs = folder / "rootfs"
-        if (rootfs / "bin" / "busybox").exists():
+        if (rootfs / "bin" / "busybox").exists() and (rootfs / "run" / "ctl").exists():
             return cls(rootfs)
+        shutil.rmtree(rootfs, ignore_errors=True)  # an image from an older testbed
         busybox = shutil.which("busybox") or "/bin/busybox"
         if not Path(busybox).exists():
             raise ContainerError("busybox is missing: apt-get install busybox-static")
@@ -87,6 +96,7 @@ class BusyBoxImage:
         (tmp / "etc" / "login.defs").write_text("UID_MIN 1000\n")
         (tmp / "etc" / "hostname").write_text("busybox\n")
         (tmp / "var" / "www" / "index.html").write_text("<h1>procwarden demo</h1>\n")
+        os.mkfifo(tmp / "run" / "ctl", 0o600)  # APP_LOOP's control channel
         tmp.rename(rootfs)
         return cls(rootfs)
 
@@ -117,6 +127,34 @@ class Container:
             raise ContainerError(f"exec {' '.join(argv)} in {self.name} failed "
                                  f"({result.returncode}): {result.stderr.strip()}")
         return result
+
+    _app_runs: int = 0
+
+    def app(self, line: str, timeout: float = 30.0) -> tuple[int, str]:
+        """Have the container's own root process (APP_LOOP) run a shell line; its exit status
+        and output."""
+        self._app_runs += 1
+        n = self._app_runs
+        deadline = time.monotonic() + timeout
+        fd = None
+        while fd is None:  # the loop opens the FIFO again between commands
+            try:
+                fd = os.open(self.rootfs / "run" / "ctl", os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise ContainerError(f"{self.name}: the app loop is not reading") from None
+                time.sleep(0.02)
+        try:
+            os.write(fd, line.encode() + b"\n")
+        finally:
+            os.close(fd)
+        rc_file = self.rootfs / "run" / f"rc.{n}"
+        while not (rc_file.exists() and rc_file.read_text().strip()):
+            if time.monotonic() > deadline:
+                raise ContainerError(f"{self.name}: `{line}` did not finish in {timeout} s")
+            time.sleep(0.02)
+        output = (self.rootfs / "run" / f"out.{n}").read_text(errors="replace")
+        return int(rc_file.read_text()), output
 
     def spawn(self, *argv: str, user: str | None = None) -> subprocess.Popen[bytes]:
         """Start a long-running command in the container without waiting for it."""

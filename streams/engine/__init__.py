@@ -6,7 +6,7 @@ decides a verdict in procwarden calls into this package.
 
 from streams.engine.compiled import CompiledRules, compile_rules
 from streams.engine.crd import apply_crd, parse_crd_documents
-from streams.engine.decide import DECIDED_KINDS, decide
+from streams.engine.decide import DECIDED_KINDS, decide, policy_state
 from streams.engine.matching import can_match_path, match_rule, process_name
 from streams.engine.membership import (
     criteria_match,
@@ -39,6 +39,6 @@ __all__ = [
     "apply_service_config", "build_view", "can_match_path", "category", "compile_rules",
     "criteria_match", "custom_groups_of", "decide", "effective_rules", "ensure_workload_groups",
     "learned_group_name", "match_rule", "merge", "nodes_group", "order_group_rules",
-    "parse_baseline", "parse_crd_documents", "parse_mode", "pre_exec_decide", "probe_commands",
-    "probe_rules", "process_name", "service_name", "validate_rule",
+    "parse_baseline", "parse_crd_documents", "parse_mode", "policy_state", "pre_exec_decide",
+    "probe_commands", "probe_rules", "process_name", "service_name", "validate_rule",
 ]

@@ -14,6 +14,7 @@ from schemas import (
     DockerCpEvent,
     Envelope,
     EventKind,
+    ExecCheck,
     ExecEvent,
     ExitEvent,
     FileEvent,
@@ -43,11 +44,12 @@ from streams.engine.detectors import (
 )
 from streams.engine.incidents import ProcFacts, incident
 from streams.engine.matching import match_rule, process_name
+from streams.engine.pre_exec import pre_exec_decide
 from streams.engine.probes import SHELLS
 from streams.engine.state import ProcessState, StateEffect
 from streams.engine.view import PolicyView
 
-__all__ = ["DECIDED_KINDS", "decide"]
+__all__ = ["DECIDED_KINDS", "decide", "policy_state"]
 
 
 # Enum members bound once: reading a member off an Enum class costs 100-200 ns on Python 3.11,
@@ -62,8 +64,8 @@ _LEARNED = RuleSource.LEARNED
 Result = tuple[Decision, StateEffect | None]
 
 # Kinds `decide` accepts, for callers that route messages.
-DECIDED_KINDS = frozenset({EventKind.EXEC, EventKind.FILE, EventKind.STDIO, EventKind.UID_CHANGE,
-                           EventKind.DOCKER_CP, EventKind.EXIT})
+DECIDED_KINDS = frozenset({EventKind.EXEC, EventKind.EXEC_CHECK, EventKind.FILE, EventKind.STDIO,
+                           EventKind.UID_CHANGE, EventKind.DOCKER_CP, EventKind.EXIT})
 
 _BASE_MESSAGE = "Process profile violation"
 _SUFFIX = {
@@ -82,6 +84,8 @@ def decide(view: PolicyView, state: ProcessState, env: Envelope) -> Result:
         return _decide_exec(view, state, env, payload)
     if type(payload) is FileEvent:
         return _decide_file(view, state, env, payload)
+    if type(payload) is ExecCheck:
+        return _decide_exec_check(view, state, env, payload), None
     if type(payload) is StdioEvent:
         return _decide_stdio(view, state, env, payload)
     if type(payload) is UidChangeEvent:
@@ -107,8 +111,20 @@ def _decision(view: PolicyView, env: Envelope, verdict: Verdict, reason: str, *,
         mode=view.mode, baseline=view.baseline, would_block=would_block,
         suppressed=found is not None and view.learned.alert_disabled,
         pid=pid, start_time=start_time, name=name, path=path, user=user, ts=env.ts,
-        policy_version=view.learned.version, incident=found, learn=learn,
+        policy_version=view.learned.version, pre_exec=view.pre_exec, policy_stamp=view.stamp,
+        incident=found, learn=learn,
     )
+
+
+def policy_state(view: PolicyView, event_id: str, ts: float) -> Decision:
+    """What a workload's collector must know after a policy change: whether to hold execs before
+    they run, and the stamp that invalidates its cached pre-exec answers."""
+    wl = view.workload
+    return Decision(
+        event_id=event_id, event_kind=EventKind.POLICY, workload_id=wl.id, node=wl.node,
+        verdict=_NONE, reason="policy-state", group=view.learned.name, mode=view.mode,
+        baseline=view.baseline, ts=ts, policy_version=view.learned.version,
+        pre_exec=view.pre_exec, policy_stamp=view.stamp)
 
 
 def _would_block(view: PolicyView) -> bool:
@@ -153,7 +169,8 @@ def _decide_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEven
         would_block=verdict is _ALERT and found is not None and _would_block(view),
         suppressed=found is not None and learned.alert_disabled,
         pid=pid, start_time=start, name=pname, path=exe, user=ev.user, ts=env.ts,
-        policy_version=learned.version, incident=found, learn=learn,
+        policy_version=learned.version, pre_exec=view.pre_exec, policy_stamp=view.stamp,
+        incident=found, learn=learn,
     ), effect
 
 
@@ -346,6 +363,40 @@ def _process_violation(view: PolicyView, env: Envelope, ev: ExecEvent, pname: st
                      action=IncidentAction.DENY if block else IncidentAction.VIOLATE,
                      group=group, rule_id=rule_id, message=message, proc=_proc(ev, pname))
     return found, (_BLOCK if block else _ALERT), group
+
+
+# ---- before exec (§14) -----------------------------------------------------------------------
+
+_PRE_EXEC_CODES = {"not-in-profile": "R0", "not-from-image": "R5"}
+
+
+def _decide_exec_check(view: PolicyView, st: ProcessState, env: Envelope,
+                       ev: ExecCheck) -> Decision:
+    answer = pre_exec_decide(
+        view, ev.path, runtime_injected=ev.runtime_injected,
+        image_file=ev.origin is _IMAGE and ev.path not in st.drift,
+        exe_on_host=ev.exe_on_host, netcat_paths=frozenset((ev.path,)) if ev.netcat else
+        frozenset())
+    pname = ev.path[ev.path.rfind("/") + 1:]  # the best name there is before exec
+    reason = f"pre-exec:{answer.reason}"
+    if answer.allow:
+        return _decision(view, env, _ALLOW, reason, pid=ev.pid, start_time=ev.start_time,
+                         name=pname, path=ev.path, user=ev.user)
+    # The same incident the post-exec decision would raise for this file and caller.
+    facts = ExecEvent(workload_id=ev.workload_id, pid=ev.pid, path=ev.path, name=pname,
+                      argv=(ev.path,), start_time=ev.start_time, euid=ev.euid, user=ev.user,
+                      parent_name=ev.name, family=not ev.runtime_injected,
+                      runtime_injected=ev.runtime_injected, origin=ev.origin)
+    code, rule = _PRE_EXEC_CODES.get(answer.reason, "RD"), None
+    if code == "RD":
+        uuid = answer.reason.partition(":")[2]
+        rule = next(r for r in view.rules.rules if r.uuid == uuid)
+    elif code == "R0" and view.zero_drift:
+        code = "R7"  # pre-exec denies only non-injected callers: the exec is a family one
+    found, verdict, group = _process_violation(view, env, facts, pname, code, rule)
+    return _decision(view, env, verdict, reason, group=group, rule=rule, pid=ev.pid,
+                     start_time=ev.start_time, name=pname, path=ev.path, user=ev.user,
+                     found=found)
 
 
 # ---- file drift (§6) --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ class PolicyView:
     probe_argvs: frozenset[tuple[str, ...]]
     settings: EngineSettings
     zero_drift: bool  # a container whose baseline is zero-drift
+    pre_exec: bool  # §14: a non-system container in Protect has its execs held before they run
+    stamp: str  # changes whenever a policy this view reads changes (the collector's cache key)
 
     @property
     def group(self) -> str:
@@ -72,4 +75,13 @@ def build_view(policies: Mapping[str, GroupPolicy], workload: Workload,
         probe_argvs=probe_commands(workload.probe_cmds) if not is_host else frozenset(),
         settings=settings,
         zero_drift=not is_host and baseline is Baseline.ZERO_DRIFT,
+        pre_exec=not is_host and effective_mode is Mode.PROTECT,
+        stamp=_stamp(learned, [policies[g] for g in customs]),
     )
+
+
+def _stamp(learned: GroupPolicy, customs: list[GroupPolicy]) -> str:
+    # Versions only grow, and membership is part of the text, so any change to the policies a
+    # view reads (or to which custom groups it reads) gives a new stamp.
+    text = "\n".join(f"{p.name}@{p.version}" for p in (learned, *customs))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

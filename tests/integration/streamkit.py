@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from schemas.topics import ALL_TOPICS
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "node-1"
+WORKDIR = ROOT / "var" / "testbed"  # the runc containers' image and bundles
 
 
 def free_port() -> int:
@@ -150,3 +152,36 @@ class Pipeline:
             elif time.monotonic() - quiet_since > settle:
                 return out
         return out
+
+
+@contextmanager
+def running_collector(pipe: Pipeline, node: str, tmp_path: Path, *args: str,
+                      **env: str) -> Iterator[Path]:
+    """The real `procwarden collector` on this node, on the pipeline's topics; yields its log.
+    It must stop cleanly (exit 0) on SIGTERM."""
+    environ = {**os.environ, "PROCWARDEN_KAFKA_TOPIC_PREFIX": pipe.prefix,
+               "COLLECTOR_STATE_DIR": str(tmp_path / f"collector-{node}"), **env}
+    log_path = tmp_path / "collector.log"
+    with open(log_path, "ab") as log:
+        agent = subprocess.Popen([sys.executable, "-m", "procwarden.cli", "collector",
+                                  "--node", node, *args], cwd=ROOT, env=environ, stdout=log,
+                                 stderr=subprocess.STDOUT)
+    try:
+        wait_for_line(log_path, "reading verdicts from", agent)
+        yield log_path
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(30) == 0, log_path.read_text()[-3000:]
+
+
+def wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes] | None = None,
+                  timeout: float = 30.0, after: int = 0) -> None:
+    """Wait until `text` appears in a log file (past byte `after`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace")[after:]:
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in {log.name}:\n{log.read_text(errors='replace')[-3000:]}")

