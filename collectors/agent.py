@@ -53,6 +53,7 @@ class Collector:
     _announced: dict[str, Workload] = field(default_factory=dict)
     _reported: dict[int, str] = field(default_factory=dict)  # pid -> workload id
     _roots: dict[int, Workload] = field(default_factory=dict)  # container root pid -> workload
+    _last_exec: dict[int, tuple[int, str, tuple[str, ...]]] = field(default_factory=dict)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _closing: bool = False
 
@@ -134,6 +135,7 @@ class Collector:
             if message.get("process_pid") != message.get("process_tgid"):
                 return  # a thread, not the process
             EVENTS.labels("exit").inc()
+            self._last_exec.pop(pid, None)
             workload_id = self._reported.pop(pid, None)
             if workload_id is not None:
                 self.publish(EXEC.name, workload_id, ExitEvent(workload_id, pid))
@@ -155,6 +157,10 @@ class Collector:
         if sensed is None:
             LOST.labels("process_gone").inc()
             return
+        seen = (sensed.proc.start_time, sensed.event.path, sensed.event.argv)
+        if self._last_exec.get(pid) == seen:
+            return  # a quick second exec read /proc after it: it was reported already
+        self._last_exec[pid] = seen
         workload = sensed.workload
         if self._announced.get(workload.id) != workload:
             self._announced[workload.id] = workload

@@ -189,6 +189,9 @@ def siem() -> None:
     groups = frozenset(g.strip() for g in settings.groups.split(",") if g.strip())
     forwarder = SiemForwarder(kafka, destinations, group_id=settings.group_id,
                               min_level=Level(settings.min_level), groups=groups)
+    typer.echo(f"procwarden siem: {kafka.describe()} -> "
+               f"{', '.join(d.name for d in destinations)} (min level {settings.min_level})",
+               err=True)
     try:
         forwarder.run(stopping.is_set)
     finally:
@@ -226,6 +229,57 @@ def collector(
                f"{' (dry run)' if settings.dry_run else ''}, fail mode "
                f"{settings.fail_mode.value}", err=True)
     agent.run(stopping.is_set)
+
+
+@app.command()
+def demo(
+    down: Annotated[bool, typer.Option("--down", help="Tear everything down at the end")] = False,
+    pace: Annotated[float, typer.Option(help="Seconds to pause between steps")] = 1.0,
+) -> None:
+    """The main job: bring up the local stack and every role, start a runc "web" container
+    and walk Discover -> Monitor -> Protect, then show what ClickHouse and the SIEM got."""
+    from procwarden.demo import DemoError, run_demo
+
+    try:
+        run_demo(typer.echo, pace=pace, down=down)
+    except DemoError as exc:
+        typer.echo(f"\nprocwarden demo failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def up() -> None:
+    """Run the local stack and the long-lived roles (stream worker, ClickHouse sink, SIEM
+    forwarder, collector watching this host) in the background."""
+    from procwarden.roles import Roles
+    from procwarden.stack import StackError
+
+    _run_stack("up")
+    try:
+        Roles().up(lambda m: typer.echo(f"[roles] {m}", err=True))
+    except StackError as exc:
+        typer.echo(f"procwarden up: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def down(
+    stack: Annotated[bool, typer.Option("--stack", help="Stop Kafka and ClickHouse too")] = False,
+) -> None:
+    """Stop the roles `procwarden up` started (and with --stack, Kafka and ClickHouse)."""
+    from procwarden.roles import Roles
+
+    Roles().down(lambda m: typer.echo(f"[roles] {m}", err=True))
+    if stack:
+        _run_stack("down")
+
+
+@app.command()
+def status() -> None:
+    """The stack, the roles, consumer lag and the latest decisions."""
+    from procwarden.status import report
+
+    typer.echo(report())
 
 
 from procwarden.policy_cli import policy_app  # noqa: E402 - light: stdlib and typer only

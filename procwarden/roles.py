@@ -1,0 +1,165 @@
+"""`procwarden up | down | status`: the long-lived roles on this node, as detached processes.
+
+Each role is `procwarden <role>` started in its own session with its pid in `var/roles/` and its
+log beside it, so any later command (or session) finds, checks and stops it. They talk to the
+Kafka and ClickHouse the `PROCWARDEN_KAFKA_*` / `PROCWARDEN_CLICKHOUSE_*` variables name (the
+local stack by default). A local rsyslog receiver stands in for a SIEM unless `SIEM_SYSLOG_URL`
+points at a real one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from procwarden.stack.layout import ProgressFn
+from procwarden.stack.processes import ManagedProcess, StackError, port_in_use, tail
+
+__all__ = ["Role", "Roles"]
+
+ROOT = Path(__file__).resolve().parents[1]
+API_PORT = 6066
+SYSLOG_PORT = 5514
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    argv: tuple[str, ...]
+    ready_line: str  # what its log says once it works
+    what: str
+
+
+class Roles:
+    def __init__(self, var: Path | None = None) -> None:
+        self.var = (var or ROOT / "var").resolve()
+        self.home = self.var / "roles"
+        self.siem_log = self.home / "siem-received.log"
+        external_siem = os.environ.get("SIEM_SYSLOG_URL", "")
+        py = sys.executable
+        roles = [
+            Role("streams", (py, "-m", "procwarden.cli", "streams"), "[^Worker]: Ready",
+                 f"decisions, learning, policy API on http://127.0.0.1:{API_PORT}"),
+            Role("sink-clickhouse", (py, "-m", "procwarden.cli", "sink-clickhouse"),
+                 "procwarden sink-clickhouse:", "events, verdicts, incidents -> ClickHouse"),
+            Role("siem", (py, "-m", "procwarden.cli", "siem"), "procwarden siem",
+                 f"incidents -> syslog {external_siem or f'tcp://127.0.0.1:{SYSLOG_PORT}'}"),
+            Role("collector", (py, "-m", "procwarden.cli", "collector"), "reading verdicts from",
+                 "this node's execs in, verdicts enforced"),
+        ]
+        if not external_siem:
+            roles.insert(0, Role("syslog", ("rsyslogd", "-n", "-f", str(self.home /
+                                                                       "rsyslog.conf"),
+                                            "-i", str(self.home / "rsyslogd.pid")),
+                                 "", f"a local SIEM stand-in: {self.siem_log}"))
+        self.roles = roles
+
+    def process(self, role: Role) -> ManagedProcess:
+        return ManagedProcess(role.name, self.home / f"{role.name}.pid",
+                              self.home / f"{role.name}.log")
+
+    @property
+    def api_token(self) -> str:
+        """The policy API's bearer token: STREAMS_API_TOKEN, else one made for this node."""
+        given = os.environ.get("STREAMS_API_TOKEN")
+        if given:
+            return given
+        path = self.var / "api-token"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24) + "\n")
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def environment(self) -> dict[str, str]:
+        env = {**os.environ, "STREAMS_API_TOKEN": self.api_token,
+               "STREAMS_DATA_DIR": str(self.var / "streams"),
+               "COLLECTOR_STATE_DIR": str(self.var / "collector"),
+               "SINKS_METRICS_PORT": os.environ.get("SINKS_METRICS_PORT", "9464")}
+        env.setdefault("SIEM_SYSLOG_URL", f"tcp://127.0.0.1:{SYSLOG_PORT}")
+        return env
+
+    # -- up / down / status ---------------------------------------------------------------------
+
+    def up(self, say: ProgressFn = print, only: Callable[[Role], bool] = lambda r: True) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        for role in self.roles:
+            if not only(role):
+                continue
+            proc = self.process(role)
+            if proc.running():
+                say(f"{role.name}: already running (pid {proc.pid()})")
+                continue
+            if role.name == "syslog":
+                self._syslog_config()
+            mark = proc.log_file.stat().st_size if proc.log_file.exists() else 0
+            pid = proc.start(role.argv, cwd=ROOT, env=self.environment())
+            proc.wait_ready(self._probe(role, proc, mark), 90, "get ready")
+            say(f"{role.name}: running (pid {pid}): {role.what}")
+
+    def _probe(self, role: Role, proc: ManagedProcess, mark: int) -> Callable[[], bool]:
+        if role.name == "syslog":
+            return lambda: port_in_use(SYSLOG_PORT)
+        if role.name == "streams":
+            return self.api_ready
+
+        def logged() -> bool:
+            try:
+                with open(proc.log_file, "rb") as fh:
+                    fh.seek(mark)
+                    return role.ready_line.encode() in fh.read()
+            except OSError:
+                return False
+        return logged
+
+    def api_ready(self) -> bool:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{API_PORT}/v1/process_profile",
+            headers={"Authorization": f"Bearer {self.api_token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def down(self, say: ProgressFn = print) -> None:
+        # The collector first: it answers held execs, and lets them all go when it stops.
+        for role in reversed(self.roles):
+            say(f"{role.name}: stopped" if self.process(role).stop()
+                else f"{role.name}: was not running")
+
+    def status(self) -> list[str]:
+        lines = []
+        for role in self.roles:
+            proc = self.process(role)
+            pid = proc.pid()
+            state = f"running (pid {pid})" if pid else "stopped"
+            lines.append(f"{role.name:16} {state:20} {role.what}")
+        return lines
+
+    def logs(self) -> dict[str, str]:
+        return {role.name: str(self.process(role).log_file) for role in self.roles}
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        return tail(self.home / f"{name}.log", lines)
+
+    def _syslog_config(self) -> None:
+        if shutil.which("rsyslogd") is None:
+            raise StackError("rsyslogd is missing: apt-get install rsyslog (./pw does)")
+        if port_in_use(SYSLOG_PORT):
+            raise StackError(f"port {SYSLOG_PORT} is taken: set SIEM_SYSLOG_URL to your SIEM")
+        work = self.home / "rsyslog-work"
+        work.mkdir(parents=True, exist_ok=True)
+        (self.home / "rsyslog.conf").write_text(f"""
+global(workDirectory="{work}" maxMessageSize="64k")
+module(load="imtcp" MaxSessions="20")
+input(type="imtcp" port="{SYSLOG_PORT}" address="127.0.0.1")
+template(name="raw" type="string" string="%rawmsg%\\n")
+*.* action(type="omfile" file="{self.siem_log}" template="raw")
+""")

@@ -1,0 +1,70 @@
+"""The main job end to end: `procwarden demo`, non-interactively, with each step's outcome
+checked in its output, in Kafka and in ClickHouse."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from procwarden.roles import Roles
+from procwarden.stack import Stack
+from schemas import Decision, EventKind, Incident, Verdict
+from schemas.connections import ClickHouseConnection
+from schemas.topics import SECURITY_EVENTS, VERDICTS
+from sinks.clickhouse.migrations import connect
+from tests.integration.streamkit import ROOT, Pipeline
+
+GROUP = "nv.web.demo"
+
+
+def test_the_demo_story(stack: Stack, tmp_path: Path) -> None:
+    started = time.time() - 1
+    try:
+        run = subprocess.run([sys.executable, "-m", "procwarden.cli", "demo", "--pace", "0"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600,
+                             check=False)
+        out = run.stdout
+        assert run.returncode == 0, f"{out[-4000:]}\n{run.stderr[-4000:]}"
+        # 1. Discover learned the app's processes.
+        learned = out.split("learned profile of", 1)[1].split("==", 1)[0]
+        for name in ("httpd", "sh", "sleep"):
+            assert f" {name} " in learned, learned
+        # 2. Monitor alerted, and let things run.
+        monitor = out.split("== 2.", 1)[1].split("== 3.", 1)[0]
+        assert "not from an image file" in monitor and "Tunnel detected" in monitor, monitor
+        # 3. Protect denied before exec, killed nc, and the reverse shell is gone.
+        protect = out.split("== 3.", 1)[1].split("== 4.", 1)[0]
+        assert "/tmp/top: Operation not permitted" in protect, protect
+        assert "nc exited 137" in protect and "sleep exited 0" in protect, protect
+        assert "connection was closed" in protect, protect
+        # 4. The SOC summary and the SIEM lines.
+        assert "syslog line(s) for nv.web.demo" in out
+
+        # The same outcomes, read back from the systems themselves.
+        conn = ClickHouseConnection.from_env()
+        client = connect(conn)
+        try:
+            rows = client.execute(
+                f"SELECT event_kind, verdict, name, path FROM {conn.database}.events FINAL "
+                "WHERE group_name = %(g)s AND ts >= toDateTime(%(t)s)",
+                {"g": GROUP, "t": int(started)})
+        finally:
+            client.disconnect()
+        assert ("exec", "learn", "httpd", "/bin/busybox") in rows
+        assert ("exec_check", "block", "top", "/tmp/top") in rows
+        assert ("exec", "block", "nc", "/bin/busybox") in rows
+        assert ("exec", "alert", "sleep", "/tmp/sleep") in rows
+
+        pipe = Pipeline(stack.kafka_connection, tmp_path, prefix="")
+        tunnel, _ = pipe.wait_for(SECURITY_EVENTS.name, lambda e: isinstance(e.payload, Incident)
+                                  and e.payload.group == GROUP and e.ts >= started
+                                  and e.payload.name == "Container.Tunnel.Detected")
+        assert isinstance(tunnel.payload, Incident) and tunnel.payload.level.value == "CRITICAL"
+        denied, _ = pipe.wait_for(VERDICTS.name, lambda e: isinstance(e.payload, Decision)
+                                  and e.ts >= started and e.payload.path == "/tmp/top"
+                                  and e.payload.event_kind is EventKind.EXEC_CHECK)
+        assert isinstance(denied.payload, Decision) and denied.payload.verdict is Verdict.BLOCK
+    finally:
+        Roles().down(lambda message: None)
