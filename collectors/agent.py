@@ -14,8 +14,10 @@ import errno
 import itertools
 import logging
 import queue
+import select
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +27,8 @@ from prometheus_client import Counter
 from pyroute2 import ProcEventSocket
 
 from collectors.enforcer import Enforcer
-from collectors.sensing import Sensor
+from collectors.fanotify import ExecNotice, NotificationGroup
+from collectors.sensing import Sensed, Sensor, is_loader
 from collectors.settings import CollectorSettings
 from collectors.stdio import StdioInspector
 from collectors.workloads import WorkloadResolver
@@ -56,6 +59,13 @@ class Collector:
     _last_exec: dict[int, tuple[int, str, tuple[str, ...]]] = field(default_factory=dict)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _closing: bool = False
+    # For execs whose process is gone before /proc is read: who forked each process, the files
+    # fanotify saw each pid execute, and the execs waiting for their fanotify notice.
+    _parents: OrderedDict[int, int] = field(default_factory=OrderedDict)
+    _notices: dict[int, deque[tuple[float, ExecNotice]]] = field(default_factory=dict)
+    _gone: dict[int, tuple[float, int | None, bool]] = field(default_factory=dict)  # since,
+    # parent, exited
+    notifier: NotificationGroup | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.node = self.settings.node
@@ -82,6 +92,7 @@ class Collector:
         reader.start()
         if not listening.wait(10):
             raise RuntimeError("the process connector did not start (is this root?)")
+        self._start_notifier(inbox)
         if self.enforcer is not None:
             self.enforcer.start()
         try:
@@ -92,8 +103,12 @@ class Collector:
                     message = inbox.get(timeout=wait)
                 except queue.Empty:
                     message = None
-                if message is not None:
+                if isinstance(message, ExecNotice):
+                    self._on_notice(message)
+                elif message is not None:
                     self.handle(message.get("event"), message)
+                if self._gone:
+                    self._expire_gone(time.monotonic())
                 for found in self.stdio.run_due():
                     self.publish(EXEC.name, found.workload_id, found)
                 self.producer.poll(0)
@@ -101,6 +116,8 @@ class Collector:
             self._closing = True
             if self.enforcer is not None:
                 self.enforcer.stop()
+            if self.notifier is not None:
+                self.notifier.close()
             self.producer.flush(30)
 
     def _read(self, inbox: queue.Queue[Any], listening: threading.Event) -> None:
@@ -126,8 +143,49 @@ class Collector:
         finally:
             sock.close()
 
+    def _start_notifier(self, inbox: queue.Queue[Any]) -> None:
+        """fanotify exec notifications on every real filesystem of the host (container roots
+        are added when their containers are first seen): the path of an exec survives its
+        process."""
+        try:
+            self.notifier = NotificationGroup()
+        except OSError as exc:
+            log.warning("no fanotify exec notifications (%s): short-lived execs will be lost",
+                        exc)
+            return
+        for mount in _real_mounts():
+            try:
+                self.notifier.watch_filesystem(mount)
+            except OSError as exc:
+                log.debug("no exec notifications for %s: %s", mount, exc)
+        threading.Thread(target=self._read_notices, args=(inbox,), daemon=True,
+                         name="exec-notices").start()
+
+    def _read_notices(self, inbox: queue.Queue[Any]) -> None:
+        notifier = self.notifier
+        assert notifier is not None
+        while not self._closing:
+            ready, _, _ = select.select([notifier.fd], [], [], 0.2)
+            if not ready:
+                continue
+            overflows = notifier.overflows
+            for notice in notifier.read():
+                try:
+                    inbox.put_nowait(notice)
+                except queue.Full:
+                    LOST.labels("backlog_full").inc()
+            if notifier.overflows > overflows:
+                LOST.labels("fanotify_overflow").inc()
+
     def handle(self, kind: str | None, message: dict[str, object]) -> None:
-        if kind == "PROC_EVENT_EXEC":
+        if kind == "PROC_EVENT_FORK":
+            child = int(message["child_tgid"])  # type: ignore[call-overload]
+            parent = int(message["parent_tgid"])  # type: ignore[call-overload]
+            if child != parent:  # a new process, not a thread
+                self._parents[child] = parent
+                if len(self._parents) > 200_000:
+                    self._parents.popitem(last=False)
+        elif kind == "PROC_EVENT_EXEC":
             EVENTS.labels("exec").inc()
             self._on_exec(int(message["process_tgid"]))  # type: ignore[call-overload]
         elif kind == "PROC_EVENT_EXIT":
@@ -136,6 +194,11 @@ class Collector:
                 return  # a thread, not the process
             EVENTS.labels("exit").inc()
             self._last_exec.pop(pid, None)
+            self._parents.pop(pid, None)
+            gone = self._gone.get(pid)
+            if gone is not None:  # its exit overtook its notice: report both in order later
+                self._gone[pid] = (gone[0], gone[1], True)
+                return
             workload_id = self._reported.pop(pid, None)
             if workload_id is not None:
                 self.publish(EXEC.name, workload_id, ExitEvent(workload_id, pid))
@@ -155,21 +218,77 @@ class Collector:
     def _on_exec(self, pid: int) -> None:
         sensed = self.sensor.sense_exec(pid, with_hash=self.settings.with_hash)
         if sensed is None:
-            LOST.labels("process_gone").inc()
+            if self.notifier is None:
+                LOST.labels("process_gone").inc()
+                return
+            self._gone[pid] = (time.monotonic(), self._parents.get(pid), False)
+            self._resolve_gone(pid)
             return
+        self._notices.pop(pid, None)  # /proc told us more than a notice can
         seen = (sensed.proc.start_time, sensed.event.path, sensed.event.argv)
         if self._last_exec.get(pid) == seen:
             return  # a quick second exec read /proc after it: it was reported already
         self._last_exec[pid] = seen
+        self._report(sensed)
+
+    def _on_notice(self, notice: ExecNotice) -> None:
+        if is_loader(notice.path):
+            return  # the ELF interpreter of the exec just noticed
+        last = self._last_exec.get(notice.pid)
+        if notice.pid not in self._gone and last is not None and last[1] == notice.path:
+            return  # a late notice of an exec /proc already told us about
+        now = time.monotonic()
+        self._notices.setdefault(notice.pid, deque()).append((now, notice))
+        if notice.pid in self._gone:
+            self._resolve_gone(notice.pid)
+
+    def _resolve_gone(self, pid: int) -> None:
+        """Report a gone process's exec from its fanotify notice, once the notice is here."""
+        notices = self._notices.get(pid)
+        if not notices:
+            return  # the notice may still be on its way: _expire_gone waits a little
+        _, notice = notices.popleft()
+        if not notices:
+            del self._notices[pid]
+        _, parent, exited = self._gone.pop(pid)
+        sensed = self.sensor.sense_gone(pid, notice.path, notice.dev, parent)
+        if sensed is None:
+            LOST.labels("applet_unknown").inc()  # BusyBox: the applet died with the process
+            return
+        EVENTS.labels("exec_from_notice").inc()
+        self._report(sensed)
+        if exited:
+            self._reported.pop(pid, None)
+            self.publish(EXEC.name, sensed.workload.id, ExitEvent(sensed.workload.id, pid))
+
+    def _expire_gone(self, now: float) -> None:
+        for pid, (since, _, _) in list(self._gone.items()):
+            if now - since > 0.5:
+                del self._gone[pid]
+                LOST.labels("process_gone").inc()
+        if len(self._notices) > 10_000:  # notices nobody asked for: execs /proc already told
+            for pid in [p for p, q in self._notices.items() if now - q[-1][0] > 5]:
+                del self._notices[pid]
+
+    def _report(self, sensed: Sensed) -> None:
         workload = sensed.workload
         if self._announced.get(workload.id) != workload:
             self._announced[workload.id] = workload
             if workload.root_pid:
                 self._roots[workload.root_pid] = workload
+                self._watch_root(workload.root_pid)
             self.publish(WORKLOADS.name, workload.id, workload)
-        self._reported[pid] = workload.id
+        self._reported[sensed.event.pid] = workload.id
         self.publish(EXEC.name, workload.id, sensed.event)
-        self.stdio.watch(sensed.event)
+        if not sensed.event.partial:
+            self.stdio.watch(sensed.event)
+
+    def _watch_root(self, root_pid: int) -> None:
+        if self.notifier is not None:
+            try:
+                self.notifier.watch_filesystem(f"/proc/{root_pid}/root")
+            except OSError as exc:
+                log.debug("no exec notifications in the container of %d: %s", root_pid, exc)
 
     def publish(self, topic: str, key: str, payload: Payload) -> str:
         """Publish one record (from any thread); returns its event id."""
@@ -185,3 +304,31 @@ class Collector:
                 self.producer.poll(0.1)
         PUBLISHED.labels(topic).inc()
         return event_id
+
+
+# Filesystems that hold no programs, or cannot be watched.
+_PSEUDO = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "debugfs",
+                     "tracefs", "securityfs", "pstore", "bpf", "autofs", "hugetlbfs",
+                     "configfs", "fusectl", "binfmt_misc", "nsfs", "rpc_pipefs", "efivarfs"})
+
+
+def _real_mounts() -> list[str]:
+    """One mount point per filesystem of this mount namespace that can hold executables."""
+    seen: set[str] = set()
+    mounts = []
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return ["/"]
+    for line in lines:
+        fields = line.split()
+        try:
+            fstype = fields[fields.index("-") + 1]
+        except (ValueError, IndexError):
+            continue
+        if fstype in _PSEUDO or fields[2] in seen:  # fields[2]: the device (major:minor)
+            continue
+        seen.add(fields[2])
+        mounts.append(fields[4].replace("\\040", " "))
+    return mounts

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from collectors.fanotify import ExecPermission, PermissionGroup
@@ -192,7 +192,9 @@ class Enforcer:
             "auto.offset.reset": "latest", "fetch.wait.max.ms": 10})
         topic = self.kafka.topic(VERDICTS.name)
         try:
-            partitions = len(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+            partitions = self._partition_count(consumer, topic)
+            if partitions == 0:
+                return  # stopping
             partition = verdict_partition(self.node, partitions)
             consumer.assign([TopicPartition(topic, partition, OFFSET_STORED)])
             self.assigned.set()
@@ -220,6 +222,23 @@ class Enforcer:
             raise
         finally:
             consumer.close()
+
+    def _partition_count(self, consumer: Consumer, topic: str) -> int:
+        """The verdict topic's partitions; a topic created a moment ago may list none yet."""
+        warned = False
+        while not self._stop.is_set():
+            try:
+                meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            except KafkaException as exc:
+                meta = None
+                log.warning("verdicts: %s", exc)
+            if meta is not None and meta.error is None and meta.partitions:
+                return len(meta.partitions)
+            if not warned:
+                log.warning("waiting for the topic %s", topic)
+                warned = True
+            self._stop.wait(1.0)
+        return 0
 
     def on_verdict(self, d: Decision) -> None:
         kind = d.event_kind

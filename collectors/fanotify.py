@@ -1,9 +1,11 @@
-"""fanotify permission events for execs: the kernel holds an exec until we answer it.
+"""fanotify for execs: permission events (the kernel holds an exec until we answer it) and
+notifications (which file a pid executed, even when the process is gone before /proc is read).
 
 A thin binding over the two system calls (libc has them; Python's os module does not) and the
-event records. One group watches the root mounts of the containers whose execs must be held;
-each event carries an open descriptor of the executable and the pid of the calling process,
-and the exec waits until `answer` writes allow or deny for that descriptor.
+event records. Each event carries an open descriptor of the executable and the pid of the
+process calling execve. A permission group watches the root mounts of the containers whose execs
+must be held, and the exec waits until `answer` writes allow or deny for that descriptor; a
+notification group watches whole filesystems and only reports.
 """
 
 from __future__ import annotations
@@ -15,15 +17,20 @@ import os
 import struct
 from dataclasses import dataclass
 
-__all__ = ["ExecPermission", "FanotifyError", "PermissionGroup"]
+__all__ = ["ExecNotice", "ExecPermission", "FanotifyError", "NotificationGroup",
+           "PermissionGroup"]
 
 _FAN_CLOEXEC = 0x01
 _FAN_NONBLOCK = 0x02
+_FAN_CLASS_NOTIF = 0x00
 _FAN_CLASS_CONTENT = 0x04
+_FAN_OPEN_EXEC = 0x0000_1000
 _FAN_OPEN_EXEC_PERM = 0x0004_0000
+_FAN_Q_OVERFLOW = 0x0000_4000
 _FAN_MARK_ADD = 0x01
 _FAN_MARK_REMOVE = 0x02
 _FAN_MARK_MOUNT = 0x10
+_FAN_MARK_FILESYSTEM = 0x100
 _FAN_ALLOW = 0x01
 _FAN_DENY = 0x02
 _O_LARGEFILE = 0o100000
@@ -66,47 +73,69 @@ class ExecPermission:
             return ""
 
 
-class PermissionGroup:
+def _read_events(fd: int, buffer: bytearray) -> tuple[list[tuple[int, int, int]], bool]:
+    """(mask, fd, pid) of each pending record, and whether the kernel's queue overflowed."""
+    try:
+        n = os.readv(fd, [buffer])
+    except BlockingIOError:
+        return [], False
+    events: list[tuple[int, int, int]] = []
+    overflow = False
+    view = memoryview(buffer)[:n]
+    offset = 0
+    while offset + _METADATA.size <= n:
+        length, version, _, _, mask, event_fd, pid = _METADATA.unpack_from(view, offset)
+        if version != _METADATA_VERSION or length < _METADATA.size:
+            raise FanotifyError(0, f"unexpected fanotify record (version {version})")
+        if mask & _FAN_Q_OVERFLOW:
+            overflow = True
+        if event_fd >= 0:
+            events.append((mask, event_fd, pid))
+        offset += length
+    return events, overflow
+
+
+class _Group:
+    def __init__(self, flags: int, mask: int) -> None:
+        self.fd = _check(_libc.fanotify_init(flags | _FAN_CLOEXEC | _FAN_NONBLOCK,
+                                             os.O_RDONLY | _O_LARGEFILE | os.O_CLOEXEC),
+                         "fanotify_init")
+        self.mask = mask
+        self._buffer = bytearray(64 * 1024)
+
+    def _mark(self, flags: int, path: str) -> None:
+        _check(_libc.fanotify_mark(self.fd, flags, self.mask, _AT_FDCWD, path.encode()),
+               f"fanotify_mark {path}")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class PermissionGroup(_Group):
     """A fanotify group for exec permission events on whole mounts."""
 
     def __init__(self) -> None:
-        self.fd = _check(_libc.fanotify_init(_FAN_CLASS_CONTENT | _FAN_CLOEXEC | _FAN_NONBLOCK,
-                                             os.O_RDONLY | _O_LARGEFILE | os.O_CLOEXEC),
-                         "fanotify_init")
-        self._buffer = bytearray(64 * 1024)
+        super().__init__(_FAN_CLASS_CONTENT, _FAN_OPEN_EXEC_PERM)
 
     def watch(self, mount: str) -> None:
         """Hold every exec of a file reached through `mount` (a container's root)."""
-        _check(_libc.fanotify_mark(self.fd, _FAN_MARK_ADD | _FAN_MARK_MOUNT, _FAN_OPEN_EXEC_PERM,
-                                   _AT_FDCWD, mount.encode()), f"fanotify_mark {mount}")
+        self._mark(_FAN_MARK_ADD | _FAN_MARK_MOUNT, mount)
 
     def unwatch(self, mount: str) -> None:
         # A mount gone with its container took its mark with it.
         with contextlib.suppress(FanotifyError):
-            _check(_libc.fanotify_mark(self.fd, _FAN_MARK_REMOVE | _FAN_MARK_MOUNT,
-                                       _FAN_OPEN_EXEC_PERM, _AT_FDCWD, mount.encode()),
-                   f"fanotify_mark remove {mount}")
+            self._mark(_FAN_MARK_REMOVE | _FAN_MARK_MOUNT, mount)
 
     def read(self) -> list[ExecPermission]:
         """The pending permission events (none when nothing waits: the group is non-blocking)."""
-        try:
-            n = os.readv(self.fd, [self._buffer])
-        except BlockingIOError:
-            return []
-        events: list[ExecPermission] = []
-        view = memoryview(self._buffer)[:n]
-        offset = 0
-        while offset + _METADATA.size <= n:
-            length, version, _, _, mask, fd, pid = _METADATA.unpack_from(view, offset)
-            if version != _METADATA_VERSION or length < _METADATA.size:
-                raise FanotifyError(0, f"unexpected fanotify record (version {version})")
-            if fd >= 0:
-                if mask & _FAN_OPEN_EXEC_PERM:
-                    events.append(ExecPermission(fd, pid))
-                else:
-                    os.close(fd)
-            offset += length
-        return events
+        events, _ = _read_events(self.fd, self._buffer)
+        held = []
+        for mask, fd, pid in events:
+            if mask & _FAN_OPEN_EXEC_PERM:
+                held.append(ExecPermission(fd, pid))
+            else:
+                os.close(fd)
+        return held
 
     def answer(self, event: ExecPermission, allow: bool) -> None:
         try:
@@ -116,4 +145,38 @@ class PermissionGroup:
 
     def close(self) -> None:
         # Closing the group lets every exec still held go ahead: the kernel allows them.
-        os.close(self.fd)
+        super().close()
+
+
+@dataclass(frozen=True, slots=True)
+class ExecNotice:
+    pid: int
+    path: str  # as seen from the mount it was reached through (container-relative inside one)
+    dev: int  # the executable's device: tells which container's filesystem it is on
+    ino: int
+
+
+class NotificationGroup(_Group):
+    """Exec notifications for whole filesystems (the host's and each container's root)."""
+
+    def __init__(self) -> None:
+        super().__init__(_FAN_CLASS_NOTIF, _FAN_OPEN_EXEC)
+        self.overflows = 0
+
+    def watch_filesystem(self, path: str) -> None:
+        self._mark(_FAN_MARK_ADD | _FAN_MARK_FILESYSTEM, path)
+
+    def read(self) -> list[ExecNotice]:
+        events, overflow = _read_events(self.fd, self._buffer)
+        self.overflows += overflow
+        notices = []
+        for _, fd, pid in events:
+            try:
+                st = os.fstat(fd)
+                path = os.readlink(f"/proc/self/fd/{fd}")
+                notices.append(ExecNotice(pid, path, st.st_dev, st.st_ino))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return notices

@@ -11,7 +11,7 @@ from collectors.procfs import ProcInfo, read_proc
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from schemas import ExecEvent, Origin, Workload
 
-__all__ = ["Sensed", "Sensor", "exe_origin"]
+__all__ = ["Sensed", "Sensor", "exe_origin", "is_loader"]
 
 
 def _digest(path: Path) -> str | None:
@@ -69,8 +69,8 @@ class Sensor:
 
     def sense_exec(self, pid: int, *, with_hash: bool = False) -> Sensed | None:
         proc = read_proc(pid)
-        if proc is None:
-            return None
+        if proc is None or not proc.exe:
+            return None  # gone, or exiting (a zombie has no exe): its notice tells the file
         info = self.resolver.container_of(proc.cgroup)
         workload = self.resolver.workload(info)
         parent = read_proc(proc.ppid)
@@ -91,7 +91,54 @@ class Sensor:
             family=family, runtime_injected=info is not None and not family,
             exe_on_host=exe_on_host, origin=origin,
             hash=_digest(Path(f"/proc/{pid}/exe")) or "" if with_hash else "")
+        if not _still_running(pid, proc.start_time):
+            return None  # it exited while we read: its cgroup may already read as the host's
         return Sensed(workload, event, proc)
+
+    def sense_gone(self, pid: int, path: str, dev: int, parent_pid: int | None) -> Sensed | None:
+        """An exec whose process ended before /proc could be read: the file from fanotify, the
+        workload, credentials and family from the parent (which a short child usually
+        outlives), or the workload from the file's filesystem when the parent is gone too.
+        None for a BusyBox applet: the file is always /bin/busybox and the applet unknown."""
+        base = path.rsplit("/", 1)[-1]
+        if not path or base == "busybox":
+            return None
+        parent = read_proc(parent_pid) if parent_pid else None
+        info = (self.resolver.container_of(parent.cgroup) if parent is not None
+                else self.resolver.container_by_dev(dev))
+        workload = self.resolver.workload(info)
+        family = True  # unknown without a parent: the default of the wire format
+        if info is not None and parent is not None:
+            family = self.is_family(parent, info)
+        ruid, euid = (parent.ruid, parent.euid) if parent is not None else (0, 0)
+        origin = exe_origin(info, path) if info is not None else Origin.IMAGE
+        event = ExecEvent(
+            workload_id=workload.id, pid=pid, path=path, name=base[:15], argv=(base,),
+            ppid=parent.pid if parent else 0, pgid=parent.pgid if parent else 0,
+            sid=parent.sid if parent else 0, ruid=ruid, euid=euid,
+            user=self.resolver.user_name(info, euid), real_user=self.resolver.user_name(info, ruid),
+            parent_name=parent.comm if parent else "", parent_path=parent.exe if parent else "",
+            family=family, runtime_injected=info is not None and not family, origin=origin,
+            partial=True)
+        proc = ProcInfo(pid=pid, ppid=event.ppid, pgid=event.pgid, sid=event.sid, start_time=0,
+                        comm=event.name, exe=path, argv=event.argv, ruid=ruid, euid=euid,
+                        pid_ns="", mnt_ns="", cgroup=parent.cgroup if parent else "")
+        return Sensed(workload, event, proc)
+
+
+def _still_running(pid: int, start_time: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().decode(errors="replace").rpartition(")")[2].split()
+    except OSError:
+        return False
+    return fields[0] not in ("Z", "X") and int(fields[19]) == start_time
+
+
+def is_loader(path: str) -> bool:
+    """The ELF interpreter an exec opens after the program itself (ld-linux*.so*, ld-musl*)."""
+    base = path.rsplit("/", 1)[-1]
+    return base.startswith("ld-") and ".so" in base
 
 
 def _same_filesystem(pid: int, init_pid: int) -> bool:

@@ -4,7 +4,9 @@ runtime's state) or the node itself (`nodes`)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +86,8 @@ class WorkloadResolver:
     platform_namespaces: frozenset[str] = frozenset({"kube-system"})
     _containers: dict[str, ContainerInfo | None] = field(default_factory=dict)
     _host_users: dict[int, str] = field(default_factory=dict)
+    _devs: dict[int, str] = field(default_factory=dict)  # root filesystem device -> container
+    _scanned_at: float = -1e9
 
     def container(self, cid: str) -> ContainerInfo | None:
         if cid in self._containers:
@@ -114,6 +118,28 @@ class WorkloadResolver:
 
     def forget(self, cid: str) -> None:
         self._containers.pop(cid, None)
+        self._devs = {dev: c for dev, c in self._devs.items() if c != cid}
+
+    def container_by_dev(self, dev: int) -> ContainerInfo | None:
+        """The container whose root filesystem is the device `dev` (an overlay has its own)."""
+        cid = self._devs.get(dev)
+        if cid is None and time.monotonic() - self._scanned_at > 1.0:
+            self._scanned_at = time.monotonic()  # host files are common: rescan at most 1/s
+            for root in self.runtime_roots:
+                try:
+                    cids = os.listdir(root)
+                except OSError:
+                    continue
+                for candidate in cids:
+                    info = self.container(candidate)
+                    if info is None or not info.init_pid:
+                        continue
+                    try:
+                        self._devs[os.stat(f"/proc/{info.init_pid}/root").st_dev] = candidate
+                    except OSError:
+                        continue
+            cid = self._devs.get(dev)
+        return self.container(cid) if cid else None
 
     def container_of(self, cgroup: str) -> ContainerInfo | None:
         cid = container_id_from_cgroup(cgroup)

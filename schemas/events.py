@@ -74,6 +74,9 @@ class ExecEvent:
     exe_on_host: bool = False  # executable outside the container's root filesystem
     origin: Origin = Origin.IMAGE
     hash: str = ""  # sha256 of the executable, only for groups with hash_enabled
+    # The process was gone before /proc was read: path from fanotify, creds and family from
+    # its parent, argv and name from the path (docs/decide.md).
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 from procwarden.testbed.containers import run_container
@@ -74,3 +75,29 @@ def test_collector_to_stream_worker_to_verdict(kafka: KafkaConnection, tmp_path:
             assert msg.key() == b"node-e2e"
     finally:
         pipe.stop_workers()
+
+
+def test_short_lived_execs_are_reported_from_fanotify(kafka: KafkaConnection,
+                                                      tmp_path: Path) -> None:
+    """Processes gone before /proc can be read still arrive: the file from fanotify, the
+    workload and credentials from the parent, marked partial."""
+    pipe = Pipeline(kafka, tmp_path)
+    with running_collector(pipe, "node-short", tmp_path), \
+            run_container(WORKDIR, "quick", namespace="short") as quick:
+        for _ in range(20):
+            subprocess.run(["/bin/true"], check=True)
+        # A copied BusyBox named after an applet: a real file the kernel executes, gone at once.
+        quick.exec("sh", "-c", "cp /bin/busybox /tmp/true; for i in 1 2 3 4 5; do /tmp/true; "
+                               "done; sleep 1")
+        time.sleep(2)
+        execs = [e.payload for e in pipe.read_all(EXEC.name)
+                 if isinstance(e.payload, ExecEvent)]
+    host_true = [e for e in execs if e.path == "/usr/bin/true"]
+    assert len(host_true) == 20, [(e.path, e.partial) for e in execs]
+    assert all(e.workload_id == "host:node-short" for e in host_true)
+    in_box = [e for e in execs if e.path == "/tmp/true"]
+    assert len(in_box) == 5, [(e.path, e.partial, e.workload_id) for e in execs]
+    for e in in_box:
+        assert e.workload_id == quick.id and e.origin is Origin.NEW and e.name == "true", e
+        if e.partial:  # the parent shell was read: its user and its (non-)family
+            assert e.user == "root" and not e.family and e.runtime_injected
