@@ -164,8 +164,11 @@ def main() -> int:
           f"{'MET' if on >= 0.8 * off else 'MISSED'}")
     print(f"target: zero lost at 1,000 execs/s -> {paced_lost} "
           f"{'MET' if paced_lost == 0 else 'MISSED'}")
-    print(f"target: p99 added latency of a cached answer < 200 us -> {added99:.0f} us "
-          f"{'MET' if added99 < 200 else 'MISSED'}")
+    # The p99 difference is noisy (other work on 2 cores); the p50 difference is a floor for
+    # it, so the verdict uses the larger of the two.
+    added = max(added50, added99)
+    print(f"target: p99 added latency of a cached answer < 200 us -> {added:.0f} us "
+          f"{'MET' if added < 200 else 'MISSED'}")
     return 0
 
 

@@ -10,12 +10,10 @@ reverse shells. The enforcer (collectors/enforcer.py) acts on this node's verdic
 from __future__ import annotations
 
 import dataclasses
-import errno
 import itertools
 import logging
-import queue
 import select
-import threading
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -24,8 +22,9 @@ from typing import Any
 
 from confluent_kafka import Producer
 from prometheus_client import Counter
-from pyroute2 import ProcEventSocket
 
+from collectors.connector import EXEC as EXEC_EVENT
+from collectors.connector import EXIT, FORK, ProcConnector, ProcEvent
 from collectors.enforcer import Enforcer
 from collectors.fanotify import ExecNotice, NotificationGroup
 from collectors.sensing import Sensed, Sensor, is_loader
@@ -37,6 +36,8 @@ from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, WORKLOADS
 
 __all__ = ["Collector"]
+
+
 
 log = logging.getLogger("procwarden.collector")
 
@@ -58,7 +59,6 @@ class Collector:
     _roots: dict[int, Workload] = field(default_factory=dict)  # container root pid -> workload
     _last_exec: dict[int, tuple[int, str, tuple[str, ...]]] = field(default_factory=dict)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
-    _closing: bool = False
     # For execs whose process is gone before /proc is read: who forked each process, the files
     # fanotify saw each pid execute, and the execs waiting for their fanotify notice.
     _parents: OrderedDict[int, int] = field(default_factory=OrderedDict)
@@ -82,68 +82,47 @@ class Collector:
             "queue.buffering.max.messages": 200_000})
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
-        # pyroute2 drains the netlink socket into a queue of its own event loop, so select()
-        # on the socket misses events: a reader thread owns the socket (pyroute2's loop is bound
-        # to the thread that made it) and hands messages over.
-        inbox: queue.Queue[Any] = queue.Queue(maxsize=100_000)
-        listening = threading.Event()
-        reader = threading.Thread(target=self._read, args=(inbox, listening), daemon=True,
-                                  name="proc-connector")
-        reader.start()
-        if not listening.wait(10):
-            raise RuntimeError("the process connector did not start (is this root?)")
-        self._start_notifier(inbox)
+        # A held exec waits while its answer waits for the GIL: hand it over every 200 us, not
+        # every 5 ms, or a busy sensing loop adds milliseconds to each held exec.
+        sys.setswitchinterval(0.0002)
+        try:
+            connector = ProcConnector()
+        except OSError as exc:
+            raise RuntimeError(f"the process connector did not start ({exc}): is this root?"
+                               ) from exc
+        self._start_notifier()
         if self.enforcer is not None:
             self.enforcer.start()
+        sources: list[Any] = [connector] + ([self.notifier] if self.notifier else [])
+        overruns = 0
         try:
             while not should_stop():
                 due = self.stdio.next_due()
                 wait = 0.2 if due is None else min(0.2, max(0.0, due - time.monotonic()))
-                try:
-                    message = inbox.get(timeout=wait)
-                except queue.Empty:
-                    message = None
-                if isinstance(message, ExecNotice):
-                    self._on_notice(message)
-                elif message is not None:
-                    self.handle(message.get("event"), message)
+                ready, _, _ = select.select(sources, [], [], wait)
+                if connector in ready:
+                    for event in connector.read():
+                        self.handle(event)
+                    if connector.overruns > overruns:
+                        LOST.labels("connector_overrun").inc(connector.overruns - overruns)
+                        log.warning("process connector overrun: events were lost")
+                        overruns = connector.overruns
+                if self.notifier is not None and self.notifier in ready:
+                    self._read_notices()
                 if self._gone:
                     self._expire_gone(time.monotonic())
                 for found in self.stdio.run_due():
                     self.publish(EXEC.name, found.workload_id, found)
                 self.producer.poll(0)
         finally:
-            self._closing = True
             if self.enforcer is not None:
                 self.enforcer.stop()
             if self.notifier is not None:
                 self.notifier.close()
+            connector.close()
             self.producer.flush(30)
 
-    def _read(self, inbox: queue.Queue[Any], listening: threading.Event) -> None:
-        sock = ProcEventSocket()
-        sock.bind()
-        sock.control(listen=True)
-        listening.set()
-        try:
-            while not self._closing:
-                try:
-                    messages = sock.get()
-                except OSError as exc:
-                    if exc.errno == errno.ENOBUFS:  # the kernel dropped events: say so
-                        LOST.labels("connector_overrun").inc()
-                        log.warning("process connector overrun: events were lost")
-                        continue
-                    raise
-                for message in messages:
-                    try:
-                        inbox.put_nowait(message)
-                    except queue.Full:
-                        LOST.labels("backlog_full").inc()
-        finally:
-            sock.close()
-
-    def _start_notifier(self, inbox: queue.Queue[Any]) -> None:
+    def _start_notifier(self) -> None:
         """fanotify exec notifications on every real filesystem of the host (container roots
         are added when their containers are first seen): the path of an exec survives its
         process."""
@@ -158,40 +137,29 @@ class Collector:
                 self.notifier.watch_filesystem(mount)
             except OSError as exc:
                 log.debug("no exec notifications for %s: %s", mount, exc)
-        threading.Thread(target=self._read_notices, args=(inbox,), daemon=True,
-                         name="exec-notices").start()
 
-    def _read_notices(self, inbox: queue.Queue[Any]) -> None:
-        notifier = self.notifier
-        assert notifier is not None
-        while not self._closing:
-            ready, _, _ = select.select([notifier.fd], [], [], 0.2)
-            if not ready:
-                continue
-            overflows = notifier.overflows
-            for notice in notifier.read():
-                try:
-                    inbox.put_nowait(notice)
-                except queue.Full:
-                    LOST.labels("backlog_full").inc()
-            if notifier.overflows > overflows:
-                LOST.labels("fanotify_overflow").inc()
+    def _read_notices(self) -> None:
+        assert self.notifier is not None
+        overflows = self.notifier.overflows
+        for notice in self.notifier.read():
+            self._on_notice(notice)
+        if self.notifier.overflows > overflows:
+            LOST.labels("fanotify_overflow").inc()
 
-    def handle(self, kind: str | None, message: dict[str, object]) -> None:
-        if kind == "PROC_EVENT_FORK":
-            child = int(message["child_tgid"])  # type: ignore[call-overload]
-            parent = int(message["parent_tgid"])  # type: ignore[call-overload]
-            if child != parent:  # a new process, not a thread
-                self._parents[child] = parent
+    def handle(self, ev: ProcEvent) -> None:
+        what = ev.what
+        if what == FORK:
+            if ev.pid == ev.tgid:  # a new process, not a thread
+                self._parents[ev.tgid] = ev.a
                 if len(self._parents) > 200_000:
                     self._parents.popitem(last=False)
-        elif kind == "PROC_EVENT_EXEC":
+        elif what == EXEC_EVENT:
             EVENTS.labels("exec").inc()
-            self._on_exec(int(message["process_tgid"]))  # type: ignore[call-overload]
-        elif kind == "PROC_EVENT_EXIT":
-            pid = int(message["process_tgid"])  # type: ignore[call-overload]
-            if message.get("process_pid") != message.get("process_tgid"):
+            self._on_exec(ev.tgid)
+        elif what == EXIT:
+            if ev.pid != ev.tgid:
                 return  # a thread, not the process
+            pid = ev.tgid
             EVENTS.labels("exit").inc()
             self._last_exec.pop(pid, None)
             self._parents.pop(pid, None)

@@ -30,7 +30,7 @@ from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException,
 from prometheus_client import Counter, Gauge, Histogram
 
 from collectors.fanotify import ExecPermission, PermissionGroup
-from collectors.procfs import read_proc
+from collectors.procfs import ProcStat, read_cgroup, read_proc, read_stat
 from collectors.sensing import Sensor, exe_origin
 from collectors.settings import CollectorSettings
 from collectors.workloads import ContainerInfo, WorkloadResolver
@@ -121,6 +121,7 @@ class Enforcer:
         self._pending: dict[str, _Pending] = {}  # exec_check event id -> waiting execs
         self._pending_keys: dict[CacheKey, str] = {}
         self._netcats: dict[str, frozenset[str]] = {}
+        self._families: dict[tuple[int, int], bool] = {}  # (parent pid, its start) -> family
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -330,10 +331,11 @@ class Enforcer:
             self._expire(time.monotonic())
 
     def on_permission(self, event: ExecPermission) -> None:
-        key, check = self._check_of(event)
-        if key is None or check is None:
+        held = self._key_of(event)
+        if held is None:
             self._answer_safely(event, True, "not-held")
             return
+        key, info, stat = held
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -347,7 +349,7 @@ class Enforcer:
             if len(self._pending) >= self.settings.max_held:
                 self._answer(event, self.fail_open, "overload")
                 return
-        event_id = self.publish(EXEC.name, key[0], check)
+        event_id = self.publish(EXEC.name, key[0], self._question(event.pid, key, info, stat))
         now = time.monotonic()
         with self._lock:
             self._pending[event_id] = _Pending(key, now + self.settings.hold_timeout_ms / 1000,
@@ -355,26 +357,54 @@ class Enforcer:
             self._pending_keys[key] = event_id
             HELD.set(len(self._pending))
 
-    def _check_of(self, event: ExecPermission) -> tuple[CacheKey | None, ExecCheck | None]:
-        """The question to ask about a held exec, or None when this exec is not held."""
-        proc = read_proc(event.pid)
-        if proc is None:
-            return None, None
-        info = self.resolver.container_of(proc.cgroup)
+    def _key_of(self, event: ExecPermission) -> tuple[CacheKey, ContainerInfo, ProcStat] | None:
+        """The cache key of a held exec; None when this exec is not held. Kept to three small
+        /proc reads and a stat: every held exec waits on it."""
+        pid = event.pid
+        stat = read_stat(pid)
+        cgroup = read_cgroup(pid)
+        if stat is None or cgroup is None:
+            return None
+        info = self.resolver.container_of(cgroup)
         if info is None:
-            return None, None  # a host process reaching into a container's files
+            return None  # a host process reaching into a container's files
         hold = self._holds.get(info.id)
         if hold is None or not hold.pre_exec:
-            return None, None
+            return None
         path = event.path()
-        injected = not self.sensor.is_family(proc, info)
-        origin = exe_origin(info, path)
-        netcat = path in self._netcat_paths(info)
-        check = ExecCheck(workload_id=info.id, pid=event.pid, path=path,
-                          start_time=proc.start_time, euid=proc.euid,
-                          user=self.resolver.user_name(info, proc.euid), name=proc.comm,
-                          runtime_injected=injected, origin=origin, netcat=netcat)
-        return (info.id, hold.stamp, path, injected, origin, netcat), check
+        injected = not self._family(pid, stat, info)
+        key = (info.id, hold.stamp, path, injected, exe_origin(info, path),
+               path in self._netcat_paths(info))
+        return key, info, stat
+
+    def _question(self, pid: int, key: CacheKey, info: ContainerInfo,
+                  stat: ProcStat) -> ExecCheck:
+        workload_id, _, path, injected, origin, netcat = key
+        proc = read_proc(pid)
+        euid = proc.euid if proc is not None else 0
+        return ExecCheck(workload_id=workload_id, pid=pid, path=path,
+                         start_time=stat.start_time, euid=euid,
+                         user=self.resolver.user_name(info, euid), name=stat.comm,
+                         runtime_injected=injected, origin=origin, netcat=netcat)
+
+    def _family(self, pid: int, stat: ProcStat, info: ContainerInfo) -> bool:
+        """Whether the caller descends from the container's root process: as its parent does,
+        which is usually long-lived (a shell, a server), so that answer is cached."""
+        if pid == info.init_pid:
+            return True
+        parent = read_stat(stat.ppid)
+        if parent is None:
+            proc = read_proc(pid)
+            return proc is not None and self.sensor.is_family(proc, info)
+        key = (stat.ppid, parent.start_time)
+        known = self._families.get(key)
+        if known is None:
+            proc = read_proc(pid)
+            known = proc is not None and self.sensor.is_family(proc, info)
+            self._families[key] = known
+            if len(self._families) > 4096:
+                self._families.pop(next(iter(self._families)))
+        return known
 
     def _netcat_paths(self, info: ContainerInfo) -> frozenset[str]:
         known = self._netcats.get(info.id)

@@ -103,6 +103,9 @@ class _Group:
         self.mask = mask
         self._buffer = bytearray(64 * 1024)
 
+    def fileno(self) -> int:
+        return self.fd
+
     def _mark(self, flags: int, path: str) -> None:
         _check(_libc.fanotify_mark(self.fd, flags, self.mask, _AT_FDCWD, path.encode()),
                f"fanotify_mark {path}")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
-__all__ = ["ProcInfo", "read_proc"]
+__all__ = ["ProcInfo", "ProcStat", "read_cgroup", "read_proc", "read_stat"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,27 @@ def _read(path: str) -> str | None:
             return fh.read().decode(errors="replace")
     except OSError:
         return None
+
+
+class ProcStat(NamedTuple):
+    ppid: int
+    start_time: int
+    comm: str
+    state: str
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """Just /proc/<pid>/stat: one read, for paths that must be fast (held execs)."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    head, _, rest = stat.rpartition(")")
+    fields = rest.split()
+    return ProcStat(int(fields[1]), int(fields[19]), head.partition("(")[2], fields[0])
+
+
+def read_cgroup(pid: int) -> str | None:
+    return _read(f"/proc/{pid}/cgroup")
 
 
 def read_proc(pid: int, root: str = "/proc") -> ProcInfo | None:

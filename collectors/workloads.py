@@ -88,10 +88,14 @@ class WorkloadResolver:
     _host_users: dict[int, str] = field(default_factory=dict)
     _devs: dict[int, str] = field(default_factory=dict)  # root filesystem device -> container
     _scanned_at: float = -1e9
+    _not_containers: dict[str, float] = field(default_factory=dict)  # cgroup leaf -> when
 
     def container(self, cid: str) -> ContainerInfo | None:
         if cid in self._containers:
             return self._containers[cid]
+        now = time.monotonic()
+        if now - self._not_containers.get(cid, -1e9) < 1.0:
+            return None  # a host cgroup (or a container not started yet): looked up just now
         info = None
         for root in self.runtime_roots:
             state_file = Path(root) / cid / "state.json"
@@ -114,6 +118,11 @@ class WorkloadResolver:
             break
         if info is not None:
             self._containers[cid] = info
+            self._not_containers.pop(cid, None)
+        else:
+            if len(self._not_containers) > 10_000:
+                self._not_containers.clear()
+            self._not_containers[cid] = now
         return info
 
     def forget(self, cid: str) -> None:
