@@ -252,6 +252,7 @@ class Demo:
         token_file = self.roles.var / "api-token"
         self.step("Everything keeps running. To explore:")
         for line in (
+            f"http://127.0.0.1:{API_PORT}/console   # the console (token: {token_file})",
             f"procwarden policy get {GROUP}        # (PROCWARDEN_API_TOKEN=$(cat {token_file}))",
             "procwarden status                       # roles, lag, recent decisions",
             "curl 'http://127.0.0.1:8123/?query=SELECT+name,action,proc_path+FROM+"

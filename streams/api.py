@@ -55,16 +55,20 @@ Answer = tuple[int, Any]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, field: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.field = field  # the request field at fault, when one is (forms show it there)
 
 
-def error_body(status: int, message: str) -> dict[str, Any]:
+def error_body(status: int, message: str, field: str = "") -> dict[str, Any]:
     kind = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not found",
-            409: "conflict", 504: "timeout"}.get(status, "error")
-    return {"code": status, "error": kind, "message": message}
+            409: "conflict", 503: "unavailable", 504: "timeout"}.get(status, "error")
+    body: dict[str, Any] = {"code": status, "error": kind, "message": message}
+    if field:
+        body["field"] = field
+    return body
 
 
 def entry_json(rule: Rule, pins: Mapping[str, str]) -> dict[str, Any]:
@@ -164,6 +168,22 @@ class PolicyApi:
             "baseline": view.baseline.value, "custom_groups": list(view.custom_groups),
             "process_list": [entry_json(r, view.learned.hash_pins) for r in view.rules.rules]}}
 
+    def list_workloads(self) -> Answer:
+        """Every announced workload with the groups it belongs to."""
+        out = []
+        for wl in sorted(self.session.workloads.values(), key=lambda w: (w.namespace, w.name)):
+            customs: tuple[str, ...] = ()
+            if wl.kind is WorkloadKind.CONTAINER:
+                try:
+                    customs = self.session.view(wl.id).custom_groups
+                except LookupError:
+                    customs = ()
+            out.append({"id": wl.id, "kind": wl.kind.value, "name": wl.name,
+                        "namespace": wl.namespace, "image": wl.image, "node": wl.node,
+                        "service": wl.service, "group": learned_group_name(wl),
+                        "custom_groups": list(customs), "system": wl.system})
+        return 200, {"workloads": out}
+
     def list_groups(self) -> Answer:
         members: dict[str, int] = {}
         for wl in self.session.workloads.values():
@@ -262,7 +282,7 @@ class PolicyApi:
         try:
             docs = parse_crd_documents(text)
         except PolicyError as exc:
-            raise ApiError(exc.status, str(exc)) from None
+            raise ApiError(exc.status, str(exc), exc.field) from None
         for doc in docs:
             group = str(((doc.get("spec") or {}).get("target") or {}).get("selector", {})
                         .get("name", "")).strip()
@@ -274,7 +294,7 @@ class PolicyApi:
         try:
             return edit_result(self.handlers.published, env, self.session.settings)
         except PolicyError as exc:
-            raise ApiError(exc.status, str(exc)) from None
+            raise ApiError(exc.status, str(exc), exc.field) from None
 
     async def _submit(self, group: str, payload: Payload) -> None:
         await self._publish(group, payload, self._validate(payload))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -15,10 +16,15 @@ import orjson
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from schemas.connections import ClickHouseConnection, ConfigError
 from streams.api import Answer, ApiError, PolicyApi, error_body
+from streams.security_events import SecurityEvents, SecurityEventsError
 from streams.settings import StreamSettings
 
 __all__ = ["install_routes"]
+
+CONSOLE = Path(__file__).parent / "console"
+_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 
 
 def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings) -> None:
@@ -54,7 +60,7 @@ def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings) -> 
             result = call()
             status, body = await result if not isinstance(result, tuple) else result
         except ApiError as exc:
-            return answer(view, exc.status, error_body(exc.status, exc.message))
+            return answer(view, exc.status, error_body(exc.status, exc.message, exc.field))
         return answer(view, status, body)
 
     @app.page("/v1/process_profile")
@@ -136,6 +142,43 @@ def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings) -> 
     class Status(View):
         async def get(self, request: Request) -> Response:
             return await run(self, request, False, api.status)
+
+    @app.page("/v1/workload")
+    class Workloads(View):
+        async def get(self, request: Request) -> Response:
+            return await run(self, request, False, api.list_workloads)
+
+    try:
+        events: SecurityEvents | None = SecurityEvents(ClickHouseConnection.from_env())
+    except ConfigError:
+        events = None
+
+    @app.page("/v1/security_events")
+    class SecurityEventsView(View):
+        async def get(self, request: Request) -> Response:
+            async def call() -> Answer:
+                if events is None:
+                    raise ApiError(503, "ClickHouse is not configured (PROCWARDEN_CLICKHOUSE_*)")
+                try:
+                    found = await events.query(dict(request.query))
+                except SecurityEventsError as exc:
+                    raise ApiError(exc.status, str(exc)) from None
+                return 200, {"security_events": found}
+            return await run(self, request, False, call)
+
+    # The console: static files that talk only to the API above (streams/console/).
+    @app.page("/console")
+    class Console(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes((CONSOLE / "index.html").read_bytes(),
+                              content_type="text/html")
+
+    @app.page("/console/{asset}")
+    class ConsoleAsset(View):
+        async def get(self, request: Request, asset: str) -> Response:
+            if asset not in _ASSETS:
+                return answer(self, 404, error_body(404, f"no console file {asset!r}"))
+            return self.bytes((CONSOLE / asset).read_bytes(), content_type=_ASSETS[asset])
 
     @app.page("/metrics")
     class Metrics(View):
