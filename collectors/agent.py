@@ -20,13 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Producer
 from prometheus_client import Counter
 
 from collectors.connector import EXEC as EXEC_EVENT
 from collectors.connector import EXIT, FORK, ProcConnector, ProcEvent
 from collectors.enforcer import Enforcer
 from collectors.fanotify import ExecNotice, NotificationGroup
+from collectors.publisher import Publisher
 from collectors.sensing import Sensed, Sensor, is_loader
 from collectors.settings import CollectorSettings
 from collectors.stdio import StdioInspector
@@ -44,7 +44,6 @@ log = logging.getLogger("procwarden.collector")
 EVENTS = Counter("procwarden_collector_events_total", "Process events seen", ["kind"])
 LOST = Counter("procwarden_collector_lost_total", "Events that could not be reported",
                ["reason"])
-PUBLISHED = Counter("procwarden_collector_published_total", "Messages published", ["topic"])
 
 
 @dataclass
@@ -76,10 +75,8 @@ class Collector:
         if self.settings.enforce:
             self.enforcer = Enforcer(self.settings, self.kafka, self.resolver, self.sensor,
                                      self.publish)
-        self.producer = Producer({
-            **self.kafka.confluent_config(), "enable.idempotence": True, "acks": "all",
-            "compression.type": "lz4", "linger.ms": 5, "partitioner": "murmur2_random",
-            "queue.buffering.max.messages": 200_000})
+        self.publisher = Publisher(self.kafka, self.settings.state_dir / "spool",
+                                   self.settings.spool_max_bytes)
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         # A held exec waits while its answer waits for the GIL: hand it over every 200 us, not
@@ -113,14 +110,14 @@ class Collector:
                     self._expire_gone(time.monotonic())
                 for found in self.stdio.run_due():
                     self.publish(EXEC.name, found.workload_id, found)
-                self.producer.poll(0)
+                self.publisher.poll()
         finally:
             if self.enforcer is not None:
                 self.enforcer.stop()
             if self.notifier is not None:
                 self.notifier.close()
             connector.close()
-            self.producer.flush(30)
+            self.publisher.close()
 
     def _start_notifier(self) -> None:
         """fanotify exec notifications on every real filesystem of the host (container roots
@@ -263,14 +260,8 @@ class Collector:
         event_id = f"{self.node}:{time.time_ns()}:{next(self._seq)}"
         env = Envelope.wrap(payload, event_id=event_id, node=self.node, ts=time.time(),
                             cluster=self.settings.cluster)
-        while True:
-            try:
-                self.producer.produce(self.kafka.topic(topic), key=key.encode(),
-                                      value=encode(env))
-                break
-            except BufferError:  # the local queue is full: wait for deliveries
-                self.producer.poll(0.1)
-        PUBLISHED.labels(topic).inc()
+        if not self.publisher.send(self.kafka.topic(topic), key.encode(), encode(env)):
+            LOST.labels("spool_full").inc()
         return event_id
 
 

@@ -37,5 +37,7 @@ class CollectorSettings(BaseSettings):
     stdio_interval_s: float = Field(0.5, gt=0, le=10)
     state_dir: Path = Field(Path("var/collector"),
                             description="what must survive a restart: which workloads are held")
+    spool_max_bytes: int = Field(256 * 2**20, ge=2**20,
+                                 description="disk spool for when Kafka is away (state_dir/spool)")
     metrics_port: int = Field(0, ge=0, le=65535, description="/metrics on loopback; 0: off")
     log_level: str = "info"

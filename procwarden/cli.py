@@ -145,7 +145,8 @@ def sink_clickhouse() -> None:
     writer = ClickHouseWriter(kafka, clickhouse, group_id=settings.group_id,
                               batch_size=settings.batch_size,
                               batch_seconds=settings.batch_seconds,
-                              max_backoff=settings.max_backoff_seconds)
+                              max_backoff=settings.max_backoff_seconds,
+                              retention_days=settings.retention_days)
     typer.echo(f"procwarden sink-clickhouse: {kafka.describe()} -> {clickhouse.describe()}",
                err=True)
     try:
@@ -188,7 +189,8 @@ def siem() -> None:
     stopping = _role_process(settings.log_level, settings.metrics_port)
     groups = frozenset(g.strip() for g in settings.groups.split(",") if g.strip())
     forwarder = SiemForwarder(kafka, destinations, group_id=settings.group_id,
-                              min_level=Level(settings.min_level), groups=groups)
+                              min_level=Level(settings.min_level), groups=groups,
+                              aggregate_seconds=settings.aggregate_seconds)
     typer.echo(f"procwarden siem: {kafka.describe()} -> "
                f"{', '.join(d.name for d in destinations)} (min level {settings.min_level})",
                err=True)

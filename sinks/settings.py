@@ -15,6 +15,7 @@ class SinkSettings(BaseSettings):
     batch_size: int = Field(50_000, ge=1)
     batch_seconds: float = Field(0.5, gt=0)
     max_backoff_seconds: float = Field(10.0, gt=0)
+    retention_days: int = Field(0, ge=0, description="drop partitions older than this; 0 keeps")
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 disables /metrics")
     log_level: str = "info"
 
@@ -33,6 +34,8 @@ class SiemSettings(BaseSettings):
     webhook_token: str = Field("", repr=False)
     min_level: str = Field("WARNING", pattern="^(INFO|WARNING|CRITICAL)$")
     groups: str = Field("", description="comma-separated groups; empty for all")
+    aggregate_seconds: float = Field(0.0, ge=0, le=3600,
+                                     description="fold repeated incidents within this window")
     hostname: str = "procwarden"
     group_id: str = "procwarden-siem"
     metrics_port: int = Field(9465, ge=0, le=65535)

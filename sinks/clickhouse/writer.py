@@ -25,6 +25,7 @@ from schemas import DecodeError, DlqEntry, Envelope, decode_envelope, encode
 from schemas.connections import ClickHouseConnection, KafkaConnection
 from schemas.topics import DLQ, PROFILE_CHANGES, SECURITY_EVENTS, VERDICTS, WORKLOADS, TopicSpec
 from sinks.clickhouse.migrations import apply_migrations, connect
+from sinks.clickhouse.retention import drop_expired_partitions
 from sinks.clickhouse.rows import table_for
 from sinks.offsets import commit_batch
 
@@ -50,6 +51,7 @@ class ClickHouseWriter:
     batch_size: int = 50_000
     batch_seconds: float = 0.5
     max_backoff: float = 10.0
+    retention_days: int = 0  # 0: keep everything
     topics: Sequence[TopicSpec] = SINK_TOPICS
     # Called after a batch is inserted and before its offsets are committed (crash tests).
     after_insert: Callable[[int], None] | None = None
@@ -69,10 +71,23 @@ class ClickHouseWriter:
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         self._ensure_schema()
+        next_retention = 0.0
         while not should_stop():
             batch = self._poll_batch(should_stop)
             if batch:
                 self._store_with_retry(batch, should_stop)
+            if self.retention_days and time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + 3600
+                self.apply_retention()
+
+    def apply_retention(self) -> list[tuple[str, str]]:
+        """Drop the partitions past the retention (hourly from `run`); failures wait an hour."""
+        try:
+            return drop_expired_partitions(self._clickhouse(), self.db, self.retention_days)
+        except (ClickHouseError, OSError, EOFError) as exc:
+            self._client = None
+            log.warning("retention pass failed: %s", exc)
+            return []
 
     def close(self) -> None:
         self.consumer.close()

@@ -20,6 +20,7 @@ from schemas import DecodeError, Incident, Level, decode_envelope
 from schemas.connections import KafkaConnection
 from schemas.topics import SECURITY_EVENTS
 from sinks.offsets import commit_batch
+from sinks.siem.aggregation import aggregate
 from sinks.siem.formats import cef, incident_json, syslog_5424
 from sinks.siem.transports import Transport
 
@@ -31,6 +32,7 @@ SENT = Counter("procwarden_siem_sent_total", "Incidents sent", ["destination"])
 FAILED = Counter("procwarden_siem_failures_total", "Failed sends (retried)", ["destination"])
 SKIPPED = Counter("procwarden_siem_filtered_total", "Incidents left out by the filters")
 LAG = Gauge("procwarden_siem_lag_messages", "Security events not forwarded yet")
+FOLDED = Counter("procwarden_siem_aggregated_total", "Incidents folded into an earlier one")
 
 _RANK = {Level.INFO: 0, Level.WARNING: 1, Level.CRITICAL: 2}
 
@@ -60,6 +62,7 @@ class SiemForwarder:
     batch_size: int = 1000
     batch_seconds: float = 0.5
     max_backoff: float = 30.0
+    aggregate_seconds: float = 0.0  # > 0: fold repeats arriving within this window
     forwarded: int = 0
     _consumer: Consumer = field(init=False, repr=False)
 
@@ -76,10 +79,22 @@ class SiemForwarder:
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         while not should_stop():
-            batch = self._consumer.consume(self.batch_size, self.batch_seconds)
-            batch = [m for m in batch if not m.error()]
+            batch = self._poll(should_stop)
             if batch and self._forward(batch, should_stop):
                 self._commit(batch)
+
+    def _poll(self, should_stop: Callable[[], bool]) -> list[Message]:
+        """One batch; with aggregation on, everything that arrives within the window after the
+        first message, so repeats fold together (the offsets are committed after sending)."""
+        batch = [m for m in self._consumer.consume(self.batch_size, self.batch_seconds)
+                 if not m.error()]
+        if batch and self.aggregate_seconds > 0:
+            deadline = time.monotonic() + self.aggregate_seconds
+            while time.monotonic() < deadline and not should_stop():
+                batch += [m for m in self._consumer.consume(
+                    self.batch_size, max(0.0, min(0.2, deadline - time.monotonic())))
+                    if not m.error()]
+        return batch
 
     def close(self) -> None:
         self._consumer.close()
@@ -99,6 +114,10 @@ class SiemForwarder:
                 incidents.append(env.payload)
             else:
                 SKIPPED.inc()
+        if self.aggregate_seconds > 0:
+            before = len(incidents)
+            incidents = aggregate(incidents)
+            FOLDED.inc(before - len(incidents))
         for destination in self.destinations:
             lines = [destination.render(i) for i in incidents]
             if lines and not self._send(destination, lines, should_stop):

@@ -115,10 +115,11 @@ class Pipeline:
         consumer = Consumer({**self.kafka.confluent_config(),
                              "group.id": f"reader-{uuid.uuid4().hex}",
                              "auto.offset.reset": "earliest", "enable.auto.commit": False})
-        if partitions is None:
-            consumer.subscribe([self.topic(topic)])
-        else:
-            consumer.assign([TopicPartition(self.topic(topic), p, 0) for p in partitions])
+        if partitions is None:  # all of them, assigned: no group to join (a restarted
+            # broker's coordinator can take a while to serve a new group)
+            meta = consumer.list_topics(self.topic(topic), timeout=30).topics[self.topic(topic)]
+            partitions = sorted(meta.partitions)
+        consumer.assign([TopicPartition(self.topic(topic), p, 0) for p in partitions])
         try:
             while True:
                 msg = consumer.poll(0.2)
@@ -162,6 +163,10 @@ def running_collector(pipe: Pipeline, node: str, tmp_path: Path, *args: str,
     environ = {**os.environ, "PROCWARDEN_KAFKA_TOPIC_PREFIX": pipe.prefix,
                "COLLECTOR_STATE_DIR": str(tmp_path / f"collector-{node}"), **env}
     log_path = tmp_path / "collector.log"
+    runs = 1
+    while log_path.exists():  # a fresh log per run: waits must not match an earlier run's lines
+        runs += 1
+        log_path = tmp_path / f"collector-{runs}.log"
     with open(log_path, "ab") as log:
         agent = subprocess.Popen([sys.executable, "-m", "procwarden.cli", "collector",
                                   "--node", node, *args], cwd=ROOT, env=environ, stdout=log,
@@ -171,7 +176,10 @@ def running_collector(pipe: Pipeline, node: str, tmp_path: Path, *args: str,
         yield log_path
     finally:
         agent.send_signal(signal.SIGTERM)
-        assert agent.wait(30) == 0, log_path.read_text()[-3000:]
+        rc = agent.wait(30)
+        text = "\n".join(line for line in log_path.read_text(errors="replace").splitlines()
+                         if not line.startswith("%"))  # librdkafka's own connection noise
+        assert rc == 0, f"the collector exited with {rc}:\n{text[-3000:]}"
 
 
 def wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes] | None = None,

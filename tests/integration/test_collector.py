@@ -6,11 +6,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from procwarden.stack import Stack
 from procwarden.testbed.containers import run_container
 from schemas import ExecEvent, ExitEvent, Origin, Workload, WorkloadKind
 from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, WORKLOADS
-from tests.integration.streamkit import WORKDIR, Pipeline, running_collector
+from tests.integration.streamkit import WORKDIR, Pipeline, running_collector, wait_for_line
 
 
 def test_execs_are_published_with_their_workload(kafka: KafkaConnection,
@@ -101,3 +102,53 @@ def test_short_lived_execs_are_reported_from_fanotify(kafka: KafkaConnection,
         assert e.workload_id == quick.id and e.origin is Origin.NEW and e.name == "true", e
         if e.partial:  # the parent shell was read: its user and its (non-)family
             assert e.user == "root" and not e.family and e.runtime_injected
+
+
+def _spawn_true(n: int) -> list[int]:
+    pids = []
+    for _ in range(n):
+        proc = subprocess.Popen(["/usr/bin/true"])
+        proc.wait()
+        pids.append(proc.pid)
+    return pids
+
+
+def test_kafka_away_events_are_spooled_and_arrive_in_order(kafka: KafkaConnection, stack: Stack,
+                                                          tmp_path: Path) -> None:
+    """Kafka stops twice: once under a running collector (spooled, replayed when it is back),
+    once across a collector restart (the spool on disk is replayed by the next run)."""
+    pipe = Pipeline(kafka, tmp_path)
+    env = {"COLLECTOR_STATE_DIR": str(tmp_path / "state")}
+    expected: list[int] = []
+    try:
+        with running_collector(pipe, "node-spool", tmp_path, **env) as log:
+            expected += _spawn_true(5)
+            time.sleep(1)
+            stack.kafka.stop()
+            wait_for_line(log, "Kafka is unreachable", timeout=60)
+            expected += _spawn_true(30)
+            time.sleep(1)
+            stack.kafka.start(say=lambda m: None)
+            wait_for_line(log, "Kafka is back", timeout=90)
+            expected += _spawn_true(5)
+            time.sleep(1)
+            # Away again, and the collector stops while it is: the spool waits on disk.
+            stack.kafka.stop()
+            wait_for_line(log, "Kafka is unreachable", timeout=60,
+                          after=log.read_text().rindex("Kafka is back"))
+            expected += _spawn_true(10)
+            time.sleep(1)
+    finally:
+        stack.kafka.start(say=lambda m: None)
+    assert any((tmp_path / "state" / "spool").glob("spool-*.log"))
+    with running_collector(pipe, "node-spool", tmp_path, **env) as log:
+        wait_for_line(log, "Kafka is back", timeout=90)
+    seen = [e.payload.pid for e in pipe.read_all(EXEC.name, settle=3)
+            if isinstance(e.payload, ExecEvent) and e.payload.path == "/usr/bin/true"
+            and e.payload.workload_id == "host:node-spool"]
+    ours = [pid for pid in seen if pid in set(expected)]
+    assert sorted(set(ours)) == sorted(expected), (len(ours), len(expected))
+    first = {}
+    for i, pid in enumerate(ours):
+        first.setdefault(pid, i)
+    assert sorted(expected, key=first.__getitem__) == expected  # one partition: their order

@@ -222,3 +222,25 @@ def test_the_siem_command(pipe: Pipeline, rsyslog: dict[str, object], tmp_path: 
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, (tmp_path / "siem.log").read_text()
+
+
+def test_repeated_incidents_are_aggregated(pipe: Pipeline, rsyslog: dict[str, object]) -> None:
+    import dataclasses
+
+    loop = dataclasses.replace(_incident(0), proc_cmd="sh -c evil")
+    for i in range(5):  # the same denied exec, again and again
+        pipe.send(SECURITY_EVENTS.name, "nv.web.demo", dataclasses.replace(
+            loop, id=f"loop-{i}", reported_timestamp=loop.reported_timestamp + i))
+    pipe.send(SECURITY_EVENTS.name, "nv.web.demo",
+              dataclasses.replace(_incident(7), proc_path="/usr/bin/other"))  # not a repeat
+    tcp = Destination("tcp", syslog_transport(f"tcp://127.0.0.1:{rsyslog['tcp']}"), "json")
+    forwarder = SiemForwarder(pipe.kafka, [tcp], group_id=f"siem-{pipe.prefix}",
+                              aggregate_seconds=1.0)
+    _run(forwarder, 2)
+    lines = _lines(rsyslog["out"], 2)  # type: ignore[arg-type]
+    payloads = [orjson.loads(ln[ln.index("{"):]) for ln in lines]
+    assert sorted(p["count"] for p in payloads) == [1, 5]
+    folded = next(p for p in payloads if p["count"] == 5)
+    assert folded["id"] == "loop-0"
+    assert folded["aggregation_from"] == loop.reported_timestamp
+    assert folded["reported_timestamp"] == loop.reported_timestamp + 4
