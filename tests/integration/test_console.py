@@ -231,3 +231,37 @@ def test_custom_group_and_a_workloads_effective_rules(console: Console) -> None:
     row = next(r for r in table.find_elements(By.CSS_SELECTOR, "tbody tr") if "/tmp/*" in r.text)
     assert "lockdown" in row.text and "deny" in row.text
     c.shot("workload-effective-rules")
+
+
+def test_a_rule_is_changed_then_deleted(console: Console) -> None:
+    c = console
+    c.browser.get(c.url + "/console#/groups")
+    c.browser.execute_script(f"sessionStorage.setItem('procwarden-token', '{TOKEN}')")
+    c.browser.get(c.url + f"/console#/group/{CART}")
+    c.browser.refresh()
+    form = c.wait(ec.presence_of_element_located((By.ID, "rule")))
+    form.find_element(By.NAME, "name").send_keys("wget")
+    form.find_element(By.NAME, "path").send_keys("/usr/bin/wget")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    c.wait(ec.text_to_be_present_in_element((By.ID, "status"), "Saved rule wget"))
+
+    def row_with(text: str) -> Any:
+        return c.wait(lambda b: next((r for r in b.find_elements(By.CSS_SELECTOR, "#main tbody tr")
+                                      if text in r.text), None))
+    row_with("/usr/bin/wget").find_element(By.XPATH, ".//button[text()='Edit']").click()
+    form = c.browser.find_element(By.ID, "rule")
+    path = form.find_element(By.NAME, "path")
+    assert path.get_attribute("value") == "/usr/bin/wget"
+    path.clear()
+    path.send_keys("/bin/wget")  # a changed path: the old rule goes, the new one comes
+    Select(form.find_element(By.NAME, "action")).select_by_value("deny")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    c.wait(ec.text_to_be_present_in_element((By.ID, "status"), "Saved rule wget /bin/wget"))
+    rules = {(r["name"], r["path"], r["action"])
+             for r in c.api(f"/v1/process_profile/{CART}")["process_profile"]["process_list"]}
+    assert ("wget", "/bin/wget", "deny") in rules and ("wget", "/usr/bin/wget", "allow") \
+        not in rules
+    row_with("/bin/wget").find_element(By.XPATH, ".//button[text()='Delete']").click()
+    c.wait(ec.text_to_be_present_in_element((By.ID, "status"), "Deleted rule wget"))
+    assert not [r for r in c.api(f"/v1/process_profile/{CART}")["process_profile"]
+                ["process_list"] if r["name"] == "wget"]
