@@ -9,6 +9,7 @@ reverse shells. The enforcer (collectors/enforcer.py) acts on this node's verdic
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
@@ -31,9 +32,9 @@ from collectors.sensing import Sensed, Sensor, is_loader
 from collectors.settings import CollectorSettings
 from collectors.stdio import StdioInspector
 from collectors.workloads import WorkloadResolver
-from schemas import Envelope, ExitEvent, Payload, Workload, WorkloadState, encode
+from schemas import CollectorReport, Envelope, ExitEvent, Payload, Workload, WorkloadState, encode
 from schemas.connections import KafkaConnection
-from schemas.topics import EXEC, WORKLOADS
+from schemas.topics import COLLECTOR_REPORTS, EXEC, WORKLOADS
 
 __all__ = ["Collector"]
 
@@ -65,6 +66,12 @@ class Collector:
     _gone: dict[int, tuple[float, int | None, bool]] = field(default_factory=dict)  # since,
     # parent, exited
     notifier: NotificationGroup | None = field(init=False, default=None)
+    # Running totals for the collector reports (the metrics say the same to Prometheus).
+    started_at: float = field(default_factory=time.time)
+    execs: int = 0
+    reported: int = 0
+    lost: collections.Counter[str] = field(default_factory=collections.Counter)
+    _next_report: float = 0.0
 
     def __post_init__(self) -> None:
         self.node = self.settings.node
@@ -101,7 +108,7 @@ class Collector:
                     for event in connector.read():
                         self.handle(event)
                     if connector.overruns > overruns:
-                        LOST.labels("connector_overrun").inc(connector.overruns - overruns)
+                        self._lose("connector_overrun", connector.overruns - overruns)
                         log.warning("process connector overrun: events were lost")
                         overruns = connector.overruns
                 if self.notifier is not None and self.notifier in ready:
@@ -110,6 +117,9 @@ class Collector:
                     self._expire_gone(time.monotonic())
                 for found in self.stdio.run_due():
                     self.publish(EXEC.name, found.workload_id, found)
+                if time.monotonic() >= self._next_report:
+                    self._next_report = time.monotonic() + self.settings.report_interval_s
+                    self.report()
                 self.publisher.poll()
         finally:
             if self.enforcer is not None:
@@ -117,7 +127,19 @@ class Collector:
             if self.notifier is not None:
                 self.notifier.close()
             connector.close()
+            self.report()
             self.publisher.close()
+
+    def _lose(self, reason: str, n: int = 1) -> None:
+        LOST.labels(reason).inc(n)
+        self.lost[reason] += n
+
+    def report(self) -> None:
+        """Publish this collector's totals (every COLLECTOR_REPORT_INTERVAL_S, and at exit)."""
+        self.publish(COLLECTOR_REPORTS.name, self.node, CollectorReport(
+            node=self.node, started_at=self.started_at, execs=self.execs,
+            reported=self.reported, lost=dict(self.lost),
+            spool_bytes=self.publisher.spool.size))
 
     def _start_notifier(self) -> None:
         """fanotify exec notifications on every real filesystem of the host (container roots
@@ -141,7 +163,7 @@ class Collector:
         for notice in self.notifier.read():
             self._on_notice(notice)
         if self.notifier.overflows > overflows:
-            LOST.labels("fanotify_overflow").inc()
+            self._lose("fanotify_overflow")
 
     def handle(self, ev: ProcEvent) -> None:
         what = ev.what
@@ -152,6 +174,7 @@ class Collector:
                     self._parents.popitem(last=False)
         elif what == EXEC_EVENT:
             EVENTS.labels("exec").inc()
+            self.execs += 1
             self._on_exec(ev.tgid)
         elif what == EXIT:
             if ev.pid != ev.tgid:
@@ -184,7 +207,7 @@ class Collector:
         sensed = self.sensor.sense_exec(pid, with_hash=self.settings.with_hash)
         if sensed is None:
             if self.notifier is None:
-                LOST.labels("process_gone").inc()
+                self._lose("process_gone")
                 return
             self._gone[pid] = (time.monotonic(), self._parents.get(pid), False)
             self._resolve_gone(pid)
@@ -218,7 +241,7 @@ class Collector:
         _, parent, exited = self._gone.pop(pid)
         sensed = self.sensor.sense_gone(pid, notice.path, notice.dev, parent)
         if sensed is None:
-            LOST.labels("applet_unknown").inc()  # BusyBox: the applet died with the process
+            self._lose("applet_unknown")  # BusyBox: the applet died with the process
             return
         EVENTS.labels("exec_from_notice").inc()
         self._report(sensed)
@@ -230,7 +253,7 @@ class Collector:
         for pid, (since, _, _) in list(self._gone.items()):
             if now - since > 0.5:
                 del self._gone[pid]
-                LOST.labels("process_gone").inc()
+                self._lose("process_gone")
         if len(self._notices) > 10_000:  # notices nobody asked for: execs /proc already told
             for pid in [p for p, q in self._notices.items() if now - q[-1][0] > 5]:
                 del self._notices[pid]
@@ -245,6 +268,7 @@ class Collector:
             self.publish(WORKLOADS.name, workload.id, workload)
         self._reported[sensed.event.pid] = workload.id
         self.publish(EXEC.name, workload.id, sensed.event)
+        self.reported += 1
         if not sensed.event.partial:
             self.stdio.watch(sensed.event)
 
@@ -261,7 +285,7 @@ class Collector:
         env = Envelope.wrap(payload, event_id=event_id, node=self.node, ts=time.time(),
                             cluster=self.settings.cluster)
         if not self.publisher.send(self.kafka.topic(topic), key.encode(), encode(env)):
-            LOST.labels("spool_full").inc()
+            self._lose("spool_full")
         return event_id
 
 

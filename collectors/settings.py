@@ -39,5 +39,7 @@ class CollectorSettings(BaseSettings):
                             description="what must survive a restart: which workloads are held")
     spool_max_bytes: int = Field(256 * 2**20, ge=2**20,
                                  description="disk spool for when Kafka is away (state_dir/spool)")
+    report_interval_s: float = Field(10.0, gt=0, le=3600,
+                                     description="how often the totals go to collector-reports")
     metrics_port: int = Field(0, ge=0, le=65535, description="/metrics on loopback; 0: off")
     log_level: str = "info"

@@ -24,6 +24,7 @@ from schemas.enums import (
 from schemas.envelope import PAYLOAD_TYPES, SCHEMA_VERSION, Envelope, Payload, decode_envelope
 from schemas.events import (
     WORKLOAD_EVENT_TYPES,
+    CollectorReport,
     DockerCpEvent,
     ExecCheck,
     ExecEvent,
@@ -58,7 +59,8 @@ from schemas.policy import (
 )
 
 __all__ = [
-    "Action", "Baseline", "ChangeKind", "CopyDirection", "CrdImport", "CriteriaKey", "CriteriaOp",
+    "Action", "Baseline", "ChangeKind", "CollectorReport", "CopyDirection", "CrdImport",
+    "CriteriaKey", "CriteriaOp",
     "Criterion", "DecodeError", "Decision", "DlqEntry", "DockerCpEvent", "Envelope", "EventKind",
     "ExecCheck", "ExecEvent", "ExitEvent", "FailMode", "FileEvent", "FileOp", "GroupConfig",
     "GroupDelete",

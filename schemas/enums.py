@@ -99,6 +99,7 @@ class EventKind(_WireEnum):
     SECURITY_EVENT = "security_event"
     PROFILE_CHANGE = "profile_change"
     DLQ = "dlq"
+    COLLECTOR_REPORT = "collector_report"
 
 
 class FileOp(_WireEnum):

@@ -8,6 +8,7 @@ from typing import Any
 from schemas.codec import DecodeError, decode_json, decode_record, encode
 from schemas.enums import EventKind
 from schemas.events import (
+    CollectorReport,
     DockerCpEvent,
     ExecCheck,
     ExecEvent,
@@ -36,7 +37,7 @@ Payload = (
     Workload | ExecEvent | ExecCheck | ExitEvent | FileEvent | StdioEvent | UidChangeEvent
     | DockerCpEvent
     | GroupPolicy | ProfilePatch | ServiceConfig | GroupConfig | GroupDelete | CrdImport
-    | LearnRequest | Decision | Incident | ProfileChange | DlqEntry
+    | LearnRequest | Decision | Incident | ProfileChange | DlqEntry | CollectorReport
 )
 
 PAYLOAD_TYPES: dict[EventKind, type] = {
@@ -59,6 +60,7 @@ PAYLOAD_TYPES: dict[EventKind, type] = {
     EventKind.SECURITY_EVENT: Incident,
     EventKind.PROFILE_CHANGE: ProfileChange,
     EventKind.DLQ: DlqEntry,
+    EventKind.COLLECTOR_REPORT: CollectorReport,
 }
 _KIND_OF = {tp: kind for kind, tp in PAYLOAD_TYPES.items()}
 

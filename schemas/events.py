@@ -14,6 +14,7 @@ __all__ = [
     "WORKLOAD_EVENT_TYPES",
     "WorkloadEvent",
     "DockerCpEvent",
+    "CollectorReport",
     "ExecCheck",
     "ExecEvent",
     "ExitEvent",
@@ -165,6 +166,19 @@ class UidChangeEvent:
     sudo_in_ancestry: bool = False
     persisted: bool = True  # still differs from the parent's 100 ms later
     argv: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorReport:
+    """A collector's running totals since it started, sent every few seconds: what it saw, what
+    it could not report (by reason) and its disk spool. Losses are never hidden."""
+
+    node: str
+    started_at: float
+    execs: int = 0  # exec events seen from the kernel
+    reported: int = 0  # exec events published (or spooled)
+    lost: dict[str, int] = field(default_factory=dict)  # reason -> count, since started_at
+    spool_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

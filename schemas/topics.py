@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ALL_TOPICS", "DLQ", "EXEC", "FILE", "POLICY", "POLICY_UPDATES", "PROFILE_CHANGES",
-           "SECURITY_EVENTS",
-           "TopicSpec", "VERDICTS", "WORKLOADS", "verdict_partition"]
+__all__ = ["ALL_TOPICS", "COLLECTOR_REPORTS", "DLQ", "EXEC", "FILE", "POLICY", "POLICY_UPDATES",
+           "PROFILE_CHANGES", "SECURITY_EVENTS", "TopicSpec", "VERDICTS", "WORKLOADS",
+           "verdict_partition"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +34,11 @@ DLQ = TopicSpec("procwarden.dlq", "source topic", 1, retention_ms=30 * 24 * 3600
 # What each accepted edit or learned rule changed, with who/what/why, for the sinks.
 PROFILE_CHANGES = TopicSpec("procwarden.profile-changes", "group name", 6,
                             retention_ms=30 * 24 * 3600 * 1000)
+# Each collector's running totals: events seen, reported, lost by reason, spool size.
+COLLECTOR_REPORTS = TopicSpec("procwarden.collector-reports", "node name", 1)
 
 ALL_TOPICS = (WORKLOADS, EXEC, FILE, POLICY, POLICY_UPDATES, VERDICTS, SECURITY_EVENTS, DLQ,
-              PROFILE_CHANGES)
+              PROFILE_CHANGES, COLLECTOR_REPORTS)
 
 
 def verdict_partition(node: str, partitions: int) -> int:

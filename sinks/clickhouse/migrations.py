@@ -71,6 +71,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             label_keys Array(String), label_values Array(String), system UInt8, state String
         ) ENGINE = ReplacingMergeTree(ts) ORDER BY id""",
     )),
+    Migration(3, "collector reports (loss counts)", (
+        """CREATE TABLE IF NOT EXISTS {db}.collector_reports (
+            ts DateTime('UTC'), node String, started_at DateTime('UTC'), execs UInt64,
+            reported UInt64, loss_reasons Array(String), loss_counts Array(UInt64),
+            spool_bytes UInt64, report_id String
+        ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMMDD(ts)
+          ORDER BY (node, ts, report_id)""",
+    )),
 )
 
 _BOOKKEEPING = """CREATE TABLE IF NOT EXISTS {db}.schema_migrations (

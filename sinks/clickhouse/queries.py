@@ -45,6 +45,13 @@ QUERIES: dict[str, str] = {
         FROM {db}.security_events FINAL
         ORDER BY ts DESC
         LIMIT 100""",
+    "collector_losses": """
+        SELECT node, started_at, reason, max(lost_so_far) AS lost, max(execs) AS execs_seen
+        FROM {db}.collector_reports FINAL
+        ARRAY JOIN loss_reasons AS reason, loss_counts AS lost_so_far
+        WHERE ts >= now() - INTERVAL 1 DAY
+        GROUP BY node, started_at, reason
+        ORDER BY lost DESC""",
     "rule_changes_by_actor": """
         SELECT group_name, change, actor, count() AS changes, max(ts) AS last
         FROM {db}.profile_changes FINAL

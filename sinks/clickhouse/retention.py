@@ -14,7 +14,7 @@ __all__ = ["drop_expired_partitions", "expired"]
 log = logging.getLogger("procwarden.sinks.retention")
 
 # Tables and how their partitions read: toYYYYMMDD (8 digits) or toYYYYMM (6 digits).
-TABLES = ("events", "security_events", "profile_changes", "workloads")
+TABLES = ("events", "security_events", "profile_changes", "workloads", "collector_reports")
 
 
 def expired(partition: str, cutoff: datetime) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas import Decision, Envelope, Incident, ProfileChange, Workload
+from schemas import CollectorReport, Decision, Envelope, Incident, ProfileChange, Workload
 
 __all__ = ["TABLES", "Table", "table_for"]
 
@@ -72,6 +72,14 @@ def _workload_row(env: Envelope) -> tuple[Any, ...]:
             w.pod, list(w.labels), list(w.labels.values()), int(w.system), w.state.value)
 
 
+def _report_row(env: Envelope) -> tuple[Any, ...]:
+    r = env.payload
+    assert isinstance(r, CollectorReport)
+    reasons = sorted(r.lost)
+    return (_dt(env.ts), r.node, _dt(r.started_at), r.execs, r.reported, reasons,
+            [r.lost[k] for k in reasons], r.spool_bytes, env.event_id)
+
+
 TABLES: dict[type, Table] = {
     Decision: Table("events", (
         "ts", "ts_ms", "event_id", "event_kind", "workload_id", "node", "group_name", "verdict",
@@ -92,6 +100,9 @@ TABLES: dict[type, Table] = {
     Workload: Table("workloads", (
         "ts", "id", "kind", "node", "name", "image", "namespace", "service", "pod",
         "label_keys", "label_values", "system", "state"), _workload_row),
+    CollectorReport: Table("collector_reports", (
+        "ts", "node", "started_at", "execs", "reported", "loss_reasons", "loss_counts",
+        "spool_bytes", "report_id"), _report_row),
 }
 
 

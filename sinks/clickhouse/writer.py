@@ -23,7 +23,15 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from schemas import DecodeError, DlqEntry, Envelope, decode_envelope, encode
 from schemas.connections import ClickHouseConnection, KafkaConnection
-from schemas.topics import DLQ, PROFILE_CHANGES, SECURITY_EVENTS, VERDICTS, WORKLOADS, TopicSpec
+from schemas.topics import (
+    COLLECTOR_REPORTS,
+    DLQ,
+    PROFILE_CHANGES,
+    SECURITY_EVENTS,
+    VERDICTS,
+    WORKLOADS,
+    TopicSpec,
+)
 from sinks.clickhouse.migrations import apply_migrations, connect
 from sinks.clickhouse.retention import drop_expired_partitions
 from sinks.clickhouse.rows import table_for
@@ -33,7 +41,8 @@ __all__ = ["ClickHouseWriter", "SINK_TOPICS"]
 
 log = logging.getLogger("procwarden.sinks.clickhouse")
 
-SINK_TOPICS: tuple[TopicSpec, ...] = (VERDICTS, SECURITY_EVENTS, PROFILE_CHANGES, WORKLOADS)
+SINK_TOPICS: tuple[TopicSpec, ...] = (VERDICTS, SECURITY_EVENTS, PROFILE_CHANGES, WORKLOADS,
+                                      COLLECTOR_REPORTS)
 
 ROWS = Counter("procwarden_sink_rows_total", "Rows stored in ClickHouse", ["table"])
 BATCHES = Histogram("procwarden_sink_batch_seconds", "Time to store one batch",

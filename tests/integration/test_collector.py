@@ -8,9 +8,9 @@ from pathlib import Path
 
 from procwarden.stack import Stack
 from procwarden.testbed.containers import run_container
-from schemas import ExecEvent, ExitEvent, Origin, Workload, WorkloadKind
+from schemas import CollectorReport, ExecEvent, ExitEvent, Origin, Workload, WorkloadKind
 from schemas.connections import KafkaConnection
-from schemas.topics import EXEC, WORKLOADS
+from schemas.topics import COLLECTOR_REPORTS, EXEC, WORKLOADS
 from tests.integration.streamkit import WORKDIR, Pipeline, running_collector, wait_for_line
 
 
@@ -83,7 +83,7 @@ def test_short_lived_execs_are_reported_from_fanotify(kafka: KafkaConnection,
     """Processes gone before /proc can be read still arrive: the file from fanotify, the
     workload and credentials from the parent, marked partial."""
     pipe = Pipeline(kafka, tmp_path)
-    with running_collector(pipe, "node-short", tmp_path), \
+    with running_collector(pipe, "node-short", tmp_path, COLLECTOR_REPORT_INTERVAL_S="1"), \
             run_container(WORKDIR, "quick", namespace="short") as quick:
         for _ in range(20):
             subprocess.run(["/bin/true"], check=True)
@@ -96,6 +96,11 @@ def test_short_lived_execs_are_reported_from_fanotify(kafka: KafkaConnection,
     host_true = [e for e in execs if e.path == "/usr/bin/true"]
     assert len(host_true) == 20, [(e.path, e.partial) for e in execs]
     assert all(e.workload_id == "host:node-short" for e in host_true)
+    # Its totals went out too: what it saw, reported and lost (by reason, never hidden).
+    reports = [e.payload for e in pipe.read_all(COLLECTOR_REPORTS.name, settle=1)
+               if isinstance(e.payload, CollectorReport) and e.payload.node == "node-short"]
+    assert reports and reports[-1].execs >= 25 and reports[-1].reported >= 25
+    assert all(n > 0 for n in reports[-1].lost.values())
     in_box = [e for e in execs if e.path == "/tmp/true"]
     assert len(in_box) == 5, [(e.path, e.partial, e.workload_id) for e in execs]
     for e in in_box:

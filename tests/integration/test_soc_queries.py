@@ -8,7 +8,7 @@ from typing import Any
 
 from chdb import session as chdb_session
 
-from schemas import ChangeKind, Envelope, ProfileChange, Verdict
+from schemas import ChangeKind, CollectorReport, Envelope, ProfileChange, Verdict
 from schemas.connections import ClickHouseConnection
 from sinks.clickhouse.migrations import MIGRATIONS, apply_migrations, connect
 from sinks.clickhouse.queries import QUERIES
@@ -31,6 +31,11 @@ def sample() -> list[Envelope]:
                                             version=2, ts=now, actor="learning"),
                               event_id="c1", node=NODE, ts=now))
     envs.append(Envelope.wrap(WORKLOAD, event_id="w1", node=NODE, ts=now))
+    for i, lost in enumerate((3, 7)):  # two reports of one collector run: totals grow
+        envs.append(Envelope.wrap(CollectorReport(
+            node=NODE, started_at=now - 60, execs=100 * (i + 1), reported=90 * (i + 1),
+            lost={"process_gone": lost, "applet_unknown": 1}), event_id=f"r{i}", node=NODE,
+            ts=now - 10 + i))
     return envs
 
 
@@ -57,6 +62,8 @@ def test_queries_on_the_debian_server(clickhouse_db: tuple[ClickHouseConnection,
     assert results["latest_incidents"][0][1] == "Process.Profile.Violation"
     assert results["rule_changes_by_actor"][0][:4] == ("nv.web.demo", "rule_learned",
                                                        "learning", 1)
+    losses = [(r[0], r[2], r[3], r[4]) for r in results["collector_losses"]]
+    assert losses == [(NODE, "process_gone", 7, 200), (NODE, "applet_unknown", 1, 200)]
 
 
 def _literal(value: Any) -> str:
@@ -87,6 +94,8 @@ def test_schema_and_queries_on_a_current_engine() -> None:
     for name, sql in QUERIES.items():
         out = session.query(sql.format(db=db), "JSONCompact")
         assert out is not None, name
+    losses = str(session.query(QUERIES["collector_losses"].format(db=db), "CSV"))
+    assert f'"{NODE}",' in losses and '"process_gone",7,200' in losses
     top = str(session.query(QUERIES["top_blocked"].format(db=db), "CSV"))
     assert '"nv.web.demo","/bin/ls","ls",10' in top
     session.close()

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from schemas import (
     PAYLOAD_TYPES,
     Baseline,
+    CollectorReport,
     DecodeError,
     Envelope,
     ExecCheck,
@@ -41,7 +42,10 @@ GOLDEN = Path(__file__).parent.parent / "golden"
 def _samples() -> dict[str, Envelope]:
     world = World(groups=[group(mode=Mode.PROTECT, rules=(learned_rule("ls", "/bin/ls"),))])
     decision = world.exec("/bin/cat", argv=("cat", "--password=x"), pid=4242, ppid=1)
-    decision = dataclasses.replace(decision, event_id="e-decision")
+    # Ids that depend on how many events this process made before would make the file flaky.
+    assert decision.incident is not None
+    decision = dataclasses.replace(decision, event_id="e-decision", incident=dataclasses.replace(
+        decision.incident, id="6d1c1f0e-golden-incident"))
     wrap = lambda p, i: Envelope.wrap(p, event_id=i, node=NODE, ts=1_700_000_000.5,  # noqa: E731
                                       cluster="prod")
     return {
@@ -56,6 +60,10 @@ def _samples() -> dict[str, Envelope]:
         "exec_check": wrap(ExecCheck(workload_id="c1", pid=11, path="/tmp/dropped",
                                      start_time=123457, euid=0, user="root", name="sh",
                                      origin=Origin.NEW), "e-exec-check"),
+        "collector_report": wrap(CollectorReport(node=NODE, started_at=1_700_000_000.0,
+                                                 execs=1200, reported=1190,
+                                                 lost={"process_gone": 10}, spool_bytes=0),
+                                 "e-report"),
         "file": wrap(FileEvent("c1", FileOp.ATTRIB, "/tmp/x", executable=True, pid=7,
                                proc_name="chmod", proc_path="/bin/chmod"), "e-file"),
         "policy": wrap(group(rules=(learned_rule("ls", "/bin/ls"),), hash_enabled=True,
