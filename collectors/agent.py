@@ -24,8 +24,9 @@ from typing import Any
 from prometheus_client import Counter
 
 from collectors.connector import EXEC as EXEC_EVENT
-from collectors.connector import EXIT, FORK, ProcConnector, ProcEvent
+from collectors.connector import EXIT, FORK, UID, ProcConnector, ProcEvent
 from collectors.enforcer import Enforcer
+from collectors.escalation import EscalationWatch
 from collectors.fanotify import ExecNotice, NotificationGroup
 from collectors.publisher import Publisher
 from collectors.sensing import Sensed, Sensor, is_loader
@@ -79,6 +80,7 @@ class Collector:
         self.sensor = Sensor(self.resolver)
         self.stdio = StdioInspector(self.settings.stdio_inspections,
                                     self.settings.stdio_interval_s)
+        self.escalations = EscalationWatch(self.resolver)
         if self.settings.enforce:
             self.enforcer = Enforcer(self.settings, self.kafka, self.resolver, self.sensor,
                                      self.publish)
@@ -101,8 +103,9 @@ class Collector:
         overruns = 0
         try:
             while not should_stop():
-                due = self.stdio.next_due()
-                wait = 0.2 if due is None else min(0.2, max(0.0, due - time.monotonic()))
+                dues = [d for d in (self.stdio.next_due(), self.escalations.next_due())
+                        if d is not None]
+                wait = min([0.2, *(max(0.0, d - time.monotonic()) for d in dues)])
                 ready, _, _ = select.select(sources, [], [], wait)
                 if connector in ready:
                     for event in connector.read():
@@ -117,6 +120,8 @@ class Collector:
                     self._expire_gone(time.monotonic())
                 for found in self.stdio.run_due():
                     self.publish(EXEC.name, found.workload_id, found)
+                for change in self.escalations.run_due():
+                    self.publish(EXEC.name, change.workload_id, change)
                 if time.monotonic() >= self._next_report:
                     self._next_report = time.monotonic() + self.settings.report_interval_s
                     self.report()
@@ -172,6 +177,8 @@ class Collector:
                 self._parents[ev.tgid] = ev.a
                 if len(self._parents) > 200_000:
                     self._parents.popitem(last=False)
+        elif what == UID:
+            self.escalations.on_uid_change(ev.tgid, ev.a)
         elif what == EXEC_EVENT:
             EVENTS.labels("exec").inc()
             self.execs += 1

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 from procwarden.stack import Stack
 from procwarden.testbed.containers import run_container
-from schemas import CollectorReport, ExecEvent, ExitEvent, Origin, Workload, WorkloadKind
+from schemas import CollectorReport, ExecEvent, ExitEvent, Origin, Verdict, Workload, WorkloadKind
 from schemas.connections import KafkaConnection
 from schemas.topics import COLLECTOR_REPORTS, EXEC, WORKLOADS
 from tests.integration.streamkit import WORKDIR, Pipeline, running_collector, wait_for_line
@@ -157,3 +161,43 @@ def test_kafka_away_events_are_spooled_and_arrive_in_order(kafka: KafkaConnectio
     for i, pid in enumerate(ours):
         first.setdefault(pid, i)
     assert sorted(expected, key=first.__getitem__) == expected  # one partition: their order
+
+
+def test_a_root_escalation_on_the_host_is_detected(kafka: KafkaConnection,
+                                                   tmp_path: Path) -> None:
+    """A user's process (uid 1000, its parent and grandparent too) turns itself into root
+    through a setuid-root program, without sudo: the collector sends the uid-change facts and
+    the stream app raises Host.Privilege.Escalation."""
+    from schemas import Decision, Incident
+    from schemas.topics import SECURITY_EVENTS, VERDICTS
+
+    suid = WORKDIR / f"rootpy-{uuid.uuid4().hex[:8]}"
+    WORKDIR.mkdir(parents=True, exist_ok=True)
+    shutil.copy2("/usr/bin/python3.11", suid)
+    os.chown(suid, 0, 0)
+    suid.chmod(0o4755)
+    escalate = f"{suid} -c 'import os, time; os.setuid(0); time.sleep(1)'"
+    child = f"import subprocess; subprocess.run({escalate!r}, shell=True, check=True)"
+    pipe = Pipeline(kafka, tmp_path)
+    pipe.start_worker()
+    try:
+        with running_collector(pipe, "node-esc", tmp_path):
+            subprocess.run(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups",
+                            "sh", "-c", f"/usr/bin/python3 -c {shlex.quote(child)}"],
+                           check=True, timeout=30)
+            verdict, _ = pipe.wait_for(VERDICTS.name, lambda e: isinstance(e.payload, Decision)
+                                       and e.payload.reason == "escalation")
+            found, _ = pipe.wait_for(SECURITY_EVENTS.name, lambda e: isinstance(
+                e.payload, Incident) and e.payload.name == "Host.Privilege.Escalation")
+    finally:
+        pipe.stop_workers()
+        suid.unlink(missing_ok=True)
+    decision = verdict.payload
+    assert isinstance(decision, Decision) and decision.workload_id == "host:node-esc"
+    assert decision.verdict is Verdict.ALERT  # nodes is in Discover: reported, not killed
+    incident = found.payload
+    assert isinstance(incident, Incident)
+    # proc_* describe the user's process (the escalated one's parent), proc_parent_* its parent.
+    assert incident.proc_real_uid == 1000
+    assert {incident.proc_name, incident.proc_parent_name} <= {"sh", "python3"}
+    assert incident.message == "Unauthorized root privilege escalation!"
