@@ -28,6 +28,7 @@ from collectors.connector import EXIT, FORK, UID, ProcConnector, ProcEvent
 from collectors.enforcer import Enforcer
 from collectors.escalation import EscalationWatch
 from collectors.fanotify import ExecNotice, NotificationGroup
+from collectors.file_watch import FileWatch
 from collectors.publisher import Publisher
 from collectors.sensing import Sensed, Sensor, is_loader
 from collectors.settings import CollectorSettings
@@ -35,7 +36,7 @@ from collectors.stdio import StdioInspector
 from collectors.workloads import WorkloadResolver
 from schemas import CollectorReport, Envelope, ExitEvent, Payload, Workload, WorkloadState, encode
 from schemas.connections import KafkaConnection
-from schemas.topics import COLLECTOR_REPORTS, EXEC, WORKLOADS
+from schemas.topics import COLLECTOR_REPORTS, EXEC, FILE, WORKLOADS
 
 __all__ = ["Collector"]
 
@@ -73,6 +74,8 @@ class Collector:
     reported: int = 0
     lost: collections.Counter[str] = field(default_factory=collections.Counter)
     _next_report: float = 0.0
+    _files: dict[str, FileWatch] = field(default_factory=dict)  # container -> its file events
+    _sources: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.node = self.settings.node
@@ -99,14 +102,14 @@ class Collector:
         self._start_notifier()
         if self.enforcer is not None:
             self.enforcer.start()
-        sources: list[Any] = [connector] + ([self.notifier] if self.notifier else [])
+        self._sources = [connector] + ([self.notifier] if self.notifier else [])
         overruns = 0
         try:
             while not should_stop():
                 dues = [d for d in (self.stdio.next_due(), self.escalations.next_due())
                         if d is not None]
                 wait = min([0.2, *(max(0.0, d - time.monotonic()) for d in dues)])
-                ready, _, _ = select.select(sources, [], [], wait)
+                ready, _, _ = select.select(self._sources, [], [], wait)
                 if connector in ready:
                     for event in connector.read():
                         self.handle(event)
@@ -116,6 +119,9 @@ class Collector:
                         overruns = connector.overruns
                 if self.notifier is not None and self.notifier in ready:
                     self._read_notices()
+                for watch in ready:
+                    if isinstance(watch, FileWatch):
+                        self._read_files(watch)
                 if self._gone:
                     self._expire_gone(time.monotonic())
                 for found in self.stdio.run_due():
@@ -131,6 +137,8 @@ class Collector:
                 self.enforcer.stop()
             if self.notifier is not None:
                 self.notifier.close()
+            for watch in self._files.values():
+                watch.close()
             connector.close()
             self.report()
             self.publisher.close()
@@ -201,8 +209,34 @@ class Collector:
             if stopped is not None:
                 self._stopped(stopped)
 
+    def _watch_files(self, workload: Workload) -> None:
+        if not self.settings.file_events or workload.id in self._files:
+            return
+        info = self.resolver.container(workload.id)
+        if info is None:
+            return
+        try:
+            watch = FileWatch(workload.id, info)
+        except OSError as exc:
+            log.warning("no file events for %s (%s): drift is judged at exec only",
+                        workload.id, exc)
+            return
+        self._files[workload.id] = watch
+        self._sources.append(watch)
+
+    def _read_files(self, watch: FileWatch) -> None:
+        overflows = watch.overflows
+        for event in watch.read():
+            self.publish(FILE.name, watch.workload_id, event)
+        if watch.overflows > overflows:
+            self._lose("fanotify_overflow", watch.overflows - overflows)
+
     def _stopped(self, workload: Workload) -> None:
         """A container's root process exited: the container is gone."""
+        watch = self._files.pop(workload.id, None)
+        if watch is not None:
+            self._sources.remove(watch)
+            watch.close()
         self._announced.pop(workload.id, None)
         self.resolver.forget(workload.id)
         if self.enforcer is not None:
@@ -258,7 +292,7 @@ class Collector:
 
     def _expire_gone(self, now: float) -> None:
         for pid, (since, _, _) in list(self._gone.items()):
-            if now - since > 0.5:
+            if now - since > 2.0:  # its notice may queue behind a burst
                 del self._gone[pid]
                 self._lose("process_gone")
         if len(self._notices) > 10_000:  # notices nobody asked for: execs /proc already told
@@ -272,6 +306,7 @@ class Collector:
             if workload.root_pid:
                 self._roots[workload.root_pid] = workload
                 self._watch_root(workload.root_pid)
+                self._watch_files(workload)
             self.publish(WORKLOADS.name, workload.id, workload)
         self._reported[sensed.event.pid] = workload.id
         self.publish(EXEC.name, workload.id, sensed.event)

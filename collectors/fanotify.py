@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 
 __all__ = ["ExecNotice", "ExecPermission", "FanotifyError", "NotificationGroup",
-           "PermissionGroup"]
+           "PermissionGroup", "libc", "mark", "new_group"]
 
 _FAN_CLOEXEC = 0x01
 _FAN_NONBLOCK = 0x02
@@ -56,6 +56,19 @@ def _check(result: int, what: str) -> int:
         err = ctypes.get_errno()
         raise FanotifyError(err, f"{what}: {os.strerror(err)}")
     return result
+
+
+libc = _libc
+
+
+def new_group(flags: int, event_flags: int) -> int:
+    """fanotify_init, with FanotifyError naming the failure."""
+    return _check(_libc.fanotify_init(flags, event_flags), "fanotify_init")
+
+
+def mark(fd: int, flags: int, mask: int, path: str) -> None:
+    _check(_libc.fanotify_mark(fd, flags, mask, _AT_FDCWD, path.encode()),
+           f"fanotify_mark {path}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ class CollectorSettings(BaseSettings):
     max_held: int = Field(256, ge=1, le=65_536,
                           description="execs held at once; beyond it the fail mode answers")
     cache_size: int = Field(65_536, ge=16, description="cached pre-exec answers")
+    file_events: bool = Field(True, description="report file changes in containers (drift)")
     stdio_inspections: int = Field(5, ge=0, le=20,
                                    description="reverse-shell checks of a new process's stdio")
     stdio_interval_s: float = Field(0.5, gt=0, le=10)

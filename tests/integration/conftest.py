@@ -33,8 +33,20 @@ def stack() -> Iterator[Stack]:
     was_up = stack.status().up
     stack.up(say=lambda message: None)
     yield stack
+    _delete_test_topics(stack.kafka_connection)
     if not was_up:
         stack.down(say=lambda message: None)
+
+
+def _delete_test_topics(kafka: KafkaConnection) -> None:
+    from tests.integration.streamkit import PREFIXES
+
+    if not PREFIXES:
+        return
+    admin = AdminClient(kafka.confluent_config())
+    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(tuple(PREFIXES))]
+    for future in admin.delete_topics(names).values() if names else ():
+        future.result(60)
 
 
 @pytest.fixture(scope="session")

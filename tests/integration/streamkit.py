@@ -23,6 +23,9 @@ from schemas.connections import KafkaConnection
 from schemas.topics import ALL_TOPICS
 
 ROOT = Path(__file__).resolve().parents[2]
+# Topic prefixes the pipelines of this test session made; the session deletes their topics at
+# the end, so a developer's broker does not pile up thousands of partitions run after run.
+PREFIXES: list[str] = []
 NODE = "node-1"
 WORKDIR = ROOT / "var" / "testbed"  # the runc containers' image and bundles
 
@@ -45,6 +48,8 @@ class Pipeline:
     seq: int = 0
 
     def __post_init__(self) -> None:
+        if self.prefix:
+            PREFIXES.append(self.prefix)
         self.kafka = KafkaConnection(bootstrap_servers=self.base.bootstrap_servers,
                                      topic_prefix=self.prefix)
         ensure_topics(self.kafka, ALL_TOPICS)

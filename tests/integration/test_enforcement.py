@@ -141,7 +141,23 @@ def test_a_reverse_shell_over_loopback_is_caught(guarded: Guarded) -> None:
             shell.wait()
 
 
+def test_file_drift_is_reported_with_its_writer(guarded: Guarded) -> None:
+    g = guarded
+    rc, out = g.box.app("echo data > /tmp/data.txt; cp /bin/busybox /tmp/tool; "
+                        "echo tampered >> /etc/hostname; sleep 0.5")
+    assert rc == 0, out
+    tool = _incident(g, lambda i: i.file_path == "/tmp/tool")
+    assert tool.name == "Container.FileAccess.Violation"
+    assert tool.message == "File drift, new executable file: access denied"  # Protect
+    assert tool.proc_name in ("cp", "")  # the writer, while it was still there to read
+    modified = _incident(g, lambda i: i.file_path == "/etc/hostname")
+    assert modified.message.startswith("File drift, image file modified")
+    decision = g.verdict(lambda d: d.event_kind is EventKind.FILE and d.path == "/tmp/data.txt")
+    assert (decision.verdict, decision.reason) == (Verdict.ALLOW, "no-drift")
+
+
 def test_fail_modes_when_the_stream_app_is_away(guarded: Guarded) -> None:
+    # Last in this module: it stops the stream worker.
     g = guarded
     g.pipe.stop_workers()
     # Open (the default): a first-seen exec waits for the timeout, then runs.
