@@ -77,10 +77,10 @@ def kill_if_same(pid: int, start_time: int) -> str:
         return "gone"
     try:
         # The pidfd pins this very process: a check through it cannot race a pid reuse.
-        proc = read_proc(pid)
-        if proc is None:
+        stat = read_stat(pid)
+        if stat is None:
             return "gone"
-        if start_time and proc.start_time != start_time:
+        if start_time and stat.start_time != start_time:
             return "pid-reused"
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         return "killed"

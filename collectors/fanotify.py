@@ -17,8 +17,8 @@ import os
 import struct
 from dataclasses import dataclass
 
-__all__ = ["ExecNotice", "ExecPermission", "FanotifyError", "NotificationGroup",
-           "PermissionGroup", "libc", "mark", "new_group"]
+__all__ = ["FAN_Q_OVERFLOW", "METADATA", "ExecNotice", "ExecPermission", "FanotifyError",
+           "NotificationGroup", "PermissionGroup", "file_id_group", "libc"]
 
 _FAN_CLOEXEC = 0x01
 _FAN_NONBLOCK = 0x02
@@ -59,16 +59,24 @@ def _check(result: int, what: str) -> int:
 
 
 libc = _libc
+METADATA = _METADATA
+FAN_Q_OVERFLOW = _FAN_Q_OVERFLOW
+_FAN_REPORT_DFID_NAME = 0x0400 | 0x0800  # directory file id + entry name
 
 
-def new_group(flags: int, event_flags: int) -> int:
-    """fanotify_init, with FanotifyError naming the failure."""
-    return _check(_libc.fanotify_init(flags, event_flags), "fanotify_init")
-
-
-def mark(fd: int, flags: int, mask: int, path: str) -> None:
-    _check(_libc.fanotify_mark(fd, flags, mask, _AT_FDCWD, path.encode()),
-           f"fanotify_mark {path}")
+def file_id_group(path: str, mask: int) -> int:
+    """A non-blocking notification group reporting (directory handle, name) for `mask` events
+    anywhere on the filesystem holding `path`; its descriptor."""
+    fd = _check(_libc.fanotify_init(_FAN_CLASS_NOTIF | _FAN_CLOEXEC | _FAN_NONBLOCK
+                                    | _FAN_REPORT_DFID_NAME, os.O_RDONLY | os.O_CLOEXEC),
+                "fanotify_init (file ids)")
+    try:
+        _check(_libc.fanotify_mark(fd, _FAN_MARK_ADD | _FAN_MARK_FILESYSTEM, mask, _AT_FDCWD,
+                                   path.encode()), f"fanotify_mark {path}")
+    except FanotifyError:
+        os.close(fd)
+        raise
+    return fd
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,26 +17,18 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from collectors.fanotify import libc, mark, new_group
+from collectors.fanotify import FAN_Q_OVERFLOW, METADATA, file_id_group, libc
 from collectors.procfs import read_proc
 from collectors.workloads import ContainerInfo
 from schemas import FileEvent, FileOp
 
 __all__ = ["FileWatch"]
 
-_FAN_CLASS_NOTIF = 0x00
-_FAN_CLOEXEC = 0x01
-_FAN_NONBLOCK = 0x02
-_FAN_REPORT_DFID_NAME = 0x0400 | 0x0800
-_FAN_MARK_ADD = 0x01
-_FAN_MARK_FILESYSTEM = 0x100
 _FAN_ATTRIB, _FAN_CLOSE_WRITE, _FAN_MOVED_TO, _FAN_CREATE, _FAN_DELETE = (
     0x04, 0x08, 0x80, 0x100, 0x200)
-_FAN_Q_OVERFLOW = 0x4000
 _MASK = _FAN_ATTRIB | _FAN_CLOSE_WRITE | _FAN_MOVED_TO | _FAN_CREATE | _FAN_DELETE
 _O_PATH = 0o10000000
 _INFO_DFID_NAME = 2
-_METADATA = struct.Struct("IBBHQii")
 _INFO_HEADER = struct.Struct("BBH")
 _HANDLE_HEADER = struct.Struct("Ii")  # handle_bytes, handle_type
 
@@ -58,10 +50,8 @@ class FileWatch:
         self.workload_id = workload_id
         self.info = info
         self.root = f"/proc/{info.init_pid}/root"
-        self.fd = new_group(_FAN_CLASS_NOTIF | _FAN_CLOEXEC | _FAN_NONBLOCK
-                            | _FAN_REPORT_DFID_NAME, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = file_id_group(self.root, _MASK)
         try:
-            mark(self.fd, _FAN_MARK_ADD | _FAN_MARK_FILESYSTEM, _MASK, self.root)
             self.mount_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             os.close(self.fd)
@@ -81,9 +71,9 @@ class FileWatch:
         view = memoryview(self._buffer)[:n]
         changes: list[_Change] = []
         offset = 0
-        while offset + _METADATA.size <= n:
-            length, _, _, meta_len, mask, _, pid = _METADATA.unpack_from(view, offset)
-            if mask & _FAN_Q_OVERFLOW:
+        while offset + METADATA.size <= n:
+            length, _, _, meta_len, mask, _, pid = METADATA.unpack_from(view, offset)
+            if mask & FAN_Q_OVERFLOW:
                 self.overflows += 1
             path = self._path(view[offset + meta_len:offset + length])
             if path is not None:

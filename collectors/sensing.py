@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from collectors.procfs import ProcInfo, read_proc
+from collectors.procfs import ProcInfo, read_proc, read_stat
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from schemas import ExecEvent, Origin, Workload
 
@@ -127,12 +127,8 @@ class Sensor:
 
 
 def _still_running(pid: int, start_time: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().decode(errors="replace").rpartition(")")[2].split()
-    except OSError:
-        return False
-    return fields[0] not in ("Z", "X") and int(fields[19]) == start_time
+    stat = read_stat(pid)
+    return stat is not None and stat.state not in ("Z", "X") and stat.start_time == start_time
 
 
 def is_loader(path: str) -> bool:

@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from collectors.procfs import read_stat
 from schemas import ExecEvent, StdioEvent
 
 __all__ = ["StdioInspector", "socket_peer", "stdio_targets"]
@@ -110,9 +111,5 @@ class StdioInspector:
 
 
 def _same_process(pid: int, start_time: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read().decode(errors="replace")
-    except OSError:
-        return False
-    return int(stat.rpartition(")")[2].split()[19]) == start_time
+    stat = read_stat(pid)
+    return stat is not None and stat.start_time == start_time
