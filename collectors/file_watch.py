@@ -29,6 +29,7 @@ _FAN_ATTRIB, _FAN_CLOSE_WRITE, _FAN_MOVED_TO, _FAN_CREATE, _FAN_DELETE = (
 _MASK = _FAN_ATTRIB | _FAN_CLOSE_WRITE | _FAN_MOVED_TO | _FAN_CREATE | _FAN_DELETE
 _O_PATH = 0o10000000
 _INFO_DFID_NAME = 2
+_MODES_KEPT = 65_536
 _INFO_HEADER = struct.Struct("BBH")
 _HANDLE_HEADER = struct.Struct("Ii")  # handle_bytes, handle_type
 
@@ -57,7 +58,7 @@ class FileWatch:
             os.close(self.fd)
             raise
         self._buffer = bytearray(64 * 1024)
-        self._modes: dict[str, bool] = {}  # path -> executable, as last seen
+        self._modes: dict[str, bool] = {}  # path -> executable, as last seen (bounded)
         self.overflows = 0
 
     def fileno(self) -> int:
@@ -121,9 +122,11 @@ class FileWatch:
         was = self._modes.get(path)
         if was is None:
             was = _image_executable(self.info, path)
-        self._modes[path] = executable
-        if op is FileOp.DELETE:
-            self._modes.pop(path, None)
+        self._modes.pop(path, None)
+        if op is not FileOp.DELETE:
+            self._modes[path] = executable
+            if len(self._modes) > _MODES_KEPT:  # forget the oldest: the image tells for them
+                del self._modes[next(iter(self._modes))]
         proc = read_proc(change.pid) if change.pid > 0 else None
         return FileEvent(
             workload_id=self.workload_id, op=op, path=path, executable=executable,

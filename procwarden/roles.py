@@ -24,7 +24,7 @@ from procwarden.stack.processes import ManagedProcess, StackError, port_in_use, 
 __all__ = ["Role", "Roles"]
 
 ROOT = Path(__file__).resolve().parents[1]
-API_PORT = 6066
+API_PORT = int(os.environ.get("STREAMS_WEB_PORT", "6066"))  # where `streams` serves the API
 SYSLOG_PORT = 5514
 
 
