@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import time
 from typing import Any
 
 import faust
@@ -136,8 +137,32 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
     return app, handlers
 
 
+def wait_for_topics(kafka: KafkaConnection, timeout: float = 60.0) -> None:
+    """Faust subscribes only to the input topics the broker lists when it starts, and a broker
+    that has just created them may not list them yet: wait until it does."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(dict(kafka.confluent_config()))
+    wanted = {kafka.topic(t.name) for t in (EXEC, FILE, POLICY_UPDATES, WORKLOADS)}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            listed = admin.list_topics(timeout=5).topics
+        except Exception:  # the broker is not answering yet
+            listed = {}
+        missing = sorted(t for t in wanted if not listed.get(t) or not listed[t].partitions)
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"procwarden streams: the topics {', '.join(missing)} do not exist "
+                             "(run `procwarden stack up`, or create them)")
+        log.info("waiting for the topics %s", ", ".join(missing))
+        time.sleep(0.5)
+
+
 def run_worker(settings: StreamSettings, kafka: KafkaConnection) -> None:
     """Run one stream worker until SIGTERM/SIGINT (a clean stop commits what was decided)."""
+    wait_for_topics(kafka)
     app, _ = build_app(settings, kafka)
     worker = faust.Worker(app, loglevel=settings.log_level.upper())
     worker.execute_from_commandline()
