@@ -4,7 +4,8 @@ Two threads. The verdict thread reads only this node's partition of the verdicts
 for an exec, a reverse shell or an escalation kills the process (through a pidfd, after checking
 its start time, so a reused pid is never hit); an `exec_check` answer releases the held exec it
 names; a `policy` message says whether the workload's execs are held before they run, and its
-stamp invalidates the answers cached under the previous policies.
+stamp invalidates the answers cached under the previous policies; in a zero-drift workload held
+before exec, writes that would be drift are denied before they happen too (`write_guard`).
 
 The permission thread answers the kernel's held execs (fanotify `FAN_OPEN_EXEC_PERM` on the root
 mounts of held workloads): from the cache at once, else it publishes an `exec_check` and waits
@@ -29,11 +30,12 @@ from pathlib import Path
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from collectors.fanotify import ExecPermission, PermissionGroup
+from collectors.fanotify import Permission, PermissionGroup
 from collectors.procfs import ProcStat, read_cgroup, read_proc, read_stat
 from collectors.sensing import Sensor, exe_origin
 from collectors.settings import CollectorSettings
 from collectors.workloads import ContainerInfo, WorkloadResolver
+from collectors.write_guard import WriteGuard
 from schemas import (
     Decision,
     DecodeError,
@@ -94,6 +96,7 @@ def kill_if_same(pid: int, start_time: int) -> str:
 class _Hold:
     pre_exec: bool
     stamp: str
+    writes: bool = False  # drift writes denied before they happen (zero-drift, held)
     mount: str = ""  # the watched root mount, while held
 
 
@@ -102,7 +105,7 @@ class _Pending:
     key: CacheKey
     deadline: float
     since: float
-    events: list[ExecPermission] = field(default_factory=list)
+    events: list[Permission] = field(default_factory=list)
 
 
 class Enforcer:
@@ -126,6 +129,7 @@ class Enforcer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.group: PermissionGroup | None = None
+        self.writes: WriteGuard | None = None
         self.assigned = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -134,6 +138,8 @@ class Enforcer:
         if not self.settings.dry_run:
             self.group = PermissionGroup()
             self._spawn(self._permission_loop, "exec-permissions")
+            self.writes = WriteGuard(self.resolver, self.publish)
+            self.writes.start()
         self._restore_holds()
         self._spawn(self._verdict_loop, "verdicts")
 
@@ -151,12 +157,12 @@ class Enforcer:
         except (OSError, ValueError) as exc:
             log.warning("ignoring %s: %s", self._holds_file, exc)
             return
-        for workload_id, (pre_exec, stamp) in saved.items():
+        for workload_id, (pre_exec, stamp, *rest) in saved.items():
             if self.resolver.container(workload_id) is not None:
-                self._set_hold(workload_id, bool(pre_exec), str(stamp))
+                self._set_hold(workload_id, bool(pre_exec), str(stamp), bool(rest and rest[0]))
 
     def _save_holds(self) -> None:
-        state = {wid: [h.pre_exec, h.stamp] for wid, h in self._holds.items()}
+        state = {wid: [h.pre_exec, h.stamp, h.writes] for wid, h in self._holds.items()}
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._holds_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
@@ -179,6 +185,8 @@ class Enforcer:
                 self._pending.clear()
                 self._pending_keys.clear()
             self.group.close()  # anything still held is allowed by the kernel
+        if self.writes is not None:
+            self.writes.stop()
 
     def holds(self, workload_id: str) -> bool:
         hold = self._holds.get(workload_id)
@@ -243,10 +251,9 @@ class Enforcer:
 
     def on_verdict(self, d: Decision) -> None:
         kind = d.event_kind
-        if kind is EventKind.POLICY:
-            self._set_hold(d.workload_id, d.pre_exec, d.policy_stamp)
-        elif d.workload_id not in self._holds and d.policy_stamp:
-            self._set_hold(d.workload_id, d.pre_exec, d.policy_stamp)  # after our restart
+        if kind is EventKind.POLICY or (d.workload_id not in self._holds and d.policy_stamp):
+            # (the second: any verdict tells the policy state again after our restart)
+            self._set_hold(d.workload_id, d.pre_exec, d.policy_stamp, d.pre_write)
         if kind is EventKind.EXEC_CHECK:
             self._released(d)
         elif d.verdict is Verdict.BLOCK and kind in _KILLED_KINDS:
@@ -261,16 +268,18 @@ class Enforcer:
         log.warning("block %s: pid %d (%s, %s) in %s: %s", d.reason, d.pid, d.name, d.path,
                     d.workload_id, outcome)
 
-    def _set_hold(self, workload_id: str, pre_exec: bool, stamp: str) -> None:
+    def _set_hold(self, workload_id: str, pre_exec: bool, stamp: str, writes: bool) -> None:
         with self._lock:
             hold = self._holds.get(workload_id)
             if hold is None:
                 hold = self._holds[workload_id] = _Hold(not pre_exec, "")
-            if (hold.pre_exec, hold.stamp) != (pre_exec, stamp):
+            if (hold.pre_exec, hold.stamp, hold.writes) != (pre_exec, stamp, writes):
                 for key in [k for k in self._cache if k[0] == workload_id]:
                     del self._cache[key]
-                hold.pre_exec, hold.stamp = pre_exec, stamp
+                hold.pre_exec, hold.stamp, hold.writes = pre_exec, stamp, writes
                 self._save_holds()
+            if self.writes is not None:
+                self.writes.guard(workload_id, writes)
             if self.group is None:
                 return
             if pre_exec and not hold.mount:
@@ -293,6 +302,8 @@ class Enforcer:
             hold = self._holds.pop(workload_id, None)
             if hold is not None and hold.mount and self.group is not None:
                 self.group.unwatch(hold.mount)
+            if self.writes is not None:
+                self.writes.guard(workload_id, False)
             self._netcats.pop(workload_id, None)
             if hold is not None:
                 self._save_holds()
@@ -330,7 +341,7 @@ class Enforcer:
                         self._answer_safely(event, True, "error")
             self._expire(time.monotonic())
 
-    def on_permission(self, event: ExecPermission) -> None:
+    def on_permission(self, event: Permission) -> None:
         held = self._key_of(event)
         if held is None:
             self._answer_safely(event, True, "not-held")
@@ -357,7 +368,7 @@ class Enforcer:
             self._pending_keys[key] = event_id
             HELD.set(len(self._pending))
 
-    def _key_of(self, event: ExecPermission) -> tuple[CacheKey, ContainerInfo, ProcStat] | None:
+    def _key_of(self, event: Permission) -> tuple[CacheKey, ContainerInfo, ProcStat] | None:
         """The cache key of a held exec; None when this exec is not held. Kept to three small
         /proc reads and a stat: every held exec waits on it."""
         pid = event.pid
@@ -443,7 +454,7 @@ class Enforcer:
             if late:
                 HELD.set(len(self._pending))
 
-    def _answer(self, event: ExecPermission, allow: bool, source: str) -> None:
+    def _answer(self, event: Permission, allow: bool, source: str) -> None:
         assert self.group is not None
         try:
             self.group.answer(event, allow)
@@ -451,6 +462,6 @@ class Enforcer:
             log.warning("answering a held exec failed: %s", exc)
         PRE_EXEC.labels(source, "allow" if allow else "deny").inc()
 
-    def _answer_safely(self, event: ExecPermission, allow: bool, source: str) -> None:
+    def _answer_safely(self, event: Permission, allow: bool, source: str) -> None:
         with self._lock:
             self._answer(event, allow, source)

@@ -1,10 +1,10 @@
-"""fanotify for execs: permission events (the kernel holds an exec until we answer it) and
+"""fanotify: permission events (the kernel holds an exec, or an open, until we answer it) and
 notifications (which file a pid executed, even when the process is gone before /proc is read).
 
 A thin binding over the two system calls (libc has them; Python's os module does not) and the
-event records. Each event carries an open descriptor of the executable and the pid of the
-process calling execve. A permission group watches the root mounts of the containers whose execs
-must be held, and the exec waits until `answer` writes allow or deny for that descriptor; a
+event records. Each event carries an open descriptor of the file and the pid (or thread id) of
+the caller. A permission group watches the root mounts of the containers whose execs or writes
+must be held, and the caller waits until `answer` writes allow or deny for that descriptor; a
 notification group watches whole filesystems and only reports.
 """
 
@@ -17,13 +17,16 @@ import os
 import struct
 from dataclasses import dataclass
 
-__all__ = ["FAN_Q_OVERFLOW", "METADATA", "ExecNotice", "ExecPermission", "FanotifyError",
-           "NotificationGroup", "PermissionGroup", "file_id_group", "libc"]
+__all__ = ["FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "FAN_Q_OVERFLOW", "METADATA", "ExecNotice",
+           "FanotifyError", "NotificationGroup", "Permission", "PermissionGroup", "file_id_group",
+           "libc"]
 
 _FAN_CLOEXEC = 0x01
 _FAN_NONBLOCK = 0x02
 _FAN_CLASS_NOTIF = 0x00
 _FAN_CLASS_CONTENT = 0x04
+_FAN_REPORT_TID = 0x100
+_FAN_OPEN_PERM = 0x0001_0000
 _FAN_OPEN_EXEC = 0x0000_1000
 _FAN_OPEN_EXEC_PERM = 0x0004_0000
 _FAN_Q_OVERFLOW = 0x0000_4000
@@ -61,6 +64,8 @@ def _check(result: int, what: str) -> int:
 libc = _libc
 METADATA = _METADATA
 FAN_Q_OVERFLOW = _FAN_Q_OVERFLOW
+FAN_OPEN_PERM = _FAN_OPEN_PERM
+FAN_OPEN_EXEC_PERM = _FAN_OPEN_EXEC_PERM
 _FAN_REPORT_DFID_NAME = 0x0400 | 0x0800  # directory file id + entry name
 
 
@@ -80,14 +85,15 @@ def file_id_group(path: str, mask: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class ExecPermission:
-    """One held exec: answer it exactly once, then it is closed."""
+class Permission:
+    """One held exec or open: answer it exactly once, then it is closed."""
 
-    fd: int  # the executable, opened by the kernel for us
-    pid: int  # the process calling execve (still running its old program)
+    fd: int  # the file, opened by the kernel for us
+    pid: int  # the caller (an exec's caller still runs its old program); a thread id when
+    # the group reports them
 
     def path(self) -> str:
-        """The executable's path as seen from the mount it was reached through."""
+        """The file's path as seen from the mount it was reached through."""
         try:
             return os.readlink(f"/proc/self/fd/{self.fd}")
         except OSError:
@@ -136,13 +142,15 @@ class _Group:
 
 
 class PermissionGroup(_Group):
-    """A fanotify group for exec permission events on whole mounts."""
+    """A fanotify group for permission events on whole mounts: `FAN_OPEN_EXEC_PERM` holds execs,
+    `FAN_OPEN_PERM` every open (with thread ids, so the caller's system call can be read)."""
 
-    def __init__(self) -> None:
-        super().__init__(_FAN_CLASS_CONTENT, _FAN_OPEN_EXEC_PERM)
+    def __init__(self, mask: int = _FAN_OPEN_EXEC_PERM) -> None:
+        super().__init__(_FAN_CLASS_CONTENT | (_FAN_REPORT_TID if mask & _FAN_OPEN_PERM else 0),
+                         mask)
 
     def watch(self, mount: str) -> None:
-        """Hold every exec of a file reached through `mount` (a container's root)."""
+        """Hold every exec (or open) of a file reached through `mount` (a container's root)."""
         self._mark(_FAN_MARK_ADD | _FAN_MARK_MOUNT, mount)
 
     def unwatch(self, mount: str) -> None:
@@ -150,25 +158,25 @@ class PermissionGroup(_Group):
         with contextlib.suppress(FanotifyError):
             self._mark(_FAN_MARK_REMOVE | _FAN_MARK_MOUNT, mount)
 
-    def read(self) -> list[ExecPermission]:
+    def read(self) -> list[Permission]:
         """The pending permission events (none when nothing waits: the group is non-blocking)."""
         events, _ = _read_events(self.fd, self._buffer)
         held = []
         for mask, fd, pid in events:
-            if mask & _FAN_OPEN_EXEC_PERM:
-                held.append(ExecPermission(fd, pid))
+            if mask & self.mask:
+                held.append(Permission(fd, pid))
             else:
                 os.close(fd)
         return held
 
-    def answer(self, event: ExecPermission, allow: bool) -> None:
+    def answer(self, event: Permission, allow: bool) -> None:
         try:
             os.write(self.fd, _RESPONSE.pack(event.fd, _FAN_ALLOW if allow else _FAN_DENY))
         finally:
             os.close(event.fd)
 
     def close(self) -> None:
-        # Closing the group lets every exec still held go ahead: the kernel allows them.
+        # Closing the group lets everything still held go ahead: the kernel allows it.
         super().close()
 
 

@@ -105,7 +105,7 @@ class FileWatch:
 
     def _event(self, change: _Change) -> FileEvent | None:
         path = change.path
-        from_image = any(os.path.lexists(f"{d}{path}") for d in self.info.lowerdirs)
+        from_image = self.info.in_image(path)
         try:
             st = os.lstat(f"{self.root}{path}")
         except OSError:

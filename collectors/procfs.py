@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import platform
+import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["ProcInfo", "ProcStat", "read_cgroup", "read_proc", "read_stat"]
+__all__ = ["ProcInfo", "ProcStat", "opens_for_writing", "read_cgroup", "read_proc",
+           "read_stat"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +88,42 @@ def read_proc(pid: int, root: str = "/proc") -> ProcInfo | None:
                     start_time=int(fields[19]), comm=comm, exe=exe.removesuffix(" (deleted)"),
                     argv=argv, ruid=int(uids[0]), euid=int(uids[1]), pid_ns=ns("pid"),
                     mnt_ns=ns("mnt"), cgroup=_read(f"{base}/cgroup") or "")
+
+
+# The open system calls by number, and which argument holds the open flags; None: creat (always
+# writes). openat2 (437 everywhere) keeps its flags in a struct the caller points to.
+_OPENS_BY_ARCH: dict[str, dict[int, int | None]] = {
+    "x86_64": {2: 1, 257: 2, 304: 2, 85: None},  # open, openat, open_by_handle_at, creat
+    "aarch64": {56: 2, 265: 2},  # openat, open_by_handle_at
+}
+_OPENS = _OPENS_BY_ARCH.get(platform.machine(), {})
+_OPENAT2 = 437
+_WRITES = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+
+
+def opens_for_writing(tid: int) -> bool | None:
+    """Whether the thread `tid`, blocked in an open system call (a held fanotify open), opens for
+    writing or truncating; None when it is not in an open call we can read (io_uring, an exec
+    opening its file, a thread gone)."""
+    line = _read(f"/proc/{tid}/syscall")
+    if line is None:
+        return None
+    fields = line.split()
+    if len(fields) < 7 or not fields[0].isdigit():
+        return None  # "running": not blocked in a system call
+    number = int(fields[0])
+    if number == _OPENAT2:
+        try:
+            with open(f"/proc/{tid}/mem", "rb", buffering=0) as mem:
+                mem.seek(int(fields[3], 16))
+                flags = struct.unpack("Q", mem.read(8))[0]
+        except (OSError, struct.error, OverflowError):
+            return None
+    elif number in _OPENS:
+        arg = _OPENS[number]
+        if arg is None:
+            return True
+        flags = int(fields[1 + arg], 16)
+    else:
+        return None
+    return bool(flags & _WRITES)

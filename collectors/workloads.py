@@ -49,6 +49,10 @@ class ContainerInfo:
     lowerdirs: tuple[Path, ...]
     passwd: dict[int, str] = field(default_factory=dict)
 
+    def in_image(self, path: str) -> bool:
+        """Whether the container-relative `path` came with the image (is in a lower layer)."""
+        return any(os.path.lexists(f"{d}{path}") for d in self.lowerdirs)
+
 
 def _overlay_dirs(init_pid: int) -> tuple[Path | None, tuple[Path, ...]]:
     try:

@@ -115,10 +115,22 @@ class FileEvent:
     was_executable: bool = False  # before it (attrib)
     from_image: bool = False  # the path existed in the image
     in_container_fs: bool = True  # False for volumes and host paths
-    held: bool = False  # a pre-write permission event that waits for the verdict
+    held: bool = False  # seen at a pre-write permission event, before the write could happen
     pid: int = 0
     proc_name: str = ""
     proc_path: str = ""
+
+    @property
+    def is_drift(self) -> bool:
+        """Spec §6: whether this operation is drift in a zero-drift container. Here, not in the
+        engine, because the collector asks it too before it lets a write happen."""
+        if self.op is FileOp.CREATE:
+            return self.executable
+        if self.op is FileOp.MODIFY:
+            return self.from_image or self.executable
+        if self.op is FileOp.ATTRIB:
+            return self.executable and not self.was_executable
+        return False
 
 
 @dataclass(frozen=True, slots=True)

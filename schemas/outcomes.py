@@ -83,7 +83,8 @@ class Decision:
     `violation:R0|RD|RS|R5|R6|R7|RU|RH`, `suspicious:<name>`, `drift:<op>`, `reverse-shell`,
     `escalation`, `docker-cp`, `pre-exec:<why>` for held execs (`exec_check`), or `none:<why>`
     for events that decide nothing. A `policy` decision (verdict `none`, reason `policy-state`)
-    tells a workload's collector its `pre_exec` and `policy_stamp` after a policy change.
+    tells a workload's collector its `pre_exec`, `pre_write` and `policy_stamp` after a policy
+    change.
     """
 
     event_id: str
@@ -107,8 +108,10 @@ class Decision:
     ts: float = 0.0
     policy_version: int = 0
     # For the collector: hold this workload's execs before they run (a container in Protect),
-    # and a stamp that changes whenever any policy the workload's decisions read changes.
+    # deny its drift writes before they happen (and zero-drift), and a stamp that changes
+    # whenever any policy the workload's decisions read changes.
     pre_exec: bool = False
+    pre_write: bool = False
     policy_stamp: str = ""
     incident: Incident | None = None
     learn: LearnRequest | None = None

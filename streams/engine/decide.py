@@ -111,7 +111,8 @@ def _decision(view: PolicyView, env: Envelope, verdict: Verdict, reason: str, *,
         mode=view.mode, baseline=view.baseline, would_block=would_block,
         suppressed=found is not None and view.learned.alert_disabled,
         pid=pid, start_time=start_time, name=name, path=path, user=user, ts=env.ts,
-        policy_version=view.learned.version, pre_exec=view.pre_exec, policy_stamp=view.stamp,
+        policy_version=view.learned.version, pre_exec=view.pre_exec, pre_write=view.pre_write,
+        policy_stamp=view.stamp,
         incident=found, learn=learn,
     )
 
@@ -124,7 +125,7 @@ def policy_state(view: PolicyView, event_id: str, ts: float) -> Decision:
         event_id=event_id, event_kind=EventKind.POLICY, workload_id=wl.id, node=wl.node,
         verdict=_NONE, reason="policy-state", group=view.learned.name, mode=view.mode,
         baseline=view.baseline, ts=ts, policy_version=view.learned.version,
-        pre_exec=view.pre_exec, policy_stamp=view.stamp)
+        pre_exec=view.pre_exec, pre_write=view.pre_write, policy_stamp=view.stamp)
 
 
 def _would_block(view: PolicyView) -> bool:
@@ -169,7 +170,8 @@ def _decide_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEven
         would_block=verdict is _ALERT and found is not None and _would_block(view),
         suppressed=found is not None and learned.alert_disabled,
         pid=pid, start_time=start, name=pname, path=exe, user=ev.user, ts=env.ts,
-        policy_version=learned.version, pre_exec=view.pre_exec, policy_stamp=view.stamp,
+        policy_version=learned.version, pre_exec=view.pre_exec, pre_write=view.pre_write,
+        policy_stamp=view.stamp,
         incident=found, learn=learn,
     ), effect
 
@@ -408,21 +410,11 @@ _DRIFT_MESSAGES = {
 }
 
 
-def _is_drift(ev: FileEvent) -> bool:
-    if ev.op is FileOp.CREATE:
-        return ev.executable
-    if ev.op is FileOp.MODIFY:
-        return ev.from_image or ev.executable
-    if ev.op is FileOp.ATTRIB:
-        return ev.executable and not ev.was_executable
-    return False
-
-
 def _decide_file(view: PolicyView, st: ProcessState, env: Envelope, ev: FileEvent) -> Result:
     if not view.zero_drift or not ev.in_container_fs:
         return _decision(view, env, _NONE, "none:not-judged", pid=ev.pid,
                          name=ev.proc_name, path=ev.path), None
-    if not _is_drift(ev):
+    if not ev.is_drift:
         effect = StateEffect(clean_path=ev.path) if ev.op is FileOp.DELETE else None
         return _decision(view, env, _ALLOW, "no-drift", pid=ev.pid, name=ev.proc_name,
                          path=ev.path), effect

@@ -42,6 +42,7 @@ class PolicyView:
     settings: EngineSettings
     zero_drift: bool  # a container whose baseline is zero-drift
     pre_exec: bool  # §14: a non-system container in Protect has its execs held before they run
+    pre_write: bool  # §6: ...and when zero-drift, its drift writes are denied before they happen
     stamp: str  # changes whenever a policy this view reads changes (the collector's cache key)
 
     @property
@@ -76,6 +77,8 @@ def build_view(policies: Mapping[str, GroupPolicy], workload: Workload,
         settings=settings,
         zero_drift=not is_host and baseline is Baseline.ZERO_DRIFT,
         pre_exec=not is_host and effective_mode is Mode.PROTECT,
+        pre_write=(not is_host and effective_mode is Mode.PROTECT
+                   and baseline is Baseline.ZERO_DRIFT),
         stamp=_stamp(learned, [policies[g] for g in customs]),
     )
 

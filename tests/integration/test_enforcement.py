@@ -5,6 +5,7 @@ worker, real runc container, real collector."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import time
@@ -86,9 +87,16 @@ def _incident(g: Guarded, test: object) -> Incident:
     return env.payload
 
 
+def _drop(box: Container, name: str) -> str:
+    """A binary put into the container from outside (an upload through the host's view of its
+    filesystem): not a write the container's own processes make, so not one held before."""
+    shutil.copy2(box.rootfs / "bin" / "busybox", box.rootfs / "tmp" / name)
+    return f"/tmp/{name}"
+
+
 def test_a_dropped_binary_is_denied_before_it_runs(guarded: Guarded) -> None:
     g = guarded
-    rc, out = g.box.app("cp /bin/busybox /tmp/whoami && /tmp/whoami")
+    rc, out = g.box.app(_drop(g.box, "whoami"))
     assert rc != 0 and "not permitted" in out.lower(), (rc, out)
     check = g.verdict(lambda d: d.event_kind is EventKind.EXEC_CHECK and d.path == "/tmp/whoami")
     assert (check.verdict, check.reason) == (Verdict.BLOCK, "pre-exec:not-in-profile")
@@ -143,17 +151,33 @@ def test_a_reverse_shell_over_loopback_is_caught(guarded: Guarded) -> None:
 
 def test_file_drift_is_reported_with_its_writer(guarded: Guarded) -> None:
     g = guarded
-    rc, out = g.box.app("echo data > /tmp/data.txt; cp /bin/busybox /tmp/tool; "
-                        "echo tampered >> /etc/hostname; sleep 0.5")
-    assert rc == 0, out
-    tool = _incident(g, lambda i: i.file_path == "/tmp/tool")
+    # Creating an executable cannot be held: it is reported, denied, and its content write is.
+    rc, out = g.box.app("echo data > /tmp/data.txt; cp /bin/busybox /tmp/tool; sleep 0.5")
+    assert "can't create '/tmp/tool': Operation not permitted" in out, (rc, out)
+    tool = _incident(g, lambda i: i.file_path == "/tmp/tool"
+                     and i.message.startswith("File drift, new executable file"))
     assert tool.name == "Container.FileAccess.Violation"
     assert tool.message == "File drift, new executable file: access denied"  # Protect
     assert tool.proc_name in ("cp", "")  # the writer, while it was still there to read
-    modified = _incident(g, lambda i: i.file_path == "/etc/hostname")
-    assert modified.message.startswith("File drift, image file modified")
+    assert (g.box.rootfs / "tmp" / "tool").stat().st_size == 0  # no program got into it
     decision = g.verdict(lambda d: d.event_kind is EventKind.FILE and d.path == "/tmp/data.txt")
     assert (decision.verdict, decision.reason) == (Verdict.ALLOW, "no-drift")
+    assert g.box.app("cat /tmp/data.txt") == (0, "data\n")  # new plain files are written
+
+
+def test_a_drift_write_is_denied_before_it_happens(guarded: Guarded) -> None:
+    g = guarded
+    rc, out = g.box.app("echo tampered >> /etc/hostname; cat /etc/hostname")
+    assert "can't create /etc/hostname: Operation not permitted" in out, (rc, out)
+    assert out.endswith("busybox\n"), out  # the image file is as it was
+    decision = g.verdict(lambda d: d.event_kind is EventKind.FILE and d.path == "/etc/hostname")
+    assert (decision.verdict, decision.reason) == (Verdict.BLOCK, "drift:modify")
+    found = _incident(g, lambda i: i.file_path == "/etc/hostname")
+    assert found.message == "File drift, image file modified: access denied"
+    assert (found.action, found.proc_name) == (IncidentAction.DENY, "sh")
+    assert "denied a write before it happened: /etc/hostname" in g.log.read_text()
+    # Reads of image files, and writes where drift is not judged, go ahead.
+    assert g.box.app("cat /etc/hostname > /dev/null; echo ok") == (0, "ok\n")
 
 
 def test_fail_modes_when_the_stream_app_is_away(guarded: Guarded) -> None:
@@ -162,7 +186,7 @@ def test_fail_modes_when_the_stream_app_is_away(guarded: Guarded) -> None:
     g.pipe.stop_workers()
     # Open (the default): a first-seen exec waits for the timeout, then runs.
     started = time.monotonic()
-    assert g.box.app("cp /bin/busybox /tmp/true && /tmp/true; echo $?") == (0, "0\n")
+    assert g.box.app(f"{_drop(g.box, 'true')}; echo $?") == (0, "0\n")
     assert time.monotonic() - started < 10  # the host did not hang
     assert "allowed by fail mode" in g.log.read_text()
     # Closed: the collector restarts, remembers the workload is held, and denies.

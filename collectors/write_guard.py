@@ -1,0 +1,132 @@
+"""Zero-drift Protect: writes that would be drift are denied before they happen (spec §6).
+
+A fanotify group with `FAN_OPEN_PERM` on the root mounts of guarded containers holds every open
+of a file in them. The caller is blocked inside its open system call, so /proc/<tid>/syscall
+still shows the flags it asked for: a read is let through at once; an open for writing (or
+truncating) a file that came with the image or is executable is drift, which is denied, so the
+file stays as it was, and reported as a held `modify` for the stream app to record. Everything
+else goes ahead.
+
+Which workloads are guarded is the stream app's call (its `policy` verdicts: held before exec and
+zero-drift); whether a write is drift is the same predicate the engine judges file events with.
+Writes this cannot see before they happen (a descriptor opened before the guard began, io_uring
+opens) are still reported after the fact by the file watch.
+
+No answer ever waits on the network: every open in a guarded container waits on this thread, so
+it reads three small /proc files and nothing on the guarded mounts themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import stat
+import threading
+from collections.abc import Callable
+
+from prometheus_client import Counter
+
+from collectors.fanotify import FAN_OPEN_PERM, Permission, PermissionGroup
+from collectors.procfs import opens_for_writing, read_cgroup, read_stat
+from collectors.workloads import WorkloadResolver
+from schemas import FileEvent, FileOp, Payload
+from schemas.topics import FILE
+
+__all__ = ["WriteGuard"]
+
+log = logging.getLogger("procwarden.collector.write_guard")
+
+OPENS = Counter("procwarden_collector_guarded_opens_total",
+                "Opens held in guarded containers, by what was answered", ["answer"])
+
+
+class WriteGuard:
+    def __init__(self, resolver: WorkloadResolver,
+                 publish: Callable[[str, str, Payload], str]) -> None:
+        self.resolver = resolver
+        self.publish = publish
+        self.group = PermissionGroup(FAN_OPEN_PERM)
+        self._mounts: dict[str, str] = {}  # guarded workload -> its watched root mount
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="write-guard", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.group.close()  # whatever is still held goes ahead
+
+    def guarded(self, workload_id: str) -> bool:
+        return workload_id in self._mounts
+
+    def guard(self, workload_id: str, on: bool) -> None:
+        """Start or stop denying drift writes in a workload (a container with a known root)."""
+        with self._lock:
+            mount = self._mounts.get(workload_id)
+            if on and mount is None:
+                info = self.resolver.container(workload_id)
+                if info is None or not info.init_pid:
+                    return
+                mount = f"/proc/{info.init_pid}/root"
+                try:
+                    self.group.watch(mount)
+                except OSError as exc:
+                    log.error("cannot hold writes in %s: %s", workload_id, exc)
+                    return
+                self._mounts[workload_id] = mount
+                log.info("denying drift writes in %s before they happen", workload_id)
+            elif not on and mount is not None:
+                self.group.unwatch(mount)
+                del self._mounts[workload_id]
+                log.info("no longer holding writes in %s", workload_id)
+
+    def _loop(self) -> None:
+        fd = self.group.fd
+        while not self._stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if not ready:
+                continue
+            for event in self.group.read():
+                try:
+                    allow = self.on_open(event)
+                except Exception:
+                    log.exception("judging a held open failed: allowing it")
+                    allow = True
+                try:
+                    self.group.answer(event, allow)
+                except OSError as exc:
+                    log.warning("answering a held open failed: %s", exc)
+                OPENS.labels("allow" if allow else "deny").inc()
+
+    def on_open(self, event: Permission) -> bool:
+        """Whether the held open may go ahead; a denied one is published as a held modify."""
+        if not opens_for_writing(event.pid):
+            return True  # reads (almost every open) are answered after one small read
+        cgroup = read_cgroup(event.pid)
+        info = self.resolver.container_of(cgroup) if cgroup is not None else None
+        if info is None or info.id not in self._mounts:
+            return True  # a host process writing through the container's mount is its own
+        st = os.fstat(event.fd)
+        if not stat.S_ISREG(st.st_mode):
+            return True
+        path = event.path()
+        proc = read_stat(event.pid)
+        exe = ""
+        with contextlib.suppress(OSError):
+            exe = os.readlink(f"/proc/{event.pid}/exe").removesuffix(" (deleted)")
+        write = FileEvent(workload_id=info.id, op=FileOp.MODIFY, path=path,
+                          executable=bool(st.st_mode & 0o111),
+                          was_executable=bool(st.st_mode & 0o111),
+                          from_image=info.in_image(path), in_container_fs=True, held=True,
+                          pid=event.pid, proc_name=proc.comm if proc else "", proc_path=exe)
+        if not write.is_drift:
+            return True
+        self.publish(FILE.name, info.id, write)
+        log.warning("denied a write before it happened: %s by %s (pid %d) in %s", path,
+                    write.proc_name, event.pid, info.id)
+        return False
