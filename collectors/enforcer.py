@@ -97,6 +97,7 @@ class _Hold:
     pre_exec: bool
     stamp: str
     writes: bool = False  # drift writes denied before they happen (zero-drift, held)
+    fail_mode: FailMode | None = None  # the group's; None: this collector's setting
     mount: str = ""  # the watched root mount, while held
 
 
@@ -159,10 +160,13 @@ class Enforcer:
             return
         for workload_id, (pre_exec, stamp, *rest) in saved.items():
             if self.resolver.container(workload_id) is not None:
-                self._set_hold(workload_id, bool(pre_exec), str(stamp), bool(rest and rest[0]))
+                writes = bool(rest and rest[0])
+                fail_mode = FailMode(rest[1]) if len(rest) > 1 and rest[1] else None
+                self._set_hold(workload_id, bool(pre_exec), str(stamp), writes, fail_mode)
 
     def _save_holds(self) -> None:
-        state = {wid: [h.pre_exec, h.stamp, h.writes] for wid, h in self._holds.items()}
+        state = {wid: [h.pre_exec, h.stamp, h.writes, h.fail_mode.value if h.fail_mode else ""]
+                 for wid, h in self._holds.items()}
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._holds_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
@@ -181,7 +185,7 @@ class Enforcer:
             with self._lock:
                 for pending in self._pending.values():
                     for event in pending.events:
-                        self._answer(event, self.fail_open, "shutdown")
+                        self._answer(event, self._fails_open(pending.key[0]), "shutdown")
                 self._pending.clear()
                 self._pending_keys.clear()
             self.group.close()  # anything still held is allowed by the kernel
@@ -253,7 +257,7 @@ class Enforcer:
         kind = d.event_kind
         if kind is EventKind.POLICY or (d.workload_id not in self._holds and d.policy_stamp):
             # (the second: any verdict tells the policy state again after our restart)
-            self._set_hold(d.workload_id, d.pre_exec, d.policy_stamp, d.pre_write)
+            self._set_hold(d.workload_id, d.pre_exec, d.policy_stamp, d.pre_write, d.fail_mode)
         if kind is EventKind.EXEC_CHECK:
             self._released(d)
         elif d.verdict is Verdict.BLOCK and kind in _KILLED_KINDS:
@@ -268,15 +272,17 @@ class Enforcer:
         log.warning("block %s: pid %d (%s, %s) in %s: %s", d.reason, d.pid, d.name, d.path,
                     d.workload_id, outcome)
 
-    def _set_hold(self, workload_id: str, pre_exec: bool, stamp: str, writes: bool) -> None:
+    def _set_hold(self, workload_id: str, pre_exec: bool, stamp: str, writes: bool,
+                  fail_mode: FailMode | None) -> None:
         with self._lock:
             hold = self._holds.get(workload_id)
             if hold is None:
                 hold = self._holds[workload_id] = _Hold(not pre_exec, "")
-            if (hold.pre_exec, hold.stamp, hold.writes) != (pre_exec, stamp, writes):
+            now = (pre_exec, stamp, writes, fail_mode)
+            if (hold.pre_exec, hold.stamp, hold.writes, hold.fail_mode) != now:
                 for key in [k for k in self._cache if k[0] == workload_id]:
                     del self._cache[key]
-                hold.pre_exec, hold.stamp, hold.writes = pre_exec, stamp, writes
+                hold.pre_exec, hold.stamp, hold.writes, hold.fail_mode = now
                 self._save_holds()
             if self.writes is not None:
                 self.writes.guard(workload_id, writes)
@@ -358,7 +364,7 @@ class Enforcer:
                 self._pending[waiting].events.append(event)
                 return
             if len(self._pending) >= self.settings.max_held:
-                self._answer(event, self.fail_open, "overload")
+                self._answer(event, self._fails_open(key[0]), "overload")
                 return
         event_id = self.publish(EXEC.name, key[0], self._question(event.pid, key, info, stat))
         now = time.monotonic()
@@ -446,13 +452,21 @@ class Enforcer:
             for eid in late:
                 pending = self._pending.pop(eid)
                 self._pending_keys.pop(pending.key, None)
+                fails_open = self._fails_open(pending.key[0])
                 for event in pending.events:
-                    self._answer(event, self.fail_open, "timeout")
+                    self._answer(event, fails_open, "timeout")
                 log.warning("no verdict for %s in %s within %d ms: %s by fail mode",
                             pending.key[2], pending.key[0], self.settings.hold_timeout_ms,
-                            "allowed" if self.fail_open else "denied")
+                            "allowed" if fails_open else "denied")
             if late:
                 HELD.set(len(self._pending))
+
+    def _fails_open(self, workload_id: str) -> bool:
+        """The workload's group's fail mode, else this collector's."""
+        hold = self._holds.get(workload_id)
+        if hold is None or hold.fail_mode is None:
+            return self.fail_open
+        return hold.fail_mode is FailMode.OPEN
 
     def _answer(self, event: Permission, allow: bool, source: str) -> None:
         assert self.group is not None

@@ -68,7 +68,8 @@ def _print_profile(profile: dict[str, Any]) -> None:
     if "mode" in profile:
         head += (f"  mode={profile['mode']} baseline={profile['baseline']}"
                  f" alert_disabled={str(profile['alert_disabled']).lower()}"
-                 f" hash_enabled={str(profile['hash_enabled']).lower()}")
+                 f" hash_enabled={str(profile['hash_enabled']).lower()}"
+                 f" fail_mode={profile.get('fail_mode', 'default')}")
     typer.echo(f"{head}  version={profile.get('version', '?')}")
     rows = [[str(i + 1), e["action"], e["name"], e["path"] or '""', e["cfg_type"],
              ",".join(e.get("users", [])), e["group"]]
@@ -130,6 +131,17 @@ def set_baseline(group: str,
     """Switch a learned group between the zero-drift and basic baselines."""
     answer = _run("PATCH", f"/v1/process_profile/{group}",
                   {"process_profile_config": {"baseline": baseline}})
+    _echo(answer, as_json, lambda: _print_profile(answer["process_profile"]))
+
+
+@policy_app.command("set-fail-mode")
+def set_fail_mode(group: str,
+                  fail_mode: Annotated[str, typer.Argument(help="open|closed|default")],
+                  as_json: JsonOpt = False) -> None:
+    """What the group's collectors do with a held exec when no verdict comes in time: allow it
+    and alert (open), deny it (closed), or follow each collector's COLLECTOR_FAIL_MODE."""
+    answer = _run("PATCH", f"/v1/process_profile/{group}",
+                  {"process_profile_config": {"fail_mode": fail_mode}})
     _echo(answer, as_json, lambda: _print_profile(answer["process_profile"]))
 
 

@@ -8,6 +8,7 @@ from schemas.enums import (
     Baseline,
     ChangeKind,
     EventKind,
+    FailMode,
     IncidentAction,
     Level,
     Mode,
@@ -112,6 +113,7 @@ class Decision:
     # whenever any policy the workload's decisions read changes.
     pre_exec: bool = False
     pre_write: bool = False
+    fail_mode: FailMode | None = None  # the group's; None: the collector's own setting
     policy_stamp: str = ""
     incident: Incident | None = None
     learn: LearnRequest | None = None

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from schemas.enums import Action, Baseline, CriteriaKey, CriteriaOp, GroupKind, Mode, RuleSource
+from schemas.enums import (
+    Action,
+    Baseline,
+    CriteriaKey,
+    CriteriaOp,
+    FailMode,
+    GroupKind,
+    Mode,
+    RuleSource,
+)
 
 __all__ = [
     "CrdImport",
@@ -69,11 +78,14 @@ class GroupPolicy:
     version: int = 0
     crd_managed: bool = False  # mode/baseline came from a CRD: REST may not change them
     updated_at: float = 0.0
+    # What a collector does with a held exec when no verdict comes in time (None: its own
+    # COLLECTOR_FAIL_MODE). Learned groups and nodes only.
+    fail_mode: FailMode | None = None
 
     def __post_init__(self) -> None:
         if self.kind is GroupKind.CUSTOM:
-            if self.mode is not None or self.baseline is not None:
-                raise ValueError("a custom group has no mode and no baseline")
+            if self.mode is not None or self.baseline is not None or self.fail_mode is not None:
+                raise ValueError("a custom group has no mode, baseline or fail mode")
         elif self.mode is None or self.baseline is None:
             raise ValueError(f"a {self.kind.value} group needs a mode and a baseline")
         if self.kind is GroupKind.NODES and self.baseline is not Baseline.BASIC:
@@ -102,6 +114,7 @@ class ProfilePatch:
     baseline: str | None = None
     alert_disabled: bool | None = None
     hash_enabled: bool | None = None
+    fail_mode: str | None = None  # procwarden's: open | closed | default (the collector's)
     process_change_list: tuple[RuleChange, ...] = ()
     process_delete_list: tuple[RuleKey, ...] = ()
     actor: str = "api"

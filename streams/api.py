@@ -97,7 +97,8 @@ def profile_json(policy: GroupPolicy) -> dict[str, Any]:
     if policy.kind is not GroupKind.CUSTOM:
         assert policy.mode is not None and policy.baseline is not None
         body |= {"mode": policy.mode.value, "baseline": policy.baseline.value,
-                 "alert_disabled": policy.alert_disabled, "hash_enabled": policy.hash_enabled}
+                 "alert_disabled": policy.alert_disabled, "hash_enabled": policy.hash_enabled,
+                 "fail_mode": policy.fail_mode.value if policy.fail_mode else "default"}
     body["version"] = policy.version
     body["process_list"] = [entry_json(r, policy.hash_pins)
                             for r in order_group_rules(policy.rules)]

@@ -112,7 +112,7 @@ def _decision(view: PolicyView, env: Envelope, verdict: Verdict, reason: str, *,
         suppressed=found is not None and view.learned.alert_disabled,
         pid=pid, start_time=start_time, name=name, path=path, user=user, ts=env.ts,
         policy_version=view.learned.version, pre_exec=view.pre_exec, pre_write=view.pre_write,
-        policy_stamp=view.stamp,
+        fail_mode=view.fail_mode, policy_stamp=view.stamp,
         incident=found, learn=learn,
     )
 
@@ -125,7 +125,8 @@ def policy_state(view: PolicyView, event_id: str, ts: float) -> Decision:
         event_id=event_id, event_kind=EventKind.POLICY, workload_id=wl.id, node=wl.node,
         verdict=_NONE, reason="policy-state", group=view.learned.name, mode=view.mode,
         baseline=view.baseline, ts=ts, policy_version=view.learned.version,
-        pre_exec=view.pre_exec, pre_write=view.pre_write, policy_stamp=view.stamp)
+        pre_exec=view.pre_exec, pre_write=view.pre_write, fail_mode=view.fail_mode,
+        policy_stamp=view.stamp)
 
 
 def _would_block(view: PolicyView) -> bool:
@@ -171,7 +172,7 @@ def _decide_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEven
         suppressed=found is not None and learned.alert_disabled,
         pid=pid, start_time=start, name=pname, path=exe, user=ev.user, ts=env.ts,
         policy_version=learned.version, pre_exec=view.pre_exec, pre_write=view.pre_write,
-        policy_stamp=view.stamp,
+        fail_mode=view.fail_mode, policy_stamp=view.stamp,
         incident=found, learn=learn,
     ), effect
 

@@ -36,6 +36,7 @@ from streams.engine.validation import (
     PolicyError,
     clean_path,
     parse_baseline,
+    parse_fail_mode,
     parse_mode,
     validate_criteria,
     validate_custom_group_name,
@@ -223,7 +224,7 @@ def apply_profile_patch(policies: Mapping[str, GroupPolicy], patch: ProfilePatch
     policy = edit.require(patch.group)
     custom = policy.kind is GroupKind.CUSTOM
     if custom and (patch.baseline is not None or patch.alert_disabled is not None
-                   or patch.hash_enabled is not None):
+                   or patch.hash_enabled is not None or patch.fail_mode is not None):
         raise PolicyError("a custom group has no baseline and no flags", field="baseline")
     now = int(ts)
     version = policy.version + 1
@@ -278,6 +279,11 @@ def apply_profile_patch(policies: Mapping[str, GroupPolicy], patch: ProfilePatch
         # Turning hash pinning off forgets every pin; turning it on starts afresh.
         new = dataclasses.replace(new, hash_enabled=patch.hash_enabled, hash_pins={})
         flags.append(f"hash_enabled={str(patch.hash_enabled).lower()}")
+    if patch.fail_mode is not None:
+        fail_mode = parse_fail_mode(patch.fail_mode)
+        if fail_mode is not policy.fail_mode:
+            new = dataclasses.replace(new, fail_mode=fail_mode)
+            flags.append(f"fail_mode={fail_mode.value if fail_mode else 'default'}")
     if flags:
         details.append((ChangeKind.FLAGS_CHANGED, ", ".join(flags)))
     if new == policy:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from schemas import Action, Baseline, CriteriaKey, CriteriaOp, Criterion, Mode
+from schemas import Action, Baseline, CriteriaKey, CriteriaOp, Criterion, FailMode, Mode
 
 __all__ = [
     "PolicyError",
@@ -88,6 +88,18 @@ def parse_baseline(value: str) -> Baseline:
     if text == "basic":
         return Baseline.BASIC
     raise PolicyError(f"unknown baseline {value!r} (allowed: basic, zero-drift)", field="baseline")
+
+
+def parse_fail_mode(value: str) -> FailMode | None:
+    """A group's fail mode; None for `default` (the collector's own setting)."""
+    text = value.strip().lower()
+    if text == "default":
+        return None
+    for mode in FailMode:
+        if mode.value == text:
+            return mode
+    raise PolicyError(f"unknown fail mode {value!r} (allowed: open, closed, default)",
+                      field="fail_mode")
 
 
 def parse_mode(value: str) -> Mode:

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from schemas import Baseline, GroupKind, GroupPolicy, Mode, Workload, WorkloadKind
+from schemas import Baseline, FailMode, GroupKind, GroupPolicy, Mode, Workload, WorkloadKind
 from streams.engine.compiled import CompiledRules, compile_rules
 from streams.engine.membership import custom_groups_of, learned_group_name
 from streams.engine.ordering import effective_rules
@@ -43,6 +43,7 @@ class PolicyView:
     zero_drift: bool  # a container whose baseline is zero-drift
     pre_exec: bool  # §14: a non-system container in Protect has its execs held before they run
     pre_write: bool  # §6: ...and when zero-drift, its drift writes are denied before they happen
+    fail_mode: FailMode | None  # the learned group's answer to a held exec without a verdict
     stamp: str  # changes whenever a policy this view reads changes (the collector's cache key)
 
     @property
@@ -79,6 +80,7 @@ def build_view(policies: Mapping[str, GroupPolicy], workload: Workload,
         pre_exec=not is_host and effective_mode is Mode.PROTECT,
         pre_write=(not is_host and effective_mode is Mode.PROTECT
                    and baseline is Baseline.ZERO_DRIFT),
+        fail_mode=learned.fail_mode,
         stamp=_stamp(learned, [policies[g] for g in customs]),
     )
 

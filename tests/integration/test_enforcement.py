@@ -19,6 +19,7 @@ from procwarden.testbed.containers import APP_LOOP, Container, run_container
 from schemas import (
     Decision,
     EventKind,
+    FailMode,
     Incident,
     IncidentAction,
     ProfilePatch,
@@ -184,18 +185,28 @@ def test_fail_modes_when_the_stream_app_is_away(guarded: Guarded) -> None:
     # Last in this module: it stops the stream worker.
     g = guarded
     g.pipe.stop_workers()
-    # Open (the default): a first-seen exec waits for the timeout, then runs.
+    # Open (the collector's default): a first-seen exec waits for the timeout, then runs.
     started = time.monotonic()
     assert g.box.app(f"{_drop(g.box, 'true')}; echo $?") == (0, "0\n")
     assert time.monotonic() - started < 10  # the host did not hang
     assert "allowed by fail mode" in g.log.read_text()
-    # Closed: the collector restarts, remembers the workload is held, and denies.
+    # The group says closed: its collectors deny, whatever their own setting.
+    g.pipe.start_worker()
+    g.pipe.send(POLICY_UPDATES.name, GROUP, ProfilePatch(GROUP, fail_mode="closed"))
+    g.verdict(lambda d: d.event_kind is EventKind.POLICY and d.fail_mode is FailMode.CLOSED)
+    g.pipe.stop_workers()
+    started = time.monotonic()
+    rc, out = g.box.app(_drop(g.box, "false"))
+    assert rc != 0 and "not permitted" in out.lower(), (rc, out)
+    assert time.monotonic() - started < 10
+    assert "denied by fail mode" in g.log.read_text()
+    # A restarted collector (still open by its own setting) remembers the workload is held and
+    # its group's fail mode, before any verdict tells it again.
     g.collector.close()
-    closed = g.tmp / "closed"
-    closed.mkdir()
-    env = {"COLLECTOR_FAIL_MODE": "closed",
-           "COLLECTOR_STATE_DIR": str(g.tmp / f"collector-{NODE}")}
-    with running_collector(g.pipe, NODE, closed, **env) as log:
+    again = g.tmp / "again"
+    again.mkdir()
+    env = {"COLLECTOR_STATE_DIR": str(g.tmp / f"collector-{NODE}")}
+    with running_collector(g.pipe, NODE, again, **env) as log:
         wait_for_line(log, f"holding execs of {g.box.id}")
         started = time.monotonic()
         rc, out = g.box.app("/tmp/true")

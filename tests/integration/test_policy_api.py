@@ -164,6 +164,13 @@ def test_policy_cli(api: Pipeline, tmp_path: Path) -> None:
     assert cli(api, "delete-rule", "nodes", "sshd", "/usr/sbin/sshd").returncode == 0
     mode = cli(api, "set-mode", "nodes", "Monitor")
     assert mode.returncode == 0 and "mode=Monitor" in mode.stdout
+    closed = cli(api, "set-fail-mode", "nodes", "closed")
+    assert closed.returncode == 0 and "fail_mode=closed" in closed.stdout, closed.stderr
+    assert json.loads(cli(api, "get", "nodes", "--json").stdout)["process_profile"][
+        "fail_mode"] == "closed"
+    wrong = cli(api, "set-fail-mode", "nodes", "ajar")
+    assert wrong.returncode == 1 and "fail_mode" in wrong.stderr, wrong.stderr
+    assert "fail_mode=default" in cli(api, "set-fail-mode", "nodes", "default").stdout
     crd = tmp_path / "nodes.yaml"
     crd.write_text("apiVersion: neuvector.com/v1\nkind: NvClusterSecurityRule\nspec:\n"
                    "  target: {selector: {name: nodes}}\n"

@@ -15,11 +15,13 @@ from schemas import (
     EventKind,
     ExecCheck,
     ExecEvent,
+    FailMode,
     FileEvent,
     FileOp,
     IncidentAction,
     Mode,
     Origin,
+    ProfilePatch,
     RuleSource,
     Verdict,
     reserved_rule_id,
@@ -32,6 +34,7 @@ from streams.engine import (
     policy_state,
     pre_exec_decide,
 )
+from streams.session import EditOutcome
 from tests.builders import (
     WEB,
     World,
@@ -213,3 +216,31 @@ def test_system_containers_and_hosts_are_never_held() -> None:
                   workloads=[container(system=True), host()])
     assert not policy_state(world.session.view("c1"), "s", 1.0).pre_exec
     assert not policy_state(world.session.view("host-1"), "s", 1.0).pre_exec
+
+
+def test_writes_are_held_only_in_zero_drift_protect_containers() -> None:
+    world = World(groups=[group(mode=Mode.PROTECT, baseline=Baseline.ZERO_DRIFT),
+                          group("nodes", mode=Mode.PROTECT)],
+                  workloads=[container(), container("c2", system=True), host()])
+    session = world.session
+    assert policy_state(session.view("c1"), "s", 1.0).pre_write
+    assert not policy_state(session.view("c2"), "s", 1.0).pre_write  # system: alert only
+    assert not policy_state(session.view("host-1"), "s", 1.0).pre_write
+    session.load_policies([dataclasses.replace(session.policies[WEB], baseline=Baseline.BASIC,
+                                               version=7)])
+    basic = policy_state(session.view("c1"), "s", 2.0)
+    assert basic.pre_exec and not basic.pre_write
+
+
+def test_the_group_fail_mode_reaches_its_collectors() -> None:
+    world = World(groups=[group(mode=Mode.PROTECT)])
+    assert policy_state(world.session.view("c1"), "s", 1.0).fail_mode is None
+    world.send(ProfilePatch(group=WEB, fail_mode="closed"))
+    state = policy_state(world.session.view("c1"), "s", 2.0)
+    assert state.fail_mode is FailMode.CLOSED
+    assert world.exec("/bin/ls").fail_mode is FailMode.CLOSED  # every verdict carries it
+    world.send(ProfilePatch(group=WEB, fail_mode="DEFAULT"))
+    assert policy_state(world.session.view("c1"), "s", 3.0).fail_mode is None
+    answer = world.send(ProfilePatch(group=WEB, fail_mode="half-open"))
+    assert isinstance(answer, EditOutcome) and answer.status == 400
+    assert "unknown fail mode" in answer.reason
