@@ -40,7 +40,9 @@ from schemas.outcomes import (
     Decision,
     DlqEntry,
     Incident,
+    ProcessSnapshot,
     ProfileChange,
+    TunnelSighting,
     reserved_rule_id,
 )
 from schemas.policy import (
@@ -65,9 +67,11 @@ __all__ = [
     "ExecCheck", "ExecEvent", "ExitEvent", "FailMode", "FileEvent", "FileOp", "GroupConfig",
     "GroupDelete",
     "GroupKind", "GroupPolicy", "Incident", "IncidentAction", "LearnRequest", "Level", "Mode",
-    "NODES_GROUP", "Origin", "PAYLOAD_TYPES", "Payload", "ProfileChange", "ProfilePatch",
+    "NODES_GROUP", "Origin", "PAYLOAD_TYPES", "Payload", "ProcessSnapshot", "ProfileChange",
+    "ProfilePatch",
     "RESERVED_RULE_ID_PREFIX", "Rule", "RuleChange", "RuleKey", "RuleSource", "SCHEMA_VERSION",
-    "ServiceConfig", "StdioEvent", "UidChangeEvent", "Verdict", "WORKLOAD_EVENT_TYPES", "Workload",
+    "ServiceConfig", "StdioEvent", "TunnelSighting", "UidChangeEvent", "Verdict",
+    "WORKLOAD_EVENT_TYPES", "Workload",
     "WorkloadEvent", "WorkloadKind",
     "WorkloadState", "decode_envelope", "decode_json", "decode_record", "encode",
     "reserved_rule_id", "to_plain",

@@ -100,6 +100,7 @@ class EventKind(_WireEnum):
     PROFILE_CHANGE = "profile_change"
     DLQ = "dlq"
     COLLECTOR_REPORT = "collector_report"
+    PROCESS_STATE = "process_state"
 
 
 class FileOp(_WireEnum):

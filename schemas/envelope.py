@@ -18,7 +18,7 @@ from schemas.events import (
     UidChangeEvent,
     Workload,
 )
-from schemas.outcomes import Decision, DlqEntry, Incident, ProfileChange
+from schemas.outcomes import Decision, DlqEntry, Incident, ProcessSnapshot, ProfileChange
 from schemas.policy import (
     CrdImport,
     GroupConfig,
@@ -38,6 +38,7 @@ Payload = (
     | DockerCpEvent
     | GroupPolicy | ProfilePatch | ServiceConfig | GroupConfig | GroupDelete | CrdImport
     | LearnRequest | Decision | Incident | ProfileChange | DlqEntry | CollectorReport
+    | ProcessSnapshot
 )
 
 PAYLOAD_TYPES: dict[EventKind, type] = {
@@ -61,6 +62,7 @@ PAYLOAD_TYPES: dict[EventKind, type] = {
     EventKind.PROFILE_CHANGE: ProfileChange,
     EventKind.DLQ: DlqEntry,
     EventKind.COLLECTOR_REPORT: CollectorReport,
+    EventKind.PROCESS_STATE: ProcessSnapshot,
 }
 _KIND_OF = {tp: kind for kind, tp in PAYLOAD_TYPES.items()}
 

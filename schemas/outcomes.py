@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from schemas.enums import (
     Baseline,
@@ -20,8 +20,10 @@ __all__ = [
     "Decision",
     "DlqEntry",
     "Incident",
+    "ProcessSnapshot",
     "ProfileChange",
     "RESERVED_RULE_ID_PREFIX",
+    "TunnelSighting",
     "reserved_rule_id",
 ]
 
@@ -144,3 +146,26 @@ class DlqEntry:
     key: str = ""
     value: str = ""  # the original bytes as text (replacement characters for invalid UTF-8)
     ts: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelSighting:
+    pid: int
+    start_time: int
+    reported: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSnapshot:
+    """What earlier events of a workload left for its later decisions (risky processes, probe
+    shells, admitted process groups, reverse-shell sightings, drifted files): the value of the
+    compacted process-state topic, keyed by workload id, so a worker that restarts or takes the
+    workload over decides as the one before it would have."""
+
+    workload_id: str
+    seq: int  # grows with every change: a worker keeps only newer snapshots than it has
+    risk: dict[str, str] = field(default_factory=dict)  # pid (as text) -> risk name
+    probe_shells: tuple[int, ...] = ()
+    admitted_pgids: tuple[int, ...] = ()
+    tunnels: tuple[TunnelSighting, ...] = ()
+    drift: tuple[str, ...] = ()

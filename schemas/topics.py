@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["ALL_TOPICS", "COLLECTOR_REPORTS", "DLQ", "EXEC", "FILE", "POLICY", "POLICY_UPDATES",
-           "PROFILE_CHANGES", "SECURITY_EVENTS", "TopicSpec", "VERDICTS", "WORKLOADS",
-           "verdict_partition"]
+           "PROCESS_STATE", "PROFILE_CHANGES", "SECURITY_EVENTS", "TopicSpec", "VERDICTS",
+           "WORKLOADS", "verdict_partition"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +36,11 @@ PROFILE_CHANGES = TopicSpec("procwarden.profile-changes", "group name", 6,
                             retention_ms=30 * 24 * 3600 * 1000)
 # Each collector's running totals: events seen, reported, lost by reason, spool size.
 COLLECTOR_REPORTS = TopicSpec("procwarden.collector-reports", "node name", 1)
+# The stream app's per-workload process state, restored by every worker at start.
+PROCESS_STATE = TopicSpec("procwarden.process-state", "workload id", 6, compacted=True)
 
 ALL_TOPICS = (WORKLOADS, EXEC, FILE, POLICY, POLICY_UPDATES, VERDICTS, SECURITY_EVENTS, DLQ,
-              PROFILE_CHANGES, COLLECTOR_REPORTS)
+              PROFILE_CHANGES, COLLECTOR_REPORTS, PROCESS_STATE)
 
 
 def verdict_partition(node: str, partitions: int) -> int:

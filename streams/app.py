@@ -114,7 +114,8 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
                         unknown_workload_wait_s=settings.unknown_workload_wait_s)
     # `nodes` exists from the start, published or not; the mirror brings newer versions.
     handlers.published["nodes"] = session.policies["nodes"]
-    mirror = PolicyMirror(kafka, on_policy=handlers.on_policy, on_workload=handlers.on_workload)
+    mirror = PolicyMirror(kafka, on_policy=handlers.on_policy, on_workload=handlers.on_workload,
+                          on_process_state=handlers.on_process_state)
     app.add_dependency(_MirrorService(mirror, handlers, loop=app.loop))
 
     def topic(name: str) -> Any:

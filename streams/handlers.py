@@ -26,6 +26,7 @@ from schemas import (
     GroupPolicy,
     Incident,
     LearnRequest,
+    ProcessSnapshot,
     ProfileChange,
     Workload,
     WorkloadState,
@@ -37,6 +38,7 @@ from schemas.topics import (
     DLQ,
     POLICY,
     POLICY_UPDATES,
+    PROCESS_STATE,
     PROFILE_CHANGES,
     SECURITY_EVENTS,
     VERDICTS,
@@ -147,6 +149,7 @@ class Handlers:
         mode = decision.mode.value if decision.mode else "-"
         self.counts[f"decided:{decision.verdict.value}:{mode}"] += 1
         await self._publish_decision(decision)
+        await self._persist_states()
         DECIDED.labels(decision.verdict.value, mode).inc()
         DECIDE_SECONDS.observe(time.perf_counter() - started)
         EVENT_AGE.observe(max(0.0, time.time() - env.ts))
@@ -171,6 +174,26 @@ class Handlers:
             await self.send(POLICY_UPDATES.name, decision.learn.group, decision.learn,
                             f"{decision.event_id}:learn")
 
+    async def _persist_states(self) -> None:
+        """Publish the process state of each workload a decision changed, before the input's
+        offset is committed, so a worker starting after this one decides as it would have."""
+        changed = self.session.changed_states
+        while changed:
+            wid = changed.pop()
+            state = self.session.states.get(wid)
+            if state is not None:
+                snap = state.snapshot(wid)
+                env = Envelope.wrap(snap, event_id=f"state:{wid}:{snap.seq}", node=self.node,
+                                    ts=time.time())
+                await self.send_envelope(PROCESS_STATE.name, wid, env)
+
+    def on_process_state(self, workload_id: str, snapshot: ProcessSnapshot | None) -> None:
+        """The mirror read a persisted process state (or its tombstone)."""
+        if snapshot is None:
+            self.session.states.pop(workload_id, None)
+        elif self.session.restore_state(snapshot):
+            self.counts["states_restored"] += 1
+
     async def on_workload_announcement(self, msg: RawMessage) -> None:
         """A workload started: make sure its learned group exists with its probe rules."""
         if msg.value is None:
@@ -185,6 +208,9 @@ class Handlers:
         workload = env.payload
         if workload.state is WorkloadState.RUNNING:
             await self.send_envelope(POLICY_UPDATES.name, learned_group_name(workload), env)
+        else:  # gone: so is its process state
+            await self.publisher.send(self.kafka.topic(PROCESS_STATE.name),
+                                      workload.id.encode(), None)
 
     async def on_update(self, msg: RawMessage) -> None:
         """The single writer of a group: apply a learned rule or an edit, publish the policy."""

@@ -1,9 +1,10 @@
-"""Every worker's full copy of the group policies and workloads.
+"""Every worker's full copy of the group policies, workloads and process states.
 
-A consumer outside any consumer group reads every partition of the compacted `procwarden.policy`
-and `procwarden.workloads` topics from the beginning and feeds the decision session. Workers
-decide nothing until the mirror has caught up with the end offsets it saw at start, so the first
-decision after a restart already uses the restored policies. (Faust's GlobalTable would do this,
+A consumer outside any consumer group reads every partition of the compacted `procwarden.policy`,
+`procwarden.workloads` and `procwarden.process-state` topics from the beginning and feeds the
+decision session. Workers decide nothing until the mirror has caught up with the end offsets it
+saw at start, so the first decision after a restart already uses the restored policies and what
+earlier events of each workload left behind. (Faust's GlobalTable would do this,
 but it stores Faust's own framing and is known to loop in recovery with several workers.)
 """
 
@@ -16,9 +17,18 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas import DecodeError, Envelope, GroupPolicy, Workload, decode_envelope
+from schemas import (
+    DecodeError,
+    Envelope,
+    GroupPolicy,
+    ProcessSnapshot,
+    Workload,
+    decode_envelope,
+)
 from schemas.connections import KafkaConnection
-from schemas.topics import POLICY, WORKLOADS
+from schemas.topics import POLICY, PROCESS_STATE, WORKLOADS
+
+_MIRRORED = (POLICY, WORKLOADS, PROCESS_STATE)
 
 __all__ = ["PolicyMirror"]
 
@@ -28,10 +38,12 @@ log = logging.getLogger("procwarden.streams.mirror")
 class PolicyMirror:
     def __init__(self, kafka: KafkaConnection, *,
                  on_policy: Callable[[str, GroupPolicy | None], None],
-                 on_workload: Callable[[Envelope | None, str], None]) -> None:
+                 on_workload: Callable[[Envelope | None, str], None],
+                 on_process_state: Callable[[str, ProcessSnapshot | None], None]) -> None:
         self.kafka = kafka
         self.on_policy = on_policy
         self.on_workload = on_workload
+        self.on_process_state = on_process_state
         self.caught_up = asyncio.Event()
         self.invalid = 0
         self.applied = 0
@@ -60,17 +72,18 @@ class PolicyMirror:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             tps = []
-            for spec in (POLICY, WORKLOADS):
+            for spec in _MIRRORED:
                 topic = self.kafka.topic(spec.name)
                 parts = self._consumer.partitions_for_topic(topic)
                 if not parts:
                     await self._consumer._client.force_metadata_update()
                     parts = self._consumer.partitions_for_topic(topic) or set()
                 tps += [TopicPartition(topic, p) for p in sorted(parts)]
-            if {tp.topic for tp in tps} == {self.kafka.topic(s.name) for s in (POLICY, WORKLOADS)}:
+            if {tp.topic for tp in tps} == {self.kafka.topic(s.name) for s in _MIRRORED}:
                 return tps
             if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"the topics {POLICY.name} and {WORKLOADS.name} do not exist "
+                names = ", ".join(s.name for s in _MIRRORED)
+                raise RuntimeError(f"not all of the topics {names} exist "
                                    "(run `procwarden stack up`, or create them)")
             await asyncio.sleep(0.5)
 
@@ -109,9 +122,12 @@ class PolicyMirror:
     def _apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         name = key.decode(errors="replace") if key else ""
         is_policy = topic == self.kafka.topic(POLICY.name)
+        is_state = topic == self.kafka.topic(PROCESS_STATE.name)
         if value is None:  # a tombstone: the group or workload is gone
             if is_policy:
                 self.on_policy(name, None)
+            elif is_state:
+                self.on_process_state(name, None)
             else:
                 self.on_workload(None, name)
             return
@@ -124,7 +140,9 @@ class PolicyMirror:
         self.applied += 1
         if is_policy and isinstance(env.payload, GroupPolicy):
             self.on_policy(env.payload.name, env.payload)
-        elif not is_policy and isinstance(env.payload, Workload):
+        elif is_state and isinstance(env.payload, ProcessSnapshot):
+            self.on_process_state(env.payload.workload_id, env.payload)
+        elif not is_policy and not is_state and isinstance(env.payload, Workload):
             self.on_workload(env, env.payload.id)
         else:
             self.invalid += 1

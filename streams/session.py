@@ -19,6 +19,7 @@ from schemas import (
     GroupDelete,
     GroupPolicy,
     LearnRequest,
+    ProcessSnapshot,
     ProfileChange,
     ProfilePatch,
     ServiceConfig,
@@ -70,6 +71,8 @@ class DecisionSession:
     policies: dict[str, GroupPolicy] = field(default_factory=dict)
     workloads: dict[str, Workload] = field(default_factory=dict)
     states: dict[str, ProcessState] = field(default_factory=dict)
+    # Workloads whose process state changed since the caller last took them (to persist).
+    changed_states: set[str] = field(default_factory=set)
     _views: dict[str, tuple[int, PolicyView]] = field(default_factory=dict)
     _epoch: int = 0
 
@@ -91,6 +94,15 @@ class DecisionSession:
         self.workloads.pop(workload_id, None)
         self.states.pop(workload_id, None)
         self._views.pop(workload_id, None)
+        self.changed_states.discard(workload_id)
+
+    def restore_state(self, snapshot: ProcessSnapshot) -> bool:
+        """Take a persisted process state unless this session's is as new (its own echo)."""
+        current = self.states.get(snapshot.workload_id)
+        if current is not None and current.seq >= snapshot.seq:
+            return False
+        self.states[snapshot.workload_id] = ProcessState.restore(snapshot)
+        return True
 
     def apply(self, result: EditResult) -> None:
         if result.changed:
@@ -130,7 +142,8 @@ class DecisionSession:
         view = self.view(workload_id)
         state = self.states.setdefault(workload_id, ProcessState())
         decision, effect = decide(view, state, env)
-        state.apply(effect)
+        if state.apply(effect):
+            self.changed_states.add(workload_id)
         if decision.learn is not None:
             self.apply(apply_learn(self.policies, decision.learn))
         return decision

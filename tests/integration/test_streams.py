@@ -16,9 +16,12 @@ from schemas import (
     Decision,
     DlqEntry,
     ExecEvent,
+    FileEvent,
+    FileOp,
     GroupConfig,
     GroupPolicy,
     Incident,
+    ProcessSnapshot,
     ProfileChange,
     ProfilePatch,
     RuleChange,
@@ -31,8 +34,10 @@ from schemas.connections import KafkaConnection
 from schemas.topics import (
     DLQ,
     EXEC,
+    FILE,
     POLICY,
     POLICY_UPDATES,
+    PROCESS_STATE,
     PROFILE_CHANGES,
     SECURITY_EVENTS,
     VERDICTS,
@@ -163,6 +168,34 @@ def test_policy_survives_a_worker_restart_and_learning_is_idempotent(
     assert (d.verdict, d.mode.value if d.mode else "") == (Verdict.ALLOW, "Protect")
     d = decision_for(p, p.send(EXEC.name, WORKLOAD.id, exec_event("/bin/true", 33)).event_id)
     assert d.verdict is Verdict.BLOCK
+
+
+def test_process_state_survives_a_worker_restart(pipeline: Pipeline) -> None:
+    """A drifted file stays drift for a restarted worker, as it would have for the old one."""
+    p = pipeline
+    p.start_worker()
+    p.send(WORKLOADS.name, WORKLOAD.id, WORKLOAD)
+    policy_where(p, WEB, lambda g: True)  # its learned group exists
+    admin(p, WEB, ProfilePatch(WEB, process_change_list=(
+        RuleChange("app", "/opt/app", "allow"),)))
+    admin(p, WEB, ServiceConfig(services=("web.demo",), profile_mode="Protect",
+                                baseline_profile="zero-drift"))
+    policy_where(p, WEB, lambda g: g.mode.value == "Protect" and g.rules)
+    before = decision_for(p, p.send(EXEC.name, WORKLOAD.id, exec_event("/opt/app", 50)).event_id)
+    assert before.verdict is Verdict.ALLOW
+    # The image's program is overwritten (seen after the fact: not a held write).
+    drift = p.send(FILE.name, WORKLOAD.id, FileEvent(WORKLOAD.id, FileOp.MODIFY, "/opt/app",
+                                                      executable=True, from_image=True, pid=51))
+    assert decision_for(p, drift.event_id).reason == "drift:modify"
+    snap, _ = p.wait_for(PROCESS_STATE.name, lambda e: isinstance(e.payload, ProcessSnapshot)
+                         and "/opt/app" in e.payload.drift)
+    assert snap.payload.workload_id == WORKLOAD.id  # type: ignore[union-attr]
+
+    p.stop_workers()
+    p.start_worker()
+    # Its collector cannot tell (origin image: no overlay to compare): the worker remembers.
+    after = decision_for(p, p.send(EXEC.name, WORKLOAD.id, exec_event("/opt/app", 52)).event_id)
+    assert (after.verdict, after.reason) == (Verdict.BLOCK, "violation:R5")
 
 
 def test_malformed_events_go_to_the_dlq_and_the_worker_goes_on(pipeline: Pipeline) -> None:

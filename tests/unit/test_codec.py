@@ -27,8 +27,10 @@ from schemas import (
     GroupPolicy,
     Mode,
     Origin,
+    ProcessSnapshot,
     ProfilePatch,
     RuleChange,
+    TunnelSighting,
     decode_envelope,
     decode_record,
     encode,
@@ -73,6 +75,10 @@ def _samples() -> dict[str, Envelope]:
                                                                            "deny"),)),
                               "e-patch"),
         "verdict": wrap(decision, "e-verdict"),
+        "process_state": wrap(ProcessSnapshot(workload_id="c1", seq=7, risk={"42": "nmap"},
+                                              probe_shells=(50,), admitted_pgids=(60,),
+                                              tunnels=(TunnelSighting(70, 123, True),),
+                                              drift=("/tmp/x",)), "state:c1:7"),
     }
 
 
@@ -187,7 +193,7 @@ def test_topics_are_named_and_keyed() -> None:
     names = {t.name for t in ALL_TOPICS}
     assert len(names) == len(ALL_TOPICS) and all(n.startswith("procwarden.") for n in names)
     compacted = {t.name for t in ALL_TOPICS if t.compacted}
-    assert compacted == {"procwarden.policy", "procwarden.workloads"}
+    assert compacted == {"procwarden.policy", "procwarden.workloads", "procwarden.process-state"}
 
 
 @pytest.mark.parametrize("key,expected", [
