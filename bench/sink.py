@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from confluent_kafka import Producer
 
+from procwarden.runtime import tune_gc
 from procwarden.stack.topics import ensure_topics
 from schemas import Decision, Envelope, EventKind, Mode, Verdict, encode
 from schemas.connections import ClickHouseConnection, KafkaConnection
@@ -81,6 +82,7 @@ def main() -> int:
     base = baseline(envs, base_db)
     print(f"baseline  columnar INSERT from memory: {base:>10,.0f} rows/s")
 
+    tune_gc()  # as `procwarden sink-clickhouse` does
     writer = ClickHouseWriter(kafka, ClickHouseConnection(database=sink_db),
                               group_id=f"bench-{uuid.uuid4().hex[:6]}", topics=(VERDICTS,),
                               batch_size=100_000, batch_seconds=1.0)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from procwarden.runtime import tune_gc
+
 if TYPE_CHECKING:
     from procwarden.stack import Stack
 
@@ -38,6 +40,8 @@ def _role_process(log_level: str, metrics_port: int) -> threading.Event:
     for the long-running roles that stop cleanly between batches."""
     import logging
     import signal
+
+    tune_gc()
 
     from prometheus_client import start_http_server
 
@@ -122,6 +126,7 @@ def streams() -> None:
         _bad_setting("streams", "STREAMS_", exc)
     typer.echo(f"procwarden streams: {kafka.describe()}, group {settings.app_id}, "
                f"api http://{settings.web_host}:{settings.web_port}", err=True)
+    tune_gc()
     run_worker(settings, kafka)
 
 

@@ -211,7 +211,8 @@ def _build_record(cls: type) -> _Converter:
     specs: dict[str, tuple[type | None, _Converter]] = {}
     name = cls.__name__
 
-    def convert(value: Any) -> Any:
+    def checked(value: Any) -> Any:
+        """Field by field, naming the first field at fault."""
         if type(value) is not dict:
             raise DecodeError("", f"expected an object ({name}), got {_type_name(value)}")
         if not required.issubset(value):
@@ -234,8 +235,69 @@ def _build_record(cls: type) -> _Converter:
         except (ValueError, TypeError) as exc:  # record-level invariants in __post_init__
             raise DecodeError("", str(exc)) from None
 
+    holder: list[_Converter] = [checked]
+
+    def convert(value: Any) -> Any:
+        return holder[0](value)
+
     _CACHE[cls] = convert  # registered before its fields, so records may nest themselves
     for f in fields:
         tp = hints[f.name]
         specs[f.name] = (_PLAIN.get(tp), _converter_for(tp))
+    holder[0] = _compile_record(cls, fields, specs, required, checked)
     return convert
+
+
+def _compile_record(cls: type, fields: list[dataclasses.Field[Any]],
+                    specs: dict[str, tuple[type | None, _Converter]], required: frozenset[str],
+                    checked: _Converter) -> _Converter:
+    """The same validation as `checked`, as straight-line code generated for this record (the
+    hot path of every consumer: sinks and the stream app decode every message). Any failure
+    hands the value to `checked`, which names the field at fault."""
+    env: dict[str, Any] = {"cls": cls, "checked": checked, "known": frozenset(specs),
+                           "required": required, "dict": dict, "type": type}
+    lines = ["def fast(value):",
+             "    if (type(value) is not dict or not value.keys() <= known",
+             "            or not required <= value.keys()):",
+             "        return checked(value)",
+             "    try:"]
+    args = []
+    for i, f in enumerate(fields):
+        plain, conv = specs[f.name]
+        env[f"c{i}"] = conv
+        if f.name in required:
+            lines.append(f"        v{i} = value[{f.name!r}]")
+        elif f.default_factory is not dataclasses.MISSING:
+            env[f"f{i}"] = f.default_factory
+            lines.append(f"        v{i} = value[{f.name!r}] if {f.name!r} in value else f{i}()")
+            lines.append(f"        if {f.name!r} in value:")
+            lines.append(f"            v{i} = c{i}(v{i})")
+            args.append(f"{f.name}=v{i}")
+            continue
+        else:
+            env[f"d{i}"] = f.default
+            lines.append(f"        v{i} = value.get({f.name!r}, d{i})")
+            lines.append(f"        if {f.name!r} in value:")
+            _convert_line(lines, i, plain, env, indent=12)
+            args.append(f"{f.name}=v{i}")
+            continue
+        _convert_line(lines, i, plain, env, indent=8)
+        args.append(f"{f.name}=v{i}")
+    lines += [f"        return cls({', '.join(args)})",
+              "    except (DecodeError, ValueError, TypeError):",
+              "        return checked(value)"]
+    env["DecodeError"] = DecodeError
+    exec("\n".join(lines), env)
+    fast: _Converter = env["fast"]
+    return fast
+
+
+def _convert_line(lines: list[str], i: int, plain: type | None, env: dict[str, Any],
+                  indent: int) -> None:
+    pad = " " * indent
+    if plain is not None:
+        env[f"p{i}"] = plain
+        lines.append(f"{pad}if type(v{i}) is not p{i}:")
+        lines.append(f"{pad}    v{i} = c{i}(v{i})")
+    else:
+        lines.append(f"{pad}v{i} = c{i}(v{i})")

@@ -6,6 +6,7 @@ Debian server, 18.16). Booleans are UInt8; optional enums are empty strings.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,8 +17,15 @@ from schemas import CollectorReport, Decision, Envelope, Incident, ProfileChange
 __all__ = ["TABLES", "Table", "table_for"]
 
 
+@functools.lru_cache(maxsize=4096)
+def _second(ts: int) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC).replace(tzinfo=None)
+
+
 def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(int(ts), tz=UTC).replace(tzinfo=None)
+    # A batch holds a few distinct seconds: building the datetime once per second is a tenth of
+    # the row's cost saved.
+    return _second(int(ts))
 
 
 def _ms(ts: float) -> int:
