@@ -15,7 +15,8 @@ __all__ = ["consumer_lag", "report"]
 
 # Consumer group -> the topics it reads (the roles' default group ids).
 CONSUMERS = {
-    "procwarden-streams": (EXEC.name, FILE.name, WORKLOADS.name, POLICY_UPDATES.name),
+    "procwarden-streams-events": (EXEC.name, FILE.name),
+    "procwarden-streams": (WORKLOADS.name, POLICY_UPDATES.name),
     "procwarden-sink-clickhouse": (VERDICTS.name, SECURITY_EVENTS.name),
     "procwarden-siem": (SECURITY_EVENTS.name,),
 }

@@ -1,6 +1,10 @@
-"""The Faust app: topics, thin agents, the policy mirror, and the worker entry point.
+"""The Faust app: topics, thin agents, the policy mirror, the event decider, and the worker
+entry point.
 
-Agents only hand each raw message to `Handlers`; every message on every topic is plain JSON in
+Exec and file events are read in batches by `EventDecider` (a service of this app: Faust's
+per-message stream machinery costs ten times what deciding does); workload announcements and
+policy updates go through Faust agents. Both only hand each raw message to `Handlers`; every
+message on every topic is plain JSON in
 the `schemas/` envelope (raw serializers: no Faust framing on the wire). Faust acknowledges a
 message when its agent moves on and flushes the producer before it commits offsets, so an output
 is in Kafka before its input counts as done; after a crash the uncommitted tail is decided again,
@@ -12,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import time
 from typing import Any
 
@@ -22,7 +25,9 @@ import mode
 from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, FILE, POLICY_UPDATES, WORKLOADS
 from streams.api import PolicyApi
+from streams.decider import EventDecider
 from streams.handlers import Handlers, RawMessage
+from streams.kafka_options import aiokafka_options, ssl_context
 from streams.mirror import PolicyMirror
 from streams.session import DecisionSession
 from streams.settings import StreamSettings
@@ -39,10 +44,19 @@ class _FaustPublisher:
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
+        # Each key's partition, hashed once: keys repeat (nodes, workloads, groups), and the
+        # producer's murmur2 is Python.
+        self._partitions: dict[tuple[str, bytes], int] = {}
 
     async def send(self, topic: str, key: bytes, value: bytes | None) -> None:
-        await self.app.producer.send(topic, key, value, partition=None, timestamp=None,
+        partition = self._partitions.get((topic, key))
+        await self.app.producer.send(topic, key, value, partition=partition, timestamp=None,
                                      headers=None)
+        if partition is None:  # the producer knows the topic's partitions now
+            if len(self._partitions) > 100_000:
+                self._partitions.clear()
+            self._partitions[(topic, key)] = self.app.producer.key_partition(topic,
+                                                                             key).partition
 
 
 class _MirrorService(mode.Service):
@@ -70,18 +84,13 @@ def _broker_url(kafka: KafkaConnection) -> str:
 
 
 def _credentials(kafka: KafkaConnection) -> Any:
-    protocol = kafka.security_protocol.upper()
-    ssl_context = None
-    if "SSL" in protocol:
-        ssl_context = ssl.create_default_context(cafile=kafka.ssl_ca_location or None)
-        if kafka.ssl_cert_location:
-            ssl_context.load_cert_chain(kafka.ssl_cert_location, kafka.ssl_key_location or None)
-    if "SASL" in protocol:
+    context = ssl_context(kafka)
+    if "SASL" in kafka.security_protocol.upper():
         return faust.SASLCredentials(username=kafka.sasl_username, password=kafka.sasl_password,
                                      mechanism=kafka.sasl_mechanism.upper(),
-                                     ssl_context=ssl_context)
-    if ssl_context is not None:
-        return faust.SSLCredentials(ssl_context)
+                                     ssl_context=context)
+    if context is not None:
+        return faust.SSLCredentials(context)
     return None
 
 
@@ -131,8 +140,10 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
         app.agent(channel, name=f"procwarden.{name}")(process)
 
     install_routes(app, PolicyApi(handlers), settings)
-    agent(topic(EXEC.name), handlers.on_event, "decide_exec")
-    agent(topic(FILE.name), handlers.on_event, "decide_file")
+    app.add_dependency(EventDecider(
+        kafka, [kafka.topic(EXEC.name), kafka.topic(FILE.name)], f"{settings.app_id}-events",
+        handlers.on_event, app.producer.flush, handlers.ready, aiokafka_options(kafka),
+        loop=app.loop))
     agent(topic(WORKLOADS.name), handlers.on_workload_announcement, "announce_workloads")
     agent(topic(POLICY_UPDATES.name), handlers.on_update, "write_policies")
     return app, handlers

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import Counter as Counter_
 from prometheus_client import Histogram
@@ -98,6 +98,7 @@ class Handlers:
     _deleted: dict[str, int] = field(default_factory=dict)
     # What this worker last told each workload's collector: (pre_exec, policy stamp).
     _told: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    _decided: dict[tuple[str, str], Any] = field(default_factory=dict)  # metric children
 
     # -- mirror callbacks -----------------------------------------------------------------------
 
@@ -135,10 +136,14 @@ class Handlers:
         except DecodeError as exc:
             await self.dead_letter(msg, f"invalid message: {exc}")
             return
-        await self.ready.wait()
+        if not self.ready.is_set():
+            await self.ready.wait()
         started = time.perf_counter()
         try:
-            decision = await self._decide(env)
+            try:
+                decision = self.session.decide(env)
+            except UnknownWorkload:
+                decision = await self._decide_when_announced(env)
         except UnknownWorkload as exc:
             await self.dead_letter(msg, f"unknown workload {exc.args[0]!r}")
             return
@@ -147,23 +152,27 @@ class Handlers:
             await self.dead_letter(msg, f"decision failed: {exc!r}")
             return
         mode = decision.mode.value if decision.mode else "-"
-        self.counts[f"decided:{decision.verdict.value}:{mode}"] += 1
         await self._publish_decision(decision)
         await self._persist_states()
-        DECIDED.labels(decision.verdict.value, mode).inc()
+        counted = (decision.verdict.value, mode)
+        self.counts[f"decided:{counted[0]}:{counted[1]}"] += 1
+        child = self._decided.get(counted)
+        if child is None:
+            child = self._decided[counted] = DECIDED.labels(*counted)
+        child.inc()
         DECIDE_SECONDS.observe(time.perf_counter() - started)
         EVENT_AGE.observe(max(0.0, time.time() - env.ts))
 
-    async def _decide(self, env: Envelope) -> Decision:
+    async def _decide_when_announced(self, env: Envelope) -> Decision:
+        # The announcement travels on another topic and may be a moment behind.
         deadline = time.monotonic() + self.unknown_workload_wait_s
         while True:
+            await asyncio.sleep(0.05)
             try:
                 return self.session.decide(env)
             except UnknownWorkload:
-                # The announcement travels on another topic and may be a moment behind.
                 if time.monotonic() >= deadline:
                     raise
-                await asyncio.sleep(0.05)
 
     async def _publish_decision(self, decision: Decision) -> None:
         await self.send(VERDICTS.name, decision.node, decision, decision.event_id)

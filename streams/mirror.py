@@ -27,6 +27,7 @@ from schemas import (
 )
 from schemas.connections import KafkaConnection
 from schemas.topics import POLICY, PROCESS_STATE, WORKLOADS
+from streams.kafka_options import aiokafka_options
 
 _MIRRORED = (POLICY, WORKLOADS, PROCESS_STATE)
 
@@ -51,13 +52,9 @@ class PolicyMirror:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.kafka.bootstrap_servers, enable_auto_commit=False,
-            group_id=None, auto_offset_reset="earliest",
-            security_protocol=self.kafka.security_protocol.upper(),
-            sasl_mechanism=self.kafka.sasl_mechanism.upper() or "PLAIN",
-            sasl_plain_username=self.kafka.sasl_username or None,
-            sasl_plain_password=self.kafka.sasl_password or None)
+        self._consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None,
+                                          auto_offset_reset="earliest",
+                                          **aiokafka_options(self.kafka))
         await self._consumer.start()
         tps = await self._partitions()
         self._consumer.assign(tps)
