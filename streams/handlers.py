@@ -59,10 +59,6 @@ log = logging.getLogger("procwarden.streams")
 
 DECIDED = Counter_("procwarden_streams_decided_total", "Events decided", ["verdict", "mode"])
 DEAD_LETTERS = Counter_("procwarden_streams_dlq_total", "Messages sent to the DLQ", ["topic"])
-DECIDE_SECONDS = Histogram("procwarden_streams_decide_seconds",
-                           "Time from receiving an event to publishing its verdict",
-                           buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                    0.05, 0.1, 0.25))
 EVENT_AGE = Histogram("procwarden_streams_event_age_seconds",
                       "Age of an event (its ts) when its verdict is published: the lag",
                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30, 120))
@@ -138,7 +134,6 @@ class Handlers:
             return
         if not self.ready.is_set():
             await self.ready.wait()
-        started = time.perf_counter()
         try:
             try:
                 decision = self.session.decide(env)
@@ -160,7 +155,6 @@ class Handlers:
         if child is None:
             child = self._decided[counted] = DECIDED.labels(*counted)
         child.inc()
-        DECIDE_SECONDS.observe(time.perf_counter() - started)
         EVENT_AGE.observe(max(0.0, time.time() - env.ts))
 
     async def _decide_when_announced(self, env: Envelope) -> Decision:
