@@ -14,6 +14,7 @@ against start times, the policy writer is idempotent).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -33,30 +34,58 @@ from streams.session import DecisionSession
 from streams.settings import StreamSettings
 from streams.web import install_routes
 
-__all__ = ["build_app", "run_worker"]
+__all__ = ["DeliveryFailed", "FaustPublisher", "build_app", "run_worker"]
 
 log = logging.getLogger("procwarden.streams")
 
 
-class _FaustPublisher:
-    """Publishes raw bytes with the app's producer, which Faust flushes before it commits
-    offsets. (Faust's Topic.send adds ~0.3 ms of bookkeeping per message; this path does not.)"""
+class DeliveryFailed(RuntimeError):
+    """An output did not reach Kafka: its input must not count as done."""
 
-    def __init__(self, app: faust.App) -> None:
+
+class FaustPublisher:
+    """Publishes raw bytes with the app's producer, which Faust flushes before it commits
+    offsets. (Faust's Topic.send adds ~0.3 ms of bookkeeping per message; this path does not.)
+    A flush does not say whether every message made it, so each send's delivery is kept until
+    `delivered` looks at it."""
+
+    def __init__(self, app: Any) -> None:
         self.app = app
         # Each key's partition, hashed once: keys repeat (nodes, workloads, groups), and the
         # producer's murmur2 is Python.
         self._partitions: dict[tuple[str, bytes], int] = {}
+        self._deliveries: list[asyncio.Future[Any]] = []
 
     async def send(self, topic: str, key: bytes, value: bytes | None) -> None:
         partition = self._partitions.get((topic, key))
-        await self.app.producer.send(topic, key, value, partition=partition, timestamp=None,
-                                     headers=None)
+        delivery = await self.app.producer.send(topic, key, value, partition=partition,
+                                                timestamp=None, headers=None)
+        self._deliveries.append(delivery)
+        if len(self._deliveries) > 50_000:  # nobody asked for a while: keep what is pending
+            self._deliveries = [d for d in self._deliveries
+                                if not d.done() or d.cancelled() or d.exception()]
         if partition is None:  # the producer knows the topic's partitions now
             if len(self._partitions) > 100_000:
                 self._partitions.clear()
             self._partitions[(topic, key)] = self.app.producer.key_partition(topic,
                                                                              key).partition
+
+    async def delivered(self) -> None:
+        """Flush, then raise DeliveryFailed if anything sent since the last call is not in
+        Kafka."""
+        taken, self._deliveries = self._deliveries, []
+        await self.app.producer.flush()
+        failed = 0
+        first: BaseException | None = None
+        for delivery in taken:
+            try:
+                await delivery
+            except Exception as exc:  # the producer gave up on it (after its own retries)
+                failed += 1
+                first = first or exc
+        if failed:
+            raise DeliveryFailed(f"{failed} of {len(taken)} messages were not delivered "
+                                 f"({first!r})")
 
 
 class _MirrorService(mode.Service):
@@ -118,7 +147,8 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
         broker_commit_interval=1.0,
     )
     session = DecisionSession(settings=settings.engine())
-    handlers = Handlers(session=session, publisher=_FaustPublisher(app), kafka=kafka,
+    publisher = FaustPublisher(app)
+    handlers = Handlers(session=session, publisher=publisher, kafka=kafka,
                         node=f"streams@{socket.gethostname()}",
                         unknown_workload_wait_s=settings.unknown_workload_wait_s)
     # `nodes` exists from the start, published or not; the mirror brings newer versions.
@@ -142,7 +172,7 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
     install_routes(app, PolicyApi(handlers), settings)
     app.add_dependency(EventDecider(
         kafka, [kafka.topic(EXEC.name), kafka.topic(FILE.name)], f"{settings.app_id}-events",
-        handlers.on_event, app.producer.flush, handlers.ready, aiokafka_options(kafka),
+        handlers.on_event, publisher.delivered, handlers.ready, aiokafka_options(kafka),
         loop=app.loop))
     agent(topic(WORKLOADS.name), handlers.on_workload_announcement, "announce_workloads")
     agent(topic(POLICY_UPDATES.name), handlers.on_update, "write_policies")

@@ -4,8 +4,10 @@ Faust's stream machinery costs about 250 us per message on this class of machine
 does nothing peaks at ~3,900 messages/s; bench/stream.py), ten times what deciding costs. So the
 two event topics are read by this Faust service with aiokafka directly, in batches: each batch is
 decided in order (per partition, so per workload), its outputs are handed to the app's producer,
-the producer is flushed, and only then are the batch's offsets committed. A crash between flush
-and commit decides the uncommitted tail again, with the same results and ids, as before.
+the producer is flushed and every output's delivery checked, and only then are the batch's
+offsets committed. An output that could not be delivered stops the worker with its batch
+uncommitted (a restarted worker decides it again) rather than count it as done; so does a crash
+between flush and commit, with the same results and ids.
 
 The consumer group is `<app id>-events`: workers started together share the event partitions;
 the remaining Faust agents (workload announcements, the policy writer) keep the app's own group.
@@ -98,9 +100,14 @@ class EventDecider(mode.Service):
                       ) -> None:
         consumer = self._consumer
         assert consumer is not None
-        await self.flush()  # the outputs are in Kafka before the inputs count as done
         if previous is not None:
             await previous
+        try:
+            await self.flush()  # the outputs are in Kafka before the inputs count as done
+        except Exception as exc:
+            log.critical("stopping: %s; the batch stays uncommitted", exc)
+            await self.crash(exc)
+            return
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
