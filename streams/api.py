@@ -64,7 +64,8 @@ class ApiError(Exception):
 
 def error_body(status: int, message: str, field: str = "") -> dict[str, Any]:
     kind = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not found",
-            409: "conflict", 503: "unavailable", 504: "timeout"}.get(status, "error")
+            409: "conflict", 412: "precondition failed", 503: "unavailable",
+            504: "timeout"}.get(status, "error")
     body: dict[str, Any] = {"code": status, "error": kind, "message": message}
     if field:
         body["field"] = field
@@ -236,6 +237,22 @@ class PolicyApi:
                      "workloads": len(self.session.workloads), "counts": dict(h.counts)}
 
     # -- writes ---------------------------------------------------------------------------------
+
+    def check_version(self, group: str, if_match: str | None) -> None:
+        """`If-Match` on a group's write: the version the client read (its `ETag`) must still be
+        the current one, or the write is refused (412) instead of applied over a change the
+        client has not seen. `*` matches any version of an existing group."""
+        if if_match is None:
+            return
+        policy = self._policies().get(group)
+        if policy is None:
+            raise ApiError(404, f"group {group!r} does not exist")
+        wanted = [tag.strip().removeprefix("W/").strip('"') for tag in if_match.split(",")]
+        if "*" in wanted or str(policy.version) in wanted:
+            return
+        raise ApiError(412, f"group {group!r} is at version {policy.version}, not "
+                            f"{', '.join(wanted)}: read it again and redo the change",
+                       field="If-Match")
 
     async def patch_profile(self, group: str, body: Any, actor: str) -> Answer:
         if isinstance(body, dict) and isinstance(body.get("process_profile_config"), dict):

@@ -41,7 +41,14 @@ def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings) -> 
             raise ApiError(401, "missing or wrong bearer token")
 
     def answer(view: View, status: int, body: Any) -> Response:
-        return view.bytes(orjson.dumps(body), content_type="application/json", status=status)
+        headers = None
+        if status == 200 and isinstance(body, dict):
+            # A group's version is its entity tag: send it back in If-Match to write safely.
+            one = body.get("process_profile") or body.get("group")
+            if isinstance(one, dict) and isinstance(one.get("version"), int):
+                headers = {"ETag": f'"{one["version"]}"'}
+        return view.bytes(orjson.dumps(body), content_type="application/json", status=status,
+                          headers=headers)
 
     async def body_json(request: Request) -> Any:
         raw = await request.read()
@@ -75,6 +82,7 @@ def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings) -> 
 
         async def patch(self, request: Request, group: str) -> Response:
             async def call() -> Answer:
+                api.check_version(group, request.headers.get("If-Match"))
                 return await api.patch_profile(group, await body_json(request), actor(request))
             return await run(self, request, True, call)
 
@@ -117,11 +125,15 @@ def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings) -> 
 
         async def patch(self, request: Request, name: str) -> Response:
             async def call() -> Answer:
+                api.check_version(name, request.headers.get("If-Match"))
                 return await api.patch_group(name, await body_json(request), actor(request))
             return await run(self, request, True, call)
 
         async def delete(self, request: Request, name: str) -> Response:
-            return await run(self, request, True, lambda: api.delete_group(name, actor(request)))
+            async def call() -> Answer:
+                api.check_version(name, request.headers.get("If-Match"))
+                return await api.delete_group(name, actor(request))
+            return await run(self, request, True, call)
 
     @app.page("/v1/policy/import")
     class Import(View):

@@ -35,15 +35,22 @@ def api(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def http(p: Pipeline, method: str, path: str, body: Any = None, *, token: str | None = TOKEN,
          raw: bytes | None = None) -> tuple[int, Any]:
+    status, answer, _ = http_with_headers(p, method, path, body, token=token, raw=raw)
+    return status, answer
+
+
+def http_with_headers(p: Pipeline, method: str, path: str, body: Any = None, *,
+                      token: str | None = TOKEN, raw: bytes | None = None,
+                      headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    sent = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
     request = urllib.request.Request(f"http://127.0.0.1:{p.web_port}{path}", data=data,
-                                     method=method, headers=headers)
+                                     method=method, headers=sent)
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
+            return resp.status, json.loads(resp.read()), resp.headers
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        return exc.code, json.loads(exc.read()), exc.headers
 
 
 def cli(p: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
@@ -93,6 +100,28 @@ def test_edits_validate_and_apply_to_the_next_event(api: Pipeline) -> None:
                for e in body["process_profile"]["process_list"])
     d = decision_for(api, api.send(EXEC.name, WORKLOAD.id, exec_event("/bin/cat", 2)).event_id)
     assert (d.verdict, d.reason) == (Verdict.ALERT, "violation:RD")  # Discover: deny alerts
+
+
+def test_if_match_refuses_a_write_over_an_unseen_change(api: Pipeline) -> None:
+    path = f"/v1/process_profile/{WEB}"
+    status, body, headers = http_with_headers(api, "GET", path)
+    seen = headers["ETag"]
+    assert status == 200 and seen == f'"{body["process_profile"]["version"]}"'
+    change = {"process_profile_config": {"process_change_list": [
+        {"name": "vi", "path": "/bin/vi", "action": "allow"}]}}
+    status, body, headers = http_with_headers(api, "PATCH", path, change,
+                                              headers={"If-Match": seen})
+    assert status == 200 and headers["ETag"] != seen  # applied: a new version
+    # Someone else's edit since: the same If-Match is now refused, and nothing changes.
+    other = {"process_profile_config": {"process_delete_list": [
+        {"name": "vi", "path": "/bin/vi"}]}}
+    status, body, _ = http_with_headers(api, "PATCH", path, other, headers={"If-Match": seen})
+    assert (status, body["error"], body["field"]) == (412, "precondition failed", "If-Match")
+    _, now = http(api, "GET", path)
+    assert any(e["name"] == "vi" for e in now["process_profile"]["process_list"])
+    assert http_with_headers(api, "PATCH", path, other, headers={"If-Match": "*"})[0] == 200
+    assert http_with_headers(api, "DELETE", "/v1/group/nv.ghost.x",
+                             headers={"If-Match": '"1"'})[0] == 404
 
 
 def test_dry_run_decides_without_learning(api: Pipeline) -> None:
