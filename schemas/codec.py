@@ -251,53 +251,42 @@ def _build_record(cls: type) -> _Converter:
 def _compile_record(cls: type, fields: list[dataclasses.Field[Any]],
                     specs: dict[str, tuple[type | None, _Converter]], required: frozenset[str],
                     checked: _Converter) -> _Converter:
-    """The same validation as `checked`, as straight-line code generated for this record (the
-    hot path of every consumer: sinks and the stream app decode every message). Any failure
-    hands the value to `checked`, which names the field at fault."""
+    """The same validation as `checked`, as code generated for this record (the hot path of
+    every consumer: sinks and the stream app decode every message). A record with every field
+    given (what `encode` writes) takes straight-line code; one with some (what collectors and
+    people write) converts just those. Any failure hands the value to `checked`, which names
+    the field at fault."""
     env: dict[str, Any] = {"cls": cls, "checked": checked, "known": frozenset(specs),
-                           "required": required, "dict": dict, "type": type}
+                           "required": required, "type": type, "dict": dict,
+                           "plains": {name: plain for name, (plain, _) in specs.items()},
+                           "convs": {name: conv for name, (_, conv) in specs.items()},
+                           "DecodeError": DecodeError}
     lines = ["def fast(value):",
              "    if (type(value) is not dict or not value.keys() <= known",
              "            or not required <= value.keys()):",
              "        return checked(value)",
-             "    try:"]
+             "    try:",
+             f"        if len(value) == {len(fields)}:"]
     args = []
     for i, f in enumerate(fields):
         plain, conv = specs[f.name]
         env[f"c{i}"] = conv
-        if f.name in required:
-            lines.append(f"        v{i} = value[{f.name!r}]")
-        elif f.default_factory is not dataclasses.MISSING:
-            env[f"f{i}"] = f.default_factory
-            lines.append(f"        v{i} = value[{f.name!r}] if {f.name!r} in value else f{i}()")
-            lines.append(f"        if {f.name!r} in value:")
-            lines.append(f"            v{i} = c{i}(v{i})")
-            args.append(f"{f.name}=v{i}")
-            continue
+        lines.append(f"            v{i} = value[{f.name!r}]")
+        if plain is not None:
+            env[f"p{i}"] = plain
+            lines.append(f"            if type(v{i}) is not p{i}:")
+            lines.append(f"                v{i} = c{i}(v{i})")
         else:
-            env[f"d{i}"] = f.default
-            lines.append(f"        v{i} = value.get({f.name!r}, d{i})")
-            lines.append(f"        if {f.name!r} in value:")
-            _convert_line(lines, i, plain, env, indent=12)
-            args.append(f"{f.name}=v{i}")
-            continue
-        _convert_line(lines, i, plain, env, indent=8)
+            lines.append(f"            v{i} = c{i}(v{i})")
         args.append(f"{f.name}=v{i}")
-    lines += [f"        return cls({', '.join(args)})",
+    lines += [f"            return cls({', '.join(args)})",
+              "        kwargs = dict(value)",
+              "        for key, raw in value.items():",
+              "            if type(raw) is not plains[key]:",
+              "                kwargs[key] = convs[key](raw)",
+              "        return cls(**kwargs)",
               "    except (DecodeError, ValueError, TypeError):",
               "        return checked(value)"]
-    env["DecodeError"] = DecodeError
     exec("\n".join(lines), env)
     fast: _Converter = env["fast"]
     return fast
-
-
-def _convert_line(lines: list[str], i: int, plain: type | None, env: dict[str, Any],
-                  indent: int) -> None:
-    pad = " " * indent
-    if plain is not None:
-        env[f"p{i}"] = plain
-        lines.append(f"{pad}if type(v{i}) is not p{i}:")
-        lines.append(f"{pad}    v{i} = c{i}(v{i})")
-    else:
-        lines.append(f"{pad}v{i} = c{i}(v{i})")

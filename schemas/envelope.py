@@ -90,6 +90,7 @@ class Envelope:
 
 
 _HEADER_FIELDS = ("schema_version", "event_id", "node", "cluster", "ts", "kind", "payload")
+_HEADER_SET = frozenset(_HEADER_FIELDS)
 
 
 def decode_envelope(data: bytes | str | dict[str, Any]) -> Envelope:
@@ -103,19 +104,21 @@ def decode_envelope(data: bytes | str | dict[str, Any]) -> Envelope:
         reason = ("required field is missing" if version is None else
                   f"unsupported version {version!r} (this build reads {SCHEMA_VERSION})")
         raise DecodeError("schema_version", reason)
-    for name in obj:
-        if name not in _HEADER_FIELDS:
-            raise DecodeError(name, f"unknown field (known: {', '.join(_HEADER_FIELDS)})")
-    for name in _HEADER_FIELDS:
-        if name not in obj:
-            raise DecodeError(name, "required field is missing")
+    if obj.keys() != _HEADER_SET:
+        for name in obj:
+            if name not in _HEADER_SET:
+                raise DecodeError(name, f"unknown field (known: {', '.join(_HEADER_FIELDS)})")
+        for name in _HEADER_FIELDS:
+            if name not in obj:
+                raise DecodeError(name, "required field is missing")
     kind = _KINDS.get(obj["kind"]) if type(obj["kind"]) is str else None
     if kind is None:
         raise DecodeError("kind", f"unknown value {obj['kind']!r} (allowed: {_KIND_NAMES})")
     event_id, node, cluster, ts = obj["event_id"], obj["node"], obj["cluster"], obj["ts"]
-    for name, value in (("event_id", event_id), ("node", node), ("cluster", cluster)):
-        if type(value) is not str:
-            raise DecodeError(name, "expected a string")
+    if type(event_id) is not str or type(node) is not str or type(cluster) is not str:
+        for name, value in (("event_id", event_id), ("node", node), ("cluster", cluster)):
+            if type(value) is not str:
+                raise DecodeError(name, "expected a string")
     if not event_id:
         raise DecodeError("event_id", "must not be empty")
     if type(ts) is not float and type(ts) is not int:
