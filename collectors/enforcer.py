@@ -335,17 +335,32 @@ class Enforcer:
 
     def _permission_loop(self) -> None:
         assert self.group is not None
-        fd = self.group.fd
+        group = self.group
+        failures = 0
         while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.01)
-            if ready:
-                for event in self.group.read():
-                    try:
-                        self.on_permission(event)
-                    except Exception:
-                        log.exception("answering a held exec failed: allowing it")
-                        self._answer_safely(event, True, "error")
-            self._expire(time.monotonic())
+            try:
+                ready, _, _ = select.select([group.fd], [], [], 0.01)
+                if ready:
+                    for event in group.read():
+                        try:
+                            self.on_permission(event)
+                        except Exception:
+                            log.exception("answering a held exec failed: allowing it")
+                            self._answer_safely(event, True, "error")
+                self._expire(time.monotonic())
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("the held-exec loop failed (%d in a row)", failures)
+                if failures >= 5:
+                    # Nothing would answer the kernel any more: closing the group lets every
+                    # held exec go ahead rather than hang the host.
+                    log.critical("no longer holding execs: the permission group is closed")
+                    with self._lock:
+                        self.group = None
+                        group.close()
+                    return
+                time.sleep(0.1)
 
     def on_permission(self, event: Permission) -> None:
         held = self._key_of(event)
@@ -469,9 +484,11 @@ class Enforcer:
         return hold.fail_mode is FailMode.OPEN
 
     def _answer(self, event: Permission, allow: bool, source: str) -> None:
-        assert self.group is not None
+        group = self.group
+        if group is None:
+            return  # the group was closed: the kernel let the exec go ahead
         try:
-            self.group.answer(event, allow)
+            group.answer(event, allow)
         except OSError as exc:
             log.warning("answering a held exec failed: %s", exc)
         PRE_EXEC.labels(source, "allow" if allow else "deny").inc()

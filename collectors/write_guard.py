@@ -51,6 +51,7 @@ class WriteGuard:
         self._mounts: dict[str, str] = {}  # guarded workload -> its watched root mount
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.closed = False  # the loop gave up and closed the group
         self._thread = threading.Thread(target=self._loop, name="write-guard", daemon=True)
 
     def start(self) -> None:
@@ -59,7 +60,8 @@ class WriteGuard:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
-        self.group.close()  # whatever is still held goes ahead
+        if not self.closed:
+            self.group.close()  # whatever is still held goes ahead
 
     def guarded(self, workload_id: str) -> bool:
         return workload_id in self._mounts
@@ -67,6 +69,8 @@ class WriteGuard:
     def guard(self, workload_id: str, on: bool) -> None:
         """Start or stop denying drift writes in a workload (a container with a known root)."""
         with self._lock:
+            if self.closed:
+                return
             mount = self._mounts.get(workload_id)
             if on and mount is None:
                 info = self.resolver.container(workload_id)
@@ -86,22 +90,38 @@ class WriteGuard:
                 log.info("no longer holding writes in %s", workload_id)
 
     def _loop(self) -> None:
-        fd = self.group.fd
+        failures = 0
         while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if not ready:
-                continue
-            for event in self.group.read():
-                try:
-                    allow = self.on_open(event)
-                except Exception:
-                    log.exception("judging a held open failed: allowing it")
-                    allow = True
-                try:
-                    self.group.answer(event, allow)
-                except OSError as exc:
-                    log.warning("answering a held open failed: %s", exc)
-                OPENS.labels("allow" if allow else "deny").inc()
+            try:
+                self._answer_pending()
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("the held-open loop failed (%d in a row)", failures)
+                if failures >= 5:
+                    # Nothing would answer the kernel any more: closing the group lets every
+                    # held open go ahead rather than hang the container.
+                    log.critical("no longer holding writes: the permission group is closed")
+                    self.closed = True
+                    self.group.close()
+                    return
+                self._stop.wait(0.1)
+
+    def _answer_pending(self) -> None:
+        ready, _, _ = select.select([self.group.fd], [], [], 0.1)
+        if not ready:
+            return
+        for event in self.group.read():
+            try:
+                allow = self.on_open(event)
+            except Exception:
+                log.exception("judging a held open failed: allowing it")
+                allow = True
+            try:
+                self.group.answer(event, allow)
+            except OSError as exc:
+                log.warning("answering a held open failed: %s", exc)
+            OPENS.labels("allow" if allow else "deny").inc()
 
     def on_open(self, event: Permission) -> bool:
         """Whether the held open may go ahead; a denied one is published as a held modify."""
