@@ -30,7 +30,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from collectors.fanotify import Permission, PermissionGroup
+from collectors.fanotify import Permission, PermissionGroup, answer_until
 from collectors.procfs import ProcStat, read_cgroup, read_proc, read_stat
 from collectors.sensing import Sensor, exe_origin
 from collectors.settings import CollectorSettings
@@ -334,33 +334,26 @@ class Enforcer:
     # -- held execs -----------------------------------------------------------------------------
 
     def _permission_loop(self) -> None:
-        assert self.group is not None
         group = self.group
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                ready, _, _ = select.select([group.fd], [], [], 0.01)
-                if ready:
-                    for event in group.read():
-                        try:
-                            self.on_permission(event)
-                        except Exception:
-                            log.exception("answering a held exec failed: allowing it")
-                            self._answer_safely(event, True, "error")
-                self._expire(time.monotonic())
-                failures = 0
-            except Exception:
-                failures += 1
-                log.exception("the held-exec loop failed (%d in a row)", failures)
-                if failures >= 5:
-                    # Nothing would answer the kernel any more: closing the group lets every
-                    # held exec go ahead rather than hang the host.
-                    log.critical("no longer holding execs: the permission group is closed")
-                    with self._lock:
-                        self.group = None
-                        group.close()
-                    return
-                time.sleep(0.1)
+        assert group is not None
+
+        def step() -> None:
+            ready, _, _ = select.select([group.fd], [], [], 0.01)
+            if ready:
+                for event in group.read():
+                    try:
+                        self.on_permission(event)
+                    except Exception:
+                        log.exception("answering a held exec failed: allowing it")
+                        self._answer_safely(event, True, "error")
+            self._expire(time.monotonic())
+
+        def give_up() -> None:
+            with self._lock:
+                self.group = None
+                group.close()
+
+        answer_until(self._stop, step, "execs", give_up)
 
     def on_permission(self, event: Permission) -> None:
         held = self._key_of(event)

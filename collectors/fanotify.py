@@ -13,13 +13,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "FAN_Q_OVERFLOW", "METADATA", "ExecNotice",
-           "FanotifyError", "NotificationGroup", "Permission", "PermissionGroup", "file_id_group",
-           "libc"]
+           "FanotifyError", "NotificationGroup", "Permission", "PermissionGroup", "answer_until",
+           "file_id_group", "libc"]
+
+log = logging.getLogger("procwarden.collector.fanotify")
 
 _FAN_CLOEXEC = 0x01
 _FAN_NONBLOCK = 0x02
@@ -212,3 +217,23 @@ class NotificationGroup(_Group):
             finally:
                 os.close(fd)
         return notices
+
+
+def answer_until(stopping: threading.Event, step: Callable[[], None], what: str,
+                 give_up: Callable[[], None]) -> None:
+    """Run `step` (answer what a permission group holds) until `stopping` is set. After five
+    failures in a row nothing would answer the kernel any more: `give_up` closes the group, so
+    the kernel lets everything held go ahead rather than hang whoever waits on it."""
+    failures = 0
+    while not stopping.is_set():
+        try:
+            step()
+            failures = 0
+        except Exception:
+            failures += 1
+            log.exception("answering held %s failed (%d in a row)", what, failures)
+            if failures >= 5:
+                log.critical("no longer holding %s: the permission group is closed", what)
+                give_up()
+                return
+            stopping.wait(0.1)

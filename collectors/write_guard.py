@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from prometheus_client import Counter
 
-from collectors.fanotify import FAN_OPEN_PERM, Permission, PermissionGroup
+from collectors.fanotify import FAN_OPEN_PERM, Permission, PermissionGroup, answer_until
 from collectors.procfs import opens_for_writing, read_cgroup, read_stat
 from collectors.workloads import WorkloadResolver
 from schemas import FileEvent, FileOp, Payload
@@ -90,22 +90,12 @@ class WriteGuard:
                 log.info("no longer holding writes in %s", workload_id)
 
     def _loop(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                self._answer_pending()
-                failures = 0
-            except Exception:
-                failures += 1
-                log.exception("the held-open loop failed (%d in a row)", failures)
-                if failures >= 5:
-                    # Nothing would answer the kernel any more: closing the group lets every
-                    # held open go ahead rather than hang the container.
-                    log.critical("no longer holding writes: the permission group is closed")
-                    self.closed = True
-                    self.group.close()
-                    return
-                self._stop.wait(0.1)
+        answer_until(self._stop, self._answer_pending, "opens", self._give_up)
+
+    def _give_up(self) -> None:
+        with self._lock:
+            self.closed = True
+            self.group.close()
 
     def _answer_pending(self) -> None:
         ready, _, _ = select.select([self.group.fd], [], [], 0.1)
