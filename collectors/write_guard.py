@@ -24,6 +24,7 @@ import os
 import select
 import stat
 import threading
+import time
 from collections.abc import Callable
 
 from prometheus_client import Counter
@@ -49,6 +50,9 @@ class WriteGuard:
         self.publish = publish
         self.group = PermissionGroup(FAN_OPEN_PERM)
         self._mounts: dict[str, str] = {}  # guarded workload -> its watched root mount
+        # (workload, path, pid) -> when its denial was last published: a program that retries
+        # a denied write in a loop is reported once a second, not once per attempt.
+        self._reported: dict[tuple[str, str, int], float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.closed = False  # the loop gave up and closed the group
@@ -136,7 +140,13 @@ class WriteGuard:
                           pid=event.pid, proc_name=proc.comm if proc else "", proc_path=exe)
         if not write.is_drift:
             return True
-        self.publish(FILE.name, info.id, write)
-        log.warning("denied a write before it happened: %s by %s (pid %d) in %s", path,
-                    write.proc_name, event.pid, info.id)
+        now = time.monotonic()
+        key = (info.id, path, event.pid)
+        if now - self._reported.get(key, -1.0) >= 1.0:
+            if len(self._reported) > 10_000:
+                self._reported.clear()
+            self._reported[key] = now
+            self.publish(FILE.name, info.id, write)
+            log.warning("denied a write before it happened: %s by %s (pid %d) in %s", path,
+                        write.proc_name, event.pid, info.id)
         return False

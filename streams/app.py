@@ -172,7 +172,8 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
     install_routes(app, PolicyApi(handlers), settings)
     app.add_dependency(EventDecider(
         kafka, [kafka.topic(EXEC.name), kafka.topic(FILE.name)], f"{settings.app_id}-events",
-        handlers.on_event, publisher.delivered, handlers.ready, aiokafka_options(kafka),
+        handlers.on_event, handlers.persist_states, publisher.delivered, handlers.ready,
+        aiokafka_options(kafka),
         loop=app.loop))
     agent(topic(WORKLOADS.name), handlers.on_workload_announcement, "announce_workloads")
     agent(topic(POLICY_UPDATES.name), handlers.on_update, "write_policies")

@@ -44,6 +44,7 @@ DECIDE_SECONDS = Histogram("procwarden_streams_decide_seconds",
 class EventDecider(mode.Service):
     def __init__(self, kafka: KafkaConnection, topics: list[str], group_id: str,
                  handle: Callable[[RawMessage], Awaitable[None]],
+                 after_batch: Callable[[], Awaitable[None]],
                  flush: Callable[[], Awaitable[None]], ready: asyncio.Event,
                  consumer_options: dict[str, Any], max_batch: int = 2000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -51,6 +52,7 @@ class EventDecider(mode.Service):
         self.topics = topics
         self.group_id = group_id
         self.handle = handle
+        self.after_batch = after_batch
         self.flush = flush
         self.ready = ready
         self.consumer_options = consumer_options
@@ -89,6 +91,7 @@ class EventDecider(mode.Service):
                 offsets[tp] = records[-1].offset + 1
                 count += len(records)
             self.decided += count
+            await self.after_batch()  # what the batch leaves for later decisions, published
             DECIDE_SECONDS.observe((time.perf_counter() - started) / count)
             # The next batch is decided while this one's outputs are delivered; its offsets are
             # committed once they are (and after the batch before it: offsets only move on).

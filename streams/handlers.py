@@ -148,7 +148,6 @@ class Handlers:
             return
         mode = decision.mode.value if decision.mode else "-"
         await self._publish_decision(decision)
-        await self._persist_states()
         counted = (decision.verdict.value, mode)
         self.counts[f"decided:{counted[0]}:{counted[1]}"] += 1
         child = self._decided.get(counted)
@@ -177,9 +176,10 @@ class Handlers:
             await self.send(POLICY_UPDATES.name, decision.learn.group, decision.learn,
                             f"{decision.event_id}:learn")
 
-    async def _persist_states(self) -> None:
-        """Publish the process state of each workload a decision changed, before the input's
-        offset is committed, so a worker starting after this one decides as it would have."""
+    async def persist_states(self) -> None:
+        """Publish the process state of each workload decisions changed since the last call
+        (once per batch, however many of its events changed it), before the batch's offsets
+        are committed, so a worker starting after this one decides as it would have."""
         changed = self.session.changed_states
         while changed:
             wid = changed.pop()
