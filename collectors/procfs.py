@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["ProcInfo", "ProcStat", "opens_for_writing", "read_cgroup", "read_proc",
+__all__ = ["ProcInfo", "ProcStat", "opens_for_writing", "read_cgroup", "read_exe", "read_proc",
            "read_stat"]
 
 
@@ -54,6 +54,14 @@ def read_stat(pid: int) -> ProcStat | None:
     return ProcStat(int(fields[1]), int(fields[19]), head.partition("(")[2], fields[0])
 
 
+def read_exe(pid: int, root: str = "/proc") -> str:
+    """The process's executable as the host sees it ("" if unreadable)."""
+    try:
+        return os.readlink(f"{root}/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        return ""
+
+
 def read_cgroup(pid: int) -> str | None:
     return _read(f"/proc/{pid}/cgroup")
 
@@ -71,10 +79,6 @@ def read_proc(pid: int, root: str = "/proc") -> ProcInfo | None:
     fields = rest.split()
     uids = next((line.split()[1:3] for line in status.splitlines()
                  if line.startswith("Uid:")), ["0", "0"])
-    try:
-        exe = os.readlink(f"{base}/exe")
-    except OSError:
-        exe = ""
     cmdline = _read(f"{base}/cmdline") or ""
     argv = tuple(cmdline.rstrip("\0").split("\0")) if cmdline else ()
 
@@ -85,7 +89,7 @@ def read_proc(pid: int, root: str = "/proc") -> ProcInfo | None:
             return ""
 
     return ProcInfo(pid=pid, ppid=int(fields[1]), pgid=int(fields[2]), sid=int(fields[3]),
-                    start_time=int(fields[19]), comm=comm, exe=exe.removesuffix(" (deleted)"),
+                    start_time=int(fields[19]), comm=comm, exe=read_exe(pid, root),
                     argv=argv, ruid=int(uids[0]), euid=int(uids[1]), pid_ns=ns("pid"),
                     mnt_ns=ns("mnt"), cgroup=_read(f"{base}/cgroup") or "")
 

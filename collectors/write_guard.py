@@ -18,7 +18,6 @@ it reads three small /proc files and nothing on the guarded mounts themselves.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import select
@@ -30,7 +29,7 @@ from collections.abc import Callable
 from prometheus_client import Counter
 
 from collectors.fanotify import FAN_OPEN_PERM, Permission, PermissionGroup, answer_until
-from collectors.procfs import opens_for_writing, read_cgroup, read_stat
+from collectors.procfs import opens_for_writing, read_cgroup, read_exe, read_stat
 from collectors.workloads import WorkloadResolver
 from schemas import FileEvent, FileOp, Payload
 from schemas.topics import FILE
@@ -130,9 +129,7 @@ class WriteGuard:
             return True
         path = event.path()
         proc = read_stat(event.pid)
-        exe = ""
-        with contextlib.suppress(OSError):
-            exe = os.readlink(f"/proc/{event.pid}/exe").removesuffix(" (deleted)")
+        exe = read_exe(event.pid)
         write = FileEvent(workload_id=info.id, op=FileOp.MODIFY, path=path,
                           executable=bool(st.st_mode & 0o111),
                           was_executable=bool(st.st_mode & 0o111),

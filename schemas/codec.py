@@ -235,17 +235,12 @@ def _build_record(cls: type) -> _Converter:
         except (ValueError, TypeError) as exc:  # record-level invariants in __post_init__
             raise DecodeError("", str(exc)) from None
 
-    holder: list[_Converter] = [checked]
-
-    def convert(value: Any) -> Any:
-        return holder[0](value)
-
-    _CACHE[cls] = convert  # registered before its fields, so records may nest themselves
+    _CACHE[cls] = checked  # registered before its fields, so records may nest themselves
     for f in fields:
         tp = hints[f.name]
         specs[f.name] = (_PLAIN.get(tp), _converter_for(tp))
-    holder[0] = _compile_record(cls, fields, specs, required, checked)
-    return convert
+    fast = _CACHE[cls] = _compile_record(cls, fields, specs, required, checked)
+    return fast
 
 
 def _compile_record(cls: type, fields: list[dataclasses.Field[Any]],

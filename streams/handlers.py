@@ -1,8 +1,9 @@
 """What the stream worker does with each message, behind one small publishing interface.
 
-The Faust agents only hand raw messages here. Nothing raises out of a handler: a message that
-cannot be decoded, names no announced workload, or is refused goes to the DLQ with its topic,
-partition, offset and the error, and the worker carries on.
+The event decider and the Faust agents only hand raw messages here. Nothing raises out of a
+handler for a bad message: one that cannot be decoded, names no announced workload, or is
+refused goes to the DLQ with its topic, partition, offset and the error, and the worker carries
+on.
 """
 
 from __future__ import annotations
