@@ -253,7 +253,8 @@ def main() -> int:
             print(f"latency   {len(latencies):,} events at {args.rate:,}/s: "
                   f"p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, "
                   f"max {max(latencies) * 1000:.1f} ms; verdict produced by the worker: "
-                  f"p50 {statistics.median(produced) * 1000:.1f} ms")
+                  f"p50 {statistics.median(produced) * 1000:.1f} ms, p99 "
+                  f"{statistics.quantiles(produced, n=100)[98] * 1000:.1f} ms")
         else:
             print("latency   no verdicts received")
             q = [float("inf")] * 99
