@@ -31,8 +31,6 @@ PUBLISHED = Counter("procwarden_collector_published_total", "Messages handed to 
 SPOOLED = Counter("procwarden_collector_spooled_total", "Messages written to the disk spool")
 REPLAYED = Counter("procwarden_collector_replayed_total", "Spooled messages sent to Kafka")
 SPOOL_BYTES = Gauge("procwarden_collector_spool_bytes", "Size of the disk spool")
-REFUSED = Counter("procwarden_collector_lost_spool_full_total",
-                  "Messages lost because Kafka was away and the spool was full")
 
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
@@ -68,8 +66,7 @@ class Publisher:
         with self._lock:
             if self.spooling:
                 if not self.spool.append(topic, key, value):
-                    REFUSED.inc()
-                    return False
+                    return False  # the caller counts it lost (reason spool_full)
                 SPOOLED.inc()
                 SPOOL_BYTES.set(self.spool.size)
                 return True

@@ -95,7 +95,8 @@ class Handlers:
     _deleted: dict[str, int] = field(default_factory=dict)
     # What this worker last told each workload's collector: (pre_exec, policy stamp).
     _told: dict[str, tuple[bool, str]] = field(default_factory=dict)
-    _decided: dict[tuple[str, str], Any] = field(default_factory=dict)  # metric children
+    # (verdict, mode) -> its metric child and its key in `counts`, built once
+    _decided: dict[tuple[str, str], tuple[Any, str]] = field(default_factory=dict)
 
     # -- mirror callbacks -----------------------------------------------------------------------
 
@@ -150,11 +151,12 @@ class Handlers:
         mode = decision.mode.value if decision.mode else "-"
         await self._publish_decision(decision)
         counted = (decision.verdict.value, mode)
-        self.counts[f"decided:{counted[0]}:{counted[1]}"] += 1
-        child = self._decided.get(counted)
-        if child is None:
-            child = self._decided[counted] = DECIDED.labels(*counted)
-        child.inc()
+        known = self._decided.get(counted)
+        if known is None:
+            known = self._decided[counted] = (DECIDED.labels(*counted),
+                                              f"decided:{counted[0]}:{counted[1]}")
+        known[0].inc()
+        self.counts[known[1]] += 1
         EVENT_AGE.observe(max(0.0, time.time() - env.ts))
 
     async def _decide_when_announced(self, env: Envelope) -> Decision:

@@ -9,12 +9,15 @@ from datetime import UTC, datetime, timedelta
 
 from clickhouse_driver import Client
 
+from sinks.clickhouse.rows import TABLES as ROW_TABLES
+
 __all__ = ["drop_expired_partitions", "expired"]
 
 log = logging.getLogger("procwarden.sinks.retention")
 
-# Tables and how their partitions read: toYYYYMMDD (8 digits) or toYYYYMM (6 digits).
-TABLES = ("events", "security_events", "profile_changes", "workloads", "collector_reports")
+# Every table the sink writes; partitions read toYYYYMMDD (8 digits) or toYYYYMM (6 digits), and
+# an unpartitioned table (workloads: the latest state of each) has none to drop.
+TABLES = tuple(table.name for table in ROW_TABLES.values())
 
 
 def expired(partition: str, cutoff: datetime) -> bool:

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 
 from schemas import Incident
 
-__all__ = ["aggregate", "same_incident"]
+__all__ = ["aggregate"]
 
 
-def same_incident(i: Incident) -> tuple[str, ...]:
+def _same_incident(i: Incident) -> tuple[str, ...]:
     return (i.name, i.group, i.workload_id, i.proc_name, i.proc_path, i.rule_id,
             i.action.value, i.message, i.file_path)
 
@@ -25,7 +25,7 @@ def aggregate(incidents: Iterable[Incident]) -> list[Incident]:
     """Fold repeats together, in the order each first arrived."""
     folded: dict[tuple[str, ...], Incident] = {}
     for incident in incidents:
-        key = same_incident(incident)
+        key = _same_incident(incident)
         first = folded.get(key)
         if first is None:
             folded[key] = incident
