@@ -3,8 +3,9 @@
 1. Throughput: N simulated nodes' exec events (default 100,000 over 20 nodes x 10 containers,
    groups in Protect with learned rules) are produced first; then one `procwarden streams` worker
    starts and decides them. Rate = verdicts / (last verdict time - first verdict time), from the
-   verdicts' Kafka timestamps. Baseline, same events, same run: a plain aiokafka loop that
-   consumes the exec topic and produces each value to an output topic, doing no work.
+   verdicts' Kafka timestamps, read once the worker has committed them all (a reader running
+   meanwhile would take CPU from the worker). Baseline, same events, same run: a plain aiokafka
+   loop that consumes the exec topic and produces each value to an output topic, doing no work.
 2. Latency: events at a steady 1,000/s for `--latency-seconds`; publish -> verdict received by a
    consumer (what a collector sees), p50/p99.
 
@@ -134,8 +135,8 @@ def count_verdicts(kafka: KafkaConnection, expected: int, timeout: float,
             # A short wait: consume() returns when its wait ends, and the latency phase
             # stamps each verdict when it is handed over.
             for msg in consumer.consume(10000, 0.001):
-                if msg.error():
-                    continue
+                if msg.error() or b'"event_kind":"exec"' not in msg.value():
+                    continue  # policy verdicts (pre-exec on/off) are not decided events
                 count += 1
                 ts = msg.timestamp()[1] / 1000
                 first, last = min(first, ts), max(last, ts)
@@ -144,6 +145,29 @@ def count_verdicts(kafka: KafkaConnection, expected: int, timeout: float,
     finally:
         consumer.close()
     return count, first, last
+
+
+def wait_until_decided(kafka: KafkaConnection, group: str, expected: int, timeout: float,
+                       worker: subprocess.Popen[bytes]) -> None:
+    """Wait until the worker's event consumer group has committed `expected` exec events,
+    looking twice a second: a reader of the verdicts running meanwhile would take CPU from the
+    worker it measures."""
+    from confluent_kafka import TopicPartition
+
+    watcher = Consumer({**kafka.confluent_config(), "group.id": group})
+    partitions = [TopicPartition(kafka.topic(EXEC.name), p) for p in range(EXEC.partitions)]
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker exited ({worker.returncode}); see its log")
+            done = sum(max(0, tp.offset) for tp in watcher.committed(partitions, timeout=10))
+            if done >= expected:
+                return
+            time.sleep(0.5)
+    finally:
+        watcher.close()
+    raise SystemExit(f"the worker did not decide {expected:,} events in {timeout:.0f} s")
 
 
 async def baseline_loop(kafka: KafkaConnection, expected: int) -> float:
@@ -203,9 +227,11 @@ def main() -> int:
     baseline = asyncio.run(baseline_loop(kafka, args.events))
     print(f"baseline  aiokafka consume->produce, no work: {baseline:>10,.0f} events/s")
 
-    worker = start_worker(kafka, tmp, f"bench-{uuid.uuid4().hex[:6]}")
+    app_id = f"bench-{uuid.uuid4().hex[:6]}"
+    worker = start_worker(kafka, tmp, app_id)
     try:
-        count, first, last = count_verdicts(kafka, args.events, 600, worker)
+        wait_until_decided(kafka, f"{app_id}-events", args.events, 600, worker)
+        count, first, last = count_verdicts(kafka, args.events, 120, worker)
         rate = (count - 1) / (last - first) if count > 1 and last > first else 0.0
         print(f"worker    decided {count:,} events: {rate:>10,.0f} events/s "
               f"({rate / baseline:.2f} of the baseline)")

@@ -1,20 +1,20 @@
 """The Faust app: topics, thin agents, the policy mirror, the event decider, and the worker
 entry point.
 
-Exec and file events are read in batches by `EventDecider` (a service of this app: Faust's
-per-message stream machinery costs ten times what deciding does); workload announcements and
-policy updates go through Faust agents. Both only hand each raw message to `Handlers`; every
-message on every topic is plain JSON in
-the `schemas/` envelope (raw serializers: no Faust framing on the wire). Faust acknowledges a
-message when its agent moves on and flushes the producer before it commits offsets, so an output
-is in Kafka before its input counts as done; after a crash the uncommitted tail is decided again,
+Exec and file events are read in batches by `EventDecider` (a service of this app with its own
+librdkafka consumer and producer: Faust's per-message stream machinery costs ten times what
+deciding does); workload announcements and policy updates go through Faust agents. Both only hand
+each raw message to `Handlers`; every message on every topic is plain JSON in the `schemas/`
+envelope (raw serializers: no Faust framing on the wire). Faust acknowledges a message when its
+agent moves on and flushes the producer before it commits offsets, and the decider checks its
+outputs' delivery before it commits, so an output is in Kafka before its input counts as done;
+after a crash the uncommitted tail is decided again,
 which gives the same decisions with the same ids (sinks deduplicate by id, collectors check pids
 against start times, the policy writer is idempotent).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
@@ -27,8 +27,9 @@ from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, FILE, POLICY_UPDATES, WORKLOADS
 from streams.api import PolicyApi
 from streams.decider import EventDecider
+from streams.event_output import DeliveryFailed, KafkaOutput
 from streams.handlers import Handlers, RawMessage
-from streams.kafka_options import aiokafka_options, ssl_context
+from streams.kafka_options import ssl_context
 from streams.mirror import PolicyMirror
 from streams.session import DecisionSession
 from streams.settings import StreamSettings
@@ -39,53 +40,17 @@ __all__ = ["DeliveryFailed", "FaustPublisher", "build_app", "run_worker"]
 log = logging.getLogger("procwarden.streams")
 
 
-class DeliveryFailed(RuntimeError):
-    """An output did not reach Kafka: its input must not count as done."""
-
-
 class FaustPublisher:
-    """Publishes raw bytes with the app's producer, which Faust flushes before it commits
-    offsets. (Faust's Topic.send adds ~0.3 ms of bookkeeping per message; this path does not.)
-    A flush does not say whether every message made it, so each send's delivery is kept until
-    `delivered` looks at it."""
+    """Publishes raw bytes with the app's producer, for the Faust agents: Faust flushes it before
+    it commits their offsets. (Faust's Topic.send adds ~0.3 ms of bookkeeping per message; this
+    path does not.)"""
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        # Each key's partition, hashed once: keys repeat (nodes, workloads, groups), and the
-        # producer's murmur2 is Python.
-        self._partitions: dict[tuple[str, bytes], int] = {}
-        self._deliveries: list[asyncio.Future[Any]] = []
 
     async def send(self, topic: str, key: bytes, value: bytes | None) -> None:
-        partition = self._partitions.get((topic, key))
-        delivery = await self.app.producer.send(topic, key, value, partition=partition,
-                                                timestamp=None, headers=None)
-        self._deliveries.append(delivery)
-        if len(self._deliveries) > 50_000:  # nobody asked for a while: keep what is pending
-            self._deliveries = [d for d in self._deliveries
-                                if not d.done() or d.cancelled() or d.exception()]
-        if partition is None:  # the producer knows the topic's partitions now
-            if len(self._partitions) > 100_000:
-                self._partitions.clear()
-            self._partitions[(topic, key)] = self.app.producer.key_partition(topic,
-                                                                             key).partition
-
-    async def delivered(self) -> None:
-        """Flush, then raise DeliveryFailed if anything sent since the last call is not in
-        Kafka."""
-        taken, self._deliveries = self._deliveries, []
-        await self.app.producer.flush()
-        failed = 0
-        first: BaseException | None = None
-        for delivery in taken:
-            try:
-                await delivery
-            except Exception as exc:  # the producer gave up on it (after its own retries)
-                failed += 1
-                first = first or exc
-        if failed:
-            raise DeliveryFailed(f"{failed} of {len(taken)} messages were not delivered "
-                                 f"({first!r})")
+        await self.app.producer.send(topic, key, value, partition=None, timestamp=None,
+                                     headers=None)
 
 
 class _MirrorService(mode.Service):
@@ -148,7 +113,8 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
     )
     session = DecisionSession(settings=settings.engine())
     publisher = FaustPublisher(app)
-    handlers = Handlers(session=session, publisher=publisher, kafka=kafka,
+    output = KafkaOutput(kafka)
+    handlers = Handlers(session=session, publisher=publisher, decisions=output, kafka=kafka,
                         node=f"streams@{socket.gethostname()}",
                         unknown_workload_wait_s=settings.unknown_workload_wait_s)
     # `nodes` exists from the start, published or not; the mirror brings newer versions.
@@ -172,9 +138,7 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
     install_routes(app, PolicyApi(handlers), settings)
     app.add_dependency(EventDecider(
         kafka, [kafka.topic(EXEC.name), kafka.topic(FILE.name)], f"{settings.app_id}-events",
-        handlers.on_event, handlers.persist_states, publisher.delivered, handlers.ready,
-        aiokafka_options(kafka),
-        loop=app.loop))
+        handlers.on_event, handlers.persist_states, output, handlers.ready, loop=app.loop))
     agent(topic(WORKLOADS.name), handlers.on_workload_announcement, "announce_workloads")
     agent(topic(POLICY_UPDATES.name), handlers.on_update, "write_policies")
     return app, handlers

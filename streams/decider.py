@@ -1,13 +1,14 @@
 """The hot path of the stream app: exec and file events, decided in batches.
 
 Faust's stream machinery costs about 250 us per message on this class of machine (an agent that
-does nothing peaks at ~3,900 messages/s; bench/stream.py), ten times what deciding costs. So the
-two event topics are read by this Faust service with aiokafka directly, in batches: each batch is
-decided in order (per partition, so per workload), its outputs are handed to the app's producer,
-the producer is flushed and every output's delivery checked, and only then are the batch's
-offsets committed. An output that could not be delivered stops the worker with its batch
-uncommitted (a restarted worker decides it again) rather than count it as done; so does a crash
-between flush and commit, with the same results and ids.
+does nothing peaks at ~3,900 messages/s; bench/stream.py), and aiokafka tens of microseconds more,
+against ~40 us to decide an event. So the two event topics are read by this Faust service with a
+confluent-kafka (librdkafka) consumer, in batches: each batch is decided in order (per partition,
+so per workload), its outputs are handed to the decider's own producer (`KafkaOutput`), that
+producer is flushed and every output's delivery checked, and only then are the batch's offsets
+committed. An output that could not be delivered stops the worker with its batch uncommitted (a
+restarted worker decides it again) rather than count it as done; so does a crash between flush
+and commit, with the same results and ids.
 
 The consumer group is `<app id>-events`: workers started together share the event partitions;
 the remaining Faust agents (workload announcements, the policy writer) keep the app's own group.
@@ -22,11 +23,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import mode
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import CommitFailedError, KafkaError
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import Gauge, Histogram
 
 from schemas.connections import KafkaConnection
+from streams.event_output import KafkaOutput
 from streams.handlers import RawMessage
 
 __all__ = ["EventDecider"]
@@ -45,51 +46,85 @@ class EventDecider(mode.Service):
     def __init__(self, kafka: KafkaConnection, topics: list[str], group_id: str,
                  handle: Callable[[RawMessage], Awaitable[None]],
                  after_batch: Callable[[], Awaitable[None]],
-                 flush: Callable[[], Awaitable[None]], ready: asyncio.Event,
-                 consumer_options: dict[str, Any], max_batch: int = 2000, **kwargs: Any) -> None:
+                 output: KafkaOutput, ready: asyncio.Event, max_batch: int = 2000,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kafka = kafka
         self.topics = topics
         self.group_id = group_id
         self.handle = handle
         self.after_batch = after_batch
-        self.flush = flush
+        self.output = output
         self.ready = ready
-        self.consumer_options = consumer_options
         self.max_batch = max_batch
         self.decided = 0
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: Consumer | None = None
+        self._running: asyncio.Future[None] | None = None
+        self._stopping = False
+        # the offsets last committed; None once a batch's outputs were lost
+        self._committed: list[TopicPartition] | None = []
+        self._lag_measured = 0.0
 
     async def on_start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            *self.topics, group_id=self.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=self.max_batch,
-            **self.consumer_options)
-        await self._consumer.start()
-        self.add_future(self._run())
+        self._consumer = Consumer({
+            **self.kafka.confluent_config(), "group.id": self.group_id,
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "on_commit": self._on_commit,
+            # a fetch answers as soon as one event is there; batches come from what queued up
+            "fetch.wait.max.ms": 100})
+        self._consumer.subscribe(self.topics)
+        self._running = self.add_future(self._run())
 
     async def on_stop(self) -> None:
+        self._stopping = True
+        if self._running is not None:  # the batch in hand is decided and committed first
+            await asyncio.wait([self._running], timeout=60)
         if self._consumer is not None:
-            await self._consumer.stop()  # what was committed stays; the rest is decided again
+            consumer, self._consumer = self._consumer, None
+            await asyncio.get_running_loop().run_in_executor(None, self._close, consumer,
+                                                             self._committed)
+        self.output.close()
+
+    @staticmethod
+    def _close(consumer: Consumer, committed: list[TopicPartition] | None) -> None:
+        if committed:  # the last asynchronous commit, made sure of
+            try:
+                consumer.commit(offsets=committed, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("committing decided events failed (%s): they will be decided "
+                            "again", exc)
+        consumer.close()  # what was committed stays; the rest is decided again
 
     async def _run(self) -> None:
         consumer = self._consumer
         assert consumer is not None
+        loop = asyncio.get_running_loop()
         await self.ready.wait()  # decide nothing before the policies are restored
         committing: asyncio.Task[None] | None = None
-        while not self.should_stop:
-            batches = await consumer.getmany(timeout_ms=100, max_records=self.max_batch)
-            if not batches:
-                continue
-            offsets = {}
+        handle = self.handle
+        while not (self._stopping or self.should_stop):
+            # librdkafka fetches in its own threads: take what it has queued; when nothing is,
+            # wait (without the GIL, off the loop) for the next event to arrive.
+            messages = consumer.consume(self.max_batch, 0)
+            if not messages:
+                messages = await loop.run_in_executor(None, consumer.consume, 1, 0.1)
+                if not messages:
+                    continue
+                messages += consumer.consume(self.max_batch - 1, 0)
+            offsets: dict[tuple[str, int], int] = {}
             started, count = time.perf_counter(), 0
-            for tp, records in batches.items():
-                for r in records:
-                    # on_event never raises: bad messages go to the DLQ with their offsets.
-                    await self.handle(RawMessage(r.topic, r.partition, r.offset, r.key,
-                                                 r.value))
-                offsets[tp] = records[-1].offset + 1
-                count += len(records)
+            for m in messages:
+                if m.error() is not None:  # a fetch problem librdkafka reports and retries
+                    log.warning("consuming events: %s", m.error())
+                    continue
+                topic, partition, offset = m.topic(), m.partition(), m.offset()
+                assert topic is not None and partition is not None and offset is not None
+                # on_event never raises: bad messages go to the DLQ with their offsets.
+                await handle(RawMessage(topic, partition, offset, m.key(), m.value()))
+                offsets[(topic, partition)] = offset + 1
+                count += 1
+            if not count:
+                continue
             self.decided += count
             await self.after_batch()  # what the batch leaves for later decisions, published
             DECIDE_SECONDS.observe((time.perf_counter() - started) / count)
@@ -99,26 +134,44 @@ class EventDecider(mode.Service):
         if committing is not None:
             await asyncio.shield(committing)
 
-    async def _commit(self, offsets: dict[Any, int], previous: asyncio.Task[None] | None
-                      ) -> None:
+    async def _commit(self, offsets: dict[tuple[str, int], int],
+                      previous: asyncio.Task[None] | None) -> None:
         consumer = self._consumer
         assert consumer is not None
         if previous is not None:
             await previous
         try:
-            await self.flush()  # the outputs are in Kafka before the inputs count as done
+            await self.output.delivered()  # outputs in Kafka before their inputs count as done
         except Exception as exc:
             log.critical("stopping: %s; the batch stays uncommitted", exc)
+            self._committed = None
             await self.crash(exc)
             return
+        if self._committed is None:
+            return  # an earlier batch was lost: nothing after it counts as done
+        self._committed = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
+            # Asynchronous: librdkafka sends commits in order; a failure comes to _on_commit.
+            consumer.commit(offsets=self._committed, asynchronous=True)
+        except KafkaException as exc:
+            self._on_commit(exc.args[0], self._committed)
+        now = time.monotonic()
+        if now - self._lag_measured >= 1.0:
+            self._lag_measured = now
+            LAG.set(self._behind(consumer))
+
+    @staticmethod
+    def _on_commit(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if error is not None:
             # A rebalance took the partitions: their new owner decides the tail again.
-            log.warning("committing decided events failed (%s): they will be decided again", exc)
+            log.warning("committing decided events failed (%s): they will be decided again",
+                        error)
+
+    @staticmethod
+    def _behind(consumer: Consumer) -> int:
         behind = 0
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is not None:
-                behind += high - await consumer.position(tp)
-        LAG.set(behind)
+        for tp in consumer.position(consumer.assignment()):
+            high = consumer.get_watermark_offsets(tp, cached=True)[1] if tp.offset >= 0 else -1
+            if high >= 0:
+                behind += max(0, high - tp.offset)
+        return behind

@@ -82,8 +82,11 @@ class RawMessage:
 @dataclass
 class Handlers:
     session: DecisionSession
-    publisher: Publisher
+    publisher: Publisher  # the Faust agents' outputs: Faust flushes it before it commits
     kafka: KafkaConnection
+    # The event decider's outputs (its own producer, flushed before it commits); `publisher`
+    # when None.
+    decisions: Publisher | None = None
     node: str = "streams"
     unknown_workload_wait_s: float = 3.0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -132,7 +135,7 @@ class Handlers:
             if env.kind not in DECIDED_KINDS:
                 raise DecodeError("kind", f"{env.kind.value} is not an event of a workload")
         except DecodeError as exc:
-            await self.dead_letter(msg, f"invalid message: {exc}")
+            await self.dead_letter(msg, f"invalid message: {exc}", self.decisions)
             return
         if not self.ready.is_set():
             await self.ready.wait()
@@ -142,11 +145,11 @@ class Handlers:
             except UnknownWorkload:
                 decision = await self._decide_when_announced(env)
         except UnknownWorkload as exc:
-            await self.dead_letter(msg, f"unknown workload {exc.args[0]!r}")
+            await self.dead_letter(msg, f"unknown workload {exc.args[0]!r}", self.decisions)
             return
         except Exception as exc:
             log.exception("deciding %s failed", env.event_id)
-            await self.dead_letter(msg, f"decision failed: {exc!r}")
+            await self.dead_letter(msg, f"decision failed: {exc!r}", self.decisions)
             return
         mode = decision.mode.value if decision.mode else "-"
         await self._publish_decision(decision)
@@ -171,13 +174,14 @@ class Handlers:
                     raise
 
     async def _publish_decision(self, decision: Decision) -> None:
-        await self.send(VERDICTS.name, decision.node, decision, decision.event_id)
+        out = self.decisions
+        await self.send(VERDICTS.name, decision.node, decision, decision.event_id, out)
         incident = decision.incident
         if incident is not None and not decision.suppressed:
-            await self.send(SECURITY_EVENTS.name, incident.group, incident, incident.id)
+            await self.send(SECURITY_EVENTS.name, incident.group, incident, incident.id, out)
         if decision.learn is not None:
             await self.send(POLICY_UPDATES.name, decision.learn.group, decision.learn,
-                            f"{decision.event_id}:learn")
+                            f"{decision.event_id}:learn", out)
 
     async def persist_states(self) -> None:
         """Publish the process state of each workload decisions changed since the last call
@@ -191,7 +195,7 @@ class Handlers:
                 snap = state.snapshot(wid)
                 env = Envelope.wrap(snap, event_id=f"state:{wid}:{snap.seq}", node=self.node,
                                     ts=time.time())
-                await self.send_envelope(PROCESS_STATE.name, wid, env)
+                await self.send_envelope(PROCESS_STATE.name, wid, env, self.decisions)
 
     def on_process_state(self, workload_id: str, snapshot: ProcessSnapshot | None) -> None:
         """The mirror read a persisted process state (or its tombstone)."""
@@ -278,15 +282,17 @@ class Handlers:
 
     async def send(self, topic: str, key: str,
                    payload: Decision | Incident | LearnRequest | GroupPolicy | ProfileChange
-                   | DlqEntry, event_id: str) -> None:
+                   | DlqEntry, event_id: str, out: Publisher | None = None) -> None:
         env = Envelope.wrap(payload, event_id=event_id, node=self.node,
                             ts=getattr(payload, "ts", 0.0) or time.time())
-        await self.send_envelope(topic, key, env)
+        await self.send_envelope(topic, key, env, out)
 
-    async def send_envelope(self, topic: str, key: str, env: Envelope) -> None:
-        await self.publisher.send(self.kafka.topic(topic), key.encode(), encode(env))
+    async def send_envelope(self, topic: str, key: str, env: Envelope,
+                            out: Publisher | None = None) -> None:
+        await (out or self.publisher).send(self.kafka.topic(topic), key.encode(), encode(env))
 
-    async def dead_letter(self, msg: RawMessage, error: str) -> None:
+    async def dead_letter(self, msg: RawMessage, error: str,
+                          out: Publisher | None = None) -> None:
         self.counts["dlq"] += 1
         DEAD_LETTERS.labels(msg.topic).inc()
         log.warning("to the DLQ: %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
@@ -294,4 +300,4 @@ class Handlers:
                          key=(msg.key or b"").decode(errors="replace"),
                          value=(msg.value or b"").decode(errors="replace"), ts=time.time())
         await self.send(DLQ.name, msg.topic, entry,
-                        f"dlq:{msg.topic}:{msg.partition}:{msg.offset}")
+                        f"dlq:{msg.topic}:{msg.partition}:{msg.offset}", out)

@@ -1,4 +1,4 @@
-"""How the stream app's own aiokafka clients (the policy mirror, the event decider) reach Kafka:
+"""How the stream app's own aiokafka client (the policy mirror) reaches Kafka:
 the same servers, TLS and SASL settings Faust is given."""
 
 from __future__ import annotations
