@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confluent_kafka import Producer
 
 from procwarden.runtime import tune_gc
-from procwarden.stack.topics import ensure_topics
+from procwarden.stack.topics import delete_prefixed_topics, ensure_topics
 from schemas import Decision, Envelope, EventKind, Mode, Verdict, encode
 from schemas.connections import ClickHouseConnection, KafkaConnection
 from schemas.topics import VERDICTS
@@ -101,6 +101,7 @@ def main() -> int:
     for db in (base_db, sink_db):
         client.execute(f"DROP DATABASE IF EXISTS {db}")
     client.disconnect()
+    delete_prefixed_topics(kafka, [kafka.topic_prefix])
     print(f"sink      Kafka -> ClickHouse:          {rate:>10,.0f} rows/s "
           f"({stored:,} rows stored, {rate / base:.0%} of the baseline)")
     print(f"target: >= 100,000 rows/s -> {rate:,.0f} {'MET' if rate >= 100_000 else 'MISSED'}")

@@ -35,7 +35,7 @@ from confluent_kafka import Consumer, Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from procwarden.stack.topics import ensure_topics
+from procwarden.stack.topics import delete_prefixed_topics, ensure_topics
 from schemas import (
     Action,
     Baseline,
@@ -287,6 +287,7 @@ def main() -> int:
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
+        delete_prefixed_topics(kafka, [kafka.topic_prefix])
     print(f"target: one worker >= 20,000 events/s -> {rate:,.0f}/s "
           f"{'MET' if rate >= 20_000 else 'MISSED'}")
     print(f"target: >= half the baseline -> {rate / baseline:.2f} "

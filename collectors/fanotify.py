@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from schemas.records import fast_init
+
 __all__ = ["FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "FAN_Q_OVERFLOW", "METADATA", "ExecNotice",
            "FanotifyError", "NotificationGroup", "Permission", "PermissionGroup", "answer_until",
            "file_id_group", "libc"]
@@ -89,6 +91,7 @@ def file_id_group(path: str, mask: int) -> int:
     return fd
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Permission:
     """One held exec or open: answer it exactly once, then it is closed."""
@@ -185,6 +188,7 @@ class PermissionGroup(_Group):
         super().close()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ExecNotice:
     pid: int

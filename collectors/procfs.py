@@ -8,10 +8,13 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from schemas.records import fast_init
+
 __all__ = ["ProcInfo", "ProcStat", "opens_for_writing", "read_cgroup", "read_exe", "read_proc",
            "read_stat"]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ProcInfo:
     pid: int

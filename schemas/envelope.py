@@ -28,6 +28,7 @@ from schemas.policy import (
     ProfilePatch,
     ServiceConfig,
 )
+from schemas.records import fast_init
 
 __all__ = ["Envelope", "PAYLOAD_TYPES", "Payload", "SCHEMA_VERSION", "decode_envelope", "encode"]
 
@@ -67,6 +68,7 @@ PAYLOAD_TYPES: dict[EventKind, type] = {
 _KIND_OF = {tp: kind for kind, tp in PAYLOAD_TYPES.items()}
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Envelope:
     schema_version: int

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from schemas.enums import CopyDirection, FileOp, Origin, WorkloadKind, WorkloadState
+from schemas.records import fast_init
 
 __all__ = [
     "WORKLOAD_EVENT_TYPES",
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Workload:
     """A container or a host, as announced by the collector of its node."""
@@ -51,6 +53,7 @@ class Workload:
             raise ValueError("node: must not be empty")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ExecEvent:
     """One exec, enriched from /proc and the container's filesystem."""
@@ -80,6 +83,7 @@ class ExecEvent:
     partial: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ExecCheck:
     """An exec held before it runs (fanotify permission event), asking for a verdict (§14).
@@ -100,12 +104,14 @@ class ExecCheck:
     netcat: bool = False  # the file is what nc, ncat or netcat resolve to in the workload
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ExitEvent:
     workload_id: str
     pid: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class FileEvent:
     workload_id: str
@@ -133,6 +139,7 @@ class FileEvent:
         return False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StdioEvent:
     """One inspection of a new process's fd 0 and fd 1 (reverse-shell detection)."""
@@ -153,6 +160,7 @@ class StdioEvent:
     argv: tuple[str, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class UidChangeEvent:
     """A real-uid change, with the facts needed to judge a root escalation (§9.3)."""
@@ -180,6 +188,7 @@ class UidChangeEvent:
     argv: tuple[str, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CollectorReport:
     """A collector's running totals since it started, sent every few seconds: what it saw, what
@@ -193,6 +202,7 @@ class CollectorReport:
     spool_bytes: int = 0
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DockerCpEvent:
     workload_id: str

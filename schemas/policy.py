@@ -14,6 +14,7 @@ from schemas.enums import (
     Mode,
     RuleSource,
 )
+from schemas.records import fast_init
 
 __all__ = [
     "CrdImport",
@@ -33,6 +34,7 @@ __all__ = [
 NODES_GROUP = "nodes"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Criterion:
     key: CriteriaKey
@@ -40,6 +42,7 @@ class Criterion:
     value: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One process rule (NeuVector's process profile entry)."""
@@ -62,6 +65,7 @@ class Rule:
         return (self.name, self.path)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class GroupPolicy:
     """A group's profile: the value of the compacted policy topic, keyed by group name."""
@@ -92,12 +96,14 @@ class GroupPolicy:
             raise ValueError("the nodes group's baseline is always basic")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RuleKey:
     name: str
     path: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RuleChange:
     name: str
@@ -106,6 +112,7 @@ class RuleChange:
     allow_update: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ProfilePatch:
     """NeuVector's `PATCH /v1/process_profile/{group}` body (`process_profile_config`)."""
@@ -120,6 +127,7 @@ class ProfilePatch:
     actor: str = "api"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """NeuVector's `PATCH /v1/service/config` body (`config`)."""
@@ -130,6 +138,7 @@ class ServiceConfig:
     actor: str = "api"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class GroupConfig:
     """Create or update a custom group (`POST /v1/group`, `PATCH /v1/group/{name}`)."""
@@ -139,12 +148,14 @@ class GroupConfig:
     actor: str = "api"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class GroupDelete:
     name: str
     actor: str = "api"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CrdImport:
     """The text of one or more NvSecurityRule / NvClusterSecurityRule documents."""
@@ -153,6 +164,7 @@ class CrdImport:
     actor: str = "crd"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class LearnRequest:
     """A rule, user or hash the engine learned, for the group's single writer to apply."""

@@ -138,7 +138,7 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
     install_routes(app, PolicyApi(handlers), settings)
     app.add_dependency(EventDecider(
         kafka, [kafka.topic(EXEC.name), kafka.topic(FILE.name)], f"{settings.app_id}-events",
-        handlers.on_event, handlers.persist_states, output, handlers.ready, loop=app.loop))
+        handlers.on_event, handlers.end_batch, output, handlers.ready, loop=app.loop))
     agent(topic(WORKLOADS.name), handlers.on_workload_announcement, "announce_workloads")
     agent(topic(POLICY_UPDATES.name), handlers.on_update, "write_policies")
     return app, handlers

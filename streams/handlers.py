@@ -35,6 +35,7 @@ from schemas import (
     encode,
 )
 from schemas.connections import KafkaConnection
+from schemas.records import fast_init
 from schemas.topics import (
     DLQ,
     POLICY,
@@ -61,7 +62,8 @@ log = logging.getLogger("procwarden.streams")
 DECIDED = Counter_("procwarden_streams_decided_total", "Events decided", ["verdict", "mode"])
 DEAD_LETTERS = Counter_("procwarden_streams_dlq_total", "Messages sent to the DLQ", ["topic"])
 EVENT_AGE = Histogram("procwarden_streams_event_age_seconds",
-                      "Age of an event (its ts) when its verdict is published: the lag",
+                      "Age of the oldest event of each decided batch (its ts) when the batch's "
+                      "verdicts are handed to the producer: the lag",
                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30, 120))
 POLICY_WRITES = Counter_("procwarden_streams_policy_versions_total", "Policy versions written")
 
@@ -70,6 +72,7 @@ class Publisher(Protocol):
     async def send(self, topic: str, key: bytes, value: bytes | None) -> None: ...
 
 
+@fast_init  # one per consumed message
 @dataclass(frozen=True, slots=True)
 class RawMessage:
     topic: str
@@ -100,6 +103,11 @@ class Handlers:
     _told: dict[str, tuple[bool, str]] = field(default_factory=dict)
     # (verdict, mode) -> its metric child and its key in `counts`, built once
     _decided: dict[tuple[str, str], tuple[Any, str]] = field(default_factory=dict)
+    # The batch in hand: events decided per (verdict, mode), and the oldest event's ts. Metrics
+    # take them once per batch (end_batch): a Prometheus update per event cost a tenth of the
+    # worker's time.
+    _batch: Counter[tuple[str, str]] = field(default_factory=Counter)
+    _oldest: float = float("inf")
 
     # -- mirror callbacks -----------------------------------------------------------------------
 
@@ -151,16 +159,9 @@ class Handlers:
             log.exception("deciding %s failed", env.event_id)
             await self.dead_letter(msg, f"decision failed: {exc!r}", self.decisions)
             return
-        mode = decision.mode.value if decision.mode else "-"
         await self._publish_decision(decision)
-        counted = (decision.verdict.value, mode)
-        known = self._decided.get(counted)
-        if known is None:
-            known = self._decided[counted] = (DECIDED.labels(*counted),
-                                              f"decided:{counted[0]}:{counted[1]}")
-        known[0].inc()
-        self.counts[known[1]] += 1
-        EVENT_AGE.observe(max(0.0, time.time() - env.ts))
+        self._batch[(decision.verdict.value, decision.mode.value if decision.mode else "-")] += 1
+        self._oldest = min(self._oldest, env.ts)
 
     async def _decide_when_announced(self, env: Envelope) -> Decision:
         # The announcement travels on another topic and may be a moment behind.
@@ -182,6 +183,22 @@ class Handlers:
         if decision.learn is not None:
             await self.send(POLICY_UPDATES.name, decision.learn.group, decision.learn,
                             f"{decision.event_id}:learn", out)
+
+    async def end_batch(self) -> None:
+        """After a batch of events: count them in the metrics, publish what the batch changed
+        in the workloads' process state."""
+        for counted, n in self._batch.items():
+            known = self._decided.get(counted)
+            if known is None:
+                known = self._decided[counted] = (DECIDED.labels(*counted),
+                                                  f"decided:{counted[0]}:{counted[1]}")
+            known[0].inc(n)
+            self.counts[known[1]] += n
+        self._batch.clear()
+        if self._oldest != float("inf"):
+            EVENT_AGE.observe(max(0.0, time.time() - self._oldest))
+            self._oldest = float("inf")
+        await self.persist_states()
 
     async def persist_states(self) -> None:
         """Publish the process state of each workload decisions changed since the last call
@@ -285,7 +302,7 @@ class Handlers:
                    | DlqEntry, event_id: str, out: Publisher | None = None) -> None:
         env = Envelope.wrap(payload, event_id=event_id, node=self.node,
                             ts=getattr(payload, "ts", 0.0) or time.time())
-        await self.send_envelope(topic, key, env, out)
+        await (out or self.publisher).send(self.kafka.topic(topic), key.encode(), encode(env))
 
     async def send_envelope(self, topic: str, key: str, env: Envelope,
                             out: Publisher | None = None) -> None:

@@ -18,7 +18,7 @@ from procwarden.stack.processes import StackError
 from schemas.connections import KafkaConnection
 from schemas.topics import ALL_TOPICS, TopicSpec
 
-__all__ = ["TopicReport", "ensure_topics", "topic_configs"]
+__all__ = ["TopicReport", "delete_prefixed_topics", "ensure_topics", "topic_configs"]
 
 
 def topic_configs(spec: TopicSpec) -> dict[str, str]:
@@ -64,3 +64,19 @@ def ensure_topics(conn: KafkaConnection, specs: Iterable[TopicSpec] = ALL_TOPICS
         grown.append(topic)
     existing = tuple(conn.topic(s.name) for s in specs if conn.topic(s.name) in have)
     return TopicReport(tuple(sorted(created)), existing, tuple(sorted(grown)))
+
+
+def delete_prefixed_topics(conn: KafkaConnection, prefixes: Iterable[str],
+                           timeout: float = 60.0) -> int:
+    """Delete every topic whose name starts with one of `prefixes` (what a benchmark or a test
+    run created under its own prefix): left behind, thousands of partitions slow the broker for
+    everything after. The number deleted."""
+    prefixes = tuple(prefixes)
+    if not prefixes:
+        return 0
+    config: dict[str, Any] = {**conn.confluent_config(), "logger": quiet_logger()}
+    admin = AdminClient(config)
+    names = [t for t in admin.list_topics(timeout=timeout).topics if t.startswith(prefixes)]
+    for future in admin.delete_topics(names).values() if names else ():
+        future.result(timeout)
+    return len(names)

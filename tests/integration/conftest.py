@@ -15,6 +15,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from procwarden.stack import Stack
+from procwarden.stack.topics import delete_prefixed_topics
 from schemas.connections import ClickHouseConnection, KafkaConnection
 from sinks.clickhouse.migrations import connect
 
@@ -41,12 +42,7 @@ def stack() -> Iterator[Stack]:
 def _delete_test_topics(kafka: KafkaConnection) -> None:
     from tests.integration.streamkit import PREFIXES
 
-    if not PREFIXES:
-        return
-    admin = AdminClient(kafka.confluent_config())
-    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(tuple(PREFIXES))]
-    for future in admin.delete_topics(names).values() if names else ():
-        future.result(60)
+    delete_prefixed_topics(kafka, PREFIXES)
 
 
 @pytest.fixture(scope="session")
