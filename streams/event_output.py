@@ -30,9 +30,13 @@ class DeliveryFailed(RuntimeError):
 
 class KafkaOutput:
     """Idempotent, acks=all, lz4; partitions by Kafka's murmur2, like the Java clients and the
-    collectors' `verdict_partition`, so a node's verdicts land on the partition it reads."""
+    collectors' `verdict_partition`, so a node's verdicts land on the partition it reads.
 
-    def __init__(self, kafka: KafkaConnection, linger_ms: float = 1.0,
+    The linger only groups a busy batch's outputs into fewer, larger requests (less broker CPU
+    on a shared machine: 25,000 -> 30,000 events/s in bench/stream.py); it adds no latency,
+    as every batch ends with a flush."""
+
+    def __init__(self, kafka: KafkaConnection, linger_ms: float = 5.0,
                  **overrides: Any) -> None:
         self._failures: list[KafkaError] = []
         self._producer = Producer({
