@@ -103,13 +103,20 @@ def start_worker(kafka: KafkaConnection, tmp: Path, app_id: str) -> subprocess.P
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def verdict_consumer(kafka: KafkaConnection, reset: str) -> Consumer:
+def verdict_consumer(kafka: KafkaConnection, at_end: bool) -> Consumer:
+    """A reader of the verdicts from their beginning, or from their current end (assigned at
+    the high watermarks, so it misses nothing produced after this returns)."""
+    from confluent_kafka import TopicPartition
+
     consumer = Consumer({**kafka.confluent_config(), "group.id": f"bench-{uuid.uuid4().hex}",
-                         "auto.offset.reset": reset, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "fetch.wait.max.ms": 5})
-    consumer.subscribe([kafka.topic(VERDICTS.name)])
-    while not consumer.assignment():
-        consumer.poll(0.1)
+    topic = kafka.topic(VERDICTS.name)
+    partitions = []
+    for p in range(VERDICTS.partitions):
+        high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+        partitions.append(TopicPartition(topic, p, high if at_end else 0))
+    consumer.assign(partitions)
     return consumer
 
 
@@ -125,7 +132,7 @@ def count_verdicts(kafka: KafkaConnection, expected: int, timeout: float,
     """Consume verdicts until `expected` arrived; (count, first ts, last ts) from Kafka
     timestamps (the worker's produce time)."""
     if consumer is None:
-        consumer = verdict_consumer(kafka, "earliest")
+        consumer = verdict_consumer(kafka, at_end=False)
     count, first, last = 0, float("inf"), 0.0
     deadline = time.monotonic() + timeout
     try:
@@ -268,7 +275,7 @@ def main() -> int:
             producer.flush(30)
 
         # A fresh reader at the end of the verdicts: it sees only the paced events' verdicts.
-        reader = verdict_consumer(kafka, "latest")
+        reader = verdict_consumer(kafka, at_end=True)
         pacer = threading.Thread(target=pace)
         pacer.start()
         count_verdicts(kafka, total, args.latency_seconds + 120, worker,
