@@ -77,8 +77,11 @@ class EventDecider(mode.Service):
 
     async def on_stop(self) -> None:
         self._stopping = True
-        if self._running is not None:  # the batch in hand is decided and committed first
-            await asyncio.wait([self._running], timeout=60)
+        running = self._running
+        if running is not None and not running.done():
+            if not self.ready.is_set():
+                running.cancel()  # still waiting for the policies: nothing decided yet
+            await asyncio.wait([running], timeout=60)  # else the batch in hand is finished
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
             await asyncio.get_running_loop().run_in_executor(None, self._close, consumer,

@@ -43,7 +43,9 @@ class KafkaOutput:
             **kafka.confluent_config(),
             "enable.idempotence": True, "acks": "all", "compression.type": "lz4",
             "partitioner": "murmur2_random", "linger.ms": linger_ms,
-            "batch.size": 1 << 20, "queue.buffering.max.messages": 500_000,
+            "batch.size": 1 << 20,
+            # what may wait in memory for the broker; a full queue makes `send` wait
+            "queue.buffering.max.messages": 200_000, "queue.buffering.max.kbytes": 256 << 10,
             "delivery.report.only.error": True, "on_delivery": self._on_delivery,
             **overrides})
         self._unpolled = 0
