@@ -57,6 +57,5 @@ def fast_init(cls: type[T]) -> type[T]:
     exec(source, env)
     init = env["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__doc__ = cls.__init__.__doc__
     cls.__init__ = init  # type: ignore[method-assign]
     return cls

@@ -27,7 +27,7 @@ from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, FILE, POLICY_UPDATES, WORKLOADS
 from streams.api import PolicyApi
 from streams.decider import EventDecider
-from streams.event_output import DeliveryFailed, KafkaOutput
+from streams.event_output import KafkaOutput
 from streams.handlers import Handlers, RawMessage
 from streams.kafka_options import ssl_context
 from streams.mirror import PolicyMirror
@@ -35,7 +35,7 @@ from streams.session import DecisionSession
 from streams.settings import StreamSettings
 from streams.web import install_routes
 
-__all__ = ["DeliveryFailed", "FaustPublisher", "build_app", "run_worker"]
+__all__ = ["FaustPublisher", "build_app", "run_worker"]
 
 log = logging.getLogger("procwarden.streams")
 
@@ -45,7 +45,7 @@ class FaustPublisher:
     it commits their offsets. (Faust's Topic.send adds ~0.3 ms of bookkeeping per message; this
     path does not.)"""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: faust.App) -> None:
         self.app = app
 
     async def send(self, topic: str, key: bytes, value: bytes | None) -> None:

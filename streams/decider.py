@@ -57,7 +57,6 @@ class EventDecider(mode.Service):
         self.output = output
         self.ready = ready
         self.max_batch = max_batch
-        self.decided = 0
         self._consumer: Consumer | None = None
         self._running: asyncio.Future[None] | None = None
         self._stopping = False
@@ -128,7 +127,6 @@ class EventDecider(mode.Service):
                 count += 1
             if not count:
                 continue
-            self.decided += count
             await self.after_batch()  # what the batch leaves for later decisions, published
             DECIDE_SECONDS.observe((time.perf_counter() - started) / count)
             # The next batch is decided while this one's outputs are delivered; its offsets are

@@ -68,3 +68,61 @@ def _values(kafka: KafkaConnection, topic: str, partition: int) -> list[bytes]:
     finally:
         consumer.close()
     return values
+
+
+def test_the_decider_commits_only_what_was_delivered(kafka: KafkaConnection,
+                                                     topic_factory: Callable[..., str]) -> None:
+    """The event decider on the real broker: a batch whose outputs were delivered is committed;
+    a batch with a lost output crashes the decider and stays uncommitted, to be decided again."""
+    from confluent_kafka import Producer
+
+    from streams.decider import EventDecider
+    from streams.handlers import RawMessage
+
+    events, outputs = topic_factory(), topic_factory()
+    missing = f"test.missing-{uuid.uuid4().hex[:8]}"
+    group = f"t-{uuid.uuid4().hex[:8]}"
+    producer = Producer(kafka.confluent_config())
+    for i in range(5):
+        producer.produce(events, f"ok-{i}".encode(), b"k")
+    producer.flush(10)
+
+    async def scenario(lose_outputs: bool) -> EventDecider:
+        output = KafkaOutput(kafka, **{"message.timeout.ms": 1500})
+        ready = asyncio.Event()
+        ready.set()
+
+        async def handle(msg: RawMessage) -> None:
+            await output.send(missing if msg.value == b"lost" else outputs, b"k", msg.value)
+
+        async def end_batch() -> None:
+            return None
+
+        decider = EventDecider(kafka, [events], group, handle, end_batch, output, ready)
+        await decider.start()
+        for _ in range(200):
+            if decider.crashed or _committed(kafka, group, events) >= (6 if lose_outputs else 5):
+                break
+            await asyncio.sleep(0.05)
+        await decider.stop()
+        return decider
+
+    decider = asyncio.run(scenario(lose_outputs=False))
+    assert not decider.crashed
+    assert _committed(kafka, group, events) == 5
+    assert _values(kafka, outputs, 0) == [f"ok-{i}".encode() for i in range(5)]
+
+    producer.produce(events, b"lost", b"k")
+    producer.flush(10)
+    decider = asyncio.run(scenario(lose_outputs=True))
+    assert decider.crashed
+    assert isinstance(decider.crash_reason, DeliveryFailed)
+    assert _committed(kafka, group, events) == 5  # the lost output's event is decided again
+
+
+def _committed(kafka: KafkaConnection, group: str, topic: str) -> int:
+    consumer = Consumer({**kafka.confluent_config(), "group.id": group})
+    try:
+        return max(0, consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset)
+    finally:
+        consumer.close()
