@@ -5,8 +5,8 @@ event does; librdkafka batches, compresses and retries in its own threads for a 
 two of Python per message. The Faust agents keep the app's producer: Faust flushes that one
 before it commits their offsets. The decider flushes this one before it commits its own.
 
-Delivery reports come back only for failures (`delivery.report.only.error`): the flush that
-precedes a commit tells whether everything sent since the last one is in Kafka.
+Delivery reports come back only for failures (`delivery.report.only.error`), served by the flush
+that precedes each commit: it tells whether everything sent since the last one is in Kafka.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ class KafkaOutput:
             "queue.buffering.max.messages": 200_000, "queue.buffering.max.kbytes": 256 << 10,
             "delivery.report.only.error": True, "on_delivery": self._on_delivery,
             **overrides})
-        self._unpolled = 0
 
     def _on_delivery(self, error: KafkaError | None, _msg: Message) -> None:
         if error is not None:  # served by poll/flush, in whichever thread calls them
@@ -61,10 +60,6 @@ class KafkaOutput:
                 break
             except BufferError:  # the local queue is full: let librdkafka deliver some
                 await asyncio.get_running_loop().run_in_executor(None, self._producer.poll, 0.1)
-        self._unpolled += 1
-        if self._unpolled >= 1000:  # serve failure reports now and then, not per message
-            self._unpolled = 0
-            self._producer.poll(0)
 
     async def delivered(self) -> None:
         """Wait until everything sent is delivered or has failed (librdkafka retries until

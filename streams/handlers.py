@@ -86,10 +86,9 @@ class RawMessage:
 class Handlers:
     session: DecisionSession
     publisher: Publisher  # the Faust agents' outputs: Faust flushes it before it commits
+    # The event decider's outputs: its own producer, which it flushes before it commits.
+    decisions: Publisher
     kafka: KafkaConnection
-    # The event decider's outputs (its own producer, flushed before it commits); `publisher`
-    # when None.
-    decisions: Publisher | None = None
     node: str = "streams"
     unknown_workload_wait_s: float = 3.0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -302,7 +301,7 @@ class Handlers:
                    | DlqEntry, event_id: str, out: Publisher | None = None) -> None:
         env = Envelope.wrap(payload, event_id=event_id, node=self.node,
                             ts=getattr(payload, "ts", 0.0) or time.time())
-        await (out or self.publisher).send(self.kafka.topic(topic), key.encode(), encode(env))
+        await self.send_envelope(topic, key, env, out)
 
     async def send_envelope(self, topic: str, key: str, env: Envelope,
                             out: Publisher | None = None) -> None:
