@@ -63,7 +63,18 @@ class Sensor:
                 return True
             if current.pid_ns != proc.pid_ns or current.ppid <= 1:
                 return False
-            current = read_proc(current.ppid)
+            parent = read_proc(current.ppid)
+            if parent is None:
+                # The parent exited since `current` was read (`sh -c 'httpd &'` does at once):
+                # the orphan now has a new parent, the container's init or a subreaper. Read
+                # it again and follow that one.
+                again = read_proc(current.pid)
+                if again is not None and again.ppid != current.ppid:
+                    parent = again
+                seen += 1
+                current = parent
+                continue
+            current = parent
             seen += 1
         return pid == info.init_pid
 

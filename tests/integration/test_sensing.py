@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +14,7 @@ import pytest
 
 from collectors.procfs import read_proc
 from collectors.sensing import Sensor
-from collectors.workloads import WorkloadResolver, container_id_from_cgroup
+from collectors.workloads import ContainerInfo, WorkloadResolver, container_id_from_cgroup
 from procwarden.testbed.containers import Container, run_container
 from schemas import Origin, WorkloadKind
 
@@ -121,3 +124,41 @@ def test_container_ids_from_cgroups(cgroup: str, expected: str) -> None:
 
 def test_gone_processes_read_as_none() -> None:
     assert read_proc(2**22 + 12345) is None
+
+
+_SUBREAPER = """
+import ctypes, subprocess, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+sh = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!; read x"], stdin=subprocess.PIPE,
+                      stdout=subprocess.PIPE, text=True)
+print(sh.pid, sh.stdout.readline().strip(), flush=True)
+sh.wait()  # reaped once killed: its pid no longer reads
+print("gone", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_an_orphan_whose_parent_just_exited_is_still_family() -> None:
+    # `sh -c 'httpd &'` in a container: the shell exits at once, and httpd's parent as first
+    # read is gone by the time the family check reads it. Here the "container init" is a child
+    # subreaper, which adopts the orphan as a container's init would.
+    with subprocess.Popen([sys.executable, "-c", _SUBREAPER], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as init:
+        try:
+            assert init.stdout is not None
+            sh_pid, orphan_pid = map(int, init.stdout.readline().split())
+            before = read_proc(orphan_pid)
+            assert before is not None and before.ppid == sh_pid
+            os.kill(sh_pid, signal.SIGKILL)
+            assert init.stdout.readline().strip() == "gone"
+            assert read_proc(sh_pid) is None
+            deadline = time.monotonic() + 10
+            while (now := read_proc(orphan_pid)) is not None and now.ppid == sh_pid:
+                assert time.monotonic() < deadline, "the orphan was not reparented"
+                time.sleep(0.01)
+            info = ContainerInfo(id="box", init_pid=init.pid, annotations={}, upperdir=None,
+                                 lowerdirs=())
+            assert sensor().is_family(before, info)  # read with its old, now gone, parent
+            os.kill(orphan_pid, signal.SIGKILL)
+        finally:
+            init.kill()
