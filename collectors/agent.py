@@ -251,6 +251,9 @@ class Collector:
                 self._lose("process_gone")
                 return
             self._gone[pid] = (time.monotonic(), self._parents.get(pid), False)
+            # Its notice was queued when it opened its file, before this exec event was sent:
+            # read it now, so this exec is reported before the execs that came after it.
+            self._read_notices()
             self._resolve_gone(pid)
             return
         self._notices.pop(pid, None)  # /proc told us more than a notice can
@@ -274,8 +277,9 @@ class Collector:
     def _resolve_gone(self, pid: int) -> None:
         """Report a gone process's exec from its fanotify notice, once the notice is here."""
         notices = self._notices.get(pid)
-        if not notices:
-            return  # the notice may still be on its way: _expire_gone waits a little
+        if not notices or pid not in self._gone:
+            return  # the notice may still be on its way (_expire_gone waits a little), or the
+            # exec was resolved already
         _, notice = notices.popleft()
         if not notices:
             del self._notices[pid]

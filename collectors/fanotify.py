@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from collectors import gil_held_io
 from schemas.records import fast_init
 
 __all__ = ["FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "FAN_Q_OVERFLOW", "METADATA", "ExecNotice",
@@ -178,10 +179,13 @@ class PermissionGroup(_Group):
         return held
 
     def answer(self, event: Permission, allow: bool) -> None:
+        # Through libc, keeping the GIL: the held process waits on this write, and os.write
+        # would first hand the GIL to whichever thread wants it.
         try:
-            os.write(self.fd, _RESPONSE.pack(event.fd, _FAN_ALLOW if allow else _FAN_DENY))
+            gil_held_io.write(self.fd, _RESPONSE.pack(event.fd,
+                                                      _FAN_ALLOW if allow else _FAN_DENY))
         finally:
-            os.close(event.fd)
+            gil_held_io.close(event.fd)
 
     def close(self) -> None:
         # Closing the group lets everything still held go ahead: the kernel allows it.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from collectors.procfs import ProcInfo, read_proc, read_stat
+from collectors.procfs import ProcInfo, read_exe, read_proc, read_stat
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from schemas import ExecEvent, Origin, Workload
 
@@ -25,14 +26,16 @@ def _digest(path: Path) -> str | None:
         return None
 
 
-def exe_origin(info: ContainerInfo, exe: str) -> Origin:
+def exe_origin(info: ContainerInfo, exe: str,
+               exists: Callable[[str], bool] = os.path.exists) -> Origin:
     """Image, new or modified: the overlay's upper layer against the image layers. A file in
-    the upper layer whose content equals the image's (a copy-up by chmod, say) is the image's."""
+    the upper layer whose content equals the image's (a copy-up by chmod, say) is the image's.
+    `exists` answers the common case (not in the upper layer: the image's)."""
     if info.upperdir is None or not exe.startswith("/"):
         return Origin.IMAGE
     rel = exe.lstrip("/")
     upper = info.upperdir / rel
-    if not upper.exists():
+    if not exists(str(upper)):
         return Origin.IMAGE
     lower = next((d / rel for d in info.lowerdirs if (d / rel).exists()), None)
     if lower is None:
@@ -84,7 +87,8 @@ class Sensor:
             return None  # gone, or exiting (a zombie has no exe): its notice tells the file
         info = self.resolver.container_of(proc.cgroup)
         workload = self.resolver.workload(info)
-        parent = read_proc(proc.ppid)
+        parent = read_stat(proc.ppid)  # its name and file only: two reads, not seven
+        parent_path = read_exe(proc.ppid) if parent is not None else ""
         exe_on_host = False
         origin = Origin.IMAGE
         family = True
@@ -98,7 +102,7 @@ class Sensor:
             ppid=proc.ppid, pgid=proc.pgid, sid=proc.sid, start_time=proc.start_time,
             ruid=proc.ruid, euid=proc.euid, user=self.resolver.user_name(info, proc.euid),
             real_user=self.resolver.user_name(info, proc.ruid),
-            parent_name=parent.comm if parent else "", parent_path=parent.exe if parent else "",
+            parent_name=parent.comm if parent else "", parent_path=parent_path,
             family=family, runtime_injected=info is not None and not family,
             exe_on_host=exe_on_host, origin=origin,
             hash=_digest(Path(f"/proc/{pid}/exe")) or "" if with_hash else "")
@@ -133,7 +137,7 @@ class Sensor:
             partial=True)
         proc = ProcInfo(pid=pid, ppid=event.ppid, pgid=event.pgid, sid=event.sid, start_time=0,
                         comm=event.name, exe=path, argv=event.argv, ruid=ruid, euid=euid,
-                        pid_ns="", mnt_ns="", cgroup=parent.cgroup if parent else "")
+                        pid_ns="", cgroup=parent.cgroup if parent else "")
         return Sensed(workload, event, proc)
 
 

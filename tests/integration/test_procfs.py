@@ -1,0 +1,87 @@
+"""The collector's /proc readers on the real kernel: what they read is what the file holds,
+long files included, and a vanished process reads as None."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from collectors import gil_held_io
+from collectors.procfs import parse_stat, read_proc, read_stat
+
+
+def _gone_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_read_proc_matches_what_proc_says() -> None:
+    pid = os.getpid()
+    proc = read_proc(pid)
+    assert proc is not None
+    assert proc.ppid == os.getppid()
+    assert proc.pgid == os.getpgid(0) and proc.sid == os.getsid(0)
+    assert proc.exe == os.path.realpath(sys.executable)
+    assert proc.ruid == os.getuid() and proc.euid == os.geteuid()
+    assert proc.pid_ns == os.readlink(f"/proc/{pid}/ns/pid")
+    assert proc.cgroup == Path(f"/proc/{pid}/cgroup").read_text()
+    assert proc.argv == tuple(Path(f"/proc/{pid}/cmdline").read_text().rstrip("\0").split("\0"))
+
+
+def test_a_command_line_longer_than_one_read_is_read_whole() -> None:
+    args = [f"argument-{i:05d}-" + "x" * 40 for i in range(1000)]  # ~52 KB of argv
+    child = subprocess.Popen(["sleep", "30", *args], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        proc = read_proc(child.pid)
+        while (proc is None or proc.comm != "sleep") and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the child has exec'd sleep
+            proc = read_proc(child.pid)
+        assert proc is not None
+        assert proc.argv == ("sleep", "30", *args)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_gone_process_reads_as_none() -> None:
+    pid = _gone_pid()
+    assert read_proc(pid) is None
+    assert read_stat(pid) is None
+    assert gil_held_io.read_small(f"/proc/{pid}/stat") is None
+    assert gil_held_io.readlink(f"/proc/{pid}/exe") is None
+
+
+def test_the_gil_keeping_reads_see_the_same_as_os_reads() -> None:
+    pid = os.getpid()
+    small = gil_held_io.read_small(f"/proc/{pid}/stat")
+    assert small is not None
+    assert parse_stat(small.decode()) == read_stat(pid)
+    assert gil_held_io.read_small(f"/proc/{pid}/cgroup") == Path(
+        f"/proc/{pid}/cgroup").read_bytes()
+    assert gil_held_io.readlink(f"/proc/{pid}/exe") == os.readlink(f"/proc/{pid}/exe")
+    assert gil_held_io.exists("/proc/self") and not gil_held_io.exists("/proc/nonexistent")
+
+
+def test_a_file_too_long_for_the_small_read_is_refused_not_cut(tmp_path: Path) -> None:
+    long = tmp_path / "long"
+    long.write_bytes(b"x" * 5000)
+    assert gil_held_io.read_small(str(long)) is None
+    short = tmp_path / "short"
+    short.write_bytes(b"y" * 4095)
+    assert gil_held_io.read_small(str(short)) == b"y" * 4095
+
+
+def test_a_failed_write_raises_with_the_errno() -> None:
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    with pytest.raises(OSError) as failed:
+        gil_held_io.write(read_end, b"answer")  # a pipe's read end cannot be written
+    assert failed.value.errno == 9  # EBADF
+    gil_held_io.close(read_end)
