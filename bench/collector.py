@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from procwarden.stack.topics import delete_prefixed_topics  # noqa: E402
 from procwarden.testbed.containers import APP_LOOP, Container, run_container  # noqa: E402
 from schemas import Decision, EventKind, ExecEvent, GroupPolicy, ServiceConfig  # noqa: E402
 from schemas.connections import KafkaConnection  # noqa: E402
@@ -200,6 +201,7 @@ def main() -> int:
             added99 = percentile(held, 0.99) - f99
     finally:
         pipe.stop_workers()
+        delete_prefixed_topics(kafka, [pipe.prefix])  # left behind, they slow the broker
     print(f"target: rate on >= 80% of off -> {on / off:.0%} "
           f"{'MET' if on >= 0.8 * off else 'MISSED'}")
     print(f"target: zero lost at 1,000 execs/s -> {paced_lost} "

@@ -2,8 +2,10 @@
 
 N verdicts (default 500,000) are produced to a private verdicts topic. Baseline, same run:
 clickhouse-driver columnar INSERTs of the same rows straight from memory (rows built before the
-clock starts, 100,000 per INSERT). Then the sink (`ClickHouseWriter`, decode + rows + insert +
-commit) stores them from Kafka into another database. Targets (issue 6): >= 100,000 rows/s and
+clock starts, 100,000 per INSERT). Also the floor of the design, from its parts measured in the
+same run: consuming alone, parsing alone and the baseline INSERT, added up per row. Then the
+sink (`ClickHouseWriter`, decode + rows + insert + commit) stores them from Kafka into another
+database. Targets (issue 6): >= 100,000 rows/s and
 >= 60% of the baseline. Needs the local stack (`procwarden stack up`).
 
     python bench/sink.py [--rows N]
@@ -20,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from confluent_kafka import Producer
+import orjson
+from confluent_kafka import Consumer, Producer
 
 from procwarden.runtime import tune_gc
 from procwarden.stack.topics import delete_prefixed_topics, ensure_topics
@@ -62,6 +65,33 @@ def baseline(envs: list[Envelope], db: str) -> float:
     return len(rows) / elapsed
 
 
+def consume_only(kafka: KafkaConnection, n: int) -> float:
+    """Messages/s a confluent-kafka consumer hands over (each value taken), doing nothing else."""
+    consumer = Consumer({**kafka.confluent_config(), "group.id": f"floor-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "fetch.max.bytes": 64 << 20})
+    consumer.subscribe([kafka.topic(VERDICTS.name)])
+    got, started = 0, 0.0
+    while got < n:
+        msgs = consumer.consume(10_000, 1.0)
+        if msgs and not started:
+            started = time.perf_counter()
+        for msg in msgs:
+            msg.value()
+        got += len(msgs)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return got / elapsed
+
+
+def parse_only(values: list[bytes]) -> float:
+    """Messages/s orjson parses, building nothing and checking nothing."""
+    started = time.perf_counter()
+    for value in values:
+        orjson.loads(value)
+    return len(values) / (time.perf_counter() - started)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=500_000)
@@ -76,6 +106,7 @@ def main() -> int:
         if i % 10_000 == 0:
             producer.poll(0)
     producer.flush(120)
+    values = [encode(env) for env in envs]
     base_db = f"bench_base_{uuid.uuid4().hex[:8]}"
     sink_db = f"bench_sink_{uuid.uuid4().hex[:8]}"
     print(f"sink benchmark: {args.rows:,} verdict rows (25 columns)")
@@ -83,6 +114,16 @@ def main() -> int:
     print(f"baseline  columnar INSERT from memory: {base:>10,.0f} rows/s")
 
     tune_gc()  # as `procwarden sink-clickhouse` does
+    # The floor of this design (confluent-kafka, JSON, columnar clickhouse-driver, one
+    # process): taking each message, parsing it and inserting it, with no validation, no rows
+    # built, no commits. No sink of this design runs faster on this machine.
+    consumed, parsed = consume_only(kafka, args.rows), parse_only(values)
+    floor = 1 / (1 / consumed + 1 / parsed + 1 / base)
+    print(f"consume only (confluent-kafka):          {consumed:>10,.0f} msgs/s")
+    print(f"parse only (orjson.loads):               {parsed:>10,.0f} msgs/s")
+    print(f"floor     consume + parse + INSERT:      {floor:>10,.0f} rows/s "
+          f"({floor / base:.0%} of the baseline)")
+
     writer = ClickHouseWriter(kafka, ClickHouseConnection(database=sink_db),
                               group_id=f"bench-{uuid.uuid4().hex[:6]}", topics=(VERDICTS,),
                               batch_size=100_000, batch_seconds=1.0)
