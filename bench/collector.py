@@ -4,7 +4,9 @@ One run, same machine, same loop (`posix_spawn` + `waitpid` of /usr/bin/true):
 1. collector off: the exec rate;
 2. collector on (it publishes every exec): the exec rate, the collector's CPU, and events lost,
    counted from the exec topic, unpaced and paced at 1,000 execs/s;
-3. held execs: a runc container in Protect, its execs held by fanotify and answered from the
+3. the floor of holding an exec (a bare answering process, with and without the reads of
+   a cache key; no collector running);
+4. held execs: a runc container in Protect, its execs held by fanotify and answered from the
    collector's cache; a helper joins the container's cgroups and times each exec of the
    container's /bin/busybox, before (not held) and after the switch to Protect (held, cached),
    first zero-drift (its write guard holds every open too, the exec's own included), then
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -134,6 +137,55 @@ def time_in_container(box: Container, n: int) -> list[int]:
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
+def answer_floor(n: int, with_reads: bool) -> tuple[float, float]:
+    """What holding an exec costs before any collector work: /usr/bin/true on a tmpfs whose
+    mount a fanotify group holds, answered by a bare process (allow at once; with_reads: after
+    the /proc reads a cache key needs: the caller's stat and cgroup, the file's path, the
+    parent's stat, the upper-layer check), against a copy on an unheld tmpfs, interleaved so
+    drift cancels. The added (p50, p99) in us."""
+    from collectors import gil_held_io
+    from collectors.fanotify import PermissionGroup
+    from collectors.procfs import parse_stat
+
+    base = Path(tempfile.mkdtemp(prefix="bench-floor-"))
+    for d in ("held", "free"):
+        (base / d).mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(base / d)], check=True)
+        subprocess.run(["cp", TRUE, str(base / d / "true")], check=True)
+    group = PermissionGroup()
+    group.watch(str(base / "held"))
+    answerer = os.fork()
+    if answerer == 0:  # the bare answering process
+        while True:
+            select.select([group.fd], [], [], 1.0)
+            for event in group.read():
+                if with_reads:
+                    stat = gil_held_io.read_small(f"/proc/{event.pid}/stat") or b""
+                    gil_held_io.read_small(f"/proc/{event.pid}/cgroup")
+                    path = gil_held_io.readlink(f"/proc/self/fd/{event.fd}") or ""
+                    ppid = parse_stat(stat.decode()).ppid if stat else 1
+                    gil_held_io.read_small(f"/proc/{ppid}/stat")
+                    gil_held_io.exists(f"{base}/upper{path}")
+                group.answer(event, True)
+    group.close()
+    times: dict[str, list[int]] = {"held": [], "free": []}
+    try:
+        for i in range(n):
+            for d in ("held", "free") if i % 2 else ("free", "held"):
+                started = time.perf_counter_ns()
+                pid = os.posix_spawn(str(base / d / "true"), ["true"], {})
+                os.waitpid(pid, 0)
+                times[d].append(time.perf_counter_ns() - started)
+    finally:
+        os.kill(answerer, signal.SIGKILL)
+        os.waitpid(answerer, 0)
+        for d in ("held", "free"):
+            subprocess.run(["umount", "-l", str(base / d)], check=False)
+    held, free = times["held"], times["free"]
+    return (percentile(held, 0.5) - percentile(free, 0.5),
+            percentile(held, 0.99) - percentile(free, 0.99))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--execs", type=int, default=3000)
@@ -147,6 +199,9 @@ def main() -> int:
     spawn_loop(200)  # warm up
     off, _ = spawn_loop(n)
     print(f"collector off:                {off:>8,.0f} execs/s")
+    for label, reads in (("bare answer:", False), ("answer after the key's reads:", True)):
+        a50, a99 = answer_floor(n, reads)
+        print(f"floor, {label:<30} added p50 {a50:6.0f} us, p99 {a99:6.0f} us")
 
     try:
         with running_collector(pipe, NODE, tmp,
