@@ -33,7 +33,7 @@ class StackSettings(BaseSettings):
     home: Path | None = Field(None, description="state folder (default: <source>/var)")
     kafka_port: int = Field(9092, ge=1, le=65535)
     kafka_controller_port: int = Field(9093, ge=1, le=65535)
-    kafka_heap_mb: int = Field(512, ge=128)
+    kafka_heap_mb: int = Field(1024, ge=128, description="the broker's heap (Kafka's own default)")
     clickhouse_tcp_port: int = Field(9000, ge=1, le=65535)
     clickhouse_http_port: int = Field(8123, ge=1, le=65535)
     clickhouse_interserver_port: int = Field(9009, ge=1, le=65535)
