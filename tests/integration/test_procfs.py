@@ -36,15 +36,19 @@ def test_read_proc_matches_what_proc_says() -> None:
 
 def test_a_command_line_longer_than_one_read_is_read_whole() -> None:
     args = [f"argument-{i:05d}-" + "x" * 40 for i in range(1000)]  # ~52 KB of argv
-    child = subprocess.Popen(["sleep", "30", *args], stderr=subprocess.DEVNULL)
+    argv = ("sh", "-c", "sleep 30; :", "sh", *args)  # a shell that keeps its arguments
+    child = subprocess.Popen(argv)
     try:
         deadline = time.monotonic() + 5
         proc = read_proc(child.pid)
-        while (proc is None or proc.comm != "sleep") and time.monotonic() < deadline:
-            time.sleep(0.01)  # until the child has exec'd sleep
+        # Until the child has exec'd the shell: the kernel names the process before it sets
+        # up the new program's arguments.
+        while (proc is None or proc.argv != argv) and time.monotonic() < deadline:
+            time.sleep(0.01)
             proc = read_proc(child.pid)
         assert proc is not None
-        assert proc.argv == ("sleep", "30", *args)
+        assert proc.comm == "sh"
+        assert proc.argv == argv
     finally:
         child.kill()
         child.wait()
