@@ -36,28 +36,29 @@ _access.restype = ctypes.c_int
 
 _O_RDONLY_CLOEXEC = 0o2000000
 _F_OK = 0
-_BUFFER = ctypes.create_string_buffer(4096)
-_LINK = ctypes.create_string_buffer(4096)
+_SIZE = 4096
 
 
 def read_small(path: str) -> bytes | None:
-    """A file of at most 4 KiB (a /proc stat or cgroup file); None when it cannot be read or is
-    longer. Not thread-safe: one caller thread (the shared buffer)."""
+    """A file of less than 4 KiB (a /proc stat or cgroup file); None when it cannot be read or
+    is longer."""
     fd = _open(path.encode(), _O_RDONLY_CLOEXEC)
     if fd < 0:
         return None
+    buffer = ctypes.create_string_buffer(_SIZE)  # one per call: callers may be on any thread
     try:
-        n = _read(fd, _BUFFER, 4096)
-        return ctypes.string_at(_BUFFER, n) if 0 <= n < 4096 else None
+        n = _read(fd, buffer, _SIZE)
+        return ctypes.string_at(buffer, n) if 0 <= n < _SIZE else None
     finally:
         _close(fd)
 
 
 def readlink(path: str) -> str | None:
-    n = _readlink(path.encode(), _LINK, 4096)
-    if n < 0 or n >= 4096:
+    buffer = ctypes.create_string_buffer(_SIZE)
+    n = _readlink(path.encode(), buffer, _SIZE)
+    if n < 0 or n >= _SIZE:
         return None
-    return ctypes.string_at(_LINK, n).decode(errors="surrogateescape")
+    return ctypes.string_at(buffer, n).decode(errors="surrogateescape")
 
 
 def exists(path: str) -> bool:
