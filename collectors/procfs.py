@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 from schemas.records import fast_init
 
-__all__ = ["ProcInfo", "ProcStat", "opens_for_writing", "read_cgroup", "read_exe", "parse_stat",
-           "read_proc", "read_stat"]
+__all__ = ["ProcInfo", "ProcStat", "opens_for_writing", "parse_stat", "process_name", "read_cgroup",
+           "read_exe", "read_proc", "read_stat"]
 
 
 @fast_init
@@ -105,10 +105,21 @@ def read_proc(pid: int, root: str = "/proc") -> ProcInfo | None:
     except OSError:
         pid_ns = ""
 
+    exe = read_exe(pid, root)
     return ProcInfo(pid=pid, ppid=int(fields[1]), pgid=int(fields[2]), sid=int(fields[3]),
-                    start_time=int(fields[19]), comm=comm, exe=read_exe(pid, root),
+                    start_time=int(fields[19]), comm=process_name(comm, exe, argv), exe=exe,
                     argv=argv, ruid=int(uids[0]), euid=int(uids[1]), pid_ns=pid_ns,
                     cgroup=_read(f"{base}/cgroup") or "")
+
+
+def process_name(comm: str, exe: str, argv: tuple[str, ...]) -> str:
+    """The process's name: its comm, except right after BusyBox re-executed itself through
+    /proc/self/exe to run an applet. The kernel names such a process "exe" (after the file it
+    was given) and BusyBox renames it to its applet, the base of argv[0], a moment later: the
+    collector, reading at once, reports the name it is about to have."""
+    if comm == "exe" and argv and exe.rsplit("/", 1)[-1] == "busybox":
+        return argv[0].rsplit("/", 1)[-1][:15]  # comm holds at most 15 characters
+    return comm
 
 
 # The open system calls by number, and which argument holds the open flags; None: creat (always

@@ -21,7 +21,6 @@ from schemas import (
     GroupKind,
     GroupPolicy,
     LearnRequest,
-    Mode,
     ProfileChange,
     ProfilePatch,
     Rule,
@@ -179,8 +178,10 @@ def apply_learn(policies: Mapping[str, GroupPolicy], req: LearnRequest,
         return edit.result()  # the group went away meanwhile: nothing to learn into
     ts = int(req.ts)
     rules = list(policy.rules)
-    learning = policy.mode is Mode.DISCOVER
-    if learning and (req.add_rule or req.rule_uuid):
+    # Not checked against the group's mode now: the request was decided in Discover, and a
+    # switch to Monitor or Protect that overtakes it on its way here (another producer, another
+    # moment) must not drop a rule its verdict already reported as learned.
+    if req.add_rule or req.rule_uuid:
         target = None
         for i, r in enumerate(rules):
             if (r.uuid == req.rule_uuid if req.rule_uuid else

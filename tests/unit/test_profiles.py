@@ -50,6 +50,25 @@ def test_learning_twice_from_the_same_request_adds_one_rule() -> None:
     assert after == before  # already applied once by the session: nothing changes
 
 
+def test_a_learn_overtaken_by_a_switch_to_protect_still_lands() -> None:
+    """The learn request travels to the group's writer apart from the admin's mode switch; when
+    the switch gets there first, the rule the verdict reported as learned is still added."""
+    import dataclasses
+
+    from streams.engine import apply_learn, merge
+
+    world = World(groups=[group(mode=D)])
+    before = dict(world.session.policies)
+    d = world.exec("/bin/date", name="date")
+    assert d.verdict is Verdict.LEARN and d.learn is not None
+    switched = {**before, WEB: dataclasses.replace(before[WEB], mode=P)}
+    assert switched[WEB].rules == ()  # the switch got to the writer before the learn
+    after = merge(switched, [apply_learn(switched, d.learn)])
+    assert after[WEB].mode is P
+    assert [(r.name, r.path, r.cfg_type) for r in after[WEB].rules] == [
+        ("date", "/bin/date", RuleSource.LEARNED)]
+
+
 def test_no_merging_of_sibling_paths() -> None:
     world = World(groups=[group(mode=D)])
     world.exec("/usr/lib/a/nginx", name="nginx")
