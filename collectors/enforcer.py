@@ -98,6 +98,11 @@ def kill_if_same(pid: int, start_time: int) -> str:
         os.close(pidfd)
 
 
+def _stat_keeping_gil(pid: int) -> ProcStat | None:
+    text = gil_held_io.read_small(f"/proc/{pid}/stat")
+    return None if text is None else parse_stat(text.decode(errors="replace"))
+
+
 @dataclass
 class _Hold:
     pre_exec: bool
@@ -394,13 +399,11 @@ class Enforcer:
         """The cache key of a held exec; None when this exec is not held. Kept to a few small
         /proc reads, made while keeping the GIL (`gil_held_io`): every held exec waits on it."""
         pid = event.pid
-        stat_text = gil_held_io.read_small(f"/proc/{pid}/stat")
-        cgroup_text = gil_held_io.read_small(f"/proc/{pid}/cgroup")
-        if stat_text is None or cgroup_text is None:
+        stat = _stat_keeping_gil(pid)
+        cgroup = gil_held_io.read_small(f"/proc/{pid}/cgroup")
+        if stat is None or cgroup is None:
             return None
-        stat = parse_stat(stat_text.decode(errors="replace"))
-        cgroup = cgroup_text.decode(errors="replace")
-        info = self.resolver.container_of(cgroup)
+        info = self.resolver.container_of(cgroup.decode(errors="replace"))
         if info is None:
             return None  # a host process reaching into a container's files
         hold = self._holds.get(info.id)
@@ -427,8 +430,7 @@ class Enforcer:
         which is usually long-lived (a shell, a server), so that answer is cached."""
         if pid == info.init_pid:
             return True
-        parent_text = gil_held_io.read_small(f"/proc/{stat.ppid}/stat")
-        parent = parse_stat(parent_text.decode(errors="replace")) if parent_text else None
+        parent = _stat_keeping_gil(stat.ppid)
         if parent is None:
             proc = read_proc(pid)
             return proc is not None and self.sensor.is_family(proc, info)

@@ -1,9 +1,9 @@
 """Small system calls that keep the GIL, for the held-exec path.
 
-Each `os.read`, `os.readlink` or `os.stat` lets the GIL go; getting it back means waiting for the
-sensing thread to hand it over (up to the switch interval). A held exec needs about ten such
-calls, each a few microseconds in the kernel: made through `ctypes.PyDLL`, which does not let
-the GIL go, the answer is computed in one stretch instead of ten waits.
+Each `os.read`, `os.readlink` or `os.stat` lets the GIL go, and getting it back can mean waiting
+for the busy sensing thread to hand it over (up to the switch interval). A cached answer needs
+about a dozen such calls, each a few microseconds in the kernel: made through `ctypes.PyDLL`,
+which keeps the GIL, the answer is computed in one stretch.
 """
 
 from __future__ import annotations
