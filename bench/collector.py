@@ -36,6 +36,9 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from collectors import gil_held_io  # noqa: E402
+from collectors.fanotify import PermissionGroup  # noqa: E402
+from collectors.procfs import parse_stat  # noqa: E402
 from procwarden.stack.topics import delete_prefixed_topics  # noqa: E402
 from procwarden.testbed.containers import APP_LOOP, Container, run_container  # noqa: E402
 from schemas import Decision, EventKind, ExecEvent, GroupPolicy, ServiceConfig  # noqa: E402
@@ -143,10 +146,6 @@ def answer_floor(n: int, with_reads: bool) -> tuple[float, float]:
     the /proc reads a cache key needs: the caller's stat and cgroup, the file's path, the
     parent's stat, the upper-layer check), against a copy on an unheld tmpfs, interleaved so
     drift cancels. The added (p50, p99) in us."""
-    from collectors import gil_held_io
-    from collectors.fanotify import PermissionGroup
-    from collectors.procfs import parse_stat
-
     base = Path(tempfile.mkdtemp(prefix="bench-floor-"))
     for d in ("held", "free"):
         (base / d).mkdir()

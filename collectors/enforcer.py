@@ -409,9 +409,9 @@ class Enforcer:
         hold = self._holds.get(info.id)
         if hold is None or not hold.pre_exec:
             return None
-        path = gil_held_io.readlink(f"/proc/self/fd/{event.fd}") or ""
+        path = event.path()
         injected = not self._family(pid, stat, info)
-        key = (info.id, hold.stamp, path, injected, exe_origin(info, path, gil_held_io.exists),
+        key = (info.id, hold.stamp, path, injected, exe_origin(info, path),
                path in self._netcat_paths(info))
         return key, info, stat
 

@@ -102,11 +102,9 @@ class Permission:
     # the group reports them
 
     def path(self) -> str:
-        """The file's path as seen from the mount it was reached through."""
-        try:
-            return os.readlink(f"/proc/self/fd/{self.fd}")
-        except OSError:
-            return ""
+        """The file's path as seen from the mount it was reached through ("" if unreadable).
+        Read keeping the GIL: the caller is held until it is answered."""
+        return gil_held_io.readlink(f"/proc/self/fd/{self.fd}") or ""
 
 
 def _read_events(fd: int, buffer: bytearray) -> tuple[list[tuple[int, int, int]], bool]:

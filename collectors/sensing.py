@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from collectors import gil_held_io
 from collectors.procfs import ProcInfo, read_exe, read_proc, read_stat
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from schemas import ExecEvent, Origin, Workload
@@ -26,16 +26,16 @@ def _digest(path: Path) -> str | None:
         return None
 
 
-def exe_origin(info: ContainerInfo, exe: str,
-               exists: Callable[[str], bool] = os.path.exists) -> Origin:
+def exe_origin(info: ContainerInfo, exe: str) -> Origin:
     """Image, new or modified: the overlay's upper layer against the image layers. A file in
     the upper layer whose content equals the image's (a copy-up by chmod, say) is the image's.
-    `exists` answers the common case (not in the upper layer: the image's)."""
+    The common case (not in the upper layer: the image's) is one access() keeping the GIL, as
+    a held exec waits on it."""
     if info.upperdir is None or not exe.startswith("/"):
         return Origin.IMAGE
     rel = exe.lstrip("/")
     upper = info.upperdir / rel
-    if not exists(str(upper)):
+    if not gil_held_io.exists(str(upper)):
         return Origin.IMAGE
     lower = next((d / rel for d in info.lowerdirs if (d / rel).exists()), None)
     if lower is None:
