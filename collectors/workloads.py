@@ -92,20 +92,27 @@ class WorkloadResolver:
     _host_users: dict[int, str] = field(default_factory=dict)
     _devs: dict[int, str] = field(default_factory=dict)  # root filesystem device -> container
     _scanned_at: float = -1e9
-    _not_containers: dict[str, float] = field(default_factory=dict)  # cgroup leaf -> when
+    # cgroup leaf -> the runtime roots' modification times when no root held a folder for it
+    _not_containers: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def container(self, cid: str) -> ContainerInfo | None:
         if cid in self._containers:
             return self._containers[cid]
-        now = time.monotonic()
-        if now - self._not_containers.get(cid, -1e9) < 1.0:
-            return None  # a host cgroup (or a container not started yet): looked up just now
+        # A host cgroup is looked up again only once a runtime root changed (a container's
+        # folder came or went). A folder without its state yet is a container being created:
+        # not remembered, so its next exec finds it (its init runs in its cgroup before runc
+        # writes state.json, and the user's program right after).
+        roots = self._roots_stamp()
+        if self._not_containers.get(cid) == roots:
+            return None
         info = None
+        being_created = False
         for root in self.runtime_roots:
             state_file = Path(root) / cid / "state.json"
             try:
                 state = json.loads(state_file.read_text())
             except (OSError, ValueError):
+                being_created = being_created or os.path.isdir(state_file.parent)
                 continue
             labels = state.get("config", {}).get("labels") or []
             annotations = dict(label.split("=", 1) for label in labels if "=" in label)
@@ -123,11 +130,22 @@ class WorkloadResolver:
         if info is not None:
             self._containers[cid] = info
             self._not_containers.pop(cid, None)
-        else:
+        elif not being_created:
             if len(self._not_containers) > 10_000:
                 self._not_containers.clear()
-            self._not_containers[cid] = now
+            self._not_containers[cid] = roots
         return info
+
+    def _roots_stamp(self) -> tuple[int, ...]:
+        """The runtime roots' modification times (-1: absent); a container's folder coming or
+        going changes its root's."""
+        stamp = []
+        for root in self.runtime_roots:
+            try:
+                stamp.append(os.stat(root).st_mtime_ns)
+            except OSError:
+                stamp.append(-1)
+        return tuple(stamp)
 
     def forget(self, cid: str) -> None:
         self._containers.pop(cid, None)

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from procwarden.stack.topics import ensure_topics
 from schemas import Envelope, decode_envelope, encode
 from schemas.connections import KafkaConnection
-from schemas.topics import ALL_TOPICS
+from schemas.topics import ALL_TOPICS, DLQ, EXEC
 
 ROOT = Path(__file__).resolve().parents[2]
 # Topic prefixes the pipelines of this test session made; the session deletes their topics at
@@ -138,14 +138,30 @@ class Pipeline:
     def wait_for(self, topic: str, match: Callable[[Envelope], bool], timeout: float = 30.0,
                  partitions: list[int] | None = None) -> tuple[Envelope, Any]:
         deadline = time.monotonic() + timeout
+        seen: list[Envelope] = []
         for msg in self.consumer(topic, partitions):
             if msg is not None and msg.value() is not None:
                 env = decode_envelope(msg.value())
                 if match(env):
                     return env, msg
+                seen.append(env)
             if time.monotonic() > deadline:
                 break
-        raise AssertionError(f"nothing matched on {topic} within {timeout} s\n{self.logs()}")
+        raise AssertionError(f"nothing matched on {topic} within {timeout} s\n"
+                             f"{self.diagnosis(seen)}\n{self.logs()}")
+
+    def diagnosis(self, seen: list[Envelope]) -> str:
+        """What a failed wait saw instead, what the DLQ holds and which execs went out: enough
+        to tell a late worker from a lost or misnamed event."""
+        def brief(env: Envelope) -> str:
+            fields = ("workload_id", "name", "path", "pid", "verdict", "reason", "error")
+            return f"{env.kind.value} " + " ".join(
+                f"{f}={getattr(env.payload, f)!r}" for f in fields if hasattr(env.payload, f))
+        parts = [f"seen instead ({len(seen)}): " + "; ".join(brief(e) for e in seen[-15:])]
+        for name in (DLQ.name, EXEC.name):
+            found = self.read_all(name, settle=1.0)
+            parts.append(f"{name} ({len(found)}): " + "; ".join(brief(e) for e in found[-15:]))
+        return "\n".join(parts)
 
     def read_all(self, topic: str, settle: float = 2.0) -> list[Envelope]:
         """Everything on a topic, after it stays quiet for `settle` seconds."""

@@ -1,0 +1,56 @@
+"""Which container a cgroup belongs to, as runc creates it: the resolver must never keep calling
+a container the host once runc has written its state (a CI run lost a container's first execs
+to the host workload that way: its init ran in its cgroup before state.json existed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from collectors.workloads import WorkloadResolver
+
+CID = "pw-shop-0123456789"
+
+
+def _write_state(root: Path, cid: str) -> None:
+    folder = root / cid
+    folder.mkdir(exist_ok=True)
+    (folder / "state.json").write_text(json.dumps({
+        "init_process_pid": 0, "config": {"labels": ["io.kubernetes.pod.namespace=shop"]}}))
+
+
+def _resolver(root: Path) -> WorkloadResolver:
+    return WorkloadResolver(node="node-1", runtime_roots=(str(root),))
+
+
+def test_a_container_whose_state_is_being_written_is_found_once_it_is(tmp_path: Path) -> None:
+    resolver = _resolver(tmp_path)
+    (tmp_path / CID).mkdir()  # runc made the folder; its init already runs in the cgroup
+    assert resolver.container(CID) is None
+    _write_state(tmp_path, CID)
+    info = resolver.container(CID)
+    assert info is not None and info.annotations == {"io.kubernetes.pod.namespace": "shop"}
+
+
+def test_a_host_cgroup_is_remembered_until_a_container_folder_appears(tmp_path: Path) -> None:
+    resolver = _resolver(tmp_path)
+    assert resolver.container(CID) is None
+    # Remembered: the same root, unchanged, is not searched again (a state file slipped in
+    # without touching the root's time is not seen, which proves the lookup was skipped).
+    stamp = os.stat(tmp_path).st_mtime_ns
+    _write_state(tmp_path, CID)
+    os.utime(tmp_path, ns=(stamp, stamp))
+    assert resolver.container(CID) is None
+    # A folder coming or going changes the root: the leaf is looked up again at once.
+    (tmp_path / "another").mkdir()
+    assert resolver.container(CID) is not None
+
+
+def test_a_runtime_root_created_later_is_searched(tmp_path: Path) -> None:
+    root = tmp_path / "run-runc"
+    resolver = _resolver(root)
+    assert resolver.container(CID) is None
+    root.mkdir()
+    _write_state(root, CID)
+    assert resolver.container(CID) is not None
