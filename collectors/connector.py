@@ -55,6 +55,7 @@ class ProcConnector:
         self.sock.send(_NLMSG.pack(_NLMSG.size + len(cn), _NLMSG_DONE, 0, 0, os.getpid()) + cn)
         self.sock.setblocking(False)
         self.overruns = 0
+        self.drained = False  # the last read emptied the socket
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -62,10 +63,12 @@ class ProcConnector:
     def read(self, limit: int = 4096) -> list[ProcEvent]:
         """The events waiting now (at most `limit` datagrams); counts kernel overruns."""
         events: list[ProcEvent] = []
+        self.drained = False
         for _ in range(limit):
             try:
                 data = self.sock.recv(256)
             except BlockingIOError:
+                self.drained = True
                 break
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:  # the kernel dropped events: say so

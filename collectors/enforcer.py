@@ -31,7 +31,9 @@ from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException,
 from prometheus_client import Counter, Gauge, Histogram
 
 from collectors import gil_held_io
+from collectors.connector import ProcConnector
 from collectors.fanotify import Permission, PermissionGroup, answer_until
+from collectors.lineage import Lineage, Placement
 from collectors.procfs import ProcStat, parse_stat, read_proc, read_stat
 from collectors.sensing import Sensor, exe_origin
 from collectors.settings import CollectorSettings
@@ -68,6 +70,10 @@ CACHED_SECONDS = Histogram(
     "From taking up a held exec to answering it from the cache (the collector's own share of "
     "the added latency)",
     buckets=(0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.005))
+PLACED = Counter("procwarden_collector_held_placed_total",
+                 "Held execs by how their container and family were known: from the lineage "
+                 "the process connector told (no read), or read from /proc", ["by"])
+_BY_LINEAGE, _BY_PROC = PLACED.labels("lineage"), PLACED.labels("proc")
 
 _KILLED_KINDS = frozenset({EventKind.EXEC, EventKind.STDIO, EventKind.UID_CHANGE})
 _NETCATS = ("nc", "ncat", "netcat")
@@ -137,6 +143,10 @@ class Enforcer:
         self._pending_keys: dict[CacheKey, str] = {}
         self._netcats: dict[str, frozenset[str]] = {}
         self._families: dict[tuple[int, int], bool] = {}  # (parent pid, its start) -> family
+        self._lineage = Lineage()  # the permission thread's alone
+        self._connector: ProcConnector | None = None
+        self._no_connector = False
+        self._mounts = 0  # workloads whose execs are held now
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -306,12 +316,14 @@ class Enforcer:
                     try:
                         self.group.watch(mount)
                         hold.mount = mount
+                        self._mounts += 1
                         log.info("holding execs of %s before they run", workload_id)
                     except OSError as exc:
                         log.error("cannot hold execs of %s: %s", workload_id, exc)
             elif not pre_exec and hold.mount:
                 self.group.unwatch(hold.mount)
                 hold.mount = ""
+                self._mounts -= 1
                 log.info("no longer holding execs of %s", workload_id)
 
     def forget(self, workload_id: str) -> None:
@@ -319,6 +331,7 @@ class Enforcer:
             hold = self._holds.pop(workload_id, None)
             if hold is not None and hold.mount and self.group is not None:
                 self.group.unwatch(hold.mount)
+                self._mounts -= 1
             if self.writes is not None:
                 self.writes.guard(workload_id, False)
             self._netcats.pop(workload_id, None)
@@ -349,9 +362,15 @@ class Enforcer:
         assert group is not None
 
         def step() -> None:
-            ready, _, _ = select.select([group.fd], [], [], 0.01)
-            if ready:
+            connector = self._lineage_source()
+            watched = [group.fd] if connector is None else [group.fd, connector.fileno()]
+            ready, _, _ = select.select(watched, [], [], 0.01)
+            if connector is not None:
+                self._drain(connector)  # also while nothing is held: the buffer stays small
+            if group.fd in ready:
                 for event in group.read():
+                    if connector is not None:
+                        self._drain(connector)  # the caller's fork is queued before its exec
                     try:
                         self.on_permission(event)
                     except Exception:
@@ -364,7 +383,38 @@ class Enforcer:
                 self.group = None
                 group.close()
 
-        answer_until(self._stop, step, "execs", give_up)
+        try:
+            answer_until(self._stop, step, "execs", give_up)
+        finally:
+            if self._connector is not None:
+                self._connector.close()
+                self._connector = None
+
+    def _lineage_source(self) -> ProcConnector | None:
+        """The permission thread's own process connector, open while some workload's execs
+        are held (it sees every fork and exit of the host; nobody needs them otherwise)."""
+        wanted = self._mounts > 0 and not self._no_connector
+        if wanted and self._connector is None:
+            try:
+                self._connector = ProcConnector()
+            except OSError as exc:
+                log.warning("no process connector for held execs (%s): each is read from "
+                            "/proc", exc)
+                self._no_connector = True
+        elif not wanted and self._connector is not None:
+            self._connector.close()
+            self._connector = None
+            self._lineage.forget()
+        return self._connector
+
+    def _drain(self, connector: ProcConnector) -> None:
+        while True:
+            overruns = connector.overruns
+            self._lineage.feed(connector.read())
+            if connector.overruns > overruns:
+                self._lineage.forget()  # messages were lost: read /proc until placed again
+            if connector.drained:
+                return
 
     def on_permission(self, event: Permission) -> None:
         started = time.perf_counter()
@@ -372,7 +422,7 @@ class Enforcer:
         if held is None:
             self._answer_safely(event, True, "not-held")
             return
-        key, info, stat = held
+        key, info = held
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -387,7 +437,7 @@ class Enforcer:
             if len(self._pending) >= self.settings.max_held:
                 self._answer(event, self._fails_open(key[0]), "overload")
                 return
-        event_id = self.publish(EXEC.name, key[0], self._question(event.pid, key, info, stat))
+        event_id = self.publish(EXEC.name, key[0], self._question(event.pid, key, info))
         now = time.monotonic()
         with self._lock:
             self._pending[event_id] = _Pending(key, now + self.settings.hold_timeout_ms / 1000,
@@ -395,34 +445,61 @@ class Enforcer:
             self._pending_keys[key] = event_id
             HELD.set(len(self._pending))
 
-    def _key_of(self, event: Permission) -> tuple[CacheKey, ContainerInfo, ProcStat] | None:
-        """The cache key of a held exec; None when this exec is not held. Kept to a few small
-        /proc reads, made while keeping the GIL (`gil_held_io`): every held exec waits on it."""
+    def _key_of(self, event: Permission) -> tuple[CacheKey, ContainerInfo] | None:
+        """The cache key of a held exec; None when this exec is not held. The caller's
+        container and family come from its lineage (`collectors/lineage.py`) when its creator
+        was placed before, else from /proc; the file's path and origin are read each time,
+        while keeping the GIL (`gil_held_io`): every held exec waits on this."""
         pid = event.pid
+        placement = self._lineage.placement(pid) if self._connector is not None else None
+        if placement is None:
+            placement = self._place(pid)
+            if placement is None:
+                return None  # gone, or a host process reaching into a container's files
+            _BY_PROC.inc()
+        else:
+            _BY_LINEAGE.inc()
+        info = self.resolver.container(placement.container)
+        if info is None:
+            return None
+        hold = self._holds.get(info.id)
+        if hold is None or not hold.pre_exec:
+            return None
+        path = event.path()
+        key = (info.id, hold.stamp, path, not placement.family, exe_origin(info, path),
+               path in self._netcat_paths(info))
+        return key, info
+
+    def _place(self, pid: int) -> Placement | None:
+        """Read where `pid` is from /proc, and remember it and its creator for what they make
+        next (the creator only if it is in the same container: a child of `runc exec` is
+        moved in from the host)."""
         stat = _stat_keeping_gil(pid)
         cgroup = gil_held_io.read_small(f"/proc/{pid}/cgroup")
         if stat is None or cgroup is None:
             return None
         info = self.resolver.container_of(cgroup.decode(errors="replace"))
         if info is None:
-            return None  # a host process reaching into a container's files
-        hold = self._holds.get(info.id)
-        if hold is None or not hold.pre_exec:
             return None
-        path = event.path()
-        injected = not self._family(pid, stat, info)
-        key = (info.id, hold.stamp, path, injected, exe_origin(info, path),
-               path in self._netcat_paths(info))
-        return key, info, stat
+        placement = Placement(info.id, self._family(pid, stat, info))
+        if self._connector is None:
+            return placement
+        self._lineage.place(pid, placement)
+        if pid != info.init_pid:  # else its creator is the runtime, on the host
+            creator = gil_held_io.read_small(f"/proc/{stat.ppid}/cgroup")
+            if creator is not None and creator == cgroup:
+                # descending from the root exactly when its child (not the root) does
+                self._lineage.place(stat.ppid, placement)
+        return placement
 
-    def _question(self, pid: int, key: CacheKey, info: ContainerInfo,
-                  stat: ProcStat) -> ExecCheck:
+    def _question(self, pid: int, key: CacheKey, info: ContainerInfo) -> ExecCheck:
         workload_id, _, path, injected, origin, netcat = key
         proc = read_proc(pid)
         euid = proc.euid if proc is not None else 0
         return ExecCheck(workload_id=workload_id, pid=pid, path=path,
-                         start_time=stat.start_time, euid=euid,
-                         user=self.resolver.user_name(info, euid), name=stat.comm,
+                         start_time=proc.start_time if proc is not None else 0, euid=euid,
+                         user=self.resolver.user_name(info, euid),
+                         name=proc.comm if proc is not None else path.rsplit("/", 1)[-1][:15],
                          runtime_injected=injected, origin=origin, netcat=netcat)
 
     def _family(self, pid: int, stat: ProcStat, info: ContainerInfo) -> bool:

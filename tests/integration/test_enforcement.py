@@ -9,16 +9,19 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from procwarden.testbed.containers import APP_LOOP, Container, run_container
 from schemas import (
     Decision,
     EventKind,
+    ExecCheck,
     FailMode,
     Incident,
     IncidentAction,
@@ -28,8 +31,14 @@ from schemas import (
     Verdict,
 )
 from schemas.connections import KafkaConnection
-from schemas.topics import POLICY_UPDATES, SECURITY_EVENTS, VERDICTS, verdict_partition
-from tests.integration.streamkit import WORKDIR, Pipeline, running_collector, wait_for_line
+from schemas.topics import EXEC, POLICY_UPDATES, SECURITY_EVENTS, VERDICTS, verdict_partition
+from tests.integration.streamkit import (
+    WORKDIR,
+    Pipeline,
+    free_port,
+    running_collector,
+    wait_for_line,
+)
 
 NODE = "node-enforce"
 GROUP = "nv.guard.enf"
@@ -44,6 +53,7 @@ class Guarded:
     log: Path
     tmp: Path
     collector: contextlib.ExitStack
+    metrics_port: int
 
     def verdict(self, test: object, timeout: float = 30.0) -> Decision:
         env, _ = self.pipe.wait_for(
@@ -63,8 +73,10 @@ def guarded(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory
     try:
         with contextlib.ExitStack() as collector, \
                 run_container(WORKDIR, "guard", namespace="enf", command=APP_LOOP) as box:
-            log = collector.enter_context(running_collector(pipe, NODE, tmp))
-            g = Guarded(pipe, box, log, tmp, collector)
+            port = free_port()
+            log = collector.enter_context(running_collector(
+                pipe, NODE, tmp, COLLECTOR_METRICS_PORT=str(port)))
+            g = Guarded(pipe, box, log, tmp, collector, port)
             # Long enough for /proc to be read: seen, announced, its group created.
             assert box.app("sleep 1; echo ready") == (0, "ready\n")
             g.verdict(lambda d: d.group == GROUP)
@@ -148,6 +160,39 @@ def test_a_reverse_shell_over_loopback_is_caught(guarded: Guarded) -> None:
         finally:
             shell.kill()
             shell.wait()
+
+
+def _placed(g: Guarded) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{g.metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {sample.labels["by"]: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "procwarden_collector_held_placed"
+            for sample in family.samples if sample.name.endswith("_total")}
+
+
+def test_held_execs_are_placed_by_lineage_and_runc_exec_is_read(guarded: Guarded) -> None:
+    """A held exec's container and family come from its creator once the creator was placed
+    (no /proc read); a `runc exec` process, made on the host and moved in, is read every time
+    and stays runtime-injected."""
+    g = guarded
+    for name in ("lin-a", "lin-b", "lin-c"):
+        _drop(g.box, name)
+    before = _placed(g)
+    rc, out = g.box.app("/tmp/lin-a; /tmp/lin-b; echo done")  # the app loop's: family
+    assert out.endswith("done\n") and out.count("not permitted") == 2, (rc, out)
+    injected = g.box.spawn("/tmp/lin-c")
+    assert injected.wait(15) != 0  # denied
+    after = _placed(g)
+    checks = {e.payload.path: e.payload for e in g.pipe.read_all(EXEC.name, settle=1.0)
+              if isinstance(e.payload, ExecCheck) and e.payload.path.startswith("/tmp/lin-")}
+    assert not checks["/tmp/lin-a"].runtime_injected
+    assert not checks["/tmp/lin-b"].runtime_injected
+    assert checks["/tmp/lin-c"].runtime_injected
+    # both programs, through the shell that runs them (read once, if nothing placed it before)
+    assert after.get("lineage", 0) - before.get("lineage", 0) >= 2, (before, after)
+    # runc's own init and the program: read, as is the host-made process's every exec
+    assert after.get("proc", 0) - before.get("proc", 0) >= 1, (before, after)
 
 
 def test_file_drift_is_reported_with_its_writer(guarded: Guarded) -> None:
