@@ -15,6 +15,8 @@ import socket
 import struct
 from typing import NamedTuple
 
+from collectors import gil_held_io
+
 __all__ = ["EXEC", "EXIT", "FORK", "UID", "ProcConnector", "ProcEvent"]
 
 NETLINK_CONNECTOR = 11
@@ -42,7 +44,9 @@ class ProcEvent(NamedTuple):
 
 
 class ProcConnector:
-    def __init__(self, rcvbuf: int = 16 * 2**20) -> None:
+    def __init__(self, rcvbuf: int = 16 * 2**20, keep_gil: bool = False) -> None:
+        """keep_gil: read through `gil_held_io` (for the held-exec thread, which must not hand
+        the GIL to the sensing thread at each datagram)."""
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
         try:
             # Root may go past net.core.rmem_max: a big buffer rides out bursts of execs.
@@ -56,6 +60,7 @@ class ProcConnector:
         self.sock.setblocking(False)
         self.overruns = 0
         self.drained = False  # the last read emptied the socket
+        self._gil_buffer = gil_held_io.Buffer(256) if keep_gil else None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -66,7 +71,11 @@ class ProcConnector:
         self.drained = False
         for _ in range(limit):
             try:
-                data = self.sock.recv(256)
+                if self._gil_buffer is None:
+                    data = self.sock.recv(256)
+                else:
+                    data = self._gil_buffer.bytes(gil_held_io.read_into(self.sock.fileno(),
+                                                                        self._gil_buffer))
             except BlockingIOError:
                 self.drained = True
                 break

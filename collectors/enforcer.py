@@ -396,7 +396,7 @@ class Enforcer:
         wanted = self._mounts > 0 and not self._no_connector
         if wanted and self._connector is None:
             try:
-                self._connector = ProcConnector()
+                self._connector = ProcConnector(keep_gil=True)
             except OSError as exc:
                 log.warning("no process connector for held execs (%s): each is read from "
                             "/proc", exc)

@@ -107,15 +107,21 @@ class Permission:
         return gil_held_io.readlink(f"/proc/self/fd/{self.fd}") or ""
 
 
-def _read_events(fd: int, buffer: bytearray) -> tuple[list[tuple[int, int, int]], bool]:
-    """(mask, fd, pid) of each pending record, and whether the kernel's queue overflowed."""
+def _read_events(fd: int, buffer: bytearray | gil_held_io.Buffer
+                 ) -> tuple[list[tuple[int, int, int]], bool]:
+    """(mask, fd, pid) of each pending record, and whether the kernel's queue overflowed. A
+    `gil_held_io.Buffer` is read without letting the GIL go."""
     try:
-        n = os.readv(fd, [buffer])
+        if isinstance(buffer, bytearray):
+            n = os.readv(fd, [buffer])
+            view = memoryview(buffer)[:n]
+        else:
+            n = gil_held_io.read_into(fd, buffer)
+            view = memoryview(buffer.c).cast("B")[:n]
     except BlockingIOError:
         return [], False
     events: list[tuple[int, int, int]] = []
     overflow = False
-    view = memoryview(buffer)[:n]
     offset = 0
     while offset + _METADATA.size <= n:
         length, version, _, _, mask, event_fd, pid = _METADATA.unpack_from(view, offset)
@@ -135,7 +141,7 @@ class _Group:
                                              os.O_RDONLY | _O_LARGEFILE | os.O_CLOEXEC),
                          "fanotify_init")
         self.mask = mask
-        self._buffer = bytearray(64 * 1024)
+        self._buffer: bytearray | gil_held_io.Buffer = bytearray(64 * 1024)
 
     def fileno(self) -> int:
         return self.fd
@@ -155,6 +161,7 @@ class PermissionGroup(_Group):
     def __init__(self, mask: int = _FAN_OPEN_EXEC_PERM) -> None:
         super().__init__(_FAN_CLASS_CONTENT | (_FAN_REPORT_TID if mask & _FAN_OPEN_PERM else 0),
                          mask)
+        self._buffer = gil_held_io.Buffer(64 * 1024)  # read on the held path: keep the GIL
 
     def watch(self, mount: str) -> None:
         """Hold every exec (or open) of a file reached through `mount` (a container's root)."""

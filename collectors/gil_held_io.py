@@ -12,7 +12,7 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["close", "exists", "read_small", "readlink", "write"]
+__all__ = ["Buffer", "close", "exists", "read_into", "read_small", "readlink", "write"]
 
 _libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _open = _libc.open
@@ -51,6 +51,27 @@ def read_small(path: str) -> bytes | None:
         return ctypes.string_at(buffer, n) if 0 <= n < _SIZE else None
     finally:
         _close(fd)
+
+
+class Buffer:
+    """A buffer for `read_into`, owned by one thread."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.c = ctypes.create_string_buffer(size)
+
+    def bytes(self, n: int) -> bytes:
+        return ctypes.string_at(self.c, n)
+
+
+def read_into(fd: int, buffer: Buffer) -> int:
+    """One read of a non-blocking descriptor (a fanotify group, a netlink datagram) into
+    `buffer`: the number of bytes; BlockingIOError when nothing waits, OSError on failure."""
+    n = _read(fd, buffer.c, buffer.size)
+    if n < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))  # EAGAIN makes it a BlockingIOError
+    return int(n)
 
 
 def readlink(path: str) -> str | None:

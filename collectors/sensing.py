@@ -33,10 +33,10 @@ def exe_origin(info: ContainerInfo, exe: str) -> Origin:
     a held exec waits on it."""
     if info.upperdir is None or not exe.startswith("/"):
         return Origin.IMAGE
+    if not gil_held_io.exists(f"{info.upperdir}{exe}"):  # (a Path join costs more than this)
+        return Origin.IMAGE
     rel = exe.lstrip("/")
     upper = info.upperdir / rel
-    if not gil_held_io.exists(str(upper)):
-        return Origin.IMAGE
     lower = next((d / rel for d in info.lowerdirs if (d / rel).exists()), None)
     if lower is None:
         return Origin.NEW
