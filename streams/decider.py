@@ -20,10 +20,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import mode
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Gauge, Histogram
 
 from schemas.connections import KafkaConnection
@@ -63,6 +64,10 @@ class EventDecider(mode.Service):
         # the offsets last committed; None once a batch's outputs were lost
         self._committed: list[TopicPartition] | None = []
         self._lag_measured = 0.0
+        # Every blocking call on the consumer runs on this one thread: confluent-kafka lets one
+        # thread at a time into a consumer, so a commit made on the event loop while another
+        # thread waited in consume() held the loop up to that wait (100 ms stalls at 1,000/s).
+        self._kafka_thread = ThreadPoolExecutor(1, thread_name_prefix="decider-kafka")
 
     async def on_start(self) -> None:
         self._consumer = Consumer({
@@ -85,8 +90,9 @@ class EventDecider(mode.Service):
             await asyncio.wait([running], timeout=60)  # else the batch in hand is finished
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
-            await asyncio.get_running_loop().run_in_executor(None, self._close, consumer,
-                                                             self._committed)
+            await asyncio.get_running_loop().run_in_executor(self._kafka_thread, self._close,
+                                                             consumer, self._committed)
+        self._kafka_thread.shutdown()
         self.output.close()
 
     @staticmethod
@@ -109,12 +115,9 @@ class EventDecider(mode.Service):
         while not (self._stopping or self.should_stop):
             # librdkafka fetches in its own threads: take what it has queued; when nothing is,
             # wait (without the GIL, off the loop) for the next event to arrive.
-            messages = consumer.consume(self.max_batch, 0)
+            messages = await loop.run_in_executor(self._kafka_thread, self._take, consumer)
             if not messages:
-                messages = await loop.run_in_executor(None, consumer.consume, 1, 0.1)
-                if not messages:
-                    continue
-                messages += consumer.consume(self.max_batch - 1, 0)
+                continue
             offsets: dict[tuple[str, int], int] = {}
             started, count = time.perf_counter(), 0
             for m in messages:
@@ -153,14 +156,29 @@ class EventDecider(mode.Service):
         if self._committed is None:
             return  # an earlier batch was lost: nothing after it counts as done
         self._committed = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        measure = time.monotonic() - self._lag_measured >= 1.0
+        if measure:
+            self._lag_measured = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(
+            self._kafka_thread, self._commit_now, consumer, self._committed, measure)
+
+    def _take(self, consumer: Consumer) -> list[Message]:
+        """What librdkafka has queued (up to a batch), else the next event within 100 ms."""
+        messages = consumer.consume(self.max_batch, 0)
+        if not messages:
+            messages = consumer.consume(1, 0.1)
+            if messages:
+                messages += consumer.consume(self.max_batch - 1, 0)
+        return messages
+
+    def _commit_now(self, consumer: Consumer, offsets: list[TopicPartition],
+                    measure: bool) -> None:
         try:
             # Asynchronous: librdkafka sends commits in order; a failure comes to _on_commit.
-            consumer.commit(offsets=self._committed, asynchronous=True)
+            consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
-            self._on_commit(exc.args[0], self._committed)
-        now = time.monotonic()
-        if now - self._lag_measured >= 1.0:
-            self._lag_measured = now
+            self._on_commit(exc.args[0], offsets)
+        if measure:
             LAG.set(self._behind(consumer))
 
     @staticmethod
