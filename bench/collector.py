@@ -5,7 +5,7 @@ One run, same machine, same loop (`posix_spawn` + `waitpid` of /usr/bin/true):
 2. collector on (it publishes every exec): the exec rate, the collector's CPU, and events lost,
    counted from the exec topic, unpaced and paced at 1,000 execs/s;
 3. the floor of holding an exec (a bare answering process, with and without the reads of
-   a cache key; no collector running);
+   a cache key; no collector running; and bare again while the collector senses every exec);
 4. held execs: a runc container in Protect, its execs held by fanotify and answered from the
    collector's cache; a helper joins the container's cgroups and times each exec of the
    container's /bin/busybox, before (not held) and after the switch to Protect (held, cached),
@@ -216,6 +216,11 @@ def main() -> int:
             paced_lost = len(paced_pids) - reported(pipe, set(paced_pids))
             print(f"paced at 1,000/s:             {paced:>8,.0f} execs/s, lost {paced_lost} of "
                   f"{len(paced_pids)}")
+            # The same bare answerer while the collector senses every exec (as it does in the
+            # held phase): what holding an exec costs on this machine before any answer's work.
+            b50, b99 = answer_floor(n, False)
+            print(f"floor, bare answer, collector sensing: added p50 {b50:6.0f} us, "
+                  f"p99 {b99:6.0f} us")
 
             pipe.start_worker()  # only now: phases 1-2 measure the collector alone
             with run_container(ROOT / "var" / "testbed", "bench", namespace="bench",
