@@ -186,15 +186,18 @@ class Collector:
                 if len(self._parents) > 200_000:
                     self._parents.popitem(last=False)
         elif what == UID:
+            self.sensor.forget(ev.tgid)
             self.escalations.on_uid_change(ev.tgid, ev.a)
         elif what == EXEC_EVENT:
             EVENTS.labels("exec").inc()
             self.execs += 1
+            self.sensor.forget(ev.tgid)
             self._on_exec(ev.tgid)
         elif what == EXIT:
             if ev.pid != ev.tgid:
                 return  # a thread, not the process
             pid = ev.tgid
+            self.sensor.forget(pid)
             EVENTS.labels("exit").inc()
             self._last_exec.pop(pid, None)
             self._parents.pop(pid, None)

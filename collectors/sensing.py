@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,35 @@ class Sensed:
 class Sensor:
     def __init__(self, resolver: WorkloadResolver) -> None:
         self.resolver = resolver
+        # Parents of gone execs, read whole: (when, what). A shell or a build tool starting
+        # many short programs is the common case, and a whole read of it was most of the
+        # collector's time for each of them.
+        self._parents: dict[int, tuple[float, ProcInfo]] = {}
+
+    def forget(self, pid: int) -> None:
+        """`pid` changed its credentials, exec'd or exited: read it whole next time."""
+        self._parents.pop(pid, None)
+
+    def _parent(self, pid: int) -> ProcInfo | None:
+        """A gone exec's parent: read whole at most once a second while it stays the same
+        process with the same name and parent (its stat is read each time to check), and
+        read again after it changes its credentials, execs or exits (`forget`)."""
+        now = time.monotonic()
+        known = self._parents.get(pid)
+        if known is not None and now - known[0] < 1.0:
+            stat = read_stat(pid)
+            cached = known[1]
+            if stat is not None and (stat.start_time, stat.ppid, stat.comm) == (
+                    cached.start_time, cached.ppid, cached.comm):
+                return cached
+        info = read_proc(pid)
+        if info is None:
+            self._parents.pop(pid, None)
+            return None
+        self._parents[pid] = (now, info)
+        if len(self._parents) > 4096:
+            self._parents.pop(next(iter(self._parents)))
+        return info
 
     def is_family(self, proc: ProcInfo, info: ContainerInfo) -> bool:
         """Descends from the container's init process, inside the container's pid namespace
@@ -118,7 +148,7 @@ class Sensor:
         base = path.rsplit("/", 1)[-1]
         if not path or base == "busybox":
             return None
-        parent = read_proc(parent_pid) if parent_pid else None
+        parent = self._parent(parent_pid) if parent_pid else None
         info = (self.resolver.container_of(parent.cgroup) if parent is not None
                 else self.resolver.container_by_dev(dev))
         workload = self.resolver.workload(info)

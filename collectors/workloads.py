@@ -94,6 +94,8 @@ class WorkloadResolver:
     _scanned_at: float = -1e9
     # cgroup leaf -> the runtime roots' modification times when no root held a folder for it
     _not_containers: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _roots_here: tuple[str, ...] = ()
+    _roots_listed_at: float = -1e9
 
     def container(self, cid: str) -> ContainerInfo | None:
         if cid in self._containers:
@@ -137,10 +139,15 @@ class WorkloadResolver:
         return info
 
     def _roots_stamp(self) -> tuple[int, ...]:
-        """The runtime roots' modification times (-1: absent); a container's folder coming or
-        going changes its root's."""
-        stamp = []
-        for root in self.runtime_roots:
+        """The modification times of the runtime roots that exist (which exist is looked up
+        at most once a second, and a root coming or going changes the stamp too); a
+        container's folder coming or going changes its root's."""
+        now = time.monotonic()
+        if now - self._roots_listed_at >= 1.0:
+            self._roots_listed_at = now
+            self._roots_here = tuple(r for r in self.runtime_roots if os.path.isdir(r))
+        stamp = [len(self._roots_here)]
+        for root in self._roots_here:
             try:
                 stamp.append(os.stat(root).st_mtime_ns)
             except OSError:

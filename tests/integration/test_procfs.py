@@ -89,3 +89,35 @@ def test_a_failed_write_raises_with_the_errno() -> None:
         gil_held_io.write(read_end, b"answer")  # a pipe's read end cannot be written
     assert failed.value.errno == 9  # EBADF
     gil_held_io.close(read_end)
+
+
+def test_a_gone_execs_parent_is_read_whole_once_while_it_stays_the_same(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sensor._parent: a parent starting many short programs is read whole once; its stat is
+    checked each time, and a new name or `forget` (its uid change, exec or exit) reads it again."""
+    from collectors import sensing
+    from collectors.workloads import WorkloadResolver
+
+    whole_reads: list[int] = []
+
+    def counted(pid: int, root: str = "/proc") -> object:
+        whole_reads.append(pid)
+        return read_proc(pid, root)
+
+    monkeypatch.setattr(sensing, "read_proc", counted)
+    sensor = sensing.Sensor(WorkloadResolver("node-1"))
+    me = os.getpid()
+    first = sensor._parent(me)
+    assert first is not None and sensor._parent(me) is first
+    assert whole_reads == [me]
+    sensor.forget(me)
+    assert sensor._parent(me) is not None and whole_reads == [me, me]
+    comm = Path("/proc/self/comm").read_text().strip()
+    try:
+        Path("/proc/self/comm").write_text("renamed")
+        renamed = sensor._parent(me)
+        assert renamed is not None and renamed.comm == "renamed"
+        assert whole_reads == [me, me, me]
+    finally:
+        Path("/proc/self/comm").write_text(comm)
+    assert sensor._parent(_gone_pid()) is None

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+
+import pytest
 
 from collectors.workloads import WorkloadResolver
 
@@ -47,10 +50,14 @@ def test_a_host_cgroup_is_remembered_until_a_container_folder_appears(tmp_path: 
     assert resolver.container(CID) is not None
 
 
-def test_a_runtime_root_created_later_is_searched(tmp_path: Path) -> None:
+def test_a_runtime_root_created_later_is_searched_within_a_second(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "run-runc"
     resolver = _resolver(root)
     assert resolver.container(CID) is None
     root.mkdir()
     _write_state(root, CID)
+    # which roots exist is looked up once a second (a host exec must stay cheap)
+    later = time.monotonic() + 1.5
+    monkeypatch.setattr(time, "monotonic", lambda: later)
     assert resolver.container(CID) is not None
