@@ -408,13 +408,22 @@ class Enforcer:
         return self._connector
 
     def _drain(self, connector: ProcConnector) -> None:
-        while True:
-            overruns = connector.overruns
-            self._lineage.feed(connector.read())
-            if connector.overruns > overruns:
-                self._lineage.forget()  # messages were lost: read /proc until placed again
-            if connector.drained:
-                return
+        """Feed the lineage everything queued. Never raises: a held exec waits on what
+        follows, and a connector that fails only means reading /proc."""
+        if self._no_connector:
+            return
+        try:
+            while True:
+                overruns = connector.overruns
+                self._lineage.feed(connector.read())
+                if connector.overruns > overruns:
+                    self._lineage.forget()  # messages were lost: read /proc until placed again
+                if connector.drained:
+                    return
+        except Exception as exc:
+            log.warning("process connector for held execs failed (%r): reading /proc", exc)
+            self._lineage.forget()
+            self._no_connector = True  # closed by the next step, not opened again
 
     def on_permission(self, event: Permission) -> None:
         started = time.perf_counter()
