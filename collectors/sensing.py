@@ -59,18 +59,18 @@ class Sensor:
         # Parents of gone execs, read whole: (when, what). A shell or a build tool starting
         # many short programs is the common case, and a whole read of it was most of the
         # collector's time for each of them.
-        self._parents: dict[int, tuple[float, ProcInfo]] = {}
+        self._parent_reads: dict[int, tuple[float, ProcInfo]] = {}
 
     def forget(self, pid: int) -> None:
         """`pid` changed its credentials, exec'd or exited: read it whole next time."""
-        self._parents.pop(pid, None)
+        self._parent_reads.pop(pid, None)
 
     def _parent(self, pid: int) -> ProcInfo | None:
         """A gone exec's parent: read whole at most once a second while it stays the same
         process with the same name and parent (its stat is read each time to check), and
         read again after it changes its credentials, execs or exits (`forget`)."""
         now = time.monotonic()
-        known = self._parents.get(pid)
+        known = self._parent_reads.get(pid)
         if known is not None and now - known[0] < 1.0:
             stat = read_stat(pid)
             cached = known[1]
@@ -79,11 +79,11 @@ class Sensor:
                 return cached
         info = read_proc(pid)
         if info is None:
-            self._parents.pop(pid, None)
+            self._parent_reads.pop(pid, None)
             return None
-        self._parents[pid] = (now, info)
-        if len(self._parents) > 4096:
-            self._parents.pop(next(iter(self._parents)))
+        self._parent_reads[pid] = (now, info)
+        if len(self._parent_reads) > 4096:
+            self._parent_reads.pop(next(iter(self._parent_reads)))
         return info
 
     def is_family(self, proc: ProcInfo, info: ContainerInfo) -> bool:
