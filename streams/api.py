@@ -1,7 +1,8 @@
 """The policy API (NeuVector-compatible shapes, spec §12), free of any web framework.
 
 Reads answer from the worker's copy of the policies. Writes are validated here against the
-published policies (a refused edit answers 400/404/409 at once), then sent to the group's single
+published policies (a refused edit answers 400/404/409 at once; an edit of a group the worker
+created a moment ago waits for its writer to publish it), then sent to the group's single
 writer on `procwarden.policy-updates`; the answer waits until the new version is published.
 Every method returns `(status, body)`; `streams/web.py` serves them over HTTP.
 """
@@ -269,7 +270,7 @@ class PolicyApi:
         cfg = _decode(ServiceConfig, body, "config")
         cfg = ServiceConfig(**{**to_plain_shallow(cfg), "actor": actor})
         groups = ["nodes" if s == "nodes" else f"nv.{s}" for s in cfg.services]
-        result = self._validate(cfg)
+        result = await self._validate(cfg)
         for name in groups:  # each group's writer applies the change to its group
             single = ServiceConfig(**{**to_plain_shallow(cfg),
                                       "services": (name.removeprefix("nv."),)})
@@ -290,13 +291,13 @@ class PolicyApi:
 
     async def delete_group(self, name: str, actor: str) -> Answer:
         req = GroupDelete(name=name, actor=actor)
-        result = self._validate(req)
+        result = await self._validate(req)
         await self._publish(name, req, result)
         return 200, {"deleted": name}
 
     async def import_policy(self, text: str, actor: str) -> Answer:
         """CRD documents: validated together, then each applied by its group's writer."""
-        result = self._validate(CrdImport(text=text, actor=actor))
+        result = await self._validate(CrdImport(text=text, actor=actor))
         try:
             docs = parse_crd_documents(text)
         except PolicyError as exc:
@@ -307,15 +308,24 @@ class PolicyApi:
             await self._publish(group, CrdImport(text=yaml.safe_dump(doc), actor=actor), result)
         return 200, {"groups": sorted(result.updated), "changes": to_plain(result.changes)}
 
-    def _validate(self, payload: Payload) -> EditResult:
+    async def _validate(self, payload: Payload) -> EditResult:
+        """The edit checked against the published policies. A group this worker created a
+        moment ago (on first sight of its workload) is in its own copy, and readable, before
+        the group's writer has published it: an edit of it waits for that instead of
+        answering 404."""
         env = self._envelope(payload)
-        try:
-            return edit_result(self.handlers.published, env, self.session.settings)
-        except PolicyError as exc:
-            raise ApiError(exc.status, str(exc), exc.field) from None
+        deadline = time.monotonic() + self.write_timeout
+        while True:
+            try:
+                return edit_result(self.handlers.published, env, self.session.settings)
+            except PolicyError as exc:
+                pending = self.session.policies.keys() - self.handlers.published.keys()
+                if exc.status != 404 or not pending or time.monotonic() >= deadline:
+                    raise ApiError(exc.status, str(exc), exc.field) from None
+            await asyncio.sleep(0.02)
 
     async def _submit(self, group: str, payload: Payload) -> None:
-        await self._publish(group, payload, self._validate(payload))
+        await self._publish(group, payload, await self._validate(payload))
 
     async def _publish(self, group: str, payload: Payload, result: EditResult) -> None:
         if not result.changed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -81,6 +82,22 @@ def test_profiles_and_rule_lookup(api: Pipeline) -> None:
     assert status == 200 and body["process_profile"]["group"] == WEB
     assert http(api, "GET", "/v1/process_profile/nope")[0] == 404
     assert http(api, "GET", f"/v1/host/{WORKLOAD.id}/process_profile")[0] == 404
+
+
+def test_a_group_readable_at_first_sight_can_be_edited_at_once(api: Pipeline) -> None:
+    """The worker creates a new workload's group in its own copy at once (readable at once);
+    its writer publishes it a moment later. An edit made in between waits for that instead of
+    answering 404 (CI saw the 404)."""
+    fresh = dataclasses.replace(WORKLOAD, id="c-shop-1", name="shop", namespace="retail",
+                                service="shop")
+    api.send(WORKLOADS.name, fresh.id, fresh)
+    first = dataclasses.replace(exec_event("/bin/ls", 7), workload_id=fresh.id)
+    decision_for(api, api.send(EXEC.name, fresh.id, first).event_id)
+    status, body = http(api, "PATCH", "/v1/process_profile/nv.shop.retail", {
+        "process_profile_config": {"process_change_list": [
+            {"name": "cat", "path": "/bin/cat", "action": "allow"}]}})
+    assert status == 200, body
+    assert any(e["name"] == "cat" for e in body["process_profile"]["process_list"])
 
 
 def test_edits_validate_and_apply_to_the_next_event(api: Pipeline) -> None:
