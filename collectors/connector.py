@@ -60,10 +60,14 @@ class ProcConnector:
         self.sock.setblocking(False)
         self.overruns = 0
         self.drained = False  # the last read emptied the socket
-        self._gil_buffer = gil_held_io.Buffer(256) if keep_gil else None
+        self._recv = self._recv_keeping_gil if keep_gil else self.sock.recv
+        self._buffer = gil_held_io.Buffer(256)
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def _recv_keeping_gil(self, size: int) -> bytes:
+        return self._buffer.bytes(gil_held_io.read_into(self.sock.fileno(), self._buffer))
 
     def read(self, limit: int = 4096) -> list[ProcEvent]:
         """The events waiting now (at most `limit` datagrams); counts kernel overruns."""
@@ -71,11 +75,7 @@ class ProcConnector:
         self.drained = False
         for _ in range(limit):
             try:
-                if self._gil_buffer is None:
-                    data = self.sock.recv(256)
-                else:
-                    data = self._gil_buffer.bytes(gil_held_io.read_into(self.sock.fileno(),
-                                                                        self._gil_buffer))
+                data = self._recv(256)
             except BlockingIOError:
                 self.drained = True
                 break

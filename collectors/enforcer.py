@@ -365,17 +365,17 @@ class Enforcer:
             connector = self._lineage_source()
             watched = [group.fd] if connector is None else [group.fd, connector.fileno()]
             ready, _, _ = select.select(watched, [], [], 0.01)
+            events = group.read() if group.fd in ready else []
             if connector is not None:
-                self._drain(connector)  # also while nothing is held: the buffer stays small
-            if group.fd in ready:
-                for event in group.read():
-                    if connector is not None:
-                        self._drain(connector)  # the caller's fork is queued before its exec
-                    try:
-                        self.on_permission(event)
-                    except Exception:
-                        log.exception("answering a held exec failed: allowing it")
-                        self._answer_safely(event, True, "error")
+                # after the read: each caller's fork was queued before its exec was held
+                # (and drained while nothing is held too, so the buffer stays small)
+                self._drain(connector)
+            for event in events:
+                try:
+                    self.on_permission(event)
+                except Exception:
+                    log.exception("answering a held exec failed: allowing it")
+                    self._answer_safely(event, True, "error")
             self._expire(time.monotonic())
 
         def give_up() -> None:

@@ -156,9 +156,10 @@ class EventDecider(mode.Service):
         if self._committed is None:
             return  # an earlier batch was lost: nothing after it counts as done
         self._committed = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        measure = time.monotonic() - self._lag_measured >= 1.0
+        now = time.monotonic()
+        measure = now - self._lag_measured >= 1.0
         if measure:
-            self._lag_measured = time.monotonic()
+            self._lag_measured = now
         await asyncio.get_running_loop().run_in_executor(
             self._kafka_thread, self._commit_now, consumer, self._committed, measure)
 
