@@ -10,7 +10,6 @@ reverse shells. The enforcer (collectors/enforcer.py) acts on this node's verdic
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 import logging
 import select
@@ -36,6 +35,7 @@ from collectors.stdio import StdioInspector
 from collectors.workloads import WorkloadResolver
 from schemas import CollectorReport, Envelope, ExitEvent, Payload, Workload, WorkloadState, encode
 from schemas.connections import KafkaConnection
+from schemas.records import replace
 from schemas.topics import COLLECTOR_REPORTS, EXEC, FILE, WORKLOADS
 
 __all__ = ["Collector"]
@@ -245,7 +245,7 @@ class Collector:
         if self.enforcer is not None:
             self.enforcer.forget(workload.id)
         self.publish(WORKLOADS.name, workload.id,
-                     dataclasses.replace(workload, state=WorkloadState.STOPPED))
+                     replace(workload, state=WorkloadState.STOPPED))
 
     def _on_exec(self, pid: int) -> None:
         sensed = self.sensor.sense_exec(pid, with_hash=self.settings.with_hash)

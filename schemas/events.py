@@ -6,10 +6,8 @@ short; every default is listed in `docs/decide.md`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from schemas.enums import CopyDirection, FileOp, Origin, WorkloadKind, WorkloadState
-from schemas.records import fast_init
+from schemas.records import Record, field
 
 __all__ = [
     "WORKLOAD_EVENT_TYPES",
@@ -26,9 +24,7 @@ __all__ = [
 ]
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Workload:
+class Workload(Record, frozen=True):
     """A container or a host, as announced by the collector of its node."""
 
     id: str
@@ -53,9 +49,7 @@ class Workload:
             raise ValueError("node: must not be empty")
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ExecEvent:
+class ExecEvent(Record, frozen=True):
     """One exec, enriched from /proc and the container's filesystem."""
 
     workload_id: str
@@ -83,9 +77,7 @@ class ExecEvent:
     partial: bool = False
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ExecCheck:
+class ExecCheck(Record, frozen=True):
     """An exec held before it runs (fanotify permission event), asking for a verdict (§14).
 
     Only the file and the calling process are known: no argv, no final process name.
@@ -104,16 +96,12 @@ class ExecCheck:
     netcat: bool = False  # the file is what nc, ncat or netcat resolve to in the workload
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ExitEvent:
+class ExitEvent(Record, frozen=True):
     workload_id: str
     pid: int
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class FileEvent:
+class FileEvent(Record, frozen=True):
     workload_id: str
     op: FileOp
     path: str
@@ -139,9 +127,7 @@ class FileEvent:
         return False
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class StdioEvent:
+class StdioEvent(Record, frozen=True):
     """One inspection of a new process's fd 0 and fd 1 (reverse-shell detection)."""
 
     workload_id: str
@@ -160,9 +146,7 @@ class StdioEvent:
     argv: tuple[str, ...] = ()
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class UidChangeEvent:
+class UidChangeEvent(Record, frozen=True):
     """A real-uid change, with the facts needed to judge a root escalation (§9.3)."""
 
     workload_id: str
@@ -188,9 +172,7 @@ class UidChangeEvent:
     argv: tuple[str, ...] = ()
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class CollectorReport:
+class CollectorReport(Record, frozen=True):
     """A collector's running totals since it started, sent every few seconds: what it saw, what
     it could not report (by reason) and its disk spool. Losses are never hidden."""
 
@@ -202,9 +184,7 @@ class CollectorReport:
     spool_bytes: int = 0
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class DockerCpEvent:
+class DockerCpEvent(Record, frozen=True):
     workload_id: str
     client_argv: tuple[str, ...]
     direction: CopyDirection | None = None  # derived from argv when absent

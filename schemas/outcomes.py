@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from schemas.enums import (
     Baseline,
     ChangeKind,
@@ -15,7 +13,7 @@ from schemas.enums import (
     Verdict,
 )
 from schemas.policy import LearnRequest, Rule
-from schemas.records import fast_init
+from schemas.records import Record, field
 
 __all__ = [
     "Decision",
@@ -36,9 +34,7 @@ def reserved_rule_id(n: int) -> str:
     return f"{RESERVED_RULE_ID_PREFIX}{n:02d}"
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Incident:
+class Incident(Record, frozen=True):
     """A security event with NeuVector's names and fields, so existing SIEM parsers work."""
 
     name: str
@@ -76,9 +72,7 @@ class Incident:
     count: int = 1
 
 
-@fast_init  # built for every event: frozen without the cost of a frozen __init__
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(Record, frozen=True):
     """The engine's answer for one event; also the record on the verdicts topic.
 
     `reason` is a stable code: `rule:<uuid>`, `learn`, `user-learn`, `hash-learn`, `probe`,
@@ -121,9 +115,7 @@ class Decision:
     learn: LearnRequest | None = None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ProfileChange:
+class ProfileChange(Record, frozen=True):
     """One change to a group's profile, with who or what made it and why."""
 
     group: str
@@ -136,9 +128,7 @@ class ProfileChange:
     cause_event_id: str = ""
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class DlqEntry:
+class DlqEntry(Record, frozen=True):
     """An undecodable or invalid message, with where it came from and why it was refused."""
 
     topic: str
@@ -150,17 +140,13 @@ class DlqEntry:
     ts: float = 0.0
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class TunnelSighting:
+class TunnelSighting(Record, frozen=True):
     pid: int
     start_time: int
     reported: bool = False
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ProcessSnapshot:
+class ProcessSnapshot(Record, frozen=True):
     """What earlier events of a workload left for its later decisions (risky processes, probe
     shells, admitted process groups, reverse-shell sightings, drifted files): the value of the
     compacted process-state topic, keyed by workload id, so a worker that restarts or takes the

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from schemas.enums import (
     Action,
     Baseline,
@@ -14,7 +12,7 @@ from schemas.enums import (
     Mode,
     RuleSource,
 )
-from schemas.records import fast_init
+from schemas.records import Record, field
 
 __all__ = [
     "CrdImport",
@@ -34,17 +32,13 @@ __all__ = [
 NODES_GROUP = "nodes"
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Criterion:
+class Criterion(Record, frozen=True):
     key: CriteriaKey
     op: CriteriaOp
     value: str
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Rule:
+class Rule(Record, frozen=True):
     """One process rule (NeuVector's process profile entry)."""
 
     name: str
@@ -65,9 +59,7 @@ class Rule:
         return (self.name, self.path)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class GroupPolicy:
+class GroupPolicy(Record, frozen=True):
     """A group's profile: the value of the compacted policy topic, keyed by group name."""
 
     name: str
@@ -96,25 +88,19 @@ class GroupPolicy:
             raise ValueError("the nodes group's baseline is always basic")
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class RuleKey:
+class RuleKey(Record, frozen=True):
     name: str
     path: str
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class RuleChange:
+class RuleChange(Record, frozen=True):
     name: str
     path: str
     action: str  # validated by the engine, so a bad value is a 400 that names it
     allow_update: bool = False
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ProfilePatch:
+class ProfilePatch(Record, frozen=True):
     """NeuVector's `PATCH /v1/process_profile/{group}` body (`process_profile_config`)."""
 
     group: str
@@ -127,9 +113,7 @@ class ProfilePatch:
     actor: str = "api"
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ServiceConfig:
+class ServiceConfig(Record, frozen=True):
     """NeuVector's `PATCH /v1/service/config` body (`config`)."""
 
     services: tuple[str, ...]
@@ -138,9 +122,7 @@ class ServiceConfig:
     actor: str = "api"
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class GroupConfig:
+class GroupConfig(Record, frozen=True):
     """Create or update a custom group (`POST /v1/group`, `PATCH /v1/group/{name}`)."""
 
     name: str
@@ -148,25 +130,19 @@ class GroupConfig:
     actor: str = "api"
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class GroupDelete:
+class GroupDelete(Record, frozen=True):
     name: str
     actor: str = "api"
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class CrdImport:
+class CrdImport(Record, frozen=True):
     """The text of one or more NvSecurityRule / NvClusterSecurityRule documents."""
 
     text: str
     actor: str = "crd"
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class LearnRequest:
+class LearnRequest(Record, frozen=True):
     """A rule, user or hash the engine learned, for the group's single writer to apply."""
 
     group: str

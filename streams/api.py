@@ -350,4 +350,4 @@ class PolicyApi:
 
 def to_plain_shallow(record: Any) -> dict[str, Any]:
     """A record's fields as a dict, values untouched (for rebuilding it with changes)."""
-    return {name: getattr(record, name) for name in record.__dataclass_fields__}
+    return {name: getattr(record, name) for name in record.__struct_fields__}

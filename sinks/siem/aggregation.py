@@ -8,10 +8,10 @@ rule, action and message) are sent once: the first one's id, `count` the number 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 
 from schemas import Incident
+from schemas.records import replace
 
 __all__ = ["aggregate"]
 
@@ -33,7 +33,7 @@ def aggregate(incidents: Iterable[Incident]) -> list[Incident]:
         start = min(first.aggregation_from or first.reported_timestamp,
                     incident.aggregation_from or incident.reported_timestamp)
         latest = max(first, incident, key=lambda i: i.reported_timestamp)
-        folded[key] = dataclasses.replace(
+        folded[key] = replace(
             first, count=first.count + incident.count, aggregation_from=start,
             reported_timestamp=latest.reported_timestamp, reported_at=latest.reported_at)
     return list(folded.values())

@@ -27,6 +27,7 @@ from schemas import (
     RuleSource,
 )
 from schemas import Action as RuleAction
+from schemas.records import replace
 from streams.engine.policies import EditResult, _Edit
 from streams.engine.probes import rule_uuid
 from streams.engine.validation import (
@@ -181,7 +182,7 @@ def apply_crd(policies: Mapping[str, GroupPolicy], text: str, settings: EngineSe
                  uuid=rule_uuid(imp.group, "ground", name, path), group=imp.group,
                  allow_update=allow_update, created_timestamp=now, last_modified_timestamp=now)
             for name, path, action, allow_update in imp.rules)
-        new = dataclasses.replace(
+        new = replace(
             policy,
             rules=tuple(r for r in policy.rules if r.cfg_type is not RuleSource.GROUND) + ground,
             criteria=imp.criteria or policy.criteria,

@@ -8,7 +8,6 @@ Edits are all-or-nothing: nothing is returned unless everything in the request w
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ from schemas import (
     Workload,
 )
 from schemas import Action as RuleAction
+from schemas.records import replace
 from streams.engine.membership import learned_group_name
 from streams.engine.probes import probe_rules, rule_uuid
 from streams.engine.validation import (
@@ -98,7 +98,7 @@ class _Edit:
         """Store `policy`; one request bumps a group's version once, however many changes."""
         before = self.base.get(policy.name)
         version = (before.version if before else 0) + 1
-        policy = dataclasses.replace(policy, version=version, updated_at=self.ts)
+        policy = replace(policy, version=version, updated_at=self.ts)
         self.updated[policy.name] = policy
         self.changes.extend(ProfileChange(group=policy.name, change=change, version=version,
                                           ts=self.ts, actor=self.actor, rule=rule, detail=detail,
@@ -139,7 +139,7 @@ def ensure_workload_groups(policies: Mapping[str, GroupPolicy], workload: Worklo
                     rules[i] = merged
                     added.append(merged)
         if added:
-            policy = dataclasses.replace(policy, rules=tuple(rules))
+            policy = replace(policy, rules=tuple(rules))
             for rule in added:
                 edit.put(policy, ChangeKind.PROBE_RULE, rule)
     return edit.result()
@@ -161,7 +161,7 @@ def _merge_probe(old: Rule, new: Rule, ts: int) -> Rule:
     lines = list(old.probe_cmds)
     lines.extend(line for line in new.probe_cmds if line not in lines)
     path = old.path if (old.path == new.path and len(lines) == len(old.probe_cmds)) else "*"
-    return dataclasses.replace(old, path=path, probe_cmds=tuple(lines), last_modified_timestamp=ts)
+    return replace(old, path=path, probe_cmds=tuple(lines), last_modified_timestamp=ts)
 
 
 def apply_learn(policies: Mapping[str, GroupPolicy], req: LearnRequest,
@@ -196,19 +196,19 @@ def apply_learn(policies: Mapping[str, GroupPolicy], req: LearnRequest,
                         created_timestamp=ts, last_modified_timestamp=ts,
                         learned_from=req.cause_event_id)
             rules.append(rule)
-            policy = dataclasses.replace(policy, rules=tuple(rules))
+            policy = replace(policy, rules=tuple(rules))
             edit.put(policy, ChangeKind.RULE_LEARNED, rule)
         elif target is not None:
             rule = rules[target]
             if (rule.cfg_type is RuleSource.LEARNED and rule.users and req.user
                     and req.user not in rule.users):
-                rule = dataclasses.replace(rule, users=(*rule.users, req.user),
+                rule = replace(rule, users=(*rule.users, req.user),
                                            last_modified_timestamp=ts)
                 rules[target] = rule
-                policy = dataclasses.replace(policy, rules=tuple(rules))
+                policy = replace(policy, rules=tuple(rules))
                 edit.put(policy, ChangeKind.USER_LEARNED, rule, detail=req.user)
     if req.hash and policy.hash_enabled and req.path not in policy.hash_pins:
-        policy = dataclasses.replace(policy, hash_pins={**policy.hash_pins, req.path: req.hash})
+        policy = replace(policy, hash_pins={**policy.hash_pins, req.path: req.hash})
         edit.put(policy, ChangeKind.HASH_LEARNED, detail=f"{req.path} sha256:{req.hash}")
     return edit.result()
 
@@ -257,10 +257,10 @@ def apply_profile_patch(policies: Mapping[str, GroupPolicy], patch: ProfilePatch
             rules.append(rule)
             changed.append((ChangeKind.RULE_ADDED, rule))
         else:
-            rule = dataclasses.replace(rule, created_timestamp=rules[existing].created_timestamp)
+            rule = replace(rule, created_timestamp=rules[existing].created_timestamp)
             rules[existing] = rule
             changed.append((ChangeKind.RULE_CHANGED, rule))
-    new = dataclasses.replace(policy, rules=tuple(rules))
+    new = replace(policy, rules=tuple(rules))
     details: list[tuple[ChangeKind, str]] = []
     if patch.baseline is not None:
         baseline = parse_baseline(patch.baseline)
@@ -270,20 +270,20 @@ def apply_profile_patch(policies: Mapping[str, GroupPolicy], patch: ProfilePatch
             if policy.crd_managed:
                 raise PolicyError("the baseline of this group is managed by a CRD",
                                   field="baseline")
-            new = dataclasses.replace(new, baseline=baseline)
+            new = replace(new, baseline=baseline)
             details.append((ChangeKind.BASELINE_CHANGED, baseline.value))
     flags = []
     if patch.alert_disabled is not None and patch.alert_disabled != policy.alert_disabled:
-        new = dataclasses.replace(new, alert_disabled=patch.alert_disabled)
+        new = replace(new, alert_disabled=patch.alert_disabled)
         flags.append(f"alert_disabled={str(patch.alert_disabled).lower()}")
     if patch.hash_enabled is not None and patch.hash_enabled != policy.hash_enabled:
         # Turning hash pinning off forgets every pin; turning it on starts afresh.
-        new = dataclasses.replace(new, hash_enabled=patch.hash_enabled, hash_pins={})
+        new = replace(new, hash_enabled=patch.hash_enabled, hash_pins={})
         flags.append(f"hash_enabled={str(patch.hash_enabled).lower()}")
     if patch.fail_mode is not None:
         fail_mode = parse_fail_mode(patch.fail_mode)
         if fail_mode is not policy.fail_mode:
-            new = dataclasses.replace(new, fail_mode=fail_mode)
+            new = replace(new, fail_mode=fail_mode)
             flags.append(f"fail_mode={fail_mode.value if fail_mode else 'default'}")
     if flags:
         details.append((ChangeKind.FLAGS_CHANGED, ", ".join(flags)))
@@ -316,10 +316,10 @@ def apply_service_config(policies: Mapping[str, GroupPolicy], cfg: ServiceConfig
             raise PolicyError(f"group {name} is managed by a CRD", field=f"services[{i}]")
         new = policy
         if mode is not None and mode is not policy.mode:
-            new = dataclasses.replace(new, mode=mode)
+            new = replace(new, mode=mode)
         if baseline is not None and policy.kind is not GroupKind.NODES \
                 and baseline is not policy.baseline:
-            new = dataclasses.replace(new, baseline=baseline)
+            new = replace(new, baseline=baseline)
         if new != policy:
             kind = ChangeKind.MODE_CHANGED if new.mode is not policy.mode \
                 else ChangeKind.BASELINE_CHANGED
@@ -342,7 +342,7 @@ def apply_group_config(policies: Mapping[str, GroupPolicy], cfg: GroupConfig,
     elif policy.kind is not GroupKind.CUSTOM:
         raise PolicyError(f"{name} is not a custom group", status=409, field="name")
     elif policy.criteria != criteria:
-        edit.put(dataclasses.replace(policy, criteria=criteria), ChangeKind.CRITERIA_CHANGED)
+        edit.put(replace(policy, criteria=criteria), ChangeKind.CRITERIA_CHANGED)
     return edit.result()
 
 

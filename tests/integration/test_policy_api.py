@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 
 from schemas import Decision, Verdict, to_plain
 from schemas.connections import KafkaConnection
+from schemas.records import replace
 from schemas.topics import EXEC, WORKLOADS
 from tests.integration.streamkit import ROOT, Pipeline
 from tests.integration.test_streams import WEB, WORKLOAD, decision_for, exec_event
@@ -88,10 +88,10 @@ def test_a_group_readable_at_first_sight_can_be_edited_at_once(api: Pipeline) ->
     """The worker creates a new workload's group in its own copy at once (readable at once);
     its writer publishes it a moment later. An edit made in between waits for that instead of
     answering 404 (CI saw the 404)."""
-    fresh = dataclasses.replace(WORKLOAD, id="c-shop-1", name="shop", namespace="retail",
+    fresh = replace(WORKLOAD, id="c-shop-1", name="shop", namespace="retail",
                                 service="shop")
     api.send(WORKLOADS.name, fresh.id, fresh)
-    first = dataclasses.replace(exec_event("/bin/ls", 7), workload_id=fresh.id)
+    first = replace(exec_event("/bin/ls", 7), workload_id=fresh.id)
     decision_for(api, api.send(EXEC.name, fresh.id, first).event_id)
     status, body = http(api, "PATCH", "/v1/process_profile/nv.shop.retail", {
         "process_profile_config": {"process_change_list": [

@@ -17,6 +17,7 @@ import pytest
 
 from schemas import Incident, Level
 from schemas.connections import KafkaConnection
+from schemas.records import replace
 from schemas.topics import SECURITY_EVENTS
 from sinks.siem.forwarder import Destination, SiemForwarder
 from sinks.siem.transports import WebhookTransport, syslog_transport
@@ -96,9 +97,8 @@ def _run(forwarder: SiemForwarder, until: int, timeout: float = 30.0) -> None:
 
 
 def _incident(i: int, level: Level = Level.WARNING, group: str = "nv.web.demo") -> Incident:
-    import dataclasses
 
-    return dataclasses.replace(BASE, id=f"inc-{i}", level=level, group=group,
+    return replace(BASE, id=f"inc-{i}", level=level, group=group,
                                proc_cmd=f"sh -c 'echo {i} | nc x 1' --token=a=b\nnext")
 
 
@@ -225,14 +225,13 @@ def test_the_siem_command(pipe: Pipeline, rsyslog: dict[str, object], tmp_path: 
 
 
 def test_repeated_incidents_are_aggregated(pipe: Pipeline, rsyslog: dict[str, object]) -> None:
-    import dataclasses
 
-    loop = dataclasses.replace(_incident(0), proc_cmd="sh -c evil")
+    loop = replace(_incident(0), proc_cmd="sh -c evil")
     for i in range(5):  # the same denied exec, again and again
-        pipe.send(SECURITY_EVENTS.name, "nv.web.demo", dataclasses.replace(
+        pipe.send(SECURITY_EVENTS.name, "nv.web.demo", replace(
             loop, id=f"loop-{i}", reported_timestamp=loop.reported_timestamp + i))
     pipe.send(SECURITY_EVENTS.name, "nv.web.demo",
-              dataclasses.replace(_incident(7), proc_path="/usr/bin/other"))  # not a repeat
+              replace(_incident(7), proc_path="/usr/bin/other"))  # not a repeat
     tcp = Destination("tcp", syslog_transport(f"tcp://127.0.0.1:{rsyslog['tcp']}"), "json")
     forwarder = SiemForwarder(pipe.kafka, [tcp], group_id=f"siem-{pipe.prefix}",
                               aggregate_seconds=1.0)

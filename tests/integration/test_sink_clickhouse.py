@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from schemas import (
     Verdict,
 )
 from schemas.connections import ClickHouseConnection, KafkaConnection
+from schemas.records import replace
 from schemas.topics import (
     COLLECTOR_REPORTS,
     DLQ,
@@ -119,7 +119,7 @@ def test_topics_to_rows(pipe: Pipeline, clickhouse_db: tuple[ClickHouseConnectio
     pipe.send(PROFILE_CHANGES.name, "nv.web.demo", ProfileChange(
         group="nv.web.demo", change=ChangeKind.MODE_CHANGED, version=3, ts=1_700_000_000.0,
         actor="api", detail="mode=Protect"))
-    pipe.send(WORKLOADS.name, WORKLOAD.id, dataclasses.replace(WORKLOAD, labels={"app": "web"}))
+    pipe.send(WORKLOADS.name, WORKLOAD.id, replace(WORKLOAD, labels={"app": "web"}))
     pipe.send(COLLECTOR_REPORTS.name, NODE, CollectorReport(
         node=NODE, started_at=1_700_000_000.0, execs=50, reported=48,
         lost={"process_gone": 2}, spool_bytes=0))
@@ -230,7 +230,7 @@ def test_retention_drops_old_partitions_only(pipe: Pipeline,
     _, db = clickhouse_db
     now = time.time()
     for i, age_days in enumerate((45, 31, 29, 1, 0)):
-        pipe.send(VERDICTS.name, NODE, dataclasses.replace(decision(i), ts=now - age_days * 86400))
+        pipe.send(VERDICTS.name, NODE, replace(decision(i), ts=now - age_days * 86400))
     writer = writer_for(pipe, db, retention_days=30)
     stop = threading.Event()
     thread = threading.Thread(target=writer.run, args=(stop.is_set,))

@@ -3,13 +3,13 @@ engine (chdb), with rows the sink itself builds."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from chdb import session as chdb_session
 
 from schemas import ChangeKind, CollectorReport, Envelope, ProfileChange, Verdict
 from schemas.connections import ClickHouseConnection
+from schemas.records import replace
 from sinks.clickhouse.migrations import MIGRATIONS, apply_migrations, connect
 from sinks.clickhouse.queries import QUERIES
 from sinks.clickhouse.rows import TABLES, table_for
@@ -23,7 +23,7 @@ def sample() -> list[Envelope]:
     envs = []
     for i in range(30):
         verdict = Verdict.BLOCK if i % 3 == 0 else Verdict.ALERT if i % 3 == 1 else Verdict.LEARN
-        d = dataclasses.replace(decision(i, verdict), ts=now - i,
+        d = replace(decision(i, verdict), ts=now - i,
                                 reason="learn" if verdict is Verdict.LEARN else "violation:R0")
         envs.append(Envelope.wrap(d, event_id=f"v{i}", node=NODE, ts=d.ts))
     envs.append(Envelope.wrap(incident(1), event_id="i1", node=NODE, ts=now))

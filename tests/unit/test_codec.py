@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from schemas import (
     decode_record,
     encode,
 )
+from schemas.records import replace
 from schemas.topics import ALL_TOPICS, verdict_partition
 from tests.builders import NODE, World, container, group, learned_rule
 
@@ -46,7 +46,7 @@ def _samples() -> dict[str, Envelope]:
     decision = world.exec("/bin/cat", argv=("cat", "--password=x"), pid=4242, ppid=1)
     # Ids that depend on how many events this process made before would make the file flaky.
     assert decision.incident is not None
-    decision = dataclasses.replace(decision, event_id="e-decision", incident=dataclasses.replace(
+    decision = replace(decision, event_id="e-decision", incident=replace(
         decision.incident, id="6d1c1f0e-golden-incident"))
     wrap = lambda p, i: Envelope.wrap(p, event_id=i, node=NODE, ts=1_700_000_000.5,  # noqa: E731
                                       cluster="prod")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from schemas import (
     Verdict,
     reserved_rule_id,
 )
+from schemas.records import replace
 from streams.engine import (
     EngineSettings,
     ProcessState,
@@ -201,12 +201,12 @@ def test_policy_stamp_follows_every_policy_the_workload_reads() -> None:
     session.load_policies([custom("lockdown", (rule("*", "/tmp/*", "deny", group="lockdown"),))])
     second = policy_state(session.view("c1"), "s2", 2.0).policy_stamp
     assert second != first.policy_stamp
-    bumped = dataclasses.replace(session.policies["lockdown"], version=5)
+    bumped = replace(session.policies["lockdown"], version=5)
     session.load_policies([bumped])
     assert policy_state(session.view("c1"), "s3", 3.0).policy_stamp not in (second,
                                                                            first.policy_stamp)
     # Monitor: nothing to hold.
-    session.load_policies([dataclasses.replace(session.policies[WEB], mode=Mode.MONITOR,
+    session.load_policies([replace(session.policies[WEB], mode=Mode.MONITOR,
                                                version=9)])
     assert not policy_state(session.view("c1"), "s4", 4.0).pre_exec
 
@@ -226,7 +226,7 @@ def test_writes_are_held_only_in_zero_drift_protect_containers() -> None:
     assert policy_state(session.view("c1"), "s", 1.0).pre_write
     assert not policy_state(session.view("c2"), "s", 1.0).pre_write  # system: alert only
     assert not policy_state(session.view("host-1"), "s", 1.0).pre_write
-    session.load_policies([dataclasses.replace(session.policies[WEB], baseline=Baseline.BASIC,
+    session.load_policies([replace(session.policies[WEB], baseline=Baseline.BASIC,
                                                version=7)])
     basic = policy_state(session.view("c1"), "s", 2.0)
     assert basic.pre_exec and not basic.pre_write

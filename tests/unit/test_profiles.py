@@ -17,6 +17,7 @@ from schemas import (
     RuleSource,
     Verdict,
 )
+from schemas.records import replace
 from tests.builders import WEB, World, container, custom, group, learned_rule, rule
 
 D, M, P = Mode.DISCOVER, Mode.MONITOR, Mode.PROTECT
@@ -53,7 +54,6 @@ def test_learning_twice_from_the_same_request_adds_one_rule() -> None:
 def test_a_learn_overtaken_by_a_switch_to_protect_still_lands() -> None:
     """The learn request travels to the group's writer apart from the admin's mode switch; when
     the switch gets there first, the rule the verdict reported as learned is still added."""
-    import dataclasses
 
     from streams.engine import apply_learn, merge
 
@@ -61,7 +61,7 @@ def test_a_learn_overtaken_by_a_switch_to_protect_still_lands() -> None:
     before = dict(world.session.policies)
     d = world.exec("/bin/date", name="date")
     assert d.verdict is Verdict.LEARN and d.learn is not None
-    switched = {**before, WEB: dataclasses.replace(before[WEB], mode=P)}
+    switched = {**before, WEB: replace(before[WEB], mode=P)}
     assert switched[WEB].rules == ()  # the switch got to the writer before the learn
     after = merge(switched, [apply_learn(switched, d.learn)])
     assert after[WEB].mode is P

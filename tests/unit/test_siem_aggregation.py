@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from schemas import IncidentAction
+from schemas.records import replace
 from sinks.siem.aggregation import aggregate
 from tests.unit.test_siem_formats import BASE
 
 
 def _at(second: int, **kw: object) -> object:
-    return dataclasses.replace(BASE, id=f"i-{second}-{len(kw)}", reported_timestamp=second,
+    return replace(BASE, id=f"i-{second}-{len(kw)}", reported_timestamp=second,
                                reported_at=f"t{second}", **kw)  # type: ignore[arg-type]
 
 
@@ -28,7 +27,7 @@ def test_repeats_fold_into_the_first() -> None:
 
 
 def test_already_aggregated_counts_add_up() -> None:
-    a = dataclasses.replace(_at(200), count=4, aggregation_from=150)  # type: ignore[type-var]
+    a = replace(_at(200), count=4, aggregation_from=150)  # type: ignore[type-var]
     b = _at(210)
     (out,) = aggregate([b, a])  # type: ignore[list-item]
     assert (out.count, out.aggregation_from, out.reported_timestamp) == (5, 150, 210)

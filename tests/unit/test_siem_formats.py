@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import orjson
 import pytest
 
 from schemas import Incident, IncidentAction, Level
+from schemas.records import replace
 from sinks.siem.formats import cef, incident_json, syslog_5424
 
 BASE = Incident(
@@ -60,7 +60,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("cmd", HOSTILE.values(), ids=HOSTILE.keys())
 def test_cef_escapes_hostile_command_lines(cmd: str) -> None:
-    line = cef(dataclasses.replace(BASE, proc_cmd=cmd, message=f"msg | {cmd}"))
+    line = cef(replace(BASE, proc_cmd=cmd, message=f"msg | {cmd}"))
     assert "\n" not in line and "\r" not in line
     header = _header(line)
     assert header[:4] == ["CEF:0", "procwarden", "procwarden", "1"]
@@ -74,7 +74,7 @@ def test_cef_fields_and_severity() -> None:
     assert (ext["cs1Label"], ext["cs1"]) == ("group", "nv.web.demo")
     assert (ext["act"], ext["sproc"], ext["rt"]) == ("deny", "nc", "1700000000000")
     assert _header(cef(BASE))[6] == "6"
-    assert _header(cef(dataclasses.replace(BASE, level=Level.CRITICAL)))[6] == "9"
+    assert _header(cef(replace(BASE, level=Level.CRITICAL)))[6] == "9"
 
 
 def test_json_keeps_neuvector_field_names() -> None:
@@ -91,6 +91,6 @@ def test_rfc5424_line() -> None:
     assert re.fullmatch(r'<12>1 2023-11-14T22:13:20Z node_1 procwarden - '
                         r'Process.Profile.Violation \[procwarden@32473 group="nv.web.demo" '
                         r'action="deny" id="inc-1"\] body', line)
-    critical = syslog_5424(dataclasses.replace(BASE, level=Level.CRITICAL, group='a"]b'), b"x",
+    critical = syslog_5424(replace(BASE, level=Level.CRITICAL, group='a"]b'), b"x",
                            hostname="h").decode()
     assert critical.startswith("<10>1 ") and 'group="a\\"\\]b"' in critical
