@@ -3,7 +3,9 @@
 One run, same machine, same loop (`posix_spawn` + `waitpid` of /usr/bin/true):
 1. collector off: the exec rate;
 2. collector on (it publishes every exec): the exec rate, the collector's CPU, and events lost,
-   counted from the exec topic, unpaced and paced at 1,000 execs/s;
+   counted from the exec topic, unpaced and paced at 1,000 execs/s; phases 1 and 2 run in
+   rounds (--rounds, default 3; the collector started afresh for each) and the rate's figure is
+   the median of the rounds' on/off ratios;
 3. the floor of holding an exec (a bare answering process, with and without the reads of
    a cache key; no collector running; and bare again while the collector senses every exec);
 4. held execs: a runc container in Protect, its execs held by fanotify and answered from the
@@ -14,7 +16,7 @@ One run, same machine, same loop (`posix_spawn` + `waitpid` of /usr/bin/true):
 Targets (issue 5): rate on >= 80% of off; zero lost at 1,000 execs/s; p99 added latency of a
 cached answer < 200 us. Needs root and the local stack (`procwarden stack up`).
 
-    python bench/collector.py [--execs N]
+    python bench/collector.py [--execs N] [--rounds R]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import os
 import select
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,9 +98,11 @@ def collector_pid(log: Path) -> int:
     return int(out[0])
 
 
-def reported(pipe: Pipeline, pids: set[int]) -> int:
+def reported(pipe: Pipeline, pids: set[int], since: float) -> int:
+    """How many of these execs (made after `since`) are on the exec topic. Pids wrap at 32768
+    here: an earlier phase's exec with a reused pid must not count."""
     seen = {e.payload.pid for e in pipe.read_all(EXEC.name, settle=3)
-            if isinstance(e.payload, ExecEvent) and e.payload.path == TRUE}
+            if isinstance(e.payload, ExecEvent) and e.payload.path == TRUE and e.ts >= since}
     return len(pids & seen)
 
 
@@ -188,6 +193,7 @@ def answer_floor(n: int, with_reads: bool) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--execs", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3, help="off/on rounds for the rate")
     args = parser.parse_args()
     n = args.execs
     kafka = KafkaConnection.from_env()
@@ -196,8 +202,24 @@ def main() -> int:
     print(f"collector benchmark: {n:,} execs of {TRUE} per phase")
 
     spawn_loop(200)  # warm up
-    off, _ = spawn_loop(n)
-    print(f"collector off:                {off:>8,.0f} execs/s")
+    # The rate is measured in rounds, off then on, each on with a collector started afresh:
+    # the same loop moves by +-15% from one measurement to the next on this shared VM, so one
+    # pair says little; the median ratio of the rounds is the figure.
+    ratios = []
+    for r in range(1, args.rounds + 1):
+        off, _ = spawn_loop(n)
+        with running_collector(pipe, NODE, tmp) as log:
+            pid = collector_pid(log)
+            cpu0, t0, since = cpu_seconds(pid), time.perf_counter(), time.time()
+            on, pids = spawn_loop(n)
+            cpu = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
+            lost = n - reported(pipe, set(pids), since)
+        ratios.append(on / off)
+        print(f"round {r}: collector off {off:>6,.0f} execs/s, on (publishing) {on:>6,.0f} "
+              f"execs/s ({on / off:.0%} of off), collector CPU {cpu:.0%} of a core, lost {lost} "
+              f"of {n}")
+    ratio = statistics.median(ratios)
+    print(f"collector on / off, median of {len(ratios)} rounds: {ratio:.0%}")
     for label, reads in (("bare answer:", False), ("answer after the key's reads:", True)):
         a50, a99 = answer_floor(n, reads)
         print(f"floor, {label:<30} added p50 {a50:6.0f} us, p99 {a99:6.0f} us")
@@ -205,15 +227,9 @@ def main() -> int:
     try:
         with running_collector(pipe, NODE, tmp,
                                COLLECTOR_METRICS_PORT=str(METRICS_PORT)) as log:
-            pid = collector_pid(log)
-            cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-            on, pids = spawn_loop(n)
-            cpu = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
-            lost = n - reported(pipe, set(pids))
-            print(f"collector on (publishing):    {on:>8,.0f} execs/s  ({on / off:.0%} of off), "
-                  f"collector CPU {cpu:.0%} of a core, lost {lost} of {n}")
+            since = time.time()
             paced, paced_pids = spawn_loop(n, rate=1000)
-            paced_lost = len(paced_pids) - reported(pipe, set(paced_pids))
+            paced_lost = len(paced_pids) - reported(pipe, set(paced_pids), since)
             print(f"paced at 1,000/s:             {paced:>8,.0f} execs/s, lost {paced_lost} of "
                   f"{len(paced_pids)}")
             # The same bare answerer while the collector senses every exec (as it does in the
@@ -261,8 +277,8 @@ def main() -> int:
     finally:
         pipe.stop_workers()
         delete_prefixed_topics(kafka, [pipe.prefix])  # left behind, they slow the broker
-    print(f"target: rate on >= 80% of off -> {on / off:.0%} "
-          f"{'MET' if on >= 0.8 * off else 'MISSED'}")
+    print(f"target: rate on >= 80% of off -> {ratio:.0%} (median of {len(ratios)} rounds) "
+          f"{'MET' if ratio >= 0.8 else 'MISSED'}")
     print(f"target: zero lost at 1,000 execs/s -> {paced_lost} "
           f"{'MET' if paced_lost == 0 else 'MISSED'}")
     # The p99 difference is noisy (other work on 2 cores); the p50 difference is a floor for

@@ -47,6 +47,9 @@ log = logging.getLogger("procwarden.collector")
 EVENTS = Counter("procwarden_collector_events_total", "Process events seen", ["kind"])
 LOST = Counter("procwarden_collector_lost_total", "Events that could not be reported",
                ["reason"])
+# Children looked up once: a labels() lookup per event cost more than the count itself.
+_EXECS_SEEN, _EXITS_SEEN, _EXECS_FROM_NOTICES = (
+    EVENTS.labels("exec"), EVENTS.labels("exit"), EVENTS.labels("exec_from_notice"))
 
 
 @dataclass
@@ -75,7 +78,8 @@ class Collector:
     lost: collections.Counter[str] = field(default_factory=collections.Counter)
     _next_report: float = 0.0
     _files: dict[str, FileWatch] = field(default_factory=dict)  # container -> its file events
-    _sources: list[Any] = field(default_factory=list)
+    _files_by_fd: dict[int, FileWatch] = field(default_factory=dict)
+    _poller: Any = None  # the sensing loop's epoll set
 
     def __post_init__(self) -> None:
         self.node = self.settings.node
@@ -102,35 +106,51 @@ class Collector:
         self._start_notifier()
         if self.enforcer is not None:
             self.enforcer.start()
-        self._sources = [connector] + ([self.notifier] if self.notifier else [])
+        # One epoll set, kept up to date as file watches come and go: select() built its fd
+        # lists and called each source's fileno() on every wake-up, several per exec.
+        self._poller = select.epoll()
+        self._poller.register(connector.fileno(), select.EPOLLIN)
+        if self.notifier is not None:
+            self._poller.register(self.notifier.fileno(), select.EPOLLIN)
+        conn_fd = connector.fileno()
+        notice_fd = self.notifier.fileno() if self.notifier is not None else -1
         overruns = 0
+        next_due = 0.0  # when the stdio and escalation checks next have work (monotonic)
         try:
             while not should_stop():
-                dues = [d for d in (self.stdio.next_due(), self.escalations.next_due())
-                        if d is not None]
-                wait = min([0.2, *(max(0.0, d - time.monotonic()) for d in dues)])
-                ready, _, _ = select.select(self._sources, [], [], wait)
-                if connector in ready:
+                now = time.monotonic()
+                ready = dict(self._poller.poll(min(0.2, max(0.0, next_due - now))))
+                # Process events before exec notices, as they happened: a gone exec's notice
+                # is read when its exec event comes (_on_exec).
+                if conn_fd in ready:
                     for event in connector.read():
                         self.handle(event)
                     if connector.overruns > overruns:
                         self._lose("connector_overrun", connector.overruns - overruns)
                         log.warning("process connector overrun: events were lost")
                         overruns = connector.overruns
-                if self.notifier is not None and self.notifier in ready:
+                if notice_fd in ready:
                     self._read_notices()
-                for watch in ready:
-                    if isinstance(watch, FileWatch):
-                        self._read_files(watch)
+                if len(ready) > (conn_fd in ready) + (notice_fd in ready):
+                    for fd in ready:
+                        watch = self._files_by_fd.get(fd)
+                        if watch is not None:
+                            self._read_files(watch)
+                now = time.monotonic()
                 if self._gone:
-                    self._expire_gone(time.monotonic())
-                for found in self.stdio.run_due():
-                    self.publish(EXEC.name, found.workload_id, found)
-                for change in self.escalations.run_due():
-                    self.publish(EXEC.name, change.workload_id, change)
-                if time.monotonic() >= self._next_report:
-                    self._next_report = time.monotonic() + self.settings.report_interval_s
-                    self.report()
+                    self._expire_gone(now)
+                if now >= next_due:
+                    for found in self.stdio.run_due(now):
+                        self.publish(EXEC.name, found.workload_id, found)
+                    for change in self.escalations.run_due(now):
+                        self.publish(EXEC.name, change.workload_id, change)
+                    if now >= self._next_report:
+                        self._next_report = now + self.settings.report_interval_s
+                        self.report()
+                next_due = min(self._next_report, now + 0.2)
+                for due in (self.stdio.next_due(), self.escalations.next_due()):
+                    if due is not None and due < next_due:
+                        next_due = due
                 self.publisher.poll()
         finally:
             if self.enforcer is not None:
@@ -139,6 +159,7 @@ class Collector:
                 self.notifier.close()
             for watch in self._files.values():
                 watch.close()
+            self._poller.close()
             connector.close()
             self.report()
             self.publisher.close()
@@ -189,7 +210,7 @@ class Collector:
             self.sensor.forget(ev.tgid)
             self.escalations.on_uid_change(ev.tgid, ev.a)
         elif what == EXEC_EVENT:
-            EVENTS.labels("exec").inc()
+            _EXECS_SEEN.inc()
             self.execs += 1
             self.sensor.forget(ev.tgid)
             self._on_exec(ev.tgid)
@@ -198,7 +219,7 @@ class Collector:
                 return  # a thread, not the process
             pid = ev.tgid
             self.sensor.forget(pid)
-            EVENTS.labels("exit").inc()
+            _EXITS_SEEN.inc()
             self._last_exec.pop(pid, None)
             self._parents.pop(pid, None)
             gone = self._gone.get(pid)
@@ -225,7 +246,8 @@ class Collector:
                         workload.id, exc)
             return
         self._files[workload.id] = watch
-        self._sources.append(watch)
+        self._files_by_fd[watch.fileno()] = watch
+        self._poller.register(watch.fileno(), select.EPOLLIN)
 
     def _read_files(self, watch: FileWatch) -> None:
         overflows = watch.overflows
@@ -238,7 +260,8 @@ class Collector:
         """A container's root process exited: the container is gone."""
         watch = self._files.pop(workload.id, None)
         if watch is not None:
-            self._sources.remove(watch)
+            self._files_by_fd.pop(watch.fileno(), None)
+            self._poller.unregister(watch.fileno())
             watch.close()
         self._announced.pop(workload.id, None)
         self.resolver.forget(workload.id)
@@ -291,7 +314,7 @@ class Collector:
         if sensed is None:
             self._lose("applet_unknown")  # BusyBox: the applet died with the process
             return
-        EVENTS.labels("exec_from_notice").inc()
+        _EXECS_FROM_NOTICES.inc()
         self._report(sensed)
         if exited:
             self._reported.pop(pid, None)

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter, Gauge
@@ -49,7 +50,11 @@ class Publisher:
             "compression.type": "lz4", "linger.ms": 5, "partitioner": "murmur2_random",
             "queue.buffering.max.messages": 200_000,
             "message.timeout.ms": 0,  # never give up on a message: the spool is the fallback
+            # Reports only for failures: a Python call per delivered message cost a tenth of
+            # the collector's time.
+            "delivery.report.only.error": True, "on_delivery": self._delivered,
             "error_cb": self._on_error})
+        self._published: dict[str, Any] = {}  # topic -> its PUBLISHED child
         SPOOL_BYTES.set(self.spool.size)
         if self.spooling:
             log.warning("replaying %d bytes spooled by an earlier run once Kafka answers",
@@ -71,13 +76,16 @@ class Publisher:
                 SPOOL_BYTES.set(self.spool.size)
                 return True
         self._produce(topic, key, value)
-        PUBLISHED.labels(topic.rsplit(".", 1)[-1]).inc()
+        counted = self._published.get(topic)
+        if counted is None:
+            counted = self._published[topic] = PUBLISHED.labels(topic.rsplit(".", 1)[-1])
+        counted.inc()
         return True
 
     def _produce(self, topic: str, key: bytes, value: bytes) -> None:
         while True:
             try:
-                self.producer.produce(topic, key=key, value=value, on_delivery=self._delivered)
+                self.producer.produce(topic, value, key)
                 return
             except BufferError:  # the local queue is full: wait for deliveries
                 self.producer.poll(0.1)

@@ -107,7 +107,8 @@ class _Header(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 _HEADER = msgspec.json.Decoder(_Header)
-_PAYLOADS: dict[EventKind, msgspec.json.Decoder[Any]] = {kind: msgspec.json.Decoder(tp) for kind, tp in PAYLOAD_TYPES.items()}
+_PAYLOADS: dict[EventKind, msgspec.json.Decoder[Any]] = {
+    kind: msgspec.json.Decoder(tp) for kind, tp in PAYLOAD_TYPES.items()}
 
 
 def decode_envelope(data: bytes | str | dict[str, Any]) -> Envelope:
