@@ -60,6 +60,8 @@ class Sensor:
         # many short programs is the common case, and a whole read of it was most of the
         # collector's time for each of them.
         self._parent_reads: dict[int, tuple[float, ProcInfo]] = {}
+        # container id -> (its init's pid, that init's pid namespace)
+        self._container_ns: dict[str, tuple[int, str]] = {}
 
     def forget(self, pid: int) -> None:
         """`pid` changed its credentials, exec'd or exited: read it whole next time."""
@@ -89,6 +91,11 @@ class Sensor:
     def is_family(self, proc: ProcInfo, info: ContainerInfo) -> bool:
         """Descends from the container's init process, inside the container's pid namespace
         (a process `runc exec` or `kubectl exec` put there has a parent outside it)."""
+        # Outside the container's pid namespace (a host process moved into its cgroups) is
+        # never family: said at once, not after reading every ancestor up to the host's init.
+        init_ns = self._init_ns(info)
+        if init_ns and proc.pid_ns != init_ns:
+            return False
         pid, seen = proc.pid, 0
         current: ProcInfo | None = proc
         while current is not None and seen < 256:
@@ -110,6 +117,19 @@ class Sensor:
             current = parent
             seen += 1
         return pid == info.init_pid
+
+    def _init_ns(self, info: ContainerInfo) -> str:
+        known = self._container_ns.get(info.id)
+        if known is not None and known[0] == info.init_pid:
+            return known[1]
+        try:
+            ns = os.readlink(f"/proc/{info.init_pid}/ns/pid")
+        except OSError:
+            return ""  # its init is gone: the walk decides
+        if len(self._container_ns) > 4096:
+            self._container_ns.clear()
+        self._container_ns[info.id] = (info.init_pid, ns)
+        return ns
 
     def sense_exec(self, pid: int, *, with_hash: bool = False) -> Sensed | None:
         proc = read_proc(pid)

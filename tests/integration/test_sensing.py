@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from collectors import sensing
 from collectors.procfs import read_proc
 from collectors.sensing import Sensor
 from collectors.workloads import ContainerInfo, WorkloadResolver, container_id_from_cgroup
@@ -80,6 +81,20 @@ def test_runc_exec_is_not_family(web: Container) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_host_process_in_a_container_is_not_family_at_first_sight(
+        web: Container, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside the container's pid namespace (a host process moved into its cgroups), never
+    family, and said without reading every ancestor up to the host's init."""
+    me = read_proc(os.getpid())
+    assert me is not None
+    info = ContainerInfo(id=web.id, init_pid=web.init_pid, annotations={}, upperdir=None,
+                         lowerdirs=())
+    reads: list[int] = []
+    monkeypatch.setattr(sensing, "read_proc", reads.append)
+    assert not sensor().is_family(me, info)
+    assert reads == []
 
 
 def test_new_and_modified_executables(web: Container) -> None:
