@@ -18,7 +18,6 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import Counter
 
@@ -79,7 +78,7 @@ class Collector:
     _next_report: float = 0.0
     _files: dict[str, FileWatch] = field(default_factory=dict)  # container -> its file events
     _files_by_fd: dict[int, FileWatch] = field(default_factory=dict)
-    _poller: Any = None  # the sensing loop's epoll set
+    _poller: select.epoll | None = None  # the sensing loop's sources, while it runs
 
     def __post_init__(self) -> None:
         self.node = self.settings.node
@@ -108,10 +107,10 @@ class Collector:
             self.enforcer.start()
         # One epoll set, kept up to date as file watches come and go: select() built its fd
         # lists and called each source's fileno() on every wake-up, several per exec.
-        self._poller = select.epoll()
-        self._poller.register(connector.fileno(), select.EPOLLIN)
+        poller = self._poller = select.epoll()
+        poller.register(connector.fileno(), select.EPOLLIN)
         if self.notifier is not None:
-            self._poller.register(self.notifier.fileno(), select.EPOLLIN)
+            poller.register(self.notifier.fileno(), select.EPOLLIN)
         conn_fd = connector.fileno()
         notice_fd = self.notifier.fileno() if self.notifier is not None else -1
         overruns = 0
@@ -119,7 +118,7 @@ class Collector:
         try:
             while not should_stop():
                 now = time.monotonic()
-                ready = dict(self._poller.poll(min(0.2, max(0.0, next_due - now))))
+                ready = dict(poller.poll(min(0.2, max(0.0, next_due - now))))
                 # Process events before exec notices, as they happened: a gone exec's notice
                 # is read when its exec event comes (_on_exec).
                 if conn_fd in ready:
@@ -159,7 +158,8 @@ class Collector:
                 self.notifier.close()
             for watch in self._files.values():
                 watch.close()
-            self._poller.close()
+            self._poller = None
+            poller.close()
             connector.close()
             self.report()
             self.publisher.close()
@@ -247,7 +247,8 @@ class Collector:
             return
         self._files[workload.id] = watch
         self._files_by_fd[watch.fileno()] = watch
-        self._poller.register(watch.fileno(), select.EPOLLIN)
+        if self._poller is not None:
+            self._poller.register(watch.fileno(), select.EPOLLIN)
 
     def _read_files(self, watch: FileWatch) -> None:
         overflows = watch.overflows
@@ -261,7 +262,8 @@ class Collector:
         watch = self._files.pop(workload.id, None)
         if watch is not None:
             self._files_by_fd.pop(watch.fileno(), None)
-            self._poller.unregister(watch.fileno())
+            if self._poller is not None:
+                self._poller.unregister(watch.fileno())
             watch.close()
         self._announced.pop(workload.id, None)
         self.resolver.forget(workload.id)

@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter, Gauge
@@ -54,7 +53,7 @@ class Publisher:
             # the collector's time.
             "delivery.report.only.error": True, "on_delivery": self._delivered,
             "error_cb": self._on_error})
-        self._published: dict[str, Any] = {}  # topic -> its PUBLISHED child
+        self._published: dict[str, Counter] = {}  # topic -> its PUBLISHED child
         SPOOL_BYTES.set(self.spool.size)
         if self.spooling:
             log.warning("replaying %d bytes spooled by an earlier run once Kafka answers",

@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 import msgspec
 import orjson
 
-__all__ = ["DecodeError", "decode_json", "decode_record", "decode_record_json", "encode",
-           "to_plain"]
+__all__ = ["DecodeError", "decode_json", "decode_record", "encode", "to_plain"]
 
 T = TypeVar("T")
 
@@ -58,24 +57,7 @@ def decode_record(cls: type[T], obj: Any, where: str = "") -> T:
     try:
         return msgspec.convert(obj, cls, strict=True)
     except msgspec.ValidationError as exc:
-        raise decode_error(exc, cls, where) from None
-
-
-_DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
-
-
-def decode_record_json(cls: type[T], data: bytes | str | memoryview, where: str = "") -> T:
-    """Build a `cls` record straight from JSON text, validating every field."""
-    decoder = _DECODERS.get(cls)
-    if decoder is None:
-        decoder = _DECODERS[cls] = msgspec.json.Decoder(cls)
-    try:
-        result: T = decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise decode_error(exc, cls, where) from None
-    except msgspec.DecodeError as exc:
-        raise DecodeError(where, f"not valid JSON ({exc})") from None
-    return result
+        raise _decode_error(exc, cls, where) from None
 
 
 # -- msgspec's errors in procwarden's words ------------------------------------------------------
@@ -88,7 +70,7 @@ _GOT = {"int": "integer", "str": "string", "bool": "boolean", "float": "number",
         "array": "array", "object": "object", "null": "null"}
 
 
-def decode_error(exc: msgspec.ValidationError, cls: Any, where: str = "") -> DecodeError:
+def _decode_error(exc: msgspec.ValidationError, cls: Any, where: str = "") -> DecodeError:
     """A DecodeError naming the field at fault and why, from msgspec's message."""
     message = str(exc)
     at = _AT.search(message)
