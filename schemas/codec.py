@@ -1,6 +1,6 @@
 """The JSON codec: records to plain JSON and back, strictly.
 
-msgspec does the work (schemas/record.py): it decodes into the typed records and checks every
+msgspec does the work (schemas/records.py): it decodes into the typed records and checks every
 field as it goes. A bad value raises `DecodeError` naming the field path (`payload.argv[2]`) and
 the reason in plain words; unknown fields and unknown enum values are errors, so a typo in a
 policy file or a newer producer is never silently misread.
