@@ -14,7 +14,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as ClickHouseError
@@ -34,7 +33,7 @@ from schemas.topics import (
 )
 from sinks.clickhouse.migrations import apply_migrations, connect
 from sinks.clickhouse.retention import drop_expired_partitions
-from sinks.clickhouse.rows import table_for
+from sinks.clickhouse.rows import Table, table_for
 from sinks.offsets import commit_batch
 
 __all__ = ["ClickHouseWriter", "SINK_TOPICS"]
@@ -156,8 +155,7 @@ class ClickHouseWriter:
     def store(self, batch: Sequence[Message]) -> None:
         """Insert a batch, columnar, one INSERT per table; undecodable messages go to the DLQ."""
         started = time.perf_counter()
-        rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-        columns: dict[str, tuple[str, ...]] = {}
+        by_table: dict[Table, list[Envelope]] = defaultdict(list)
         for msg in batch:
             value = msg.value()
             if value is None:
@@ -171,15 +169,12 @@ class ClickHouseWriter:
             if table is None:
                 self._dead_letter(msg, f"{env.kind.value} does not belong on {msg.topic()}")
                 continue
-            rows[table.name].append(table.row(env))
-            columns[table.name] = table.columns
+            by_table[table].append(env)
         client = self._clickhouse()
-        for name, table_rows in rows.items():
-            cols = ", ".join(columns[name])
-            data = [list(col) for col in zip(*table_rows, strict=True)]
-            client.execute(f"INSERT INTO {self.db}.{name} ({cols}) VALUES", data,
-                           columnar=True)
-            ROWS.labels(name).inc(len(table_rows))
+        for table, envs in by_table.items():
+            client.execute(f"INSERT INTO {self.db}.{table.name} ({', '.join(table.columns)}) "
+                           "VALUES", table.values(envs), columnar=True)
+            ROWS.labels(table.name).inc(len(envs))
         self.dlq.flush(30)
         self.stored += len(batch)
         BATCHES.observe(time.perf_counter() - started)
