@@ -1,4 +1,5 @@
-"""Rows for ClickHouse: one function per table from the wire records, and the table columns.
+"""The ClickHouse tables the sink fills: each table's columns, and where in the wire records
+each column's values come from.
 
 Timestamps are `DateTime('UTC')` plus a millisecond column (DateTime64 does not exist on the
 Debian server, 18.16). Booleans are UInt8; optional enums are empty strings.
