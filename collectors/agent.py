@@ -77,7 +77,6 @@ class Collector:
     lost: collections.Counter[str] = field(default_factory=collections.Counter)
     _next_report: float = 0.0
     _files: dict[str, FileWatch] = field(default_factory=dict)  # container -> its file events
-    _files_by_fd: dict[int, FileWatch] = field(default_factory=dict)
     _poller: select.epoll | None = None  # the sensing loop's sources, while it runs
 
     def __post_init__(self) -> None:
@@ -131,9 +130,8 @@ class Collector:
                 if notice_fd in ready:
                     self._read_notices()
                 if len(ready) > (conn_fd in ready) + (notice_fd in ready):
-                    for fd in ready:
-                        watch = self._files_by_fd.get(fd)
-                        if watch is not None:
+                    for watch in list(self._files.values()):
+                        if watch.fileno() in ready:
                             self._read_files(watch)
                 now = time.monotonic()
                 if self._gone:
@@ -246,7 +244,6 @@ class Collector:
                         workload.id, exc)
             return
         self._files[workload.id] = watch
-        self._files_by_fd[watch.fileno()] = watch
         if self._poller is not None:
             self._poller.register(watch.fileno(), select.EPOLLIN)
 
@@ -261,7 +258,6 @@ class Collector:
         """A container's root process exited: the container is gone."""
         watch = self._files.pop(workload.id, None)
         if watch is not None:
-            self._files_by_fd.pop(watch.fileno(), None)
             if self._poller is not None:
                 self._poller.unregister(watch.fileno())
             watch.close()

@@ -13,6 +13,7 @@ import errno
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 from collectors import gil_held_io
@@ -60,8 +61,10 @@ class ProcConnector:
         self.sock.setblocking(False)
         self.overruns = 0
         self.drained = False  # the last read emptied the socket
-        self._recv = self._recv_keeping_gil if keep_gil else self.sock.recv
-        self._buffer = gil_held_io.Buffer(256)
+        self._recv: Callable[[int], bytes] = self.sock.recv
+        if keep_gil:
+            self._buffer = gil_held_io.Buffer(256)
+            self._recv = self._recv_keeping_gil
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -35,6 +35,7 @@ from schemas import (
     decode_record,
     to_plain,
 )
+from schemas.records import replace
 from schemas.topics import POLICY_UPDATES
 from streams.engine import (
     EditResult,
@@ -262,18 +263,17 @@ class PolicyApi:
         if patch.group != group:
             raise ApiError(400, f"process_profile_config.group {patch.group!r} differs from "
                                 f"the path's {group!r}")
-        patch = ProfilePatch(**{**to_plain_shallow(patch), "group": group, "actor": actor})
+        patch = replace(patch, group=group, actor=actor)
         await self._submit(group, patch)
         return self.get_profile(group)
 
     async def patch_service_config(self, body: Any, actor: str) -> Answer:
         cfg = _decode(ServiceConfig, body, "config")
-        cfg = ServiceConfig(**{**to_plain_shallow(cfg), "actor": actor})
+        cfg = replace(cfg, actor=actor)
         groups = ["nodes" if s == "nodes" else f"nv.{s}" for s in cfg.services]
         result = await self._validate(cfg)
         for name in groups:  # each group's writer applies the change to its group
-            single = ServiceConfig(**{**to_plain_shallow(cfg),
-                                      "services": (name.removeprefix("nv."),)})
+            single = replace(cfg, services=(name.removeprefix("nv."),))
             await self._publish(name, single, result)
         return 200, {"process_profiles": [profile_json(self._policies()[g]) for g in groups]}
 
@@ -347,7 +347,3 @@ class PolicyApi:
         return Envelope.wrap(payload, event_id=f"api-{uuid.uuid4()}", node=self.handlers.node,
                              ts=time.time())
 
-
-def to_plain_shallow(record: Any) -> dict[str, Any]:
-    """A record's fields as a dict, values untouched (for rebuilding it with changes)."""
-    return {name: getattr(record, name) for name in record.__struct_fields__}
