@@ -37,6 +37,7 @@ from collectors.lineage import Lineage, Placement
 from collectors.procfs import ProcStat, parse_stat, read_proc, read_stat
 from collectors.sensing import Sensor, exe_origin
 from collectors.settings import CollectorSettings
+from collectors.shared_cpu import SharedCpu
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from collectors.write_guard import WriteGuard
 from schemas import (
@@ -151,13 +152,16 @@ class Enforcer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.group: PermissionGroup | None = None
+        self._cpu: SharedCpu | None = None
         self.writes: WriteGuard | None = None
         self.assigned = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Called by the sensing thread."""
         if not self.settings.dry_run:
+            self._cpu = SharedCpu(self.settings.hold_cpu)
             self.group = PermissionGroup()
             self._spawn(self._permission_loop, "exec-permissions")
             self.writes = WriteGuard(self.resolver, self.publish)
@@ -358,10 +362,14 @@ class Enforcer:
     # -- held execs -----------------------------------------------------------------------------
 
     def _permission_loop(self) -> None:
-        group = self.group
-        assert group is not None
+        group, cpu = self.group, self._cpu
+        assert group is not None and cpu is not None
 
         def step() -> None:
+            if self._mounts:
+                cpu.engage()
+            else:
+                cpu.release()
             connector = self._lineage_source()
             watched = [group.fd] if connector is None else [group.fd, connector.fileno()]
             ready, _, _ = select.select(watched, [], [], 0.01)
@@ -386,6 +394,7 @@ class Enforcer:
         try:
             answer_until(self._stop, step, "execs", give_up)
         finally:
+            cpu.release()
             if self._connector is not None:
                 self._connector.close()
                 self._connector = None

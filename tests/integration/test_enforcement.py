@@ -5,6 +5,7 @@ worker, real runc container, real collector."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -226,6 +227,47 @@ def test_a_drift_write_is_denied_before_it_happens(guarded: Guarded) -> None:
     assert g.log.read_text().count("denied a write before it happened: /etc/hostname") == 1
     # Reads of image files, and writes where drift is not judged, go ahead.
     assert g.box.app("cat /etc/hostname > /dev/null; echo ok") == (0, "ok\n")
+
+
+def _collector_threads() -> tuple[int, dict[int, tuple[int, set[int]]]]:
+    """The collector's pid, and each of its threads' (scheduling policy, CPUs)."""
+    found = subprocess.run(["pgrep", "-f", f"procwarden.cli collector --node {NODE}"],
+                           capture_output=True, text=True, check=False).stdout.split()
+    assert len(found) == 1, found
+    pid = int(found[0])
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            tid = int(task.name)
+            threads[tid] = (os.sched_getscheduler(tid), os.sched_getaffinity(tid))
+    return pid, threads
+
+
+def test_held_execs_are_answered_next_to_the_sensing_thread(guarded: Guarded) -> None:
+    """While execs are held, the answering thread runs SCHED_FIFO on the sensing thread's one
+    CPU (collectors/shared_cpu.py); once none is held, both are as they were."""
+    g = guarded
+    everywhere = os.sched_getaffinity(0)
+    cpu = max(everywhere)
+    pid, threads = _collector_threads()
+    fifo = [tid for tid, (policy, _) in threads.items() if policy == os.SCHED_FIFO]
+    assert len(fifo) == 1, threads
+    assert threads[fifo[0]][1] == threads[pid][1] == {cpu}  # pid: the sensing (main) thread
+    assert f"held execs are answered on CPU {cpu}" in g.log.read_text()
+
+    mark = g.log.stat().st_size
+    g.pipe.send(POLICY_UPDATES.name, GROUP, ServiceConfig(services=("guard.enf",),
+                                                          profile_mode="Monitor"))
+    wait_for_line(g.log, "no exec is held: default scheduling again", after=mark)
+    pid, threads = _collector_threads()
+    assert all(policy == os.SCHED_OTHER for policy, _ in threads.values()), threads
+    assert threads[pid][1] == everywhere
+
+    mark = g.log.stat().st_size
+    g.pipe.send(POLICY_UPDATES.name, GROUP, ServiceConfig(services=("guard.enf",),
+                                                          profile_mode="Protect"))
+    wait_for_line(g.log, f"holding execs of {g.box.id}", after=mark)
+    wait_for_line(g.log, "held execs are answered on CPU", after=mark)
 
 
 def test_fail_modes_when_the_stream_app_is_away(guarded: Guarded) -> None:
