@@ -14,9 +14,10 @@ One run, same machine, same loop (`posix_spawn` + `waitpid` of /usr/bin/true):
    first zero-drift (its write guard holds every open too, the exec's own included), then
    basic (the exec hold alone: what the target is about). Each exec alternates with one of a
    copy on the container's /dev, a mount nothing holds: the added latency is how much more the
-   held busybox takes than its unheld copy, against the same difference before Protect. On 2
-   busy cores one exec's p99 drifts by milliseconds from one phase to the next; interleaving
-   cancels that.
+   held busybox takes than its unheld copy, less their difference before Protect (at the
+   median). On 2 busy cores one exec's p99 drifts by milliseconds from one phase to the next;
+   interleaving cancels that. Both programs are allowed by rules (as for a tool run through
+   `kubectl exec`), so each held exec is answered from the cache and then allowed.
 Targets (issue 5): rate on >= 80% of off; zero lost at 1,000 execs/s; p99 added latency of a
 cached answer < 200 us. Needs root and the local stack (`procwarden stack up`).
 
@@ -49,7 +50,15 @@ from collectors.fanotify import PermissionGroup  # noqa: E402
 from collectors.procfs import parse_stat  # noqa: E402
 from procwarden.stack.topics import delete_prefixed_topics  # noqa: E402
 from procwarden.testbed.containers import APP_LOOP, Container, run_container  # noqa: E402
-from schemas import Decision, EventKind, ExecEvent, GroupPolicy, ServiceConfig  # noqa: E402
+from schemas import (  # noqa: E402
+    Decision,
+    EventKind,
+    ExecEvent,
+    GroupPolicy,
+    ProfilePatch,
+    RuleChange,
+    ServiceConfig,
+)
 from schemas.connections import KafkaConnection  # noqa: E402
 from schemas.topics import EXEC, POLICY, POLICY_UPDATES, VERDICTS  # noqa: E402
 from tests.integration.streamkit import Pipeline, running_collector, wait_for_line  # noqa: E402
@@ -268,7 +277,14 @@ def main() -> int:
                 box.app("sleep 1")  # seen and announced: its group is created
                 pipe.wait_for(POLICY.name, lambda e: isinstance(e.payload, GroupPolicy)
                               and e.payload.name == "nv.bench.bench", timeout=120)
-                free = time_in_container(box, n)  # Discover: it learns both programs
+                free = time_in_container(box, n)
+                # Both programs allowed, as an operator would allow a tool that `kubectl exec`
+                # runs (the helper is such a process: it came from the host, so it is not
+                # learned, and Protect would kill what it runs right after exec).
+                pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ProfilePatch(
+                    "nv.bench.bench", process_change_list=tuple(
+                        RuleChange("true", path, "allow")
+                        for path in ("/bin/busybox", UNHELD_COPY))))
                 pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ServiceConfig(
                     services=("bench.bench",), profile_mode="Protect"))
                 pipe.wait_for(VERDICTS.name, lambda e: isinstance(e.payload, Decision)
@@ -287,8 +303,10 @@ def main() -> int:
                 held = time_in_container(box, n)
                 after = cached_answers()
             # The container's own busybox against its unheld copy, interleaved in each phase;
-            # what holding adds is how much more it differs once held than before (the two
-            # files' own difference, on their two filesystems, cancels out).
+            # what holding adds is how much more it differs once held than before. The two
+            # files' own difference (their filesystems) is a fixed cost per exec, taken at the
+            # median before Protect: the p99 difference of two unheld files moves by hundreds
+            # of us from run to run on this VM, around zero.
             unheld = differences(free)
             print(f"container exec, not held:     p50 {percentile(free[0], 0.5):8.0f} us  "
                   f"p99 {percentile(free[0], 0.99):8.0f} us (beside the copy on /dev: "
@@ -298,12 +316,12 @@ def main() -> int:
                 h50, h99 = percentile(times[0], 0.5), percentile(times[0], 0.99)
                 d50, d99 = differences(times)
                 print(f"container exec, {label:<25} p50 {h50:8.0f} us  p99 {h99:8.0f} us "
-                      f"(added: p50 {d50 - unheld[0]:6.0f} us, p99 {d99 - unheld[1]:6.0f} us)")
+                      f"(added: p50 {d50 - unheld[0]:6.0f} us, p99 {d99 - unheld[0]:6.0f} us)")
             print(f"  of which the collector's own (basic, from its histogram): "
                   f"p50 <= {bucket_quantile(before, after, 0.5):.0f} us, "
                   f"p99 <= {bucket_quantile(before, after, 0.99):.0f} us")
             d50, d99 = differences(held)
-            added50, added99 = d50 - unheld[0], d99 - unheld[1]
+            added50, added99 = d50 - unheld[0], d99 - unheld[0]
     finally:
         pipe.stop_workers()
         delete_prefixed_topics(kafka, [pipe.prefix])  # left behind, they slow the broker

@@ -322,6 +322,9 @@ class Enforcer:
                         hold.mount = mount
                         self._mounts += 1
                         log.info("holding execs of %s before they run", workload_id)
+                    except FileNotFoundError:  # its root process is gone
+                        log.info("not holding execs of %s: its container has stopped",
+                                 workload_id)
                     except OSError as exc:
                         log.error("cannot hold execs of %s: %s", workload_id, exc)
             elif not pre_exec and hold.mount:
