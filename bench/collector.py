@@ -139,6 +139,14 @@ def cached_answers() -> dict[float, float]:
             for sample in family.samples if sample.name.endswith("_bucket")}
 
 
+def counter_total(name: str) -> float:
+    """One of the collector's counters, summed over its labels."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read()
+    return sum(sample.value for family in text_string_to_metric_families(text.decode())
+               if family.name == name for sample in family.samples
+               if sample.name.endswith("_total"))
+
+
 def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
     """The bucket bound (us) under which a share q of the answers between two scrapes fell."""
     counts = {le: after[le] - before.get(le, 0.0) for le in after}
@@ -166,6 +174,27 @@ def time_in_container(box: Container, n: int) -> tuple[list[int], list[int]]:
     out = subprocess.run([sys.executable, "-c", _TIMER, programs, str(n), "true",
                           *map(str, procs)], capture_output=True, text=True, check=True)
     image, copy = json.loads(out.stdout)
+    return image, copy
+
+
+TIMER = "/dev/exec-timer"  # bench/exec_timer.c, beside the unheld copy
+
+
+def build_timer(tmp: Path) -> Path:
+    """bench/exec_timer.c, built static: a timer the container's own shell can run."""
+    out = tmp / "exec-timer"
+    subprocess.run(["gcc", "-O2", "-static", "-o", str(out), str(ROOT / "bench" / "exec_timer.c")],
+                   check=True)
+    return out
+
+
+def time_as_the_container(box: Container, n: int) -> tuple[list[int], list[int]]:
+    """As `time_in_container`, but the execs are made by the container's own process (the
+    app loop's shell runs the timer): no runtime-injected caller."""
+    rc, out = box.app(f"{TIMER} {n} true /bin/busybox {UNHELD_COPY}", timeout=300)
+    if rc != 0:
+        raise RuntimeError(f"the timer in the container failed ({rc}): {out[-500:]}")
+    image, copy = json.loads(out)
     return image, copy
 
 
@@ -230,6 +259,7 @@ def main() -> int:
     kafka = KafkaConnection.from_env()
     tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
     pipe = Pipeline(kafka, tmp)
+    timer = build_timer(tmp)
     print(f"collector benchmark: {n:,} execs of {TRUE} per phase")
 
     spawn_loop(200)  # warm up
@@ -272,19 +302,22 @@ def main() -> int:
             pipe.start_worker()  # only now: phases 1-2 measure the collector alone
             with run_container(ROOT / "var" / "testbed", "bench", namespace="bench",
                                command=APP_LOOP) as box:
-                shutil.copy(f"/proc/{box.init_pid}/root/bin/busybox",
-                            f"/proc/{box.init_pid}/root{UNHELD_COPY}")
+                root = f"/proc/{box.init_pid}/root"
+                shutil.copy(f"{root}/bin/busybox", f"{root}{UNHELD_COPY}")
+                shutil.copy(timer, f"{root}{TIMER}")
                 box.app("sleep 1")  # seen and announced: its group is created
                 pipe.wait_for(POLICY.name, lambda e: isinstance(e.payload, GroupPolicy)
                               and e.payload.name == "nv.bench.bench", timeout=120)
                 free = time_in_container(box, n)
-                # Both programs allowed, as an operator would allow a tool that `kubectl exec`
-                # runs (the helper is such a process: it came from the host, so it is not
-                # learned, and Protect would kill what it runs right after exec).
+                free_own = time_as_the_container(box, n)
+                # Everything timed is allowed, as an operator would allow a tool that
+                # `kubectl exec` runs (the helper is such a process: it came from the host, so
+                # it is not learned, and Protect would kill what it runs right after exec).
                 pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ProfilePatch(
-                    "nv.bench.bench", process_change_list=tuple(
-                        RuleChange("true", path, "allow")
-                        for path in ("/bin/busybox", UNHELD_COPY))))
+                    "nv.bench.bench", process_change_list=(
+                        RuleChange("true", "/bin/busybox", "allow"),
+                        RuleChange("true", UNHELD_COPY, "allow"),
+                        RuleChange("exec-timer", TIMER, "allow"))))
                 pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ServiceConfig(
                     services=("bench.bench",), profile_mode="Protect"))
                 pipe.wait_for(VERDICTS.name, lambda e: isinstance(e.payload, Decision)
@@ -302,26 +335,41 @@ def main() -> int:
                 before = cached_answers()
                 held = time_in_container(box, n)
                 after = cached_answers()
+                # Last: once the container's own process was allowed to exec /bin/busybox,
+                # the kernel allows its later execs unheld, the helper's too.
+                remembered0 = counter_total("procwarden_collector_kernel_remembered")
+                time_as_the_container(box, 50)
+                remembered = counter_total("procwarden_collector_kernel_remembered")
+                held_own = time_as_the_container(box, n)
             # The container's own busybox against its unheld copy, interleaved in each phase;
             # what holding adds is how much more it differs once held than before. The two
             # files' own difference (their filesystems) is a fixed cost per exec, taken at the
             # median before Protect: the p99 difference of two unheld files moves by hundreds
             # of us from run to run on this VM, around zero.
-            unheld = differences(free)
-            print(f"container exec, not held:     p50 {percentile(free[0], 0.5):8.0f} us  "
-                  f"p99 {percentile(free[0], 0.99):8.0f} us (beside the copy on /dev: "
-                  f"p50 {unheld[0]:+5.0f} us, p99 {unheld[1]:+5.0f} us)")
-            for label, times in (("held+cached, basic:", held),
-                                 ("held+cached, zero-drift:", guarded)):
-                h50, h99 = percentile(times[0], 0.5), percentile(times[0], 0.99)
-                d50, d99 = differences(times)
-                print(f"container exec, {label:<25} p50 {h50:8.0f} us  p99 {h99:8.0f} us "
-                      f"(added: p50 {d50 - unheld[0]:6.0f} us, p99 {d99 - unheld[0]:6.0f} us)")
-            print(f"  of which the collector's own (basic, from its histogram): "
+            added = {}
+            for caller, unheld_times, rows in (
+                    ("runtime-injected caller (the helper)", free,
+                     (("held, collector's cache, basic", held),
+                      ("held, collector's cache, zero-drift", guarded))),
+                    ("the container's own process", free_own,
+                     (("held, the kernel remembers, basic", held_own),))):
+                unheld = differences(unheld_times)
+                print(f"{caller}:")
+                print(f"  container exec, not held:              p50 "
+                      f"{percentile(unheld_times[0], 0.5):6.0f} us  p99 "
+                      f"{percentile(unheld_times[0], 0.99):6.0f} us (beside the copy on /dev: "
+                      f"p50 {unheld[0]:+5.0f} us, p99 {unheld[1]:+5.0f} us)")
+                for label, times in rows:
+                    h50, h99 = percentile(times[0], 0.5), percentile(times[0], 0.99)
+                    d50, d99 = differences(times)
+                    added[label] = (d50 - unheld[0], d99 - unheld[0])
+                    print(f"  container exec, {label + ':':<37} p50 {h50:6.0f} us  p99 "
+                          f"{h99:6.0f} us (added: p50 {added[label][0]:5.0f} us, p99 "
+                          f"{added[label][1]:5.0f} us)")
+            print(f"  the collector's own time per cached answer (basic, from its histogram): "
                   f"p50 <= {bucket_quantile(before, after, 0.5):.0f} us, "
-                  f"p99 <= {bucket_quantile(before, after, 0.99):.0f} us")
-            d50, d99 = differences(held)
-            added50, added99 = d50 - unheld[0], d99 - unheld[0]
+                  f"p99 <= {bucket_quantile(before, after, 0.99):.0f} us; files the kernel "
+                  f"remembered: {remembered - remembered0:.0f}")
     finally:
         pipe.stop_workers()
         delete_prefixed_topics(kafka, [pipe.prefix])  # left behind, they slow the broker
@@ -330,10 +378,11 @@ def main() -> int:
     print(f"target: zero lost at 1,000 execs/s -> {paced_lost} "
           f"{'MET' if paced_lost == 0 else 'MISSED'}")
     # The p99 difference is noisy (other work on 2 cores); the p50 difference is a floor for
-    # it, so the verdict uses the larger of the two.
-    added = max(added50, added99)
-    print(f"target: p99 added latency of a cached answer < 200 us -> {added:.0f} us "
-          f"{'MET' if added < 200 else 'MISSED'}")
+    # it, so each verdict uses the larger of the two.
+    for label in ("held, the kernel remembers, basic", "held, collector's cache, basic"):
+        worst = max(added[label])
+        print(f"target: p99 added latency of a cached answer < 200 us ({label.split(', ')[1]})"
+              f" -> {worst:.0f} us {'MET' if worst < 200 else 'MISSED'}")
     return 0
 
 

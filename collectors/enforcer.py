@@ -71,6 +71,10 @@ CACHED_SECONDS = Histogram(
     "From taking up a held exec to answering it from the cache (the collector's own share of "
     "the added latency)",
     buckets=(0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.005))
+REMEMBERED = Counter("procwarden_collector_kernel_remembered_total",
+                     "Files whose later execs the kernel allows unheld, until a policy change")
+FORGOTTEN = Counter("procwarden_collector_kernel_forgotten_total",
+                    "Policy changes that made every file remembered by the kernel held again")
 PLACED = Counter("procwarden_collector_held_placed_total",
                  "Held execs by how their container and family were known: from the lineage "
                  "the process connector told (no read), or read from /proc", ["by"])
@@ -148,6 +152,7 @@ class Enforcer:
         self._connector: ProcConnector | None = None
         self._no_connector = False
         self._mounts = 0  # workloads whose execs are held now
+        self._remembered = False  # some file's execs are allowed by the kernel itself
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -307,8 +312,14 @@ class Enforcer:
             if (hold.pre_exec, hold.stamp, hold.writes, hold.fail_mode) != now:
                 for key in [k for k in self._cache if k[0] == workload_id]:
                     del self._cache[key]
+                changed = hold.stamp != stamp or hold.pre_exec != pre_exec
                 hold.pre_exec, hold.stamp, hold.writes, hold.fail_mode = now
                 self._save_holds()
+                if changed and self.group is not None and self._remembered:
+                    # the kernel's answers were given under the old policies too
+                    self.group.forget_remembered()
+                    self._remembered = False
+                    FORGOTTEN.inc()
             if self.writes is not None:
                 self.writes.guard(workload_id, writes)
             if self.group is None:
@@ -353,11 +364,13 @@ class Enforcer:
                 return  # answered by the fail mode already, or not ours
             self._pending_keys.pop(pending.key, None)
             hold = self._holds.get(pending.key[0])
-            if hold is not None and hold.stamp == d.policy_stamp == pending.key[1]:
+            current = hold is not None and hold.stamp == d.policy_stamp == pending.key[1]
+            if current:
                 self._remember(pending.key, allow)
             VERDICT_SECONDS.observe(time.monotonic() - pending.since)
             for event in pending.events:
-                self._answer(event, allow, "verdict")
+                self._answer(event, allow, "verdict",
+                             current and self._kernel_may_remember(pending.key, allow))
             HELD.set(len(self._pending))
         if not allow:
             log.warning("denied before exec: %s in %s (%s)", d.path, d.workload_id, d.reason)
@@ -448,7 +461,7 @@ class Enforcer:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
-                self._answer(event, cached, "cache")
+                self._answer(event, cached, "cache", self._kernel_may_remember(key, cached))
                 CACHED_SECONDS.observe(time.perf_counter() - started)
                 return
             waiting = self._pending_keys.get(key)
@@ -587,12 +600,23 @@ class Enforcer:
             return self.fail_open
         return hold.fail_mode is FailMode.OPEN
 
-    def _answer(self, event: Permission, allow: bool, source: str) -> None:
+    def _kernel_may_remember(self, key: CacheKey, allow: bool) -> bool:
+        """Whether the kernel may allow this file's later execs itself: allowed for a process
+        of the container's own (a runtime-injected one is allowed before exec whatever the
+        file), and a file from the image (a write to it makes the kernel forget it). Called
+        under the lock, with the key's policies current."""
+        _, _, _, injected, origin, _ = key
+        return allow and self.settings.kernel_cache and not injected and origin is Origin.IMAGE
+
+    def _answer(self, event: Permission, allow: bool, source: str,
+                remember: bool = False) -> None:
         group = self.group
         if group is None:
             return  # the group was closed: the kernel let the exec go ahead
         try:
-            group.answer(event, allow)
+            if group.answer(event, allow, remember):
+                self._remembered = True
+                REMEMBERED.inc()
         except OSError as exc:
             log.warning("answering a held exec failed: %s", exc)
         PRE_EXEC.labels(source, "allow" if allow else "deny").inc()

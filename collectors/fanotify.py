@@ -40,6 +40,8 @@ _FAN_OPEN_EXEC_PERM = 0x0004_0000
 _FAN_Q_OVERFLOW = 0x0000_4000
 _FAN_MARK_ADD = 0x01
 _FAN_MARK_REMOVE = 0x02
+_FAN_MARK_IGNORED_MASK = 0x20
+_FAN_MARK_FLUSH = 0x80
 _FAN_MARK_MOUNT = 0x10
 _FAN_MARK_FILESYSTEM = 0x100
 _FAN_ALLOW = 0x01
@@ -183,14 +185,36 @@ class PermissionGroup(_Group):
                 os.close(fd)
         return held
 
-    def answer(self, event: Permission, allow: bool) -> None:
+    def answer(self, event: Permission, allow: bool, remember: bool = False) -> bool:
+        """Answer a held event. remember (with allow): from now on the kernel allows this
+        file's events itself, unheld (an ignore mark on the file, which the kernel drops when
+        the file is written), if the file has a single name: the policy judges paths, and
+        another name of it would be allowed with it. Whether the kernel remembers it."""
         # Through libc, keeping the GIL: the held process waits on this write, and os.write
         # would first hand the GIL to whichever thread wants it.
         try:
             gil_held_io.write(self.fd, _RESPONSE.pack(event.fd,
                                                       _FAN_ALLOW if allow else _FAN_DENY))
+            return allow and remember and self._ignore(event.fd)
         finally:
             gil_held_io.close(event.fd)
+
+    def _ignore(self, fd: int) -> bool:
+        try:
+            if os.fstat(fd).st_nlink != 1:
+                return False
+            _check(_libc.fanotify_mark(self.fd, _FAN_MARK_ADD | _FAN_MARK_IGNORED_MASK,
+                                       self.mask, fd, None), "fanotify_mark (ignore)")
+        except OSError as exc:
+            log.warning("the kernel cannot answer for a file: %s", exc)
+            return False
+        return True
+
+    def forget_remembered(self) -> None:
+        """Every file remembered by `answer` is held again (the policy changed)."""
+        # Without FAN_MARK_MOUNT, a flush removes the marks of files, not of mounts.
+        _check(_libc.fanotify_mark(self.fd, _FAN_MARK_FLUSH, 0, _AT_FDCWD, None),
+               "fanotify_mark (flush)")
 
     def close(self) -> None:
         # Closing the group lets everything still held go ahead: the kernel allows it.

@@ -229,6 +229,40 @@ def test_a_drift_write_is_denied_before_it_happens(guarded: Guarded) -> None:
     assert g.box.app("cat /etc/hostname > /dev/null; echo ok") == (0, "ok\n")
 
 
+def _totals(g: Guarded) -> dict[str, float]:
+    """Each counter of the collector's, summed over its labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{g.metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {family.name: sum(s.value for s in family.samples if s.name.endswith("_total"))
+            for family in text_string_to_metric_families(text) if family.type == "counter"}
+
+
+def test_the_kernel_allows_a_remembered_file_until_the_policy_changes(guarded: Guarded
+                                                                       ) -> None:
+    """Once the container's own shell was allowed to exec /bin/busybox (from the image, one
+    name), the kernel allows its later execs unheld; a policy change holds them again."""
+    g = guarded
+    answered, remembered = ("procwarden_collector_pre_exec", "procwarden_collector_kernel_remembered")
+    assert g.box.app("echo warm") == (0, "warm\n")  # the app loop execs sh: /bin/busybox
+    before = _totals(g)
+    assert before[remembered] >= 1, before
+    assert g.box.app("cat /dev/null; cat /dev/null; echo ok") == (0, "ok\n")
+    after = _totals(g)
+    assert after[answered] == before[answered], (before, after)  # three execs, none held
+
+    g.pipe.send(POLICY_UPDATES.name, GROUP, ProfilePatch(GROUP, process_change_list=(
+        RuleChange("true", "/bin/busybox", "allow"),)))
+    deadline = time.monotonic() + 30
+    while _totals(g)["procwarden_collector_kernel_forgotten"] == after.get(
+            "procwarden_collector_kernel_forgotten", 0.0):
+        assert time.monotonic() < deadline, "the policy change did not reach the collector"
+        time.sleep(0.1)
+    assert g.box.app("echo again") == (0, "again\n")
+    again = _totals(g)
+    assert again[answered] > after[answered], (after, again)  # held again, and remembered
+    assert again[remembered] > after[remembered], (after, again)
+
+
 def _collector_threads() -> tuple[int, dict[int, tuple[int, set[int]]]]:
     """The collector's pid, and each of its threads' (scheduling policy, CPUs)."""
     found = subprocess.run(["pgrep", "-f", f"procwarden.cli collector --node {NODE}"],
