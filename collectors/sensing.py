@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collectors import gil_held_io
-from collectors.procfs import ProcInfo, read_exe, read_proc, read_stat
+from collectors.procfs import ProcInfo, ProcStat, read_exe, read_proc, read_stat
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from schemas import ExecEvent, Origin, Workload
 
-__all__ = ["Sensed", "Sensor", "exe_origin", "is_loader"]
+__all__ = ["Sensed", "Sensor", "exe_origin", "is_loader", "still_the_exec_read"]
 
 
 def _digest(path: Path) -> str | None:
@@ -156,8 +156,12 @@ class Sensor:
             family=family, runtime_injected=info is not None and not family,
             exe_on_host=exe_on_host, origin=origin,
             hash=_digest(Path(f"/proc/{pid}/exe")) or "" if with_hash else "")
-        if not _still_running(pid, proc.start_time):
-            return None  # it exited while we read: its cgroup may already read as the host's
+        stat = read_stat(pid)
+        if stat is None or not still_the_exec_read(proc, stat):
+            # It exited while we read (its cgroup may already read as the host's), or it
+            # exec'd again: what we read may mix two programs (the name of one, the file of the
+            # next), so this exec is told by its notice and the next by its own event.
+            return None
         return Sensed(workload, event, proc)
 
     def sense_gone(self, pid: int, path: str, dev: int, parent_pid: int | None) -> Sensed | None:
@@ -191,9 +195,14 @@ class Sensor:
         return Sensed(workload, event, proc)
 
 
-def _still_running(pid: int, start_time: int) -> bool:
-    stat = read_stat(pid)
-    return stat is not None and stat.state not in ("Z", "X") and stat.start_time == start_time
+def still_the_exec_read(proc: ProcInfo, stat: ProcStat) -> bool:
+    """Whether a process read as `proc` still runs the program read, by a fresh stat: the same
+    process (start time), not exiting, and the same name, which changes with each exec. A
+    BusyBox process may change its name without one: it renames itself from "exe" to its
+    applet right after re-executing itself."""
+    if stat.state in ("Z", "X") or stat.start_time != proc.start_time:
+        return False
+    return stat.comm == proc.comm or proc.exe.rsplit("/", 1)[-1] == "busybox"
 
 
 def is_loader(path: str) -> bool:
