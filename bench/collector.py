@@ -21,7 +21,7 @@ One run, same machine, same loop (`posix_spawn` + `waitpid` of /usr/bin/true):
 Targets (issue 5): rate on >= 80% of off; zero lost at 1,000 execs/s; p99 added latency of a
 cached answer < 200 us. Needs root and the local stack (`procwarden stack up`).
 
-    python bench/collector.py [--execs N] [--rounds R]
+    python bench/collector.py [--execs N] [--held-execs H] [--rounds R]
 """
 
 from __future__ import annotations
@@ -252,10 +252,13 @@ def answer_floor(n: int, with_reads: bool) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--execs", type=int, default=3000)
+    parser.add_argument("--execs", type=int, default=3000, help="execs per rate/floor phase")
+    parser.add_argument("--held-execs", type=int, default=10_000,
+                        help="pairs per held-exec phase (the p99 of 3,000 moved by hundreds "
+                             "of us from run to run here)")
     parser.add_argument("--rounds", type=int, default=3, help="off/on rounds for the rate")
     args = parser.parse_args()
-    n = args.execs
+    n, held_n = args.execs, args.held_execs
     kafka = KafkaConnection.from_env()
     tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
     pipe = Pipeline(kafka, tmp)
@@ -308,8 +311,8 @@ def main() -> int:
                 box.app("sleep 1")  # seen and announced: its group is created
                 pipe.wait_for(POLICY.name, lambda e: isinstance(e.payload, GroupPolicy)
                               and e.payload.name == "nv.bench.bench", timeout=120)
-                free = time_in_container(box, n)
-                free_own = time_as_the_container(box, n)
+                free = time_in_container(box, held_n)
+                free_own = time_as_the_container(box, held_n)
                 # Everything timed is allowed, as an operator would allow a tool that
                 # `kubectl exec` runs (the helper is such a process: it came from the host, so
                 # it is not learned, and Protect would kill what it runs right after exec).
@@ -325,7 +328,7 @@ def main() -> int:
                               and e.payload.workload_id == box.id and e.payload.pre_exec)
                 wait_for_line(log, f"holding execs of {box.id}")
                 time_in_container(box, 50)  # the first is a miss: warm the cache
-                guarded = time_in_container(box, n)
+                guarded = time_in_container(box, held_n)
                 # The exec hold alone: a basic baseline keeps it, without the zero-drift write
                 # guard that also holds every open (the exec's own open of its file included).
                 pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ServiceConfig(
@@ -333,14 +336,14 @@ def main() -> int:
                 wait_for_line(log, f"no longer holding writes in {box.id}")
                 time_in_container(box, 50)
                 before = cached_answers()
-                held = time_in_container(box, n)
+                held = time_in_container(box, held_n)
                 after = cached_answers()
                 # Last: once the container's own process was allowed to exec /bin/busybox,
                 # the kernel allows its later execs unheld, the helper's too.
                 remembered0 = counter_total("procwarden_collector_kernel_remembered")
                 time_as_the_container(box, 50)
                 remembered = counter_total("procwarden_collector_kernel_remembered")
-                held_own = time_as_the_container(box, n)
+                held_own = time_as_the_container(box, held_n)
             # The container's own busybox against its unheld copy, interleaved in each phase;
             # what holding adds is how much more it differs once held than before. The two
             # files' own difference (their filesystems) is a fixed cost per exec, taken at the
