@@ -17,7 +17,11 @@ One run, same machine, same loop (`posix_spawn` + `waitpid` of /usr/bin/true):
    held busybox takes than its unheld copy, less their difference before Protect (at the
    median). On 2 busy cores one exec's p99 drifts by milliseconds from one phase to the next;
    interleaving cancels that. Both programs are allowed by rules (as for a tool run through
-   `kubectl exec`), so each held exec is answered from the cache and then allowed.
+   `kubectl exec`), so each held exec is answered from the cache and then allowed. These
+   phases run with the kernel's cache off (COLLECTOR_KERNEL_CACHE=false), so the collector's
+   own cache answers; then a collector started afresh with it on times the helper's execs and
+   those of a static timer (bench/exec_timer.c) the container's own shell runs, both let go by
+   the kernel once it remembers /bin/busybox.
 Targets (issue 5): rate on >= 80% of off; zero lost at 1,000 execs/s; p99 added latency of a
 cached answer < 200 us. Needs root and the local stack (`procwarden stack up`).
 
@@ -27,6 +31,7 @@ cached answer < 200 us. Needs root and the local stack (`procwarden stack up`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -289,8 +294,13 @@ def main() -> int:
         print(f"floor, {label:<30} added p50 {a50:6.0f} us, p99 {a99:6.0f} us")
 
     try:
-        with running_collector(pipe, NODE, tmp,
-                               COLLECTOR_METRICS_PORT=str(METRICS_PORT)) as log:
+        with contextlib.ExitStack() as stack:
+            collector = stack.enter_context(contextlib.ExitStack())
+            # First without the kernel's cache, so that the collector's own cache answers
+            # every held exec of the phases timed here.
+            log = collector.enter_context(running_collector(
+                pipe, NODE, tmp, COLLECTOR_METRICS_PORT=str(METRICS_PORT),
+                COLLECTOR_KERNEL_CACHE="false"))
             since = time.time()
             paced, paced_pids = spawn_loop(n, rate=1000)
             paced_lost = len(paced_pids) - reported(pipe, set(paced_pids), since)
@@ -303,76 +313,84 @@ def main() -> int:
                   f"p99 {b99:6.0f} us")
 
             pipe.start_worker()  # only now: phases 1-2 measure the collector alone
-            with run_container(ROOT / "var" / "testbed", "bench", namespace="bench",
-                               command=APP_LOOP) as box:
-                root = f"/proc/{box.init_pid}/root"
-                shutil.copy(f"{root}/bin/busybox", f"{root}{UNHELD_COPY}")
-                shutil.copy(timer, f"{root}{TIMER}")
-                box.app("sleep 1")  # seen and announced: its group is created
-                pipe.wait_for(POLICY.name, lambda e: isinstance(e.payload, GroupPolicy)
-                              and e.payload.name == "nv.bench.bench", timeout=120)
-                free = time_in_container(box, held_n)
-                free_own = time_as_the_container(box, held_n)
-                # Everything timed is allowed, as an operator would allow a tool that
-                # `kubectl exec` runs (the helper is such a process: it came from the host, so
-                # it is not learned, and Protect would kill what it runs right after exec).
-                pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ProfilePatch(
-                    "nv.bench.bench", process_change_list=(
-                        RuleChange("true", "/bin/busybox", "allow"),
-                        RuleChange("true", UNHELD_COPY, "allow"),
-                        RuleChange("exec-timer", TIMER, "allow"))))
-                pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ServiceConfig(
-                    services=("bench.bench",), profile_mode="Protect"))
-                pipe.wait_for(VERDICTS.name, lambda e: isinstance(e.payload, Decision)
-                              and e.payload.event_kind is EventKind.POLICY
-                              and e.payload.workload_id == box.id and e.payload.pre_exec)
-                wait_for_line(log, f"holding execs of {box.id}")
-                time_in_container(box, 50)  # the first is a miss: warm the cache
-                guarded = time_in_container(box, held_n)
-                # The exec hold alone: a basic baseline keeps it, without the zero-drift write
-                # guard that also holds every open (the exec's own open of its file included).
-                pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ServiceConfig(
-                    services=("bench.bench",), baseline_profile="basic"))
-                wait_for_line(log, f"no longer holding writes in {box.id}")
-                time_in_container(box, 50)
-                before = cached_answers()
-                held = time_in_container(box, held_n)
-                after = cached_answers()
-                # Last: once the container's own process was allowed to exec /bin/busybox,
-                # the kernel allows its later execs unheld, the helper's too.
-                remembered0 = counter_total("procwarden_collector_kernel_remembered")
-                time_as_the_container(box, 50)
-                remembered = counter_total("procwarden_collector_kernel_remembered")
-                held_own = time_as_the_container(box, held_n)
-            # The container's own busybox against its unheld copy, interleaved in each phase;
-            # what holding adds is how much more it differs once held than before. The two
-            # files' own difference (their filesystems) is a fixed cost per exec, taken at the
-            # median before Protect: the p99 difference of two unheld files moves by hundreds
-            # of us from run to run on this VM, around zero.
-            added = {}
-            for caller, unheld_times, rows in (
-                    ("runtime-injected caller (the helper)", free,
-                     (("held, collector's cache, basic", held),
-                      ("held, collector's cache, zero-drift", guarded))),
-                    ("the container's own process", free_own,
-                     (("held, the kernel remembers, basic", held_own),))):
-                unheld = differences(unheld_times)
-                print(f"{caller}:")
-                print(f"  container exec, not held:              p50 "
-                      f"{percentile(unheld_times[0], 0.5):6.0f} us  p99 "
-                      f"{percentile(unheld_times[0], 0.99):6.0f} us (beside the copy on /dev: "
-                      f"p50 {unheld[0]:+5.0f} us, p99 {unheld[1]:+5.0f} us)")
-                for label, times in rows:
-                    h50, h99 = percentile(times[0], 0.5), percentile(times[0], 0.99)
-                    d50, d99 = differences(times)
-                    added[label] = (d50 - unheld[0], d99 - unheld[0])
-                    print(f"  container exec, {label + ':':<37} p50 {h50:6.0f} us  p99 "
-                          f"{h99:6.0f} us (added: p50 {added[label][0]:5.0f} us, p99 "
-                          f"{added[label][1]:5.0f} us)")
-            print(f"  the collector's own time per cached answer (basic, from its histogram): "
-                  f"p50 <= {bucket_quantile(before, after, 0.5):.0f} us, "
-                  f"p99 <= {bucket_quantile(before, after, 0.99):.0f} us; files the kernel "
-                  f"remembered: {remembered - remembered0:.0f}")
+            box = stack.enter_context(run_container(
+                ROOT / "var" / "testbed", "bench", namespace="bench", command=APP_LOOP))
+            root = f"/proc/{box.init_pid}/root"
+            shutil.copy(f"{root}/bin/busybox", f"{root}{UNHELD_COPY}")
+            shutil.copy(timer, f"{root}{TIMER}")
+            box.app("sleep 1")  # seen and announced: its group is created
+            pipe.wait_for(POLICY.name, lambda e: isinstance(e.payload, GroupPolicy)
+                          and e.payload.name == "nv.bench.bench", timeout=120)
+            free = time_in_container(box, held_n)
+            free_own = time_as_the_container(box, held_n)
+            # Everything timed is allowed, as an operator would allow a tool that
+            # `kubectl exec` runs (the helper is such a process: it came from the host, so it
+            # is not learned, and Protect would kill what it runs right after exec).
+            pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ProfilePatch(
+                "nv.bench.bench", process_change_list=(
+                    RuleChange("true", "/bin/busybox", "allow"),
+                    RuleChange("true", UNHELD_COPY, "allow"),
+                    RuleChange("exec-timer", TIMER, "allow"))))
+            pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ServiceConfig(
+                services=("bench.bench",), profile_mode="Protect"))
+            pipe.wait_for(VERDICTS.name, lambda e: isinstance(e.payload, Decision)
+                          and e.payload.event_kind is EventKind.POLICY
+                          and e.payload.workload_id == box.id and e.payload.pre_exec)
+            wait_for_line(log, f"holding execs of {box.id}")
+            time_in_container(box, 50)  # the first is a miss: warm the cache
+            guarded = time_in_container(box, held_n)
+            # The exec hold alone: a basic baseline keeps it, without the zero-drift write
+            # guard that also holds every open (the exec's own open of its file included).
+            pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ServiceConfig(
+                services=("bench.bench",), baseline_profile="basic"))
+            wait_for_line(log, f"no longer holding writes in {box.id}")
+            time_in_container(box, 50)
+            before = cached_answers()
+            held = time_in_container(box, held_n)
+            after = cached_answers()
+            collector.close()  # that collector stops; the container stays
+
+            # Then with it: a collector started afresh (which workloads are held survives),
+            # whose first allowed exec of /bin/busybox has the kernel allow its later ones.
+            log = collector.enter_context(running_collector(
+                pipe, NODE, tmp, COLLECTOR_METRICS_PORT=str(METRICS_PORT)))
+            wait_for_line(log, f"holding execs of {box.id}")
+            remembered0 = counter_total("procwarden_collector_kernel_remembered")
+            time_in_container(box, 50)
+            time_as_the_container(box, 50)
+            remembered = counter_total("procwarden_collector_kernel_remembered")
+            held_own = time_as_the_container(box, held_n)
+            held_kernel = time_in_container(box, held_n)
+        # The container's own busybox against its unheld copy, interleaved in each phase;
+        # what holding adds is how much more it differs once held than before. The two
+        # files' own difference (their filesystems) is a fixed cost per exec, taken at the
+        # median before Protect: the p99 difference of two unheld files moves by hundreds
+        # of us from run to run on this VM, around zero.
+        added = {}
+        for caller, unheld_times, rows in (
+                ("runtime-injected caller (the helper)", free,
+                 (("held, collector's cache, basic", held),
+                  ("held, collector's cache, zero-drift", guarded),
+                  ("held, the kernel remembers, basic", held_kernel))),
+                ("the container's own process", free_own,
+                 (("held, the kernel remembers, basic", held_own),))):
+            unheld = differences(unheld_times)
+            print(f"{caller}:")
+            print(f"  container exec, not held:              p50 "
+                  f"{percentile(unheld_times[0], 0.5):6.0f} us  p99 "
+                  f"{percentile(unheld_times[0], 0.99):6.0f} us (beside the copy on /dev: "
+                  f"p50 {unheld[0]:+5.0f} us, p99 {unheld[1]:+5.0f} us)")
+            for label, times in rows:
+                h50, h99 = percentile(times[0], 0.5), percentile(times[0], 0.99)
+                d50, d99 = differences(times)
+                added[f"{caller}: {label}"] = (d50 - unheld[0], d99 - unheld[0])
+                print(f"  container exec, {label + ':':<37} p50 {h50:6.0f} us  p99 "
+                      f"{h99:6.0f} us (added: p50 {d50 - unheld[0]:5.0f} us, p99 "
+                      f"{d99 - unheld[0]:5.0f} us)")
+        print(f"  the collector's own time per cached answer (basic, from its histogram): "
+              f"p50 <= {bucket_quantile(before, after, 0.5):.0f} us, "
+              f"p99 <= {bucket_quantile(before, after, 0.99):.0f} us; files the kernel "
+              f"remembered: {remembered - remembered0:.0f}")
     finally:
         pipe.stop_workers()
         delete_prefixed_topics(kafka, [pipe.prefix])  # left behind, they slow the broker
@@ -382,10 +400,12 @@ def main() -> int:
           f"{'MET' if paced_lost == 0 else 'MISSED'}")
     # The p99 difference is noisy (other work on 2 cores); the p50 difference is a floor for
     # it, so each verdict uses the larger of the two.
-    for label in ("held, the kernel remembers, basic", "held, collector's cache, basic"):
-        worst = max(added[label])
-        print(f"target: p99 added latency of a cached answer < 200 us ({label.split(', ')[1]})"
-              f" -> {worst:.0f} us {'MET' if worst < 200 else 'MISSED'}")
+    for label, (a50, a99) in added.items():
+        if "zero-drift" in label:
+            continue  # the target is about the exec hold alone
+        worst = max(a50, a99)
+        print(f"target: p99 added latency of a cached answer < 200 us ({label}) -> "
+              f"{worst:.0f} us {'MET' if worst < 200 else 'MISSED'}")
     return 0
 
 

@@ -368,9 +368,9 @@ class Enforcer:
             if current:
                 self._remember(pending.key, allow)
             VERDICT_SECONDS.observe(time.monotonic() - pending.since)
+            remember = current and self._kernel_may_remember(pending.key, allow, d.any_caller)
             for event in pending.events:
-                self._answer(event, allow, "verdict",
-                             current and self._kernel_may_remember(pending.key, allow))
+                self._answer(event, allow, "verdict", remember)
             HELD.set(len(self._pending))
         if not allow:
             log.warning("denied before exec: %s in %s (%s)", d.path, d.workload_id, d.reason)
@@ -600,13 +600,16 @@ class Enforcer:
             return self.fail_open
         return hold.fail_mode is FailMode.OPEN
 
-    def _kernel_may_remember(self, key: CacheKey, allow: bool) -> bool:
-        """Whether the kernel may allow this file's later execs itself: allowed for a process
-        of the container's own (a runtime-injected one is allowed before exec whatever the
-        file), and a file from the image (a write to it makes the kernel forget it). Called
-        under the lock, with the key's policies current."""
+    def _kernel_may_remember(self, key: CacheKey, allow: bool, any_caller: bool = False
+                             ) -> bool:
+        """Whether the kernel may allow this file's later execs itself, whoever makes them:
+        allowed for a process of the container's own, or for any caller as its verdict says (a
+        runtime-injected one is allowed before exec whatever the file), and a file from the
+        image (a write to it makes the kernel forget it). Called under the lock, with the
+        key's policies current."""
         _, _, _, injected, origin, _ = key
-        return allow and self.settings.kernel_cache and not injected and origin is Origin.IMAGE
+        return (allow and self.settings.kernel_cache and (not injected or any_caller)
+                and origin is Origin.IMAGE)
 
     def _answer(self, event: Permission, allow: bool, source: str,
                 remember: bool = False) -> None:

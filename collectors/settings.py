@@ -39,9 +39,9 @@ class CollectorSettings(BaseSettings):
                             "with the sensing thread, at a real-time priority (auto: the "
                             "highest CPU the collector may use; off: default scheduling)")
     kernel_cache: bool = Field(
-        True, description="once an exec of an image file by a container's own process is "
-                          "allowed, the kernel allows that file's later execs unheld, until "
-                          "a policy change or a write to the file (a file with one name only)")
+        True, description="once an exec of an image file is allowed for any caller, the "
+                          "kernel allows that file's later execs unheld, until a policy "
+                          "change or a write to the file (a file with one name only)")
     cache_size: int = Field(65_536, ge=16, description="cached pre-exec answers")
     file_events: bool = Field(True, description="report file changes in containers (drift)")
     stdio_inspections: int = Field(5, ge=0, le=20,

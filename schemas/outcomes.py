@@ -111,6 +111,9 @@ class Decision(Record, frozen=True):
     pre_write: bool = False
     fail_mode: FailMode | None = None  # the group's; None: the collector's own setting
     policy_stamp: str = ""
+    # An allowed `exec_check`: the file is allowed before exec whoever runs it (the container's
+    # own processes too), so the collector may let the kernel answer its later execs.
+    any_caller: bool = False
     incident: Incident | None = None
     learn: LearnRequest | None = None
 

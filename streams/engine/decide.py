@@ -101,7 +101,8 @@ def decide(view: PolicyView, state: ProcessState, env: Envelope) -> Result:
 def _decision(view: PolicyView, env: Envelope, verdict: Verdict, reason: str, *,
               group: str = "", rule: Rule | None = None, pid: int = 0, start_time: int = 0,
               name: str = "", path: str = "", user: str = "", found: Incident | None = None,
-              learn: LearnRequest | None = None, would_block: bool = False) -> Decision:
+              learn: LearnRequest | None = None, would_block: bool = False,
+              any_caller: bool = False) -> Decision:
     wl = view.workload
     return Decision(
         event_id=env.event_id, event_kind=env.kind, workload_id=wl.id, node=wl.node,
@@ -112,7 +113,7 @@ def _decision(view: PolicyView, env: Envelope, verdict: Verdict, reason: str, *,
         suppressed=found is not None and view.learned.alert_disabled,
         pid=pid, start_time=start_time, name=name, path=path, user=user, ts=env.ts,
         policy_version=view.learned.version, pre_exec=view.pre_exec, pre_write=view.pre_write,
-        fail_mode=view.fail_mode, policy_stamp=view.stamp,
+        fail_mode=view.fail_mode, policy_stamp=view.stamp, any_caller=any_caller,
         incident=found, learn=learn,
     )
 
@@ -375,16 +376,20 @@ _PRE_EXEC_CODES = {"not-in-profile": "R0", "not-from-image": "R5"}
 
 def _decide_exec_check(view: PolicyView, st: ProcessState, env: Envelope,
                        ev: ExecCheck) -> Decision:
-    answer = pre_exec_decide(
-        view, ev.path, runtime_injected=ev.runtime_injected,
-        image_file=ev.origin is _IMAGE and ev.path not in st.drift,
-        exe_on_host=ev.exe_on_host, netcat_paths=frozenset((ev.path,)) if ev.netcat else
-        frozenset())
+    image_file = ev.origin is _IMAGE and ev.path not in st.drift
+    netcat_paths = frozenset((ev.path,)) if ev.netcat else frozenset()
+    answer = pre_exec_decide(view, ev.path, runtime_injected=ev.runtime_injected,
+                             image_file=image_file, exe_on_host=ev.exe_on_host,
+                             netcat_paths=netcat_paths)
     pname = ev.path[ev.path.rfind("/") + 1:]  # the best name there is before exec
     reason = f"pre-exec:{answer.reason}"
     if answer.allow:
+        # A runtime-injected caller is allowed whatever the file: would the container's own be?
+        any_caller = not ev.runtime_injected or pre_exec_decide(
+            view, ev.path, runtime_injected=False, image_file=image_file,
+            exe_on_host=ev.exe_on_host, netcat_paths=netcat_paths).allow
         return _decision(view, env, _ALLOW, reason, pid=ev.pid, start_time=ev.start_time,
-                         name=pname, path=ev.path, user=ev.user)
+                         name=pname, path=ev.path, user=ev.user, any_caller=any_caller)
     # The same incident the post-exec decision would raise for this file and caller.
     facts = ExecEvent(workload_id=ev.workload_id, pid=ev.pid, path=ev.path, name=pname,
                       argv=(ev.path,), start_time=ev.start_time, euid=ev.euid, user=ev.user,

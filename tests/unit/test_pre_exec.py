@@ -182,6 +182,22 @@ def test_exec_check_decision(case: tuple[Any, ...]) -> None:
     assert d.learn is None  # a held exec never teaches: its post-exec event does
 
 
+def test_an_allowed_exec_check_says_whether_any_caller_would_be_allowed() -> None:
+    """What lets a collector have the kernel answer a file's later execs, whoever makes them:
+    a runtime-injected caller is allowed whatever the file, the container's own only by rule."""
+    world = World(groups=[group(mode=Mode.PROTECT, baseline=Baseline.BASIC,
+                                rules=(learned_rule("ls", "/bin/ls"),))])
+    listed = _check(world, "/bin/ls", runtime_injected=True)
+    unlisted = _check(world, "/usr/bin/wget", runtime_injected=True)
+    own = _check(world, "/bin/ls")
+    assert (listed.verdict, listed.any_caller) == (Verdict.ALLOW, True)
+    assert (unlisted.verdict, unlisted.reason, unlisted.any_caller) == (
+        Verdict.ALLOW, "pre-exec:runtime-injected", False)
+    assert (own.verdict, own.any_caller) == (Verdict.ALLOW, True)
+    denied = _check(world, "/usr/bin/wget")
+    assert (denied.verdict, denied.any_caller) == (Verdict.BLOCK, False)
+
+
 def test_exec_check_sees_drift_the_stream_app_knows_of() -> None:
     world = World(groups=[group(mode=Mode.PROTECT, baseline=Baseline.ZERO_DRIFT,
                                 rules=(learned_rule("app", "/opt/app"),))])
