@@ -312,10 +312,9 @@ class Enforcer:
             if (hold.pre_exec, hold.stamp, hold.writes, hold.fail_mode) != now:
                 for key in [k for k in self._cache if k[0] == workload_id]:
                     del self._cache[key]
-                changed = hold.stamp != stamp or hold.pre_exec != pre_exec
                 hold.pre_exec, hold.stamp, hold.writes, hold.fail_mode = now
                 self._save_holds()
-                if changed and self.group is not None and self._remembered:
+                if self.group is not None and self._remembered:
                     # the kernel's answers were given under the old policies too
                     self.group.forget_remembered()
                     self._remembered = False

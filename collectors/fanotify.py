@@ -164,6 +164,7 @@ class PermissionGroup(_Group):
         super().__init__(_FAN_CLASS_CONTENT | (_FAN_REPORT_TID if mask & _FAN_OPEN_PERM else 0),
                          mask)
         self._buffer = gil_held_io.Buffer(64 * 1024)  # read on the held path: keep the GIL
+        self._ignore_failed = False  # warned once
 
     def watch(self, mount: str) -> None:
         """Hold every exec (or open) of a file reached through `mount` (a container's root)."""
@@ -205,8 +206,10 @@ class PermissionGroup(_Group):
                 return False
             _check(_libc.fanotify_mark(self.fd, _FAN_MARK_ADD | _FAN_MARK_IGNORED_MASK,
                                        self.mask, fd, None), "fanotify_mark (ignore)")
-        except OSError as exc:
-            log.warning("the kernel cannot answer for a file: %s", exc)
+        except OSError as exc:  # (out of marks, say): the collector's own cache answers
+            if not self._ignore_failed:
+                log.warning("the kernel cannot answer for files (said once): %s", exc)
+            self._ignore_failed = True
             return False
         return True
 

@@ -9,8 +9,8 @@ moment it is woken: when the fanotify event arrives, and again when the sensing 
 GIL go at its next /proc read. Measured on the 2-core test VM (bench/collector.py), the
 collector's own p99 for a cached answer went from 1-5 ms to <= 200 us.
 
-Nothing changes while no exec is held, and a collector without CAP_SYS_NICE (or told `off`)
-keeps the default scheduling and says so.
+Nothing changes while no exec is held or when told `off`, and a collector without
+CAP_SYS_NICE keeps the default scheduling and says so.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class SharedCpu:
         self._failed = False
 
     def engage(self) -> None:
-        if self.cpu is not None or self._failed:
+        if self.cpu is not None or self._failed or self.setting == "off":
             return
         tid = threading.get_native_id()
         try:
