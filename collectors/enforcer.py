@@ -74,7 +74,7 @@ CACHED_SECONDS = Histogram(
 REMEMBERED = Counter("procwarden_collector_kernel_remembered_total",
                      "Files whose later execs the kernel allows unheld, until a policy change")
 FORGOTTEN = Counter("procwarden_collector_kernel_forgotten_total",
-                    "Policy changes that made every file remembered by the kernel held again")
+                    "Policy changes after which every file the kernel remembered is held again")
 PLACED = Counter("procwarden_collector_held_placed_total",
                  "Held execs by how their container and family were known: from the lineage "
                  "the process connector told (no read), or read from /proc", ["by"])
@@ -152,7 +152,6 @@ class Enforcer:
         self._connector: ProcConnector | None = None
         self._no_connector = False
         self._mounts = 0  # workloads whose execs are held now
-        self._remembered = False  # some file's execs are allowed by the kernel itself
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -314,11 +313,14 @@ class Enforcer:
                     del self._cache[key]
                 hold.pre_exec, hold.stamp, hold.writes, hold.fail_mode = now
                 self._save_holds()
-                if self.group is not None and self._remembered:
+                if self.group is not None:
                     # the kernel's answers were given under the old policies too
-                    self.group.forget_remembered()
-                    self._remembered = False
-                    FORGOTTEN.inc()
+                    try:
+                        self.group.forget_remembered()
+                        FORGOTTEN.inc()
+                    except OSError as exc:
+                        log.error("the kernel still allows files remembered under the old "
+                                  "policies: %s", exc)
             if self.writes is not None:
                 self.writes.guard(workload_id, writes)
             if self.group is None:
@@ -617,7 +619,6 @@ class Enforcer:
             return  # the group was closed: the kernel let the exec go ahead
         try:
             if group.answer(event, allow, remember):
-                self._remembered = True
                 REMEMBERED.inc()
         except OSError as exc:
             log.warning("answering a held exec failed: %s", exc)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from procwarden.testbed.containers import APP_LOOP, Container, run_container
@@ -163,11 +164,15 @@ def test_a_reverse_shell_over_loopback_is_caught(guarded: Guarded) -> None:
             shell.wait()
 
 
-def _placed(g: Guarded) -> dict[str, float]:
+def _counters(g: Guarded) -> list[Metric]:
     with urllib.request.urlopen(f"http://127.0.0.1:{g.metrics_port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    return {sample.labels["by"]: sample.value
-            for family in text_string_to_metric_families(text)
+    return [family for family in text_string_to_metric_families(text)
+            if family.type == "counter"]
+
+
+def _placed(g: Guarded) -> dict[str, float]:
+    return {sample.labels["by"]: sample.value for family in _counters(g)
             if family.name == "procwarden_collector_held_placed"
             for sample in family.samples if sample.name.endswith("_total")}
 
@@ -233,10 +238,8 @@ def test_a_drift_write_is_denied_before_it_happens(guarded: Guarded) -> None:
 
 def _totals(g: Guarded) -> dict[str, float]:
     """Each counter of the collector's, summed over its labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{g.metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
     return {family.name: sum(s.value for s in family.samples if s.name.endswith("_total"))
-            for family in text_string_to_metric_families(text) if family.type == "counter"}
+            for family in _counters(g)}
 
 
 def test_the_kernel_allows_a_remembered_file_until_the_policy_changes(guarded: Guarded
