@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
+from collectors.connector import COMM, EXIT, FORK, UID, ProcConnector, ProcEvent
 from collectors.connector import EXEC as EXEC_EVENT
-from collectors.connector import EXIT, FORK, UID, ProcConnector, ProcEvent
 from collectors.enforcer import Enforcer
 from collectors.escalation import EscalationWatch
 from collectors.fanotify import ExecNotice, NotificationGroup
@@ -121,12 +121,15 @@ class Collector:
                 # Process events before exec notices, as they happened: a gone exec's notice
                 # is read when its exec event comes (_on_exec).
                 if conn_fd in ready:
-                    for event in connector.read():
-                        self.handle(event)
+                    events = connector.read()
                     if connector.overruns > overruns:
+                        # before these events: what the lost ones would have told is unknown
+                        self.sensor.forget_all()
                         self._lose("connector_overrun", connector.overruns - overruns)
                         log.warning("process connector overrun: events were lost")
                         overruns = connector.overruns
+                    for event in events:
+                        self.handle(event)
                 if notice_fd in ready:
                     self._read_notices()
                 if len(ready) > (conn_fd in ready) + (notice_fd in ready):
@@ -178,7 +181,7 @@ class Collector:
         are added when their containers are first seen): the path of an exec survives its
         process."""
         try:
-            self.notifier = NotificationGroup()
+            self.notifier = NotificationGroup(unwanted=is_loader)
         except OSError as exc:
             log.warning("no fanotify exec notifications (%s): short-lived execs will be lost",
                         exc)
@@ -207,6 +210,9 @@ class Collector:
         elif what == UID:
             self.sensor.forget(ev.tgid)
             self.escalations.on_uid_change(ev.tgid, ev.a)
+        elif what == COMM:
+            if ev.pid == ev.tgid:  # (a thread's own name is not its process's)
+                self.sensor.forget(ev.tgid)
         elif what == EXEC_EVENT:
             _EXECS_SEEN.inc()
             self.execs += 1
@@ -288,8 +294,6 @@ class Collector:
         self._report(sensed)
 
     def _on_notice(self, notice: ExecNotice) -> None:
-        if is_loader(notice.path):
-            return  # the ELF interpreter of the exec just noticed
         last = self._last_exec.get(notice.pid)
         if notice.pid not in self._gone and last is not None and last[1] == notice.path:
             return  # a late notice of an exec /proc already told us about

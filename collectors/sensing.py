@@ -62,10 +62,32 @@ class Sensor:
         self._parent_reads: dict[int, tuple[float, ProcInfo]] = {}
         # container id -> (its init's pid, that init's pid namespace)
         self._container_ns: dict[str, tuple[int, str]] = {}
+        # An exec's parent's name and file, read once: the process connector tells every change
+        # of them (exec, rename, exit before its pid is reused) and each one `forget`s it.
+        # Most execs come from a few long-lived parents (a shell, a server, a build tool).
+        self._parent_names: dict[int, tuple[str, str]] = {}
 
     def forget(self, pid: int) -> None:
-        """`pid` changed its credentials, exec'd or exited: read it whole next time."""
+        """`pid` changed its credentials, exec'd, renamed itself or exited: read it anew."""
         self._parent_reads.pop(pid, None)
+        self._parent_names.pop(pid, None)
+
+    def forget_all(self) -> None:
+        """Process connector messages were lost: what they would have told is unknown."""
+        self._parent_reads.clear()
+        self._parent_names.clear()
+
+    def _parent_name(self, pid: int) -> tuple[str, str] | None:
+        """A running exec's parent's (name, file); None when it is gone."""
+        known = self._parent_names.get(pid)
+        if known is None:
+            stat = read_stat(pid)
+            if stat is None:
+                return None
+            known = self._parent_names[pid] = (stat.comm, read_exe(pid))
+            if len(self._parent_names) > 4096:
+                self._parent_names.pop(next(iter(self._parent_names)))
+        return known
 
     def _parent(self, pid: int) -> ProcInfo | None:
         """A gone exec's parent: read whole at most once a second while it stays the same
@@ -137,8 +159,7 @@ class Sensor:
             return None  # gone, or exiting (a zombie has no exe): its notice tells the file
         info = self.resolver.container_of(proc.cgroup)
         workload = self.resolver.workload(info)
-        parent = read_stat(proc.ppid)  # its name and file only: two reads, not seven
-        parent_path = read_exe(proc.ppid) if parent is not None else ""
+        parent_name, parent_path = self._parent_name(proc.ppid) or ("", "")
         exe_on_host = False
         origin = Origin.IMAGE
         family = True
@@ -152,7 +173,7 @@ class Sensor:
             ppid=proc.ppid, pgid=proc.pgid, sid=proc.sid, start_time=proc.start_time,
             ruid=proc.ruid, euid=proc.euid, user=self.resolver.user_name(info, proc.euid),
             real_user=self.resolver.user_name(info, proc.ruid),
-            parent_name=parent.comm if parent else "", parent_path=parent_path,
+            parent_name=parent_name, parent_path=parent_path,
             family=family, runtime_injected=info is not None and not family,
             exe_on_host=exe_on_host, origin=origin,
             hash=_digest(Path(f"/proc/{pid}/exe")) or "" if with_hash else "")

@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -111,6 +112,29 @@ def test_short_lived_execs_are_reported_from_fanotify(kafka: KafkaConnection,
         assert e.workload_id == quick.id and e.origin is Origin.NEW and e.name == "true", e
         if e.partial:  # the parent shell was read: its user and its (non-)family
             assert e.user == "root" and not e.family and e.runtime_injected
+
+
+_RENAMING_PARENT = """
+import ctypes, subprocess, time
+first = subprocess.Popen(["/usr/bin/sleep", "1.01"])
+time.sleep(1.5)  # the collector has read its parent by now
+ctypes.CDLL(None).prctl(15, b"pw-renamed", 0, 0, 0)  # PR_SET_NAME
+second = subprocess.Popen(["/usr/bin/sleep", "1.02"])
+first.wait(); second.wait()
+"""
+
+
+def test_an_exec_names_its_parent_as_it_is_then(kafka: KafkaConnection, tmp_path: Path) -> None:
+    """The collector reads a parent's name once and keeps it until the process connector says
+    it changed: a parent renaming itself between two children is named anew."""
+    pipe = Pipeline(kafka, tmp_path)
+    with running_collector(pipe, "node-rename", tmp_path):
+        subprocess.run([sys.executable, "-c", _RENAMING_PARENT], check=True)
+        execs = {e.payload.argv: e.payload for e in pipe.read_all(EXEC.name, settle=1)
+                 if isinstance(e.payload, ExecEvent) and e.payload.path == "/usr/bin/sleep"}
+    first, second = execs[("/usr/bin/sleep", "1.01")], execs[("/usr/bin/sleep", "1.02")]
+    assert first.ppid == second.ppid
+    assert first.parent_name.startswith("python") and second.parent_name == "pw-renamed"
 
 
 def _spawn_true(n: int) -> list[int]:
