@@ -131,6 +131,7 @@ class ProcConnector:
                     break
                 if err == errno.ENOBUFS:  # the kernel dropped events: say so
                     self.overruns += 1
+                    taken += 1  # (a socket overflowing without end still ends this read)
                     continue
                 raise OSError(err, os.strerror(err))
             taken += n
