@@ -30,6 +30,16 @@ NODE = "node-1"
 WORKDIR = ROOT / "var" / "testbed"  # the runc containers' image and bundles
 
 
+def spawn_true(n: int) -> list[int]:
+    """Run /usr/bin/true n times, one after the other, from this process; their pids."""
+    pids = []
+    for _ in range(n):
+        pid = os.posix_spawn("/usr/bin/true", ["true"], os.environ)
+        os.waitpid(pid, 0)
+        pids.append(pid)
+    return pids
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

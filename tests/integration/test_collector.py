@@ -16,7 +16,13 @@ from procwarden.testbed.containers import run_container
 from schemas import CollectorReport, ExecEvent, ExitEvent, Origin, Verdict, Workload, WorkloadKind
 from schemas.connections import KafkaConnection
 from schemas.topics import COLLECTOR_REPORTS, EXEC, WORKLOADS
-from tests.integration.streamkit import WORKDIR, Pipeline, running_collector, wait_for_line
+from tests.integration.streamkit import (
+    WORKDIR,
+    Pipeline,
+    running_collector,
+    spawn_true,
+    wait_for_line,
+)
 
 
 def test_execs_are_published_with_their_workload(kafka: KafkaConnection,
@@ -137,15 +143,6 @@ def test_an_exec_names_its_parent_as_it_is_then(kafka: KafkaConnection, tmp_path
     assert first.parent_name.startswith("python") and second.parent_name == "pw-renamed"
 
 
-def _spawn_true(n: int) -> list[int]:
-    pids = []
-    for _ in range(n):
-        proc = subprocess.Popen(["/usr/bin/true"])
-        proc.wait()
-        pids.append(proc.pid)
-    return pids
-
-
 def test_kafka_away_events_are_spooled_and_arrive_in_order(kafka: KafkaConnection, stack: Stack,
                                                           tmp_path: Path) -> None:
     """Kafka stops twice: once under a running collector (spooled, replayed when it is back),
@@ -155,21 +152,21 @@ def test_kafka_away_events_are_spooled_and_arrive_in_order(kafka: KafkaConnectio
     expected: list[int] = []
     try:
         with running_collector(pipe, "node-spool", tmp_path, **env) as log:
-            expected += _spawn_true(5)
+            expected += spawn_true(5)
             time.sleep(1)
             stack.kafka.stop()
             wait_for_line(log, "Kafka is unreachable", timeout=60)
-            expected += _spawn_true(30)
+            expected += spawn_true(30)
             time.sleep(1)
             stack.kafka.start(say=lambda m: None)
             wait_for_line(log, "Kafka is back", timeout=90)
-            expected += _spawn_true(5)
+            expected += spawn_true(5)
             time.sleep(1)
             # Away again, and the collector stops while it is: the spool waits on disk.
             stack.kafka.stop()
             wait_for_line(log, "Kafka is unreachable", timeout=60,
                           after=log.read_text().rindex("Kafka is back"))
-            expected += _spawn_true(10)
+            expected += spawn_true(10)
             time.sleep(1)
     finally:
         stack.kafka.start(say=lambda m: None)

@@ -4,14 +4,14 @@ interpreter's once it was seen."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 from collectors.fanotify import ExecNotice, NotificationGroup
 from collectors.sensing import is_loader
+from tests.integration.streamkit import spawn_true
 
-TRUE = shutil.which("true") or "/usr/bin/true"
+TRUE = "/usr/bin/true"  # what spawn_true runs
 
 
 def _notices(group: NotificationGroup, pids: set[int]) -> list[ExecNotice]:
@@ -23,23 +23,14 @@ def _notices(group: NotificationGroup, pids: set[int]) -> list[ExecNotice]:
     return found
 
 
-def _spawn_true(n: int) -> set[int]:
-    pids = set()
-    for _ in range(n):
-        pid = os.posix_spawn(TRUE, ["true"], os.environ)
-        os.waitpid(pid, 0)
-        pids.add(pid)
-    return pids
-
-
 def test_each_exec_is_noticed_and_the_loader_only_once() -> None:
     assert not Path(os.path.realpath(TRUE)).read_bytes().startswith(b"#!")
     group = NotificationGroup(unwanted=is_loader)
     try:
         group.watch_filesystem("/")
-        first = _spawn_true(1)
+        first = set(spawn_true(1))
         notices = _notices(group, first)  # the first loader notice comes, and is marked
-        pids = first | _spawn_true(19)
+        pids = first | set(spawn_true(19))
         notices += _notices(group, pids - first)
         group.read()  # anything left
     finally:

@@ -9,15 +9,7 @@ import sys
 import time
 
 from collectors.connector import COMM, EXEC, EXIT, FORK, ProcConnector, ProcEvent
-
-
-def _spawn_true(n: int) -> list[int]:
-    pids = []
-    for _ in range(n):
-        pid = os.posix_spawn("/usr/bin/true", ["true"], os.environ)
-        os.waitpid(pid, 0)
-        pids.append(pid)
-    return pids
+from tests.integration.streamkit import spawn_true
 
 
 def _read_until(connector: ProcConnector, wanted: set[int], timeout: float = 5.0
@@ -36,7 +28,7 @@ def _read_until(connector: ProcConnector, wanted: set[int], timeout: float = 5.0
 def test_every_fork_exec_and_exit_arrives_in_order() -> None:
     connector = ProcConnector(batch=8)  # a small batch: many reads, each taking several
     try:
-        pids = _spawn_true(300)
+        pids = spawn_true(300)
         events = _read_until(connector, set(pids))
     finally:
         connector.close()
@@ -53,11 +45,11 @@ def test_every_fork_exec_and_exit_arrives_in_order() -> None:
 def test_a_full_socket_is_an_overrun_and_reading_goes_on() -> None:
     connector = ProcConnector(rcvbuf=4096)  # room for a few messages only
     try:
-        _spawn_true(300)
+        spawn_true(300)
         time.sleep(0.1)
         connector.read()
         assert connector.overruns >= 1 and connector.drained
-        later = _spawn_true(1)
+        later = spawn_true(1)
         events = _read_until(connector, set(later))
     finally:
         connector.close()
