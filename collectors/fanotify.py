@@ -153,6 +153,12 @@ class _Group:
         _check(_libc.fanotify_mark(self.fd, flags, self.mask, _AT_FDCWD, path.encode()),
                f"fanotify_mark {path}")
 
+    def _ignore_file(self, fd: int, flags: int = 0) -> None:
+        """No more of this group's events for the file open as `fd` (an ignore mark on it,
+        which the kernel drops when the file is written unless `flags` says otherwise)."""
+        _check(_libc.fanotify_mark(self.fd, _FAN_MARK_ADD | _FAN_MARK_IGNORED_MASK | flags,
+                                   self.mask, fd, None), "fanotify_mark (ignore)")
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -205,8 +211,7 @@ class PermissionGroup(_Group):
         try:
             if os.fstat(fd).st_nlink != 1:
                 return False
-            _check(_libc.fanotify_mark(self.fd, _FAN_MARK_ADD | _FAN_MARK_IGNORED_MASK,
-                                       self.mask, fd, None), "fanotify_mark (ignore)")
+            self._ignore_file(fd)
         except OSError as exc:  # (out of marks, say): the collector's own cache answers
             if not self._ignore_failed:
                 log.warning("the kernel cannot answer for files (said once): %s", exc)
@@ -261,7 +266,10 @@ class NotificationGroup(_Group):
                 path = os.readlink(f"/proc/self/fd/{fd}")
                 if self._unwanted(path):
                     self.unwanted_seen += 1
-                    self._ignore(fd)
+                    # Kept when the file is written (not its content is unwanted); a failure
+                    # costs only the notices it would have spared.
+                    with contextlib.suppress(FanotifyError):
+                        self._ignore_file(fd, _FAN_MARK_IGNORED_SURV_MODIFY)
                     continue
                 notices.append(ExecNotice(pid, path, st.st_dev, st.st_ino))
             except OSError:
@@ -269,14 +277,6 @@ class NotificationGroup(_Group):
             finally:
                 os.close(fd)
         return notices
-
-    def _ignore(self, fd: int) -> None:
-        # Kept when the file is written (it is not the file's content that is unwanted); a
-        # failure costs only the notices it would have spared.
-        with contextlib.suppress(FanotifyError):
-            _check(_libc.fanotify_mark(self.fd, _FAN_MARK_ADD | _FAN_MARK_IGNORED_MASK
-                                       | _FAN_MARK_IGNORED_SURV_MODIFY, self.mask, fd, None),
-                   "fanotify_mark (ignore)")
 
 
 def answer_until(stopping: threading.Event, step: Callable[[], None], what: str,
