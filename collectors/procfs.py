@@ -11,7 +11,7 @@ from typing import NamedTuple
 from schemas.records import fast_init
 
 __all__ = ["ProcInfo", "ProcStat", "opens_for_writing", "parse_stat", "process_name", "read_cgroup",
-           "read_exe", "read_proc", "read_stat"]
+           "read_exe", "read_pid_ns", "read_proc", "read_stat"]
 
 
 @fast_init
@@ -80,12 +80,22 @@ def read_exe(pid: int, root: str = "/proc") -> str:
         return ""
 
 
+def read_pid_ns(pid: int, root: str = "/proc") -> str:
+    """The process's pid namespace, as "pid:[inode]" ("" if unreadable)."""
+    try:
+        return os.readlink(f"{root}/{pid}/ns/pid")
+    except OSError:
+        return ""
+
+
 def read_cgroup(pid: int) -> str | None:
     return _read(f"/proc/{pid}/cgroup")
 
 
-def read_proc(pid: int, root: str = "/proc") -> ProcInfo | None:
-    """The process's facts, or None when it is gone (short-lived processes often are)."""
+def read_proc(pid: int, root: str = "/proc", *, with_pid_ns: bool = True) -> ProcInfo | None:
+    """The process's facts, or None when it is gone (short-lived processes often are).
+    with_pid_ns=False leaves `pid_ns` empty, for a caller that reads it only for a container's
+    process (`read_pid_ns`): one system call fewer per host exec."""
     base = f"{root}/{pid}"
     stat = _read(f"{base}/stat")
     status = _read(f"{base}/status")
@@ -100,11 +110,7 @@ def read_proc(pid: int, root: str = "/proc") -> ProcInfo | None:
     cmdline = _read(f"{base}/cmdline") or ""
     argv = tuple(cmdline.rstrip("\0").split("\0")) if cmdline else ()
 
-    try:
-        pid_ns = os.readlink(f"{base}/ns/pid")
-    except OSError:
-        pid_ns = ""
-
+    pid_ns = read_pid_ns(pid, root) if with_pid_ns else ""
     exe = read_exe(pid, root)
     return ProcInfo(pid=pid, ppid=int(fields[1]), pgid=int(fields[2]), sid=int(fields[3]),
                     start_time=int(fields[19]), comm=process_name(comm, exe, argv), exe=exe,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from collectors import gil_held_io
-from collectors.procfs import ProcInfo, ProcStat, read_exe, read_proc, read_stat
+from collectors.procfs import ProcInfo, ProcStat, read_exe, read_pid_ns, read_proc, read_stat
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from schemas import ExecEvent, Origin, Workload
 
@@ -154,10 +154,12 @@ class Sensor:
         return ns
 
     def sense_exec(self, pid: int, *, with_hash: bool = False) -> Sensed | None:
-        proc = read_proc(pid)
+        proc = read_proc(pid, with_pid_ns=False)
         if proc is None or not proc.exe:
             return None  # gone, or exiting (a zombie has no exe): its notice tells the file
         info = self.resolver.container_of(proc.cgroup)
+        if info is not None:  # only family needs it; checked against stat again below
+            proc = replace(proc, pid_ns=read_pid_ns(pid))
         workload = self.resolver.workload(info)
         parent_name, parent_path = self._parent_name(proc.ppid) or ("", "")
         exe_on_host = False

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from collectors import gil_held_io
-from collectors.procfs import parse_stat, read_proc, read_stat
+from collectors.procfs import parse_stat, read_pid_ns, read_proc, read_stat
 
 
 def _gone_pid() -> int:
@@ -32,6 +32,11 @@ def test_read_proc_matches_what_proc_says() -> None:
     assert proc.pid_ns == os.readlink(f"/proc/{pid}/ns/pid")
     assert proc.cgroup == Path(f"/proc/{pid}/cgroup").read_text()
     assert proc.argv == tuple(Path(f"/proc/{pid}/cmdline").read_text().rstrip("\0").split("\0"))
+    # what sensing reads for every exec, and the namespace only for a container's
+    without_ns = read_proc(pid, with_pid_ns=False)
+    assert without_ns is not None and without_ns.pid_ns == ""
+    assert without_ns.exe == proc.exe and without_ns.cgroup == proc.cgroup
+    assert read_pid_ns(pid) == proc.pid_ns and read_pid_ns(_gone_pid()) == ""
 
 
 def test_a_command_line_longer_than_one_read_is_read_whole() -> None:
