@@ -409,7 +409,7 @@ def main() -> int:
         # what holding adds is how much more it differs once held than before, at each
         # quantile: the two files' own difference is not only a fixed cost per exec, as the
         # busybox on the overlay (whose exec the collector is told of) has the longer tail
-        # by 140-280 us at p99 before anything is held. Each is timed twice: the exec alone,
+        # by 140-320 us at p99 before anything is held. Each is timed twice: the exec alone,
         # from the kernel's trace (the target's figure: a hold happens inside it), and from
         # spawn to exit as the caller saw it.
         added_by: dict[str, tuple[float, float, float | None]] = {}
