@@ -7,8 +7,9 @@ One run, same machine, same loop (`posix_spawn` + `waitpid` of /usr/bin/true):
    rounds (--rounds, default 3; the collector started afresh for each, and warmed up by a
    third as many unmeasured execs) and the rate's figure is the median of the rounds' on/off
    ratios;
-3. the floor of holding an exec (a bare answering process, with and without the reads of
-   a cache key; no collector running; and bare again while the collector senses every exec);
+3. the floor of holding an exec (a bare real-time answering process, with and without the
+   reads of a cache key; no collector running; then, while the collector senses every exec,
+   bare and after what a cached answer reads: the file's path and origin);
 4. held execs: a runc container in Protect, its execs held by fanotify and answered from the
    collector's cache; a helper joins the container's cgroups and times each exec of the
    container's /bin/busybox, before (not held) and after the switch to Protect (held, cached),
@@ -49,7 +50,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from exec_trace import ExecTrace
 from prometheus_client.parser import text_string_to_metric_families
@@ -243,12 +244,13 @@ def added(timed: Timed) -> str:
             f"p50 {s50:5.0f}, p99 {s99:5.0f})")
 
 
-def answer_floor(n: int, with_reads: bool) -> Timed:
+def answer_floor(n: int, reads: Literal["none", "path", "key"]) -> Timed:
     """What holding an exec costs before any collector work: /usr/bin/true on a tmpfs whose
-    mount a fanotify group holds, answered by a bare real-time process (allow at once;
-    with_reads: after the /proc reads a cache key needs: the caller's stat and cgroup, the
-    file's path, the parent's stat, the upper-layer check), against a copy on an unheld tmpfs,
-    interleaved so drift cancels."""
+    mount a fanotify group holds, answered by a bare real-time process, against a copy on an
+    unheld tmpfs, interleaved so drift cancels. It answers at once (`none`), after what a
+    cached answer reads when the caller's lineage is known (`path`: the file's path and the
+    upper-layer check), or after the five reads of a key without lineage (`key`: the caller's
+    stat and cgroup, the file's path, the parent's stat, the upper-layer check)."""
     base = Path(tempfile.mkdtemp(prefix="bench-floor-"))
     for d in ("held", "free"):
         (base / d).mkdir()
@@ -265,12 +267,13 @@ def answer_floor(n: int, with_reads: bool) -> Timed:
         while True:
             select.select([group.fd], [], [], 1.0)
             for event in group.read():
-                if with_reads:
+                if reads == "key":
                     stat = gil_held_io.read_small(f"/proc/{event.pid}/stat") or b""
                     gil_held_io.read_small(f"/proc/{event.pid}/cgroup")
-                    path = gil_held_io.readlink(f"/proc/self/fd/{event.fd}") or ""
                     ppid = parse_stat(stat.decode()).ppid if stat else 1
                     gil_held_io.read_small(f"/proc/{ppid}/stat")
+                if reads != "none":
+                    path = gil_held_io.readlink(f"/proc/self/fd/{event.fd}") or ""
                     gil_held_io.exists(f"{base}/upper{path}")
                 group.answer(event, True)
     group.close()
@@ -330,8 +333,8 @@ def main() -> int:
               f"of {n}")
     ratio = statistics.median(ratios)
     print(f"collector on / off, median of {len(ratios)} rounds: {ratio:.0%}")
-    for label, reads in (("bare answer:", False), ("answer after the key's reads:", True)):
-        print(f"floor, {label:<38} {added(answer_floor(n, reads))}")
+    print(f"floor, {'bare answer:':<38} {added(answer_floor(n, 'none'))}")
+    print(f"floor, {'answer after the key reads:':<38} {added(answer_floor(n, 'key'))}")
 
     try:
         with contextlib.ExitStack() as stack:
@@ -348,7 +351,9 @@ def main() -> int:
                   f"{len(paced_pids)}")
             # The same bare answerer while the collector senses every exec (as it does in the
             # held phase): what holding an exec costs on this machine before any answer's work.
-            print(f"floor, bare answer, collector sensing: {added(answer_floor(n, False))}")
+            print(f"floor, bare answer, collector sensing: {added(answer_floor(n, 'none'))}")
+            print(f"floor, answer after the path and origin, collector sensing: "
+                  f"{added(answer_floor(n, 'path'))}")
 
             pipe.start_worker()  # only now: phases 1-2 measure the collector alone
             box = stack.enter_context(run_container(
