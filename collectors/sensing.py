@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from collectors import gil_held_io
@@ -115,15 +115,18 @@ class Sensor:
         (a process `runc exec` or `kubectl exec` put there has a parent outside it)."""
         # Outside the container's pid namespace (a host process moved into its cgroups) is
         # never family: said at once, not after reading every ancestor up to the host's init.
+        # An exec is sensed without its namespace (`sense_exec`): read here, for a container's
+        # process only.
+        ns = proc.pid_ns or read_pid_ns(proc.pid)
         init_ns = self._init_ns(info)
-        if init_ns and proc.pid_ns != init_ns:
+        if init_ns and ns != init_ns:
             return False
         pid, seen = proc.pid, 0
         current: ProcInfo | None = proc
         while current is not None and seen < 256:
             if current.pid == info.init_pid:
                 return True
-            if current.pid_ns != proc.pid_ns or current.ppid <= 1:
+            if (current is not proc and current.pid_ns != ns) or current.ppid <= 1:
                 return False
             parent = read_proc(current.ppid)
             if parent is None:
@@ -144,9 +147,8 @@ class Sensor:
         known = self._container_ns.get(info.id)
         if known is not None and known[0] == info.init_pid:
             return known[1]
-        try:
-            ns = os.readlink(f"/proc/{info.init_pid}/ns/pid")
-        except OSError:
+        ns = read_pid_ns(info.init_pid)
+        if not ns:
             return ""  # its init is gone: the walk decides
         if len(self._container_ns) > 4096:
             self._container_ns.clear()
@@ -154,12 +156,10 @@ class Sensor:
         return ns
 
     def sense_exec(self, pid: int, *, with_hash: bool = False) -> Sensed | None:
-        proc = read_proc(pid, with_pid_ns=False)
+        proc = read_proc(pid, with_pid_ns=False)  # only family needs it (`is_family`)
         if proc is None or not proc.exe:
             return None  # gone, or exiting (a zombie has no exe): its notice tells the file
         info = self.resolver.container_of(proc.cgroup)
-        if info is not None:  # only family needs it; checked against stat again below
-            proc = replace(proc, pid_ns=read_pid_ns(pid))
         workload = self.resolver.workload(info)
         parent_name, parent_path = self._parent_name(proc.ppid) or ("", "")
         exe_on_host = False
