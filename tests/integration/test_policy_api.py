@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -30,8 +31,19 @@ def api(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory) -> Ite
     p.start_worker()
     p.send(WORKLOADS.name, WORKLOAD.id, WORKLOAD)
     decision_for(p, p.send(EXEC.name, WORKLOAD.id, exec_event("/bin/ls", 1)).event_id)
+    # The learn verdict comes first; the group's writer adds the rule a moment later (CI once
+    # read the group in between, without it).
+    deadline = time.monotonic() + 30
+    while not _learned(p, "ls") and time.monotonic() < deadline:
+        time.sleep(0.1)
     yield p
     p.stop_workers()
+
+
+def _learned(p: Pipeline, name: str) -> bool:
+    status, body = http(p, "GET", f"/v1/process_profile/{WEB}")
+    return status == 200 and any(e["name"] == name
+                                 for e in body["process_profile"]["process_list"])
 
 
 def http(p: Pipeline, method: str, path: str, body: Any = None, *, token: str | None = TOKEN,
