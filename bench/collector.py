@@ -116,8 +116,14 @@ def spawn_loop(n: int, rate: float | None = None) -> tuple[float, list[int]]:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The CPU time of the process `pid` and of its running children (the collector's exec
+    answerer)."""
+    total = 0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for each in (pid, *map(int, children)):
+        fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def collector_pid(log: Path) -> int:
@@ -260,8 +266,8 @@ def answer_floor(n: int, reads: Literal["none", "path", "key"]) -> Timed:
     group.watch(str(base / "held"))
     answerer = os.fork()
     if answerer == 0:  # the bare answering process
-        # at the real-time priority the collector's answering thread takes while it holds
-        # execs (collectors/shared_cpu.py): at the default one, this floor's p99 doubled while
+        # at the real-time priority the collector's exec answerer takes while it holds execs
+        # (collectors/realtime.py): at the default one, this floor's p99 doubled while
         # the collector sensed (210-409 us against 132-186)
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
         while True:

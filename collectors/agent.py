@@ -87,16 +87,15 @@ class Collector:
                                     self.settings.stdio_interval_s)
         self.escalations = EscalationWatch(self.resolver)
         if self.settings.enforce:
-            self.enforcer = Enforcer(self.settings, self.kafka, self.resolver, self.sensor,
-                                     self.publish)
+            self.enforcer = Enforcer(self.settings, self.kafka, self.resolver, self.publish)
         self.publisher = Publisher(self.kafka, self.settings.state_dir / "spool",
                                    self.settings.spool_max_bytes)
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
-        # A held exec waits while its answer waits for the GIL: hand it over after 50 us, not
-        # 5 ms, or a busy sensing loop adds milliseconds to each held exec. (Only a waiting
-        # thread asks for it: at 50 us rather than 200 the held exec took ~45 us less at the
-        # median, and the exec rate of the sensing alone did not change.)
+        # A first-seen held exec waits while its question (the answerer link's thread) and its
+        # verdict (the verdict thread) wait for the GIL: hand it over after 50 us, not 5 ms, or
+        # a busy sensing loop adds milliseconds to each. (Only a waiting thread asks for it:
+        # the exec rate of the sensing alone did not change at 50 us.)
         sys.setswitchinterval(0.00005)
         try:
             connector = ProcConnector()
@@ -355,9 +354,12 @@ class Collector:
             except OSError as exc:
                 log.debug("no exec notifications in the container of %d: %s", root_pid, exc)
 
-    def publish(self, topic: str, key: str, payload: Payload) -> str:
-        """Publish one record (from any thread); returns its event id."""
-        event_id = f"{self.node}:{time.time_ns()}:{next(self._seq)}"
+    def publish(self, topic: str, key: str, payload: Payload, event_id: str | None = None
+                ) -> str:
+        """Publish one record (from any thread); returns its event id (made here unless
+        given: the exec answerer names its questions itself)."""
+        if event_id is None:
+            event_id = f"{self.node}:{time.time_ns()}:{next(self._seq)}"
         env = Envelope.wrap(payload, event_id=event_id, node=self.node, ts=time.time(),
                             cluster=self.settings.cluster)
         if not self.publisher.send(self.kafka.topic(topic), key.encode(), encode(env)):

@@ -5,15 +5,12 @@ Where Kafka is comes from `PROCWARDEN_KAFKA_*` (schemas/connections.py), shared 
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from collectors.shared_cpu import choose_cpu
 from schemas import FailMode
 
 __all__ = ["CollectorSettings"]
@@ -34,10 +31,9 @@ class CollectorSettings(BaseSettings):
                                  description="how long a first-seen exec waits for its verdict")
     max_held: int = Field(256, ge=1, le=65_536,
                           description="execs held at once; beyond it the fail mode answers")
-    hold_cpu: int | Literal["auto", "off"] = Field(
-        "auto", description="while execs are held, the CPU the thread answering them shares "
-                            "with the sensing thread, at a real-time priority (auto: the "
-                            "highest CPU the collector may use; off: default scheduling)")
+    hold_realtime: bool = Field(
+        True, description="while execs are held, the process answering them runs at a "
+                          "real-time priority (SCHED_FIFO 1)")
     kernel_cache: bool = Field(
         True, description="once an exec of an image file is allowed for any caller, the "
                           "kernel allows that file's later execs unheld, until a policy "
@@ -55,10 +51,3 @@ class CollectorSettings(BaseSettings):
                                      description="how often the totals go to collector-reports")
     metrics_port: int = Field(0, ge=0, le=65535, description="/metrics on loopback; 0: off")
     log_level: str = "info"
-
-    @field_validator("hold_cpu")
-    @classmethod
-    def _a_cpu_this_collector_may_use(cls, value: int | str) -> int | str:
-        if isinstance(value, int):
-            choose_cpu(value, os.sched_getaffinity(0))  # refuses one it may not use
-        return value

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from collectors.exec_answerer import METRICS_EVERY_S
 from procwarden.testbed.containers import APP_LOOP, Container, run_container
 from schemas import (
     Decision,
@@ -165,6 +166,9 @@ def test_a_reverse_shell_over_loopback_is_caught(guarded: Guarded) -> None:
 
 
 def _counters(g: Guarded) -> list[Metric]:
+    """The collector's counters, once what its exec answerer counted until now has reached it
+    (it sends its counters every METRICS_EVERY_S)."""
+    time.sleep(2.5 * METRICS_EVERY_S)
     with urllib.request.urlopen(f"http://127.0.0.1:{g.metrics_port}/metrics", timeout=5) as r:
         text = r.read().decode()
     return [family for family in text_string_to_metric_families(text)
@@ -285,45 +289,62 @@ def _change_policy(g: Guarded, before: dict[str, float], change: RuleChange) -> 
         time.sleep(0.1)
 
 
-def _collector_threads() -> tuple[int, dict[int, tuple[int, set[int]]]]:
-    """The collector's pid, and each of its threads' (scheduling policy, CPUs)."""
-    found = subprocess.run(["pgrep", "-f", f"procwarden.cli collector --node {NODE}"],
-                           capture_output=True, text=True, check=False).stdout.split()
-    assert len(found) == 1, found
-    pid = int(found[0])
-    threads = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(ProcessLookupError):
-            tid = int(task.name)
-            threads[tid] = (os.sched_getscheduler(tid), os.sched_getaffinity(tid))
-    return pid, threads
+def _answerer() -> int:
+    """The pid of the collector's exec answerer (collectors/exec_answerer.py)."""
+    collector = subprocess.run(["pgrep", "-f", f"procwarden.cli collector --node {NODE}"],
+                               capture_output=True, text=True, check=False).stdout.split()
+    assert len(collector) == 1, collector
+    children = subprocess.run(["pgrep", "-P", collector[0], "-f", "collectors.exec_answerer"],
+                              capture_output=True, text=True, check=False).stdout.split()
+    assert len(children) == 1, children
+    return int(children[0])
 
 
-def test_held_execs_are_answered_next_to_the_sensing_thread(guarded: Guarded) -> None:
-    """While execs are held, the answering thread runs SCHED_FIFO on the sensing thread's one
-    CPU (collectors/shared_cpu.py); once none is held, both are as they were."""
+def test_held_execs_are_answered_by_a_real_time_process(guarded: Guarded) -> None:
+    """While execs are held, the collector's exec answerer runs SCHED_FIFO; once none is held,
+    at the default priority again. The collector's own threads never leave it."""
     g = guarded
-    everywhere = os.sched_getaffinity(0)
-    cpu = max(everywhere)
-    pid, threads = _collector_threads()
-    fifo = [tid for tid, (policy, _) in threads.items() if policy == os.SCHED_FIFO]
-    assert len(fifo) == 1, threads
-    assert threads[fifo[0]][1] == threads[pid][1] == {cpu}  # pid: the sensing (main) thread
-    assert f"held execs are answered on CPU {cpu}" in g.log.read_text()
+    answerer = _answerer()
+    assert os.sched_getscheduler(answerer) == os.SCHED_FIFO
+    collector = int(Path(f"/proc/{answerer}/stat").read_text().rpartition(")")[2]
+                    .split()[1])  # its parent
+    for task in Path(f"/proc/{collector}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            assert os.sched_getscheduler(int(task.name)) == os.SCHED_OTHER
 
     mark = g.log.stat().st_size
     g.pipe.send(POLICY_UPDATES.name, GROUP, ServiceConfig(services=("guard.enf",),
                                                           profile_mode="Monitor"))
     wait_for_line(g.log, "no exec is held: default scheduling again", after=mark)
-    pid, threads = _collector_threads()
-    assert all(policy == os.SCHED_OTHER for policy, _ in threads.values()), threads
-    assert threads[pid][1] == everywhere
+    assert os.sched_getscheduler(answerer) == os.SCHED_OTHER
 
     mark = g.log.stat().st_size
     g.pipe.send(POLICY_UPDATES.name, GROUP, ServiceConfig(services=("guard.enf",),
                                                           profile_mode="Protect"))
     wait_for_line(g.log, f"holding execs of {g.box.id}", after=mark)
-    wait_for_line(g.log, "held execs are answered on CPU", after=mark)
+    wait_for_line(g.log, "held execs are answered at a real-time priority", after=mark)
+    assert os.sched_getscheduler(answerer) == os.SCHED_FIFO
+
+
+def test_a_killed_answerer_is_started_again_and_holds_again(guarded: Guarded) -> None:
+    """The answerer killed: the kernel lets its held execs go (its group closed), the collector
+    starts another, tells it the held workloads, and execs are held and denied again. Its
+    counters go on from where they were."""
+    g = guarded
+    before = _totals(g)
+    old = _answerer()
+    mark = g.log.stat().st_size
+    os.kill(old, 9)
+    wait_for_line(g.log, "the exec answerer exited (-9)", after=mark)
+    wait_for_line(g.log, f"holding execs of {g.box.id}", after=mark)
+    assert _answerer() != old
+    rc, out = g.box.app(_drop(g.box, "after-restart"))
+    assert rc != 0 and "not permitted" in out.lower(), (rc, out)
+    check = g.verdict(lambda d: d.event_kind is EventKind.EXEC_CHECK
+                      and d.path == "/tmp/after-restart")
+    assert check.verdict is Verdict.BLOCK
+    after = _totals(g)
+    assert after["procwarden_collector_pre_exec"] > before["procwarden_collector_pre_exec"]
 
 
 def test_fail_modes_when_the_stream_app_is_away(guarded: Guarded) -> None:

@@ -1,0 +1,547 @@
+"""The process that answers held execs: `python -m collectors.exec_answerer`, started and fed by
+the collector (`collectors/answerer_link.py`).
+
+The kernel holds each exec of a file in a Protect workload's root mount (fanotify
+`FAN_OPEN_EXEC_PERM`) until this process answers it: from its cache at once; else it asks the
+collector to publish an `exec_check` and waits for the verdict until a bounded timeout, after
+which the group's fail mode answers. The number of held execs is capped; beyond it the fail mode
+answers too, so the host never hangs on the pipeline.
+
+Why a process of its own: a thread of the collector had to take the GIL from the sensing thread
+for every answer, and that thread shares its CPUs with everything on the node. Near the p99 of a
+cached answer, most of the time went to that wait (bench/collector.py). Here nothing else runs
+Python, and while execs are held the process runs at a real-time priority (`realtime.py`).
+
+The collector tells it, over a socket pair (one JSON list per message): which workloads are held
+and under which policies, the verdicts of its questions, workloads gone, and when to stop. It
+sends back the questions to publish and its metrics, which the collector exposes. If it dies,
+its fanotify group closes with it and the kernel lets everything held go ahead; the collector
+starts it again and tells it the held workloads anew.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from collectors import gil_held_io
+from collectors.connector import ProcConnector
+from collectors.fanotify import Permission, PermissionGroup, answer_until
+from collectors.lineage import Lineage, Placement
+from collectors.procfs import ProcStat, parse_stat, read_proc
+from collectors.realtime import Realtime
+from collectors.sensing import Sensor, exe_origin
+from collectors.settings import CollectorSettings
+from collectors.workloads import ContainerInfo, WorkloadResolver
+from schemas import FailMode, Origin
+
+__all__ = ["CACHED_BUCKETS", "VERDICT_BUCKETS", "ExecAnswerer", "main"]
+
+log = logging.getLogger("procwarden.collector.exec_answerer")
+
+VERDICT_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   5.0)
+CACHED_BUCKETS = (0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.005)
+METRICS_EVERY_S = 0.25
+
+_NETCATS = ("nc", "ncat", "netcat")
+_BIN_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin")
+
+# Everything pre_exec_decide reads from the collector, plus the policies it was answered under.
+CacheKey = tuple[str, str, str, bool, Origin, bool]  # workload, stamp, path, injected, origin, nc
+
+
+def _stat_keeping_gil(pid: int) -> ProcStat | None:
+    text = gil_held_io.read_small(f"/proc/{pid}/stat")
+    return None if text is None else parse_stat(text.decode(errors="replace"))
+
+
+class _Histogram:
+    """Bucket counts (not cumulative) and the sum, as the collector's /metrics shows them."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last: above every bucket
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+
+
+@dataclass
+class _Metrics:
+    answered: Counter[str] = field(default_factory=Counter)  # "source answer" -> n
+    placed: Counter[str] = field(default_factory=Counter)  # lineage | proc -> n
+    remembered: int = 0
+    forgotten: int = 0
+    held: int = 0
+    verdict_wait: _Histogram = field(default_factory=lambda: _Histogram(VERDICT_BUCKETS))
+    cached_answer: _Histogram = field(default_factory=lambda: _Histogram(CACHED_BUCKETS))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"answered": dict(self.answered), "placed": dict(self.placed),
+                "remembered": self.remembered, "forgotten": self.forgotten, "held": self.held,
+                "verdict_wait": [*self.verdict_wait.counts, self.verdict_wait.sum],
+                "cached_answer": [*self.cached_answer.counts, self.cached_answer.sum]}
+
+
+@dataclass
+class _Hold:
+    pre_exec: bool
+    stamp: str
+    fail_mode: FailMode | None = None  # the group's; None: this collector's setting
+    mount: str = ""  # the watched root mount, while held
+
+
+@dataclass
+class _Pending:
+    key: CacheKey
+    deadline: float
+    since: float
+    events: list[Permission] = field(default_factory=list)
+
+
+class ExecAnswerer:
+    """One per collector, in its own process; single-threaded: nothing here takes a lock."""
+
+    def __init__(self, settings: CollectorSettings, link: socket.socket) -> None:
+        self.settings = settings
+        self.link = link
+        self.fail_open = settings.fail_mode is FailMode.OPEN
+        self.resolver = WorkloadResolver(node=settings.node)
+        self.sensor = Sensor(self.resolver)
+        self.metrics = _Metrics()
+        self.group: PermissionGroup | None = PermissionGroup()
+        self._realtime = Realtime(settings.hold_realtime)
+        self._holds: dict[str, _Hold] = {}
+        self._cache: OrderedDict[CacheKey, bool] = OrderedDict()
+        self._pending: dict[str, _Pending] = {}  # exec_check event id -> waiting execs
+        self._pending_keys: dict[CacheKey, str] = {}
+        self._netcats: dict[str, frozenset[str]] = {}
+        self._families: dict[tuple[int, int], bool] = {}  # (parent pid, its start) -> family
+        self._lineage = Lineage()
+        self._connector: ProcConnector | None = None
+        self._no_connector = False
+        self._mounts = 0  # workloads whose execs are held now
+        self._stop = threading.Event()
+        self._seq = 0
+        self._sent_metrics: dict[str, Any] = {}
+        self._metrics_due = 0.0
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        group = self.group
+        assert group is not None
+        self.link.setblocking(False)
+
+        def step() -> None:
+            if self._mounts:
+                self._realtime.engage()
+            else:
+                self._realtime.release()
+            connector = self._lineage_source()
+            watched = [group.fd, self.link.fileno()]
+            if connector is not None:
+                watched.append(connector.fileno())
+            ready, _, _ = select.select(watched, [], [], self._timeout(time.monotonic()))
+            events = group.read() if group.fd in ready else []
+            if connector is not None:
+                # after the read: each caller's fork was queued before its exec was held
+                # (and drained while nothing is held too, so the buffer stays small)
+                self._drain(connector)
+            for event in events:
+                try:
+                    self.on_permission(event)
+                except Exception:
+                    log.exception("answering a held exec failed: allowing it")
+                    self._answer(event, True, "error")
+            if self.link.fileno() in ready:
+                self._read_link()
+            now = time.monotonic()
+            self._expire(now)
+            if now >= self._metrics_due:
+                self._metrics_due = now + METRICS_EVERY_S
+                self._send_metrics()
+
+        def give_up() -> None:
+            self.group = None
+            group.close()
+
+        try:
+            answer_until(self._stop, step, "execs", give_up)
+        finally:
+            self._shut_down()
+
+    def _timeout(self, now: float) -> float:
+        due = self._metrics_due
+        for pending in self._pending.values():
+            due = min(due, pending.deadline)
+        return min(max(0.0, due - now), METRICS_EVERY_S)
+
+    def _shut_down(self) -> None:
+        for pending in self._pending.values():
+            for event in pending.events:
+                self._answer(event, self._fails_open(pending.key[0]), "shutdown")
+        self._pending.clear()
+        self._pending_keys.clear()
+        self.metrics.held = 0
+        if self.group is not None:
+            self.group.close()  # anything still held is allowed by the kernel
+            self.group = None
+        if self._connector is not None:
+            self._connector.close()
+            self._connector = None
+        self._realtime.release()
+        self._send_metrics()
+
+    # -- what the collector says ----------------------------------------------------------------
+
+    def _read_link(self) -> None:
+        while True:
+            try:
+                data = self.link.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                log.error("the link to the collector failed: %s", exc)
+                data = b""
+            if not data:  # the collector is gone: nobody would publish or release anything
+                self._stop.set()
+                return
+            self.on_message(orjson.loads(data))
+
+    def on_message(self, message: list[Any]) -> None:
+        kind = message[0]
+        if kind == "hold":
+            _, workload_id, pre_exec, stamp, fail_mode = message
+            self.set_hold(workload_id, pre_exec, stamp,
+                          FailMode(fail_mode) if fail_mode else None)
+        elif kind == "verdict":
+            _, event_id, allow, stamp, any_caller = message
+            self.released(event_id, allow, stamp, any_caller)
+        elif kind == "forget":
+            self.forget(message[1])
+        elif kind == "stop":
+            self._stop.set()
+        else:
+            raise ValueError(f"unknown message from the collector: {kind!r}")
+
+    def set_hold(self, workload_id: str, pre_exec: bool, stamp: str,
+                 fail_mode: FailMode | None) -> None:
+        hold = self._holds.get(workload_id)
+        if hold is None:
+            hold = self._holds[workload_id] = _Hold(not pre_exec, "")
+        if (hold.pre_exec, hold.stamp, hold.fail_mode) != (pre_exec, stamp, fail_mode):
+            for key in [k for k in self._cache if k[0] == workload_id]:
+                del self._cache[key]
+            hold.pre_exec, hold.stamp, hold.fail_mode = pre_exec, stamp, fail_mode
+            if self.group is not None:
+                # the kernel's answers were given under the old policies too
+                try:
+                    self.group.forget_remembered()
+                    self.metrics.forgotten += 1
+                except OSError as exc:
+                    log.error("the kernel still allows files remembered under the old "
+                              "policies: %s", exc)
+        if self.group is None:
+            return
+        if pre_exec and not hold.mount:
+            info = self.resolver.container(workload_id)
+            if info is not None and info.init_pid:
+                mount = f"/proc/{info.init_pid}/root"
+                try:
+                    self.group.watch(mount)
+                    hold.mount = mount
+                    self._mounts += 1
+                    log.info("holding execs of %s before they run", workload_id)
+                except FileNotFoundError:  # its root process is gone
+                    log.info("not holding execs of %s: its container has stopped", workload_id)
+                except OSError as exc:
+                    log.error("cannot hold execs of %s: %s", workload_id, exc)
+        elif not pre_exec and hold.mount:
+            self.group.unwatch(hold.mount)
+            hold.mount = ""
+            self._mounts -= 1
+            log.info("no longer holding execs of %s", workload_id)
+
+    def forget(self, workload_id: str) -> None:
+        hold = self._holds.pop(workload_id, None)
+        if hold is not None and hold.mount and self.group is not None:
+            self.group.unwatch(hold.mount)
+            self._mounts -= 1
+        self._netcats.pop(workload_id, None)
+        self.resolver.forget(workload_id)
+
+    def released(self, event_id: str, allow: bool, stamp: str, any_caller: bool) -> None:
+        pending = self._pending.pop(event_id, None)
+        if pending is None:
+            return  # answered by the fail mode already, or not ours
+        self._pending_keys.pop(pending.key, None)
+        hold = self._holds.get(pending.key[0])
+        current = hold is not None and hold.stamp == stamp == pending.key[1]
+        if current:
+            self._remember(pending.key, allow)
+        self.metrics.verdict_wait.observe(time.monotonic() - pending.since)
+        remember = current and self._kernel_may_remember(pending.key, allow, any_caller)
+        for event in pending.events:
+            self._answer(event, allow, "verdict", remember)
+        self.metrics.held = len(self._pending)
+
+    # -- held execs -----------------------------------------------------------------------------
+
+    def _lineage_source(self) -> ProcConnector | None:
+        """A process connector of this process's own, open while some workload's execs are
+        held (it sees every fork and exit of the host; nobody needs them otherwise)."""
+        wanted = self._mounts > 0 and not self._no_connector
+        if wanted and self._connector is None:
+            try:
+                self._connector = ProcConnector(keep_gil=True)
+            except OSError as exc:
+                log.warning("no process connector for held execs (%s): each is read from "
+                            "/proc", exc)
+                self._no_connector = True
+        elif not wanted and self._connector is not None:
+            self._connector.close()
+            self._connector = None
+            self._lineage.forget()
+        return self._connector
+
+    def _drain(self, connector: ProcConnector) -> None:
+        """Feed the lineage everything queued. Never raises: a held exec waits on what
+        follows, and a connector that fails only means reading /proc."""
+        if self._no_connector:
+            return
+        try:
+            while True:
+                overruns = connector.overruns
+                self._lineage.feed(connector.read())
+                if connector.overruns > overruns:
+                    self._lineage.forget()  # messages were lost: read /proc until placed again
+                if connector.drained:
+                    return
+        except Exception as exc:
+            log.warning("process connector for held execs failed (%r): reading /proc", exc)
+            self._lineage.forget()
+            self._no_connector = True  # closed by the next step, not opened again
+
+    def on_permission(self, event: Permission) -> None:
+        started = time.perf_counter()
+        key = self._key_of(event)
+        if key is None:
+            self._answer(event, True, "not-held")
+            return
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            self._answer(event, cached, "cache", self._kernel_may_remember(key, cached))
+            self.metrics.cached_answer.observe(time.perf_counter() - started)
+            return
+        waiting = self._pending_keys.get(key)
+        if waiting is not None:  # the same exec is asked about already: wait with it
+            self._pending[waiting].events.append(event)
+            return
+        if len(self._pending) >= self.settings.max_held:
+            self._answer(event, self._fails_open(key[0]), "overload")
+            return
+        self._seq += 1
+        event_id = f"{self.settings.node}:{time.time_ns()}:held-{os.getpid()}-{self._seq}"
+        if not self._send(["ask", event_id, event.pid, *key[:1], *key[2:]]):
+            self._answer(event, self._fails_open(key[0]), "overload")
+            return
+        now = time.monotonic()
+        self._pending[event_id] = _Pending(key, now + self.settings.hold_timeout_ms / 1000, now,
+                                           [event])
+        self._pending_keys[key] = event_id
+        self.metrics.held = len(self._pending)
+
+    def _key_of(self, event: Permission) -> CacheKey | None:
+        """The cache key of a held exec; None when this exec is not held. The caller's
+        container and family come from its lineage (`collectors/lineage.py`) when its creator
+        was placed before, else from /proc; the file's path and origin are read each time."""
+        pid = event.pid
+        placement = self._lineage.placement(pid) if self._connector is not None else None
+        if placement is None:
+            placement = self._place(pid)
+            if placement is None:
+                return None  # gone, or a host process reaching into a container's files
+            self.metrics.placed["proc"] += 1
+        else:
+            self.metrics.placed["lineage"] += 1
+        info = self.resolver.container(placement.container)
+        if info is None:
+            return None
+        hold = self._holds.get(info.id)
+        if hold is None or not hold.pre_exec:
+            return None
+        path = event.path()
+        return (info.id, hold.stamp, path, not placement.family, exe_origin(info, path),
+                path in self._netcat_paths(info))
+
+    def _place(self, pid: int) -> Placement | None:
+        """Read where `pid` is from /proc, and remember it and its creator for what they make
+        next (the creator only if it is in the same container: a child of `runc exec` is
+        moved in from the host)."""
+        stat = _stat_keeping_gil(pid)
+        cgroup = gil_held_io.read_small(f"/proc/{pid}/cgroup")
+        if stat is None or cgroup is None:
+            return None
+        info = self.resolver.container_of(cgroup.decode(errors="replace"))
+        if info is None:
+            return None
+        placement = Placement(info.id, self._family(pid, stat, info))
+        if self._connector is None:
+            return placement
+        self._lineage.place(pid, placement)
+        if pid != info.init_pid:  # else its creator is the runtime, on the host
+            creator = gil_held_io.read_small(f"/proc/{stat.ppid}/cgroup")
+            if creator is not None and creator == cgroup:
+                # descending from the root exactly when its child (not the root) does
+                self._lineage.place(stat.ppid, placement)
+        return placement
+
+    def _family(self, pid: int, stat: ProcStat, info: ContainerInfo) -> bool:
+        """Whether the caller descends from the container's root process: as its parent does,
+        which is usually long-lived (a shell, a server), so that answer is cached."""
+        if pid == info.init_pid:
+            return True
+        parent = _stat_keeping_gil(stat.ppid)
+        if parent is None:
+            proc = read_proc(pid)
+            return proc is not None and self.sensor.is_family(proc, info)
+        key = (stat.ppid, parent.start_time)
+        known = self._families.get(key)
+        if known is None:
+            proc = read_proc(pid)
+            known = proc is not None and self.sensor.is_family(proc, info)
+            self._families[key] = known
+            if len(self._families) > 4096:
+                self._families.pop(next(iter(self._families)))
+        return known
+
+    def _netcat_paths(self, info: ContainerInfo) -> frozenset[str]:
+        known = self._netcats.get(info.id)
+        if known is None:
+            root = Path(f"/proc/{info.init_pid}/root")
+            found = set()
+            for folder in _BIN_DIRS:
+                for name in _NETCATS:
+                    link = root / folder / name
+                    try:
+                        target = os.readlink(link)
+                    except OSError:
+                        if link.exists():
+                            found.add(f"/{folder}/{name}")
+                        continue
+                    found.add(target if target.startswith("/") else f"/{folder}/{target}")
+            known = self._netcats[info.id] = frozenset(found)
+        return known
+
+    def _remember(self, key: CacheKey, allow: bool) -> None:
+        self._cache[key] = allow
+        if len(self._cache) > self.settings.cache_size:
+            self._cache.popitem(last=False)
+
+    def _expire(self, now: float) -> None:
+        late = [eid for eid, p in self._pending.items() if p.deadline <= now]
+        for eid in late:
+            pending = self._pending.pop(eid)
+            self._pending_keys.pop(pending.key, None)
+            fails_open = self._fails_open(pending.key[0])
+            for event in pending.events:
+                self._answer(event, fails_open, "timeout")
+            log.warning("no verdict for %s in %s within %d ms: %s by fail mode",
+                        pending.key[2], pending.key[0], self.settings.hold_timeout_ms,
+                        "allowed" if fails_open else "denied")
+        if late:
+            self.metrics.held = len(self._pending)
+
+    def _fails_open(self, workload_id: str) -> bool:
+        """The workload's group's fail mode, else this collector's."""
+        hold = self._holds.get(workload_id)
+        if hold is None or hold.fail_mode is None:
+            return self.fail_open
+        return hold.fail_mode is FailMode.OPEN
+
+    def _kernel_may_remember(self, key: CacheKey, allow: bool, any_caller: bool = False
+                             ) -> bool:
+        """Whether the kernel may allow this file's later execs itself, whoever makes them:
+        allowed for a process of the container's own, or for any caller as its verdict says (a
+        runtime-injected one is allowed before exec whatever the file), and a file from the
+        image (a write to it makes the kernel forget it). The key's policies are current."""
+        _, _, _, injected, origin, _ = key
+        return (allow and self.settings.kernel_cache and (not injected or any_caller)
+                and origin is Origin.IMAGE)
+
+    def _answer(self, event: Permission, allow: bool, source: str,
+                remember: bool = False) -> None:
+        group = self.group
+        if group is None:
+            return  # the group was closed: the kernel let the exec go ahead
+        try:
+            if group.answer(event, allow, remember):
+                self.metrics.remembered += 1
+        except OSError as exc:
+            log.warning("answering a held exec failed: %s", exc)
+        self.metrics.answered[f"{source} {'allow' if allow else 'deny'}"] += 1
+
+    # -- what goes to the collector ---------------------------------------------------------------
+
+    def _send(self, message: list[Any]) -> bool:
+        """Never blocks (held execs wait on this process); False when the collector cannot
+        take it now or is gone."""
+        try:
+            self.link.send(orjson.dumps(message))
+        except BlockingIOError:
+            log.warning("the collector is not reading what this process sends")
+            return False
+        except OSError:
+            self._stop.set()
+            return False
+        return True
+
+    def _send_metrics(self) -> None:
+        snapshot = self.metrics.snapshot()
+        if snapshot != self._sent_metrics and self._send(["metrics", snapshot]):
+            self._sent_metrics = snapshot
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m collectors.exec_answerer FD SETTINGS_JSON`: FD is this end of the socket pair."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    settings = CollectorSettings.model_validate_json(args[1])
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Ctrl-C reaches the whole process group: the collector says when to stop, after it has
+    # stopped needing answers (its SIGTERM is the same: it tells this process in turn).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    link = socket.socket(fileno=int(args[0]))
+    try:
+        answerer = ExecAnswerer(settings, link)
+    except OSError as exc:
+        log.error("cannot hold execs: %s", exc)
+        return 1
+    answerer.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
