@@ -119,8 +119,9 @@ def cpu_seconds(pid: int) -> float:
     """The CPU time of the process `pid` and of its running children (the collector's exec
     answerer)."""
     total = 0
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    for each in (pid, *map(int, children)):
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    for each in (pid, *children):
         fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
