@@ -82,6 +82,12 @@ class AnswererMetrics(Collector):
             "procwarden_collector_kernel_forgotten",
             "Policy changes after which every file the kernel remembered is held again",
             value=total.get("forgotten", 0))
+        opens = CounterMetricFamily(
+            "procwarden_collector_guarded_opens",
+            "Opens held in guarded containers, by what was answered", labels=["answer"])
+        for answer, n in sorted(total.get("opens", {}).items()):
+            opens.add_metric([answer], n)
+        yield opens
         yield GaugeMetricFamily("procwarden_collector_held_execs",
                                 "Execs held now, waiting for a verdict", value=held)
         yield _histogram("procwarden_collector_verdict_wait_seconds",
@@ -124,13 +130,14 @@ REGISTRY.register(ANSWERER_METRICS)
 
 class AnswererLink:
     """`on_start` is called after each start, before anything else is read from the new
-    answerer (tell it the held workloads); `on_ask` with each question it sends."""
+    answerer (tell it the held workloads); `on_message` with each question it sends, and each
+    write it denied."""
 
     def __init__(self, settings: CollectorSettings, on_start: Callable[[], None],
-                 on_ask: Callable[[list[Any]], None]) -> None:
+                 on_message: Callable[[list[Any]], None]) -> None:
         self.settings = settings
         self.on_start = on_start
-        self.on_ask = on_ask
+        self.on_message = on_message
         self.process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
         self._stopping = threading.Event()
@@ -215,8 +222,8 @@ class AnswererLink:
                 return
             try:
                 message = orjson.loads(data)
-                if message[0] == "ask":
-                    self.on_ask(message)
+                if message[0] in ("ask", "drift"):
+                    self.on_message(message)
                 elif message[0] == "metrics":
                     ANSWERER_METRICS.update(message[1])
                 else:

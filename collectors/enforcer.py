@@ -32,20 +32,21 @@ from collectors.answerer_link import AnswererLink
 from collectors.procfs import read_proc, read_stat
 from collectors.settings import CollectorSettings
 from collectors.workloads import WorkloadResolver
-from collectors.write_guard import WriteGuard
 from schemas import (
     Decision,
     DecodeError,
     EventKind,
     ExecCheck,
     FailMode,
+    FileEvent,
+    FileOp,
     Origin,
     Payload,
     Verdict,
     decode_envelope,
 )
 from schemas.connections import KafkaConnection
-from schemas.topics import EXEC, VERDICTS, verdict_partition
+from schemas.topics import EXEC, FILE, VERDICTS, verdict_partition
 
 __all__ = ["Enforcer", "kill_if_same"]
 
@@ -92,7 +93,7 @@ class _Hold:
 
     def message(self, workload_id: str) -> list[Any]:
         """What the exec answerer is told of it."""
-        return ["hold", workload_id, self.pre_exec, self.stamp,
+        return ["hold", workload_id, self.pre_exec, self.stamp, self.writes,
                 self.fail_mode.value if self.fail_mode else None]
 
 
@@ -109,7 +110,6 @@ class Enforcer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.answerer: AnswererLink | None = None
-        self.writes: WriteGuard | None = None
         self.assigned = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -118,11 +118,7 @@ class Enforcer:
         """Called by the sensing thread."""
         self._restore_holds()
         if not self.settings.dry_run:
-            self.writes = WriteGuard(self.resolver, self.publish)
-            self.writes.start()
-            for workload_id, hold in self._holds.items():
-                self.writes.guard(workload_id, hold.writes)
-            self.answerer = AnswererLink(self.settings, self._tell_answerer, self._ask)
+            self.answerer = AnswererLink(self.settings, self._tell_answerer, self._heard)
             self.answerer.start()
         self._spawn(self._verdict_loop, "verdicts")
 
@@ -175,8 +171,6 @@ class Enforcer:
             thread.join(10)
         if self.answerer is not None:
             self.answerer.stop()  # it answers what it holds by the fail mode first
-        if self.writes is not None:
-            self.writes.stop()
 
     # -- verdicts -------------------------------------------------------------------------------
 
@@ -265,15 +259,11 @@ class Enforcer:
             hold = self._holds[workload_id] = _Hold(*now)
             self._save_holds()
             self._send(hold.message(workload_id))
-            if self.writes is not None:
-                self.writes.guard(workload_id, writes)
 
     def forget(self, workload_id: str) -> None:
         with self._lock:
             hold = self._holds.pop(workload_id, None)
             self._send(["forget", workload_id])
-            if self.writes is not None:
-                self.writes.guard(workload_id, False)
             if hold is not None:
                 self._save_holds()
 
@@ -283,9 +273,17 @@ class Enforcer:
         if not allow:
             log.warning("denied before exec: %s in %s (%s)", d.path, d.workload_id, d.reason)
 
-    def _ask(self, message: list[Any]) -> None:
-        """Publish the question the exec answerer asks for a held exec (it is held meanwhile:
-        its process is still there to read)."""
+    def _heard(self, message: list[Any]) -> None:
+        """Publish what the exec answerer says: a question for a held exec, or a write it
+        denied."""
+        if message[0] == "drift":
+            _, workload_id, path, executable, from_image, pid, proc_name, proc_path = message
+            self.publish(FILE.name, workload_id, FileEvent(
+                workload_id=workload_id, op=FileOp.MODIFY, path=path, executable=executable,
+                was_executable=executable, from_image=from_image, in_container_fs=True,
+                held=True, pid=pid, proc_name=proc_name, proc_path=proc_path))
+            return
+        # A question: the exec is held meanwhile, so its process is still there to read.
         _, event_id, pid, workload_id, path, injected, origin, netcat = message
         info = self.resolver.container(workload_id)
         proc = read_proc(pid)

@@ -46,7 +46,8 @@ from collectors.realtime import Realtime
 from collectors.sensing import Sensor, exe_origin
 from collectors.settings import CollectorSettings
 from collectors.workloads import ContainerInfo, WorkloadResolver
-from schemas import FailMode, Origin
+from collectors.write_guard import WriteGuard
+from schemas import FailMode, FileEvent, Origin
 
 __all__ = ["CACHED_BUCKETS", "VERDICT_BUCKETS", "ExecAnswerer", "main"]
 
@@ -86,6 +87,7 @@ class _Histogram:
 class _Metrics:
     answered: Counter[str] = field(default_factory=Counter)  # "source answer" -> n
     placed: Counter[str] = field(default_factory=Counter)  # lineage | proc -> n
+    opens: Counter[str] = field(default_factory=Counter)  # allow | deny -> held opens
     remembered: int = 0
     forgotten: int = 0
     held: int = 0
@@ -94,6 +96,7 @@ class _Metrics:
 
     def snapshot(self) -> dict[str, Any]:
         return {"answered": dict(self.answered), "placed": dict(self.placed),
+                "opens": dict(self.opens),
                 "remembered": self.remembered, "forgotten": self.forgotten, "held": self.held,
                 "verdict_wait": [*self.verdict_wait.counts, self.verdict_wait.sum],
                 "cached_answer": [*self.cached_answer.counts, self.cached_answer.sum]}
@@ -104,6 +107,7 @@ class _Hold:
     pre_exec: bool
     stamp: str
     fail_mode: FailMode | None = None  # the group's; None: this collector's setting
+    writes: bool = False  # drift writes denied before they happen (zero-drift, held)
     mount: str = ""  # the watched root mount, while held
 
 
@@ -126,6 +130,8 @@ class ExecAnswerer:
         self.sensor = Sensor(self.resolver)
         self.metrics = _Metrics()
         self.group: PermissionGroup | None = PermissionGroup()
+        self.writes: WriteGuard | None = WriteGuard(self.resolver, self._report_drift)
+        self.metrics.opens = self.writes.answered
         self._realtime = Realtime(settings.hold_realtime)
         self._holds: dict[str, _Hold] = {}
         self._cache: OrderedDict[CacheKey, bool] = OrderedDict()
@@ -138,6 +144,7 @@ class ExecAnswerer:
         self._no_connector = False
         self._mounts = 0  # workloads whose execs are held now
         self._stop = threading.Event()
+        self.gave_up = False  # five failures in a row: nothing is held any more
         self._seq = 0
         self._sent_metrics: dict[str, Any] = {}
         self._metrics_due = 0.0
@@ -145,8 +152,8 @@ class ExecAnswerer:
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> None:
-        group = self.group
-        assert group is not None
+        group, writes = self.group, self.writes
+        assert group is not None and writes is not None
         self.link.setblocking(False)
 
         def step() -> None:
@@ -155,7 +162,7 @@ class ExecAnswerer:
             else:
                 self._realtime.release()
             connector = self._lineage_source()
-            watched = [group.fd, self.link.fileno()]
+            watched = [group.fd, writes.fileno(), self.link.fileno()]
             if connector is not None:
                 watched.append(connector.fileno())
             ready, _, _ = select.select(watched, [], [], self._timeout(time.monotonic()))
@@ -170,6 +177,8 @@ class ExecAnswerer:
                 except Exception:
                     log.exception("answering a held exec failed: allowing it")
                     self._answer(event, True, "error")
+            if writes.fileno() in ready:
+                writes.answer_pending()
             if self.link.fileno() in ready:
                 self._read_link()
             now = time.monotonic()
@@ -179,8 +188,10 @@ class ExecAnswerer:
                 self._send_metrics()
 
         def give_up() -> None:
-            self.group = None
+            self.gave_up = True
+            self.group = self.writes = None
             group.close()
+            writes.close()
 
         try:
             answer_until(self._stop, step, "execs", give_up)
@@ -203,6 +214,9 @@ class ExecAnswerer:
         if self.group is not None:
             self.group.close()  # anything still held is allowed by the kernel
             self.group = None
+        if self.writes is not None:
+            self.writes.close()
+            self.writes = None
         if self._connector is not None:
             self._connector.close()
             self._connector = None
@@ -228,8 +242,8 @@ class ExecAnswerer:
     def on_message(self, message: list[Any]) -> None:
         kind = message[0]
         if kind == "hold":
-            _, workload_id, pre_exec, stamp, fail_mode = message
-            self.set_hold(workload_id, pre_exec, stamp,
+            _, workload_id, pre_exec, stamp, writes, fail_mode = message
+            self.set_hold(workload_id, pre_exec, stamp, writes,
                           FailMode(fail_mode) if fail_mode else None)
         elif kind == "verdict":
             _, event_id, allow, stamp, any_caller = message
@@ -241,15 +255,18 @@ class ExecAnswerer:
         else:
             raise ValueError(f"unknown message from the collector: {kind!r}")
 
-    def set_hold(self, workload_id: str, pre_exec: bool, stamp: str,
+    def set_hold(self, workload_id: str, pre_exec: bool, stamp: str, writes: bool,
                  fail_mode: FailMode | None) -> None:
+        if self.writes is not None:
+            self.writes.guard(workload_id, writes)
         hold = self._holds.get(workload_id)
         if hold is None:
             hold = self._holds[workload_id] = _Hold(not pre_exec, "")
-        if (hold.pre_exec, hold.stamp, hold.fail_mode) != (pre_exec, stamp, fail_mode):
+        now = (pre_exec, stamp, fail_mode, writes)
+        if (hold.pre_exec, hold.stamp, hold.fail_mode, hold.writes) != now:
             for key in [k for k in self._cache if k[0] == workload_id]:
                 del self._cache[key]
-            hold.pre_exec, hold.stamp, hold.fail_mode = pre_exec, stamp, fail_mode
+            hold.pre_exec, hold.stamp, hold.fail_mode, hold.writes = now
             if self.group is not None:
                 # the kernel's answers were given under the old policies too
                 try:
@@ -284,6 +301,8 @@ class ExecAnswerer:
         if hold is not None and hold.mount and self.group is not None:
             self.group.unwatch(hold.mount)
             self._mounts -= 1
+        if self.writes is not None:
+            self.writes.guard(workload_id, False)
         self._netcats.pop(workload_id, None)
         self.resolver.forget(workload_id)
 
@@ -514,6 +533,10 @@ class ExecAnswerer:
             return False
         return True
 
+    def _report_drift(self, write: FileEvent) -> None:
+        self._send(["drift", write.workload_id, write.path, write.executable, write.from_image,
+                    write.pid, write.proc_name, write.proc_path])
+
     def _send_metrics(self) -> None:
         snapshot = self.metrics.snapshot()
         if snapshot != self._sent_metrics and self._send(["metrics", snapshot]):
@@ -540,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot hold execs: %s", exc)
         return 1
     answerer.run()
-    return 0
+    return 1 if answerer.gave_up else 0
 
 
 if __name__ == "__main__":

@@ -12,98 +12,76 @@ zero-drift); whether a write is drift is the same predicate the engine judges fi
 Writes this cannot see before they happen (a descriptor opened before the guard began, io_uring
 opens) are still reported after the fact by the file watch.
 
-No answer ever waits on the network: every open in a guarded container waits on this thread, so
-it reads three small /proc files and nothing on the guarded mounts themselves.
+It runs in the exec answerer's process (`exec_answerer.py`), in the same loop as the held execs:
+no GIL is shared with the collector's sensing thread. No answer ever waits on the network: every
+open in a guarded container waits on this loop, so it reads three small /proc files and nothing
+on the guarded mounts themselves.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import select
 import stat
-import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
-from prometheus_client import Counter
-
-from collectors.fanotify import FAN_OPEN_PERM, Permission, PermissionGroup, answer_until
+from collectors.fanotify import FAN_OPEN_PERM, Permission, PermissionGroup
 from collectors.procfs import opens_for_writing, read_cgroup, read_exe, read_stat
 from collectors.workloads import WorkloadResolver
-from schemas import FileEvent, FileOp, Payload
-from schemas.topics import FILE
+from schemas import FileEvent, FileOp
 
 __all__ = ["WriteGuard"]
 
 log = logging.getLogger("procwarden.collector.write_guard")
 
-OPENS = Counter("procwarden_collector_guarded_opens_total",
-                "Opens held in guarded containers, by what was answered", ["answer"])
-
 
 class WriteGuard:
-    def __init__(self, resolver: WorkloadResolver,
-                 publish: Callable[[str, str, Payload], str]) -> None:
+    """`report` is called with each denied write to publish (at most once a second for the same
+    workload, file and process)."""
+
+    def __init__(self, resolver: WorkloadResolver, report: Callable[[FileEvent], None]) -> None:
         self.resolver = resolver
-        self.publish = publish
+        self.report = report
         self.group = PermissionGroup(FAN_OPEN_PERM)
+        self.answered: Counter[str] = Counter()  # allow | deny -> opens
         self._mounts: dict[str, str] = {}  # guarded workload -> its watched root mount
-        # (workload, path, pid) -> when its denial was last published: a program that retries
+        # (workload, path, pid) -> when its denial was last reported: a program that retries
         # a denied write in a loop is reported once a second, not once per attempt.
         self._reported: dict[tuple[str, str, int], float] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.closed = False  # the loop gave up and closed the group
-        self._thread = threading.Thread(target=self._loop, name="write-guard", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    def fileno(self) -> int:
+        return self.group.fd
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        if not self.closed:
-            self.group.close()  # whatever is still held goes ahead
+    def close(self) -> None:
+        self.group.close()  # whatever is still held goes ahead
 
     def guarded(self, workload_id: str) -> bool:
         return workload_id in self._mounts
 
     def guard(self, workload_id: str, on: bool) -> None:
         """Start or stop denying drift writes in a workload (a container with a known root)."""
-        with self._lock:
-            if self.closed:
+        mount = self._mounts.get(workload_id)
+        if on and mount is None:
+            info = self.resolver.container(workload_id)
+            if info is None or not info.init_pid:
                 return
-            mount = self._mounts.get(workload_id)
-            if on and mount is None:
-                info = self.resolver.container(workload_id)
-                if info is None or not info.init_pid:
-                    return
-                mount = f"/proc/{info.init_pid}/root"
-                try:
-                    self.group.watch(mount)
-                except OSError as exc:
-                    log.error("cannot hold writes in %s: %s", workload_id, exc)
-                    return
-                self._mounts[workload_id] = mount
-                log.info("denying drift writes in %s before they happen", workload_id)
-            elif not on and mount is not None:
-                self.group.unwatch(mount)
-                del self._mounts[workload_id]
-                log.info("no longer holding writes in %s", workload_id)
+            mount = f"/proc/{info.init_pid}/root"
+            try:
+                self.group.watch(mount)
+            except OSError as exc:
+                log.error("cannot hold writes in %s: %s", workload_id, exc)
+                return
+            self._mounts[workload_id] = mount
+            log.info("denying drift writes in %s before they happen", workload_id)
+        elif not on and mount is not None:
+            self.group.unwatch(mount)
+            del self._mounts[workload_id]
+            log.info("no longer holding writes in %s", workload_id)
 
-    def _loop(self) -> None:
-        answer_until(self._stop, self._answer_pending, "opens", self._give_up)
-
-    def _give_up(self) -> None:
-        with self._lock:
-            self.closed = True
-            self.group.close()
-
-    def _answer_pending(self) -> None:
-        ready, _, _ = select.select([self.group.fd], [], [], 0.1)
-        if not ready:
-            return
+    def answer_pending(self) -> None:
+        """Answer every open held now."""
         for event in self.group.read():
             try:
                 allow = self.on_open(event)
@@ -114,7 +92,7 @@ class WriteGuard:
                 self.group.answer(event, allow)
             except OSError as exc:
                 log.warning("answering a held open failed: %s", exc)
-            OPENS.labels("allow" if allow else "deny").inc()
+            self.answered["allow" if allow else "deny"] += 1
 
     def on_open(self, event: Permission) -> bool:
         """Whether the held open may go ahead; a denied one is published as a held modify."""
@@ -143,7 +121,7 @@ class WriteGuard:
             if len(self._reported) > 10_000:
                 self._reported.clear()
             self._reported[key] = now
-            self.publish(FILE.name, info.id, write)
+            self.report(write)
             log.warning("denied a write before it happened: %s by %s (pid %d) in %s", path,
                         write.proc_name, event.pid, info.id)
         return False
