@@ -58,9 +58,8 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from collectors import gil_held_io  # noqa: E402
 from collectors.fanotify import PermissionGroup  # noqa: E402
-from collectors.procfs import parse_stat  # noqa: E402
+from collectors.procfs import read_cgroup, read_stat  # noqa: E402
 from procwarden.stack.topics import delete_prefixed_topics  # noqa: E402
 from procwarden.testbed.containers import APP_LOOP, Container, run_container  # noqa: E402
 from schemas import (  # noqa: E402
@@ -275,13 +274,11 @@ def answer_floor(n: int, reads: Literal["none", "path", "key"]) -> Timed:
             select.select([group.fd], [], [], 1.0)
             for event in group.read():
                 if reads == "key":
-                    stat = gil_held_io.read_small(f"/proc/{event.pid}/stat") or b""
-                    gil_held_io.read_small(f"/proc/{event.pid}/cgroup")
-                    ppid = parse_stat(stat.decode()).ppid if stat else 1
-                    gil_held_io.read_small(f"/proc/{ppid}/stat")
+                    stat = read_stat(event.pid)
+                    read_cgroup(event.pid)
+                    read_stat(stat.ppid if stat else 1)
                 if reads != "none":
-                    path = gil_held_io.readlink(f"/proc/self/fd/{event.fd}") or ""
-                    gil_held_io.exists(f"{base}/upper{path}")
+                    os.access(f"{base}/upper{event.path()}", os.F_OK)
                 group.answer(event, True)
     group.close()
     times: dict[str, list[int]] = {"held": [], "free": []}

@@ -66,11 +66,8 @@ _MSG_DONTWAIT = 0x40
 _DATAGRAM = 256  # a connector message is under 100 bytes
 
 
-def _recvmmsg(keep_gil: bool) -> Callable[..., int]:
-    # PyDLL keeps the GIL for the call (the held-exec thread must not hand it over at each
-    # read); the call never blocks either way.
-    loader = ctypes.PyDLL if keep_gil else ctypes.CDLL
-    libc = loader(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+def _recvmmsg() -> Callable[..., int]:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     call = libc.recvmmsg
     call.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
                      ctypes.c_void_p]
@@ -79,10 +76,7 @@ def _recvmmsg(keep_gil: bool) -> Callable[..., int]:
 
 
 class ProcConnector:
-    def __init__(self, rcvbuf: int = 16 * 2**20, keep_gil: bool = False, batch: int = 64
-                 ) -> None:
-        """keep_gil: read without letting the GIL go (for the held-exec thread, which must
-        not hand the GIL to the sensing thread at each read)."""
+    def __init__(self, rcvbuf: int = 16 * 2**20, batch: int = 64) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
         try:
             # Root may go past net.core.rmem_max: a big buffer rides out bursts of execs.
@@ -97,7 +91,7 @@ class ProcConnector:
         self.overruns = 0
         self.drained = False  # the last read emptied the socket
         self._fd = self.sock.fileno()
-        self._recvmmsg = _recvmmsg(keep_gil)
+        self._recvmmsg = _recvmmsg()
         self._batch = batch
         self._data = ctypes.create_string_buffer(batch * _DATAGRAM)
         self._view = memoryview(self._data).cast("B")

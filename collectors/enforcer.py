@@ -5,7 +5,8 @@ a reverse shell or an escalation kills the process (through a pidfd, after check
 time, so a reused pid is never hit); an `exec_check` answer releases the held exec it names; a
 `policy` message says whether the workload's execs are held before they run, and its stamp
 invalidates the answers cached under the previous policies; in a zero-drift workload held before
-exec, writes that would be drift are denied before they happen too (`write_guard`).
+exec, writes that would be drift are denied before they happen too (`write_guard`, run by the
+exec answerer).
 
 Held execs are answered by a process of their own (`exec_answerer`, through `answerer_link`):
 from its cache at once, else after the verdict of the `exec_check` this enforcer publishes for

@@ -37,11 +37,10 @@ from typing import Any
 
 import orjson
 
-from collectors import gil_held_io
 from collectors.connector import ProcConnector
 from collectors.fanotify import Permission, PermissionGroup, answer_until
 from collectors.lineage import Lineage, Placement
-from collectors.procfs import ProcStat, parse_stat, read_proc
+from collectors.procfs import ProcStat, read_cgroup, read_proc, read_stat
 from collectors.realtime import Realtime
 from collectors.sensing import Sensor, exe_origin
 from collectors.settings import CollectorSettings
@@ -63,11 +62,6 @@ _BIN_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin")
 
 # Everything pre_exec_decide reads from the collector, plus the policies it was answered under.
 CacheKey = tuple[str, str, str, bool, Origin, bool]  # workload, stamp, path, injected, origin, nc
-
-
-def _stat_keeping_gil(pid: int) -> ProcStat | None:
-    text = gil_held_io.read_small(f"/proc/{pid}/stat")
-    return None if text is None else parse_stat(text.decode(errors="replace"))
 
 
 class _Histogram:
@@ -329,7 +323,7 @@ class ExecAnswerer:
         wanted = self._mounts > 0 and not self._no_connector
         if wanted and self._connector is None:
             try:
-                self._connector = ProcConnector(keep_gil=True)
+                self._connector = ProcConnector()
             except OSError as exc:
                 log.warning("no process connector for held execs (%s): each is read from "
                             "/proc", exc)
@@ -415,11 +409,11 @@ class ExecAnswerer:
         """Read where `pid` is from /proc, and remember it and its creator for what they make
         next (the creator only if it is in the same container: a child of `runc exec` is
         moved in from the host)."""
-        stat = _stat_keeping_gil(pid)
-        cgroup = gil_held_io.read_small(f"/proc/{pid}/cgroup")
+        stat = read_stat(pid)
+        cgroup = read_cgroup(pid)
         if stat is None or cgroup is None:
             return None
-        info = self.resolver.container_of(cgroup.decode(errors="replace"))
+        info = self.resolver.container_of(cgroup)
         if info is None:
             return None
         placement = Placement(info.id, self._family(pid, stat, info))
@@ -427,7 +421,7 @@ class ExecAnswerer:
             return placement
         self._lineage.place(pid, placement)
         if pid != info.init_pid:  # else its creator is the runtime, on the host
-            creator = gil_held_io.read_small(f"/proc/{stat.ppid}/cgroup")
+            creator = read_cgroup(stat.ppid)
             if creator is not None and creator == cgroup:
                 # descending from the root exactly when its child (not the root) does
                 self._lineage.place(stat.ppid, placement)
@@ -438,7 +432,7 @@ class ExecAnswerer:
         which is usually long-lived (a shell, a server), so that answer is cached."""
         if pid == info.init_pid:
             return True
-        parent = _stat_keeping_gil(stat.ppid)
+        parent = read_stat(stat.ppid)
         if parent is None:
             proc = read_proc(pid)
             return proc is not None and self.sensor.is_family(proc, info)

@@ -20,7 +20,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from collectors import gil_held_io
 from schemas.records import fast_init
 
 __all__ = ["FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "FAN_Q_OVERFLOW", "METADATA", "ExecNotice",
@@ -105,22 +104,18 @@ class Permission:
     # the group reports them
 
     def path(self) -> str:
-        """The file's path as seen from the mount it was reached through ("" if unreadable).
-        Read keeping the GIL: the caller is held until it is answered."""
-        return gil_held_io.readlink(f"/proc/self/fd/{self.fd}") or ""
+        """The file's path as seen from the mount it was reached through ("" if unreadable)."""
+        try:
+            return os.readlink(f"/proc/self/fd/{self.fd}")
+        except OSError:
+            return ""
 
 
-def _read_events(fd: int, buffer: bytearray | gil_held_io.Buffer
-                 ) -> tuple[list[tuple[int, int, int]], bool]:
-    """(mask, fd, pid) of each pending record, and whether the kernel's queue overflowed. A
-    `gil_held_io.Buffer` is read without letting the GIL go."""
+def _read_events(fd: int, buffer: bytearray) -> tuple[list[tuple[int, int, int]], bool]:
+    """(mask, fd, pid) of each pending record, and whether the kernel's queue overflowed."""
     try:
-        if isinstance(buffer, bytearray):
-            n = os.readv(fd, [buffer])
-            view = memoryview(buffer)[:n]
-        else:
-            n = gil_held_io.read_into(fd, buffer)
-            view = memoryview(buffer.c).cast("B")[:n]
+        n = os.readv(fd, [buffer])
+        view = memoryview(buffer)[:n]
     except BlockingIOError:
         return [], False
     events: list[tuple[int, int, int]] = []
@@ -144,7 +139,7 @@ class _Group:
                                              os.O_RDONLY | _O_LARGEFILE | os.O_CLOEXEC),
                          "fanotify_init")
         self.mask = mask
-        self._buffer: bytearray | gil_held_io.Buffer = bytearray(64 * 1024)
+        self._buffer = bytearray(64 * 1024)
 
     def fileno(self) -> int:
         return self.fd
@@ -170,7 +165,6 @@ class PermissionGroup(_Group):
     def __init__(self, mask: int = _FAN_OPEN_EXEC_PERM) -> None:
         super().__init__(_FAN_CLASS_CONTENT | (_FAN_REPORT_TID if mask & _FAN_OPEN_PERM else 0),
                          mask)
-        self._buffer = gil_held_io.Buffer(64 * 1024)  # read on the held path: keep the GIL
         self._ignore_failed = False  # warned once
 
     def watch(self, mount: str) -> None:
@@ -198,14 +192,11 @@ class PermissionGroup(_Group):
         file's events itself, unheld (an ignore mark on the file, which the kernel drops when
         the file is written), if the file has a single name: the policy judges paths, and
         another name of it would be allowed with it. Whether the kernel remembers it."""
-        # Through libc, keeping the GIL: the held process waits on this write, and os.write
-        # would first hand the GIL to whichever thread wants it.
         try:
-            gil_held_io.write(self.fd, _RESPONSE.pack(event.fd,
-                                                      _FAN_ALLOW if allow else _FAN_DENY))
+            os.write(self.fd, _RESPONSE.pack(event.fd, _FAN_ALLOW if allow else _FAN_DENY))
             return allow and remember and self._ignore(event.fd)
         finally:
-            gil_held_io.close(event.fd)
+            os.close(event.fd)
 
     def _ignore(self, fd: int) -> bool:
         try:

@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from collectors import gil_held_io
 from collectors.procfs import ProcInfo, ProcStat, read_exe, read_pid_ns, read_proc, read_stat
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from schemas import ExecEvent, Origin, Workload
@@ -30,11 +29,11 @@ def _digest(path: Path) -> str | None:
 def exe_origin(info: ContainerInfo, exe: str) -> Origin:
     """Image, new or modified: the overlay's upper layer against the image layers. A file in
     the upper layer whose content equals the image's (a copy-up by chmod, say) is the image's.
-    The common case (not in the upper layer: the image's) is one access() keeping the GIL, as
+    The common case (not in the upper layer: the image's) is one access(), as
     a held exec waits on it."""
     if info.upperdir is None or not exe.startswith("/"):
         return Origin.IMAGE
-    if not gil_held_io.exists(f"{info.upperdir}{exe}"):  # (a Path join costs more than this)
+    if not os.access(f"{info.upperdir}{exe}", os.F_OK):  # (a Path join costs more than this)
         return Origin.IMAGE
     rel = exe.lstrip("/")
     upper = info.upperdir / rel

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from collectors import gil_held_io
-from collectors.procfs import parse_stat, read_pid_ns, read_proc, read_stat
+from collectors.procfs import read_cgroup, read_exe, read_pid_ns, read_proc, read_stat
 
 
 def _gone_pid() -> int:
@@ -63,37 +62,8 @@ def test_a_gone_process_reads_as_none() -> None:
     pid = _gone_pid()
     assert read_proc(pid) is None
     assert read_stat(pid) is None
-    assert gil_held_io.read_small(f"/proc/{pid}/stat") is None
-    assert gil_held_io.readlink(f"/proc/{pid}/exe") is None
-
-
-def test_the_gil_keeping_reads_see_the_same_as_os_reads() -> None:
-    pid = os.getpid()
-    small = gil_held_io.read_small(f"/proc/{pid}/stat")
-    assert small is not None
-    assert parse_stat(small.decode()) == read_stat(pid)
-    assert gil_held_io.read_small(f"/proc/{pid}/cgroup") == Path(
-        f"/proc/{pid}/cgroup").read_bytes()
-    assert gil_held_io.readlink(f"/proc/{pid}/exe") == os.readlink(f"/proc/{pid}/exe")
-    assert gil_held_io.exists("/proc/self") and not gil_held_io.exists("/proc/nonexistent")
-
-
-def test_a_file_too_long_for_the_small_read_is_refused_not_cut(tmp_path: Path) -> None:
-    long = tmp_path / "long"
-    long.write_bytes(b"x" * 5000)
-    assert gil_held_io.read_small(str(long)) is None
-    short = tmp_path / "short"
-    short.write_bytes(b"y" * 4095)
-    assert gil_held_io.read_small(str(short)) == b"y" * 4095
-
-
-def test_a_failed_write_raises_with_the_errno() -> None:
-    read_end, write_end = os.pipe()
-    os.close(write_end)
-    with pytest.raises(OSError) as failed:
-        gil_held_io.write(read_end, b"answer")  # a pipe's read end cannot be written
-    assert failed.value.errno == 9  # EBADF
-    gil_held_io.close(read_end)
+    assert read_cgroup(pid) is None
+    assert read_exe(pid) == ""
 
 
 def test_a_gone_execs_parent_is_read_whole_once_while_it_stays_the_same(
