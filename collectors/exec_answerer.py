@@ -137,6 +137,9 @@ class ExecAnswerer:
         self._connector: ProcConnector | None = None
         self._no_connector = False
         self._mounts = 0  # workloads whose execs are held now
+        # Each held exec read and not answered yet (by the id of its event, alive until then):
+        # an exec answered twice would answer whichever exec holds its descriptor number next.
+        self._unanswered: set[int] = set()
         self._stop = threading.Event()
         self.gave_up = False  # five failures in a row: nothing is held any more
         self._seq = 0
@@ -161,6 +164,8 @@ class ExecAnswerer:
                 watched.append(connector.fileno())
             ready, _, _ = select.select(watched, [], [], self._timeout(time.monotonic()))
             events = group.read() if group.fd in ready else []
+            for event in events:
+                self._unanswered.add(id(event))
             if connector is not None:
                 # after the read: each caller's fork was queued before its exec was held
                 # (and drained while nothing is held too, so the buffer stays small)
@@ -184,6 +189,7 @@ class ExecAnswerer:
         def give_up() -> None:
             self.gave_up = True
             self.group = self.writes = None
+            self._unanswered.clear()  # the kernel lets them go
             group.close()
             writes.close()
 
@@ -505,6 +511,10 @@ class ExecAnswerer:
         group = self.group
         if group is None:
             return  # the group was closed: the kernel let the exec go ahead
+        if id(event) not in self._unanswered:
+            log.error("an exec was to be answered twice (%s): the first answer stands", source)
+            return
+        self._unanswered.discard(id(event))
         try:
             if group.answer(event, allow, remember):
                 self.metrics.remembered += 1
