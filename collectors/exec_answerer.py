@@ -5,18 +5,31 @@ The kernel holds each exec of a file in a Protect workload's root mount (fanotif
 `FAN_OPEN_EXEC_PERM`) until this process answers it: from its cache at once; else it asks the
 collector to publish an `exec_check` and waits for the verdict until a bounded timeout, after
 which the group's fail mode answers. The number of held execs is capped; beyond it the fail mode
-answers too, so the host never hangs on the pipeline.
+answers too, so the host never hangs on the pipeline. In a zero-drift workload held before exec,
+the same loop answers every open of a file in its root mount (`write_guard.py`): a write that
+would be drift is denied before it happens.
 
 Why a process of its own: a thread of the collector had to take the GIL from the sensing thread
 for every answer, and that thread shares its CPUs with everything on the node. Near the p99 of a
 cached answer, most of the time went to that wait (bench/collector.py). Here nothing else runs
 Python, and while execs are held the process runs at a real-time priority (`realtime.py`).
 
-The collector tells it, over a socket pair (one JSON list per message): which workloads are held
-and under which policies, the verdicts of its questions, workloads gone, and when to stop. It
-sends back the questions to publish and its metrics, which the collector exposes. If it dies,
-its fanotify group closes with it and the kernel lets everything held go ahead; the collector
-starts it again and tells it the held workloads anew.
+The collector and this process talk over a socket pair, one JSON list per datagram:
+
+    collector -> answerer
+      ["hold", workload, pre_exec, policy_stamp, drift_writes_held, fail_mode | null]
+      ["verdict", exec_check_event_id, allow, policy_stamp, any_caller]
+      ["forget", workload]                      (its container is gone)
+      ["stop"]
+    answerer -> collector
+      ["ask", event_id, pid, workload, path, runtime_injected, origin, netcat]
+                                                (publish an exec_check under that event id)
+      ["drift", workload, path, executable, from_image, pid, proc_name, proc_path]
+                                                (a write denied: publish it as a held modify)
+      ["metrics", {cumulative counters}]        (every METRICS_EVERY_S, when they changed)
+
+If it dies, its fanotify groups close with it and the kernel lets everything held go ahead; the
+collector starts it again and tells it the held workloads anew.
 """
 
 from __future__ import annotations
