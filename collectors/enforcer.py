@@ -22,7 +22,6 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +29,7 @@ from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException,
 from prometheus_client import Counter
 
 from collectors.answerer_link import AnswererLink
+from collectors.exec_answerer import Hold
 from collectors.procfs import read_proc, read_stat
 from collectors.settings import CollectorSettings
 from collectors.workloads import WorkloadResolver
@@ -85,19 +85,6 @@ def kill_if_same(pid: int, start_time: int) -> str:
         os.close(pidfd)
 
 
-@dataclass
-class _Hold:
-    pre_exec: bool
-    stamp: str
-    writes: bool = False  # drift writes denied before they happen (zero-drift, held)
-    fail_mode: FailMode | None = None  # the group's; None: this collector's setting
-
-    def message(self, workload_id: str) -> list[Any]:
-        """What the exec answerer is told of it."""
-        return ["hold", workload_id, self.pre_exec, self.stamp, self.writes,
-                self.fail_mode.value if self.fail_mode else None]
-
-
 class Enforcer:
     def __init__(self, settings: CollectorSettings, kafka: KafkaConnection,
                  resolver: WorkloadResolver, publish: Publish) -> None:
@@ -106,7 +93,7 @@ class Enforcer:
         self.resolver = resolver
         self.publish = publish
         self.node = settings.node
-        self._holds: dict[str, _Hold] = {}
+        self._holds: dict[str, Hold] = {}
         self._lock = threading.Lock()  # the holds, and their order on the way to the answerer
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -141,7 +128,7 @@ class Enforcer:
             if self.resolver.container(workload_id) is not None:
                 writes = bool(rest and rest[0])
                 fail_mode = FailMode(rest[1]) if len(rest) > 1 and rest[1] else None
-                self._holds[workload_id] = _Hold(bool(pre_exec), str(stamp), writes, fail_mode)
+                self._holds[workload_id] = Hold(bool(pre_exec), str(stamp), writes, fail_mode)
 
     def _save_holds(self) -> None:
         state = {wid: [h.pre_exec, h.stamp, h.writes, h.fail_mode.value if h.fail_mode else ""]
@@ -234,7 +221,8 @@ class Enforcer:
         kind = d.event_kind
         if kind is EventKind.POLICY or (d.workload_id not in self._holds and d.policy_stamp):
             # (the second: any verdict tells the policy state again after our restart)
-            self._set_hold(d.workload_id, d.pre_exec, d.policy_stamp, d.pre_write, d.fail_mode)
+            self._set_hold(d.workload_id,
+                           Hold(d.pre_exec, d.policy_stamp, d.pre_write, d.fail_mode))
         if kind is EventKind.EXEC_CHECK:
             self._released(d)
         elif d.verdict is Verdict.BLOCK and kind in _KILLED_KINDS:
@@ -249,15 +237,11 @@ class Enforcer:
         log.warning("block %s: pid %d (%s, %s) in %s: %s", d.reason, d.pid, d.name, d.path,
                     d.workload_id, outcome)
 
-    def _set_hold(self, workload_id: str, pre_exec: bool, stamp: str, writes: bool,
-                  fail_mode: FailMode | None) -> None:
+    def _set_hold(self, workload_id: str, hold: Hold) -> None:
         with self._lock:
-            hold = self._holds.get(workload_id)
-            now = (pre_exec, stamp, writes, fail_mode)
-            if hold is not None and (hold.pre_exec, hold.stamp, hold.writes, hold.fail_mode
-                                     ) == now:
+            if self._holds.get(workload_id) == hold:
                 return
-            hold = self._holds[workload_id] = _Hold(*now)
+            self._holds[workload_id] = hold
             self._save_holds()
             self._send(hold.message(workload_id))
 

@@ -61,7 +61,7 @@ from collectors.workloads import ContainerInfo, WorkloadResolver
 from collectors.write_guard import WriteGuard
 from schemas import FailMode, FileEvent, Origin
 
-__all__ = ["CACHED_BUCKETS", "VERDICT_BUCKETS", "ExecAnswerer", "main"]
+__all__ = ["CACHED_BUCKETS", "VERDICT_BUCKETS", "ExecAnswerer", "Hold", "main"]
 
 log = logging.getLogger("procwarden.collector.exec_answerer")
 
@@ -109,13 +109,25 @@ class _Metrics:
                 "cached_answer": [*self.cached_answer.counts, self.cached_answer.sum]}
 
 
-@dataclass
-class _Hold:
-    pre_exec: bool
-    stamp: str
-    fail_mode: FailMode | None = None  # the group's; None: this collector's setting
+@dataclass(frozen=True)
+class Hold:
+    """How a workload is held, as its latest `policy` verdict says: kept by the collector (and
+    across its restarts), told to the answerer."""
+
+    pre_exec: bool  # its execs are held before they run
+    stamp: str  # the policies its cached answers were given under
     writes: bool = False  # drift writes denied before they happen (zero-drift, held)
-    mount: str = ""  # the watched root mount, while held
+    fail_mode: FailMode | None = None  # the group's; None: the collector's setting
+
+    def message(self, workload_id: str) -> list[Any]:
+        return ["hold", workload_id, self.pre_exec, self.stamp, self.writes,
+                self.fail_mode.value if self.fail_mode else None]
+
+    @staticmethod
+    def of_message(message: list[Any]) -> tuple[str, Hold]:
+        _, workload_id, pre_exec, stamp, writes, fail_mode = message
+        return workload_id, Hold(pre_exec, stamp, writes,
+                                 FailMode(fail_mode) if fail_mode else None)
 
 
 @dataclass
@@ -140,7 +152,7 @@ class ExecAnswerer:
         self.writes: WriteGuard | None = WriteGuard(self.resolver, self._report_drift)
         self.metrics.opens = self.writes.answered
         self._realtime = Realtime(settings.hold_realtime)
-        self._holds: dict[str, _Hold] = {}
+        self._holds: dict[str, Hold] = {}
         self._cache: OrderedDict[CacheKey, bool] = OrderedDict()
         self._pending: dict[str, _Pending] = {}  # exec_check event id -> waiting execs
         self._pending_keys: dict[CacheKey, str] = {}
@@ -149,7 +161,7 @@ class ExecAnswerer:
         self._lineage = Lineage()
         self._connector: ProcConnector | None = None
         self._no_connector = False
-        self._mounts = 0  # workloads whose execs are held now
+        self._watched: dict[str, str] = {}  # workload whose execs are held -> its root mount
         # Each held exec read and not answered yet (by the id of its event, alive until then):
         # an exec answered twice would answer whichever exec holds its descriptor number next.
         self._unanswered: set[int] = set()
@@ -167,7 +179,7 @@ class ExecAnswerer:
         self.link.setblocking(False)
 
         def step() -> None:
-            if self._mounts:
+            if self._watched:
                 self._realtime.engage()
             else:
                 self._realtime.release()
@@ -255,9 +267,7 @@ class ExecAnswerer:
     def on_message(self, message: list[Any]) -> None:
         kind = message[0]
         if kind == "hold":
-            _, workload_id, pre_exec, stamp, writes, fail_mode = message
-            self.set_hold(workload_id, pre_exec, stamp, writes,
-                          FailMode(fail_mode) if fail_mode else None)
+            self.set_hold(*Hold.of_message(message))
         elif kind == "verdict":
             _, event_id, allow, stamp, any_caller = message
             self.released(event_id, allow, stamp, any_caller)
@@ -268,18 +278,13 @@ class ExecAnswerer:
         else:
             raise ValueError(f"unknown message from the collector: {kind!r}")
 
-    def set_hold(self, workload_id: str, pre_exec: bool, stamp: str, writes: bool,
-                 fail_mode: FailMode | None) -> None:
+    def set_hold(self, workload_id: str, hold: Hold) -> None:
         if self.writes is not None:
-            self.writes.guard(workload_id, writes)
-        hold = self._holds.get(workload_id)
-        if hold is None:
-            hold = self._holds[workload_id] = _Hold(not pre_exec, "")
-        now = (pre_exec, stamp, fail_mode, writes)
-        if (hold.pre_exec, hold.stamp, hold.fail_mode, hold.writes) != now:
+            self.writes.guard(workload_id, hold.writes)
+        if self._holds.get(workload_id) != hold:
+            self._holds[workload_id] = hold
             for key in [k for k in self._cache if k[0] == workload_id]:
                 del self._cache[key]
-            hold.pre_exec, hold.stamp, hold.fail_mode, hold.writes = now
             if self.group is not None:
                 # the kernel's answers were given under the old policies too
                 try:
@@ -290,30 +295,29 @@ class ExecAnswerer:
                               "policies: %s", exc)
         if self.group is None:
             return
-        if pre_exec and not hold.mount:
+        mount = self._watched.get(workload_id)
+        if hold.pre_exec and mount is None:
             info = self.resolver.container(workload_id)
             if info is not None and info.init_pid:
                 mount = f"/proc/{info.init_pid}/root"
                 try:
                     self.group.watch(mount)
-                    hold.mount = mount
-                    self._mounts += 1
+                    self._watched[workload_id] = mount
                     log.info("holding execs of %s before they run", workload_id)
                 except FileNotFoundError:  # its root process is gone
                     log.info("not holding execs of %s: its container has stopped", workload_id)
                 except OSError as exc:
                     log.error("cannot hold execs of %s: %s", workload_id, exc)
-        elif not pre_exec and hold.mount:
-            self.group.unwatch(hold.mount)
-            hold.mount = ""
-            self._mounts -= 1
+        elif not hold.pre_exec and mount is not None:
+            self.group.unwatch(mount)
+            del self._watched[workload_id]
             log.info("no longer holding execs of %s", workload_id)
 
     def forget(self, workload_id: str) -> None:
-        hold = self._holds.pop(workload_id, None)
-        if hold is not None and hold.mount and self.group is not None:
-            self.group.unwatch(hold.mount)
-            self._mounts -= 1
+        self._holds.pop(workload_id, None)
+        mount = self._watched.pop(workload_id, None)
+        if mount is not None and self.group is not None:
+            self.group.unwatch(mount)
         if self.writes is not None:
             self.writes.guard(workload_id, False)
         self._netcats.pop(workload_id, None)
@@ -339,7 +343,7 @@ class ExecAnswerer:
     def _lineage_source(self) -> ProcConnector | None:
         """A process connector of this process's own, open while some workload's execs are
         held (it sees every fork and exit of the host; nobody needs them otherwise)."""
-        wanted = self._mounts > 0 and not self._no_connector
+        wanted = bool(self._watched) and not self._no_connector
         if wanted and self._connector is None:
             try:
                 self._connector = ProcConnector()
