@@ -7,6 +7,12 @@ back, then the spool is replayed segment by segment, and only when it is empty d
 straight to the producer again. So per-workload order holds and nothing is lost; on shutdown
 anything the producer could not deliver is written to the front of the spool, and the next start
 replays it.
+
+A topic that does not exist (not created yet, deleted, a wrong prefix) is handled the same way:
+its messages go to the spool, with an error naming the topic, and the spool is replayed once
+every topic it holds exists. The messages the producer had already taken for it come back in
+its failure reports, which are served (and spooled) before the message that found the topic
+missing.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ REPLAYED = Counter("procwarden_collector_replayed_total", "Spooled messages sent
 SPOOL_BYTES = Gauge("procwarden_collector_spool_bytes", "Size of the disk spool")
 
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+_MISSING = (KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
 class Publisher:
@@ -54,6 +61,7 @@ class Publisher:
             "delivery.report.only.error": True, "on_delivery": self._delivered,
             "error_cb": self._on_error})
         self._published: dict[str, Counter] = {}  # topic -> its PUBLISHED child
+        self._missing: set[str] = set()  # topics found missing, said once each
         SPOOL_BYTES.set(self.spool.size)
         if self.spooling:
             log.warning("replaying %d bytes spooled by an earlier run once Kafka answers",
@@ -69,17 +77,38 @@ class Publisher:
         """Hand one message on (from any thread); False only when it had to be dropped."""
         with self._lock:
             if self.spooling:
-                if not self.spool.append(topic, key, value):
-                    return False  # the caller counts it lost (reason spool_full)
-                SPOOLED.inc()
-                SPOOL_BYTES.set(self.spool.size)
-                return True
-        self._produce(topic, key, value)
+                return self._spool(topic, key, value)
+        try:
+            self._produce(topic, key, value)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _MISSING:
+                raise
+            # What the producer had taken for that topic comes back in its failure reports,
+            # ready now: spooled first, so the spool keeps the order.
+            self.producer.poll(0)
+            with self._lock:
+                self._topic_missing(topic)
+                return self._spool(topic, key, value)
         counted = self._published.get(topic)
         if counted is None:
             counted = self._published[topic] = PUBLISHED.labels(topic.rsplit(".", 1)[-1])
         counted.inc()
         return True
+
+    def _spool(self, topic: str, key: bytes, value: bytes) -> bool:
+        """Under the lock."""
+        if not self.spool.append(topic, key, value):
+            return False  # the caller counts it lost (reason spool_full)
+        SPOOLED.inc()
+        SPOOL_BYTES.set(self.spool.size)
+        return True
+
+    def _topic_missing(self, topic: str) -> None:
+        """Under the lock: from now on every message is spooled, in order, until it exists."""
+        self.spooling = True
+        if topic not in self._missing:
+            self._missing.add(topic)
+            log.error("the topic %s does not exist: spooling until it does", topic)
 
     def _produce(self, topic: str, key: bytes, value: bytes) -> None:
         while True:
@@ -92,6 +121,11 @@ class Publisher:
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None and err.code() in _PURGED:  # shutting down while Kafka is away
             self._undelivered.append((msg.topic() or "", msg.key() or b"", msg.value() or b""))
+        elif err is not None and err.code() in _MISSING:
+            with self._lock:
+                self._topic_missing(msg.topic() or "")
+                if not self._spool(msg.topic() or "", msg.key() or b"", msg.value() or b""):
+                    log.error("a message for %s was lost: the spool is full", msg.topic())
         elif err is not None:
             log.error("delivery to %s failed: %s", msg.topic(), err)
 
@@ -104,7 +138,7 @@ class Publisher:
 
     def _replay_one_segment(self) -> None:
         try:
-            self.producer.list_topics(timeout=1.0)
+            topics = self.producer.list_topics(timeout=1.0).topics
         except KafkaException:
             return  # still away
         if len(self.producer):
@@ -116,6 +150,14 @@ class Publisher:
                 log.warning("Kafka is back: the spool is empty, publishing directly")
                 return
             path, records = next(self.spool.drain())
+            for topic in {topic for topic, _, _ in records}:
+                meta = topics.get(topic)
+                if meta is None or meta.error is not None:
+                    self._topic_missing(topic)
+                    return  # not until every topic the segment holds exists
+            for topic in [t for t in self._missing if t in topics]:
+                self._missing.discard(topic)
+                log.warning("the topic %s exists now", topic)
         for topic, key, value in records:
             self._produce(topic, key, value)
         if self.producer.flush(30) == 0:

@@ -11,7 +11,10 @@ import time
 import uuid
 from pathlib import Path
 
+from confluent_kafka.admin import AdminClient
+
 from procwarden.stack import Stack
+from procwarden.stack.topics import ALL_TOPICS, ensure_topics
 from procwarden.testbed.containers import run_container
 from schemas import CollectorReport, ExecEvent, ExitEvent, Origin, Verdict, Workload, WorkloadKind
 from schemas.connections import KafkaConnection
@@ -222,3 +225,40 @@ def test_a_root_escalation_on_the_host_is_detected(kafka: KafkaConnection,
     assert incident.proc_real_uid == 1000
     assert {incident.proc_name, incident.proc_parent_name} <= {"sh", "python3"}
     assert incident.message == "Unauthorized root privilege escalation!"
+
+
+def test_a_missing_topic_is_spooled_until_it_exists(kafka: KafkaConnection,
+                                                    tmp_path: Path) -> None:
+    """The exec topic is gone (deleted, or not created yet): the collector does not stop. It
+    says which topic, spools what it cannot publish, and once the topic exists again delivers
+    every exec, in order."""
+    pipe = Pipeline(kafka, tmp_path)
+    exec_topic = pipe.topic(EXEC.name)
+    admin = AdminClient(pipe.kafka.confluent_config())
+    for future in admin.delete_topics([exec_topic]).values():
+        future.result(30)
+    deadline = time.monotonic() + 30
+    while exec_topic in admin.list_topics(timeout=10).topics:
+        assert time.monotonic() < deadline, "the topic was not deleted"
+        time.sleep(0.2)
+    expected: list[int] = []
+    with running_collector(pipe, "node-missing", tmp_path,
+                           COLLECTOR_STATE_DIR=str(tmp_path / "state")) as log:
+        expected += spawn_true(20)
+        wait_for_line(log, f"the topic {exec_topic} does not exist: spooling", timeout=60)
+        expected += spawn_true(10)
+        time.sleep(1)
+        assert any((tmp_path / "state" / "spool").glob("spool-*.log"))
+        ensure_topics(pipe.kafka, [t for t in ALL_TOPICS if t.name == EXEC.name])
+        wait_for_line(log, "the spool is empty, publishing directly", timeout=90)
+        expected += spawn_true(5)
+        time.sleep(1)
+    seen = [e.payload.pid for e in pipe.read_all(EXEC.name, settle=3)
+            if isinstance(e.payload, ExecEvent) and e.payload.path == "/usr/bin/true"
+            and e.payload.workload_id == "host:node-missing"]
+    ours = [pid for pid in seen if pid in set(expected)]
+    assert sorted(set(ours)) == sorted(expected), (len(ours), len(expected))
+    first: dict[int, int] = {}
+    for i, pid in enumerate(ours):
+        first.setdefault(pid, i)
+    assert sorted(expected, key=first.__getitem__) == expected  # one partition: their order
