@@ -122,7 +122,7 @@ class Handlers:
             self.published[name] = policy
         current = self.session.policies.get(name)
         if current is None or policy.version >= current.version:
-            self.session.load_policies([policy])
+            self.session.load_published(policy)
 
     def on_workload(self, env: Envelope | None, workload_id: str) -> None:
         if env is None or (isinstance(env.payload, Workload)

@@ -65,6 +65,12 @@ class EditOutcome:
     status: int = 200
 
 
+# A learn the topic's copies still lack after this long (by the copies' own time) is given up,
+# and at most this many are kept per group.
+_UNPUBLISHED_FOR_S = 60.0
+_UNPUBLISHED_MAX = 1024
+
+
 @dataclass
 class DecisionSession:
     settings: EngineSettings = field(default_factory=EngineSettings)
@@ -75,6 +81,10 @@ class DecisionSession:
     changed_states: set[str] = field(default_factory=set)
     _views: dict[str, tuple[int, PolicyView]] = field(default_factory=dict)
     _epoch: int = 0
+    # What this session learned and applied at once, and the policy topic does not show yet
+    # (the group's writer adds it a moment later), by group: kept on top of every copy the topic
+    # brings until one shows it, so a learned rule never vanishes from view in between.
+    _unpublished: dict[str, list[LearnRequest]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.policies.setdefault("nodes", nodes_group(self.settings))
@@ -86,7 +96,26 @@ class DecisionSession:
             self.policies[policy.name] = policy
         self._epoch += 1
 
+    def load_published(self, policy: GroupPolicy) -> None:
+        """A group's copy from the policy topic, with what this session learned and the copy
+        does not show yet applied on top (a learn the writer has not included a minute after
+        the copy's last change is given up)."""
+        self.policies[policy.name] = policy
+        pending = self._unpublished.pop(policy.name, [])
+        still = []
+        for req in pending:
+            if policy.updated_at > req.ts + _UNPUBLISHED_FOR_S:
+                continue
+            result = apply_learn(self.policies, req)
+            if result.changed:  # not in the copy yet
+                self.apply(result)
+                still.append(req)
+        if still:
+            self._unpublished[policy.name] = still
+        self._epoch += 1
+
     def forget_policy(self, name: str) -> None:
+        self._unpublished.pop(name, None)
         if self.policies.pop(name, None) is not None:
             self._epoch += 1
 
@@ -145,7 +174,12 @@ class DecisionSession:
         if state.apply(effect):
             self.changed_states.add(workload_id)
         if decision.learn is not None:
-            self.apply(apply_learn(self.policies, decision.learn))
+            result = apply_learn(self.policies, decision.learn)
+            self.apply(result)
+            if result.changed:
+                pending = self._unpublished.setdefault(decision.learn.group, [])
+                if len(pending) < _UNPUBLISHED_MAX:
+                    pending.append(decision.learn)
         return decision
 
     def _edit(self, env: Envelope) -> EditOutcome:

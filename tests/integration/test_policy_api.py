@@ -36,6 +36,7 @@ def api(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory) -> Ite
     deadline = time.monotonic() + 30
     while not _learned(p, "ls") and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert _learned(p, "ls"), "the learned rule did not reach the API in 30 s"
     yield p
     p.stop_workers()
 
