@@ -68,7 +68,7 @@ class EditOutcome:
 # A learn the topic's copies still lack after this long (by the copies' own time) is given up,
 # and at most this many are kept per group.
 _UNPUBLISHED_FOR_S = 60.0
-_UNPUBLISHED_MAX = 1024
+_UNPUBLISHED_MAX = 256  # each copy re-applies what is still pending: bounded work per copy
 
 
 @dataclass
