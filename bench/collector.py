@@ -446,7 +446,7 @@ def main() -> int:
                       f"p99 {e99:4.0f}; spawn to exit: p50 {s50:4.0f}, p99 {s99:4.0f})"
                       + ("" if held_count is None else
                          f"; held by the collector: {held_count:,.0f} of {held_n:,}"))
-        print(f"  the collector's own time per cached answer (basic, from its histogram): "
+        print(f"  the exec answerer's own time per cached answer (basic, from its histogram): "
               f"p50 <= {bucket_quantile(before, after, 0.5):.0f} us, "
               f"p99 <= {bucket_quantile(before, after, 0.99):.0f} us; files the kernel "
               f"remembered: {remembered - remembered0:.0f}")

@@ -141,6 +141,7 @@ class AnswererLink:
         self.process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
         self._stopping = threading.Event()
+        self._restart = threading.Lock()  # a restart and a stop do not cross
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -159,7 +160,8 @@ class AnswererLink:
             log.debug("the exec answerer did not take %s: %s", message[0], exc)
 
     def stop(self) -> None:
-        self._stopping.set()
+        with self._restart:  # no answerer is started after this one is told to stop
+            self._stopping.set()
         self.send(["stop"])
         process = self.process
         if process is not None:
@@ -204,7 +206,10 @@ class AnswererLink:
                 return
             pause = min(pause * 2, _RESTART_MAX_S)
             try:
-                self._spawn()
+                with self._restart:
+                    if self._stopping.is_set():
+                        return
+                    self._spawn()
             except OSError as exc:
                 log.error("cannot start the exec answerer: %s", exc)
                 return

@@ -40,11 +40,11 @@ from schemas import (
     ExecCheck,
     FailMode,
     FileEvent,
-    FileOp,
     Origin,
     Payload,
     Verdict,
     decode_envelope,
+    decode_record,
 )
 from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, FILE, VERDICTS, verdict_partition
@@ -261,12 +261,9 @@ class Enforcer:
     def _heard(self, message: list[Any]) -> None:
         """Publish what the exec answerer says: a question for a held exec, or a write it
         denied."""
-        if message[0] == "drift":
-            _, workload_id, path, executable, from_image, pid, proc_name, proc_path = message
-            self.publish(FILE.name, workload_id, FileEvent(
-                workload_id=workload_id, op=FileOp.MODIFY, path=path, executable=executable,
-                was_executable=executable, from_image=from_image, in_container_fs=True,
-                held=True, pid=pid, proc_name=proc_name, proc_path=proc_path))
+        if message[0] == "drift":  # built and judged by the answerer's write guard
+            write = decode_record(FileEvent, message[1], "drift")
+            self.publish(FILE.name, write.workload_id, write)
             return
         # A question: the exec is held meanwhile, so its process is still there to read.
         _, event_id, pid, workload_id, path, injected, origin, netcat = message

@@ -24,8 +24,8 @@ The collector and this process talk over a socket pair, one JSON list per datagr
     answerer -> collector
       ["ask", event_id, pid, workload, path, runtime_injected, origin, netcat]
                                                 (publish an exec_check under that event id)
-      ["drift", workload, path, executable, from_image, pid, proc_name, proc_path]
-                                                (a write denied: publish it as a held modify)
+      ["drift", {the held modify, as its plain record}]
+                                                (a write denied: publish it)
       ["metrics", {cumulative counters}]        (every METRICS_EVERY_S, when they changed)
 
 If it dies, its fanotify groups close with it and the kernel lets everything held go ahead; the
@@ -59,7 +59,7 @@ from collectors.sensing import Sensor, exe_origin
 from collectors.settings import CollectorSettings
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from collectors.write_guard import WriteGuard
-from schemas import FailMode, FileEvent, Origin
+from schemas import FailMode, FileEvent, Origin, to_plain
 
 __all__ = ["CACHED_BUCKETS", "VERDICT_BUCKETS", "ExecAnswerer", "Hold", "main"]
 
@@ -92,7 +92,7 @@ class _Histogram:
 
 @dataclass
 class _Metrics:
-    answered: Counter[str] = field(default_factory=Counter)  # "source answer" -> n
+    answered: Counter[tuple[str, bool]] = field(default_factory=Counter)  # (source, allow)
     placed: Counter[str] = field(default_factory=Counter)  # lineage | proc -> n
     opens: Counter[str] = field(default_factory=Counter)  # allow | deny -> held opens
     remembered: int = 0
@@ -102,7 +102,9 @@ class _Metrics:
     cached_answer: _Histogram = field(default_factory=lambda: _Histogram(CACHED_BUCKETS))
 
     def snapshot(self) -> dict[str, Any]:
-        return {"answered": dict(self.answered), "placed": dict(self.placed),
+        return {"answered": {f"{source} {'allow' if allow else 'deny'}": n
+                             for (source, allow), n in self.answered.items()},
+                "placed": dict(self.placed),
                 "opens": dict(self.opens),
                 "remembered": self.remembered, "forgotten": self.forgotten, "held": self.held,
                 "verdict_wait": [*self.verdict_wait.counts, self.verdict_wait.sum],
@@ -537,7 +539,7 @@ class ExecAnswerer:
                 self.metrics.remembered += 1
         except OSError as exc:
             log.warning("answering a held exec failed: %s", exc)
-        self.metrics.answered[f"{source} {'allow' if allow else 'deny'}"] += 1
+        self.metrics.answered[source, allow] += 1
 
     # -- what goes to the collector ---------------------------------------------------------------
 
@@ -555,8 +557,7 @@ class ExecAnswerer:
         return True
 
     def _report_drift(self, write: FileEvent) -> None:
-        self._send(["drift", write.workload_id, write.path, write.executable, write.from_image,
-                    write.pid, write.proc_name, write.proc_path])
+        self._send(["drift", to_plain(write)])
 
     def _send_metrics(self) -> None:
         snapshot = self.metrics.snapshot()

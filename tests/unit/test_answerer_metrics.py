@@ -18,8 +18,8 @@ def _registry() -> tuple[AnswererMetrics, CollectorRegistry]:
 
 def _answerer(cache_allows: int, cached: list[float], held: int = 0) -> _Metrics:
     m = _Metrics()
-    m.answered["cache allow"] = cache_allows
-    m.answered["timeout deny"] = 1
+    m.answered["cache", True] = cache_allows
+    m.answered["timeout", False] = 1
     m.placed["lineage"] = cache_allows
     m.opens["deny"] = 2
     m.remembered, m.forgotten, m.held = 3, 1, held
