@@ -15,23 +15,23 @@ One run, same machine, same loop (`posix_spawn` + `waitpid` of /usr/bin/true):
 4. held execs: a runc container in Protect, its execs held by fanotify and answered from the
    collector's cache; a helper joins the container's cgroups and times each exec of the
    container's /bin/busybox, before (not held) and after the switch to Protect (held, cached),
-   first zero-drift (its write guard holds every open too, the exec's own included), then
-   basic (the exec hold alone: what the target is about), with the stream worker running and
-   then paused (SIGSTOP: before Protect and after, as on a fleet node, whose stream app runs
-   elsewhere; on this single-node stack it shares the 2 cores and doubles an exec's tail). Each exec alternates with one of a
-   copy on the container's /dev, a mount nothing holds: the added latency is how much more the
-   held busybox takes than its unheld copy, less their difference before Protect (at each
-   quantile). On 2 busy cores one exec's p99 drifts by milliseconds from one phase to the next;
-   interleaving cancels that. Each exec is timed twice: the exec alone, from the kernel's own
-   trace (bench/exec_trace.py: from the execve call to the new program's start, the window in
-   which a hold happens), which the target is judged on, and from spawn to exit as the caller
-   saw it, whose p99 adds the program's run and exit and swings by hundreds of us from one run
-   to the next. Both programs are allowed by rules (as for a tool run through
-   `kubectl exec`), so each held exec is answered from the cache and then allowed. These
-   phases run with the kernel's cache off (COLLECTOR_KERNEL_CACHE=false), so the collector's
-   own cache answers; then a collector started afresh with it on times the helper's execs and
-   those of a static timer (bench/exec_timer.c) the container's own shell runs, both let go by
-   the kernel once it remembers /bin/busybox.
+   first zero-drift (its write guard holds every open too, the exec's own included), then basic
+   (the exec hold alone: what the target is about), with the stream worker running and then
+   paused (SIGSTOP: before Protect and after, as on a fleet node, whose stream app runs
+   elsewhere; on this single-node stack it shares the 2 cores and doubles an exec's tail). Each
+   exec alternates with one of a copy on the container's /dev, a mount nothing holds: the added
+   latency is how much more the held busybox takes than its unheld copy, less their difference
+   before Protect (at each quantile). On 2 busy cores one exec's p99 drifts by milliseconds from
+   one phase to the next; interleaving cancels that. Each exec is timed twice: the exec alone,
+   from the kernel's own trace (bench/exec_trace.py: from the execve call to the new program's
+   start, the window in which a hold happens), which the target is judged on, and from spawn to
+   exit as the caller saw it, whose p99 adds the program's run and exit and swings by hundreds
+   of us from one run to the next. Both programs are allowed by rules (as for a tool run through
+   `kubectl exec`), so each held exec is answered from the cache and then allowed. These phases
+   run with the kernel's cache off (COLLECTOR_KERNEL_CACHE=false), so the collector's own cache
+   answers; then a collector started afresh with it on times the helper's execs and those of a
+   static timer (bench/exec_timer.c) the container's own shell runs, both let go by the kernel
+   once it remembers /bin/busybox.
 Targets (issue 5): rate on >= 80% of off; zero lost at 1,000 execs/s; p99 added latency of a
 cached answer < 200 us. Needs root and the local stack (`procwarden stack up`).
 

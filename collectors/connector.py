@@ -6,6 +6,10 @@ kernel reports an overrun; the connector's messages are fixed C structs (linux/c
 non-blocking socket and `struct` do it, inside the collector's own select loop. Each exec comes
 with three datagrams (fork, exec, exit): they are taken up to 64 at a time with one
 `recvmmsg`, which Python's socket module lacks, not with a system call each.
+
+A listener that needs only some kinds of event says so (`events`), and since Linux 6.6 the
+kernel sends it nothing else: the exec answerer, at a real-time priority, is woken only by the
+forks and exits its lineage needs, not by every exec and rename of the host as well.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ CN_IDX_PROC = 1
 CN_VAL_PROC = 1
 PROC_CN_MCAST_LISTEN = 1
 _SO_RCVBUFFORCE = 33
+_FILTERS_SINCE = (6, 6)  # struct proc_input: a listener's own choice of events
 
 FORK, EXEC, UID, COMM, EXIT = 0x1, 0x2, 0x4, 0x200, 0x80000000
 
@@ -75,8 +80,21 @@ def _recvmmsg() -> Callable[..., int]:
     return call
 
 
+def _kernel_filters(release: str | None = None) -> bool:
+    """Whether this kernel takes a listener's choice of events. An older one drops a listen
+    message of the newer size without a word, and would send nothing at all."""
+    numbers = (release or os.uname().release).split("-")[0].split(".")
+    try:
+        return (int(numbers[0]), int(numbers[1])) >= _FILTERS_SINCE
+    except (IndexError, ValueError):
+        return False
+
+
 class ProcConnector:
-    def __init__(self, rcvbuf: int = 16 * 2**20, batch: int = 64) -> None:
+    def __init__(self, rcvbuf: int = 16 * 2**20, batch: int = 64, events: int | None = None
+                 ) -> None:
+        """`events`: the kinds wanted (FORK | EXIT, say); None, or a kernel older than 6.6:
+        every kind (`read` returns them all; a caller skips what it does not use)."""
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
         try:
             # Root may go past net.core.rmem_max: a big buffer rides out bursts of execs.
@@ -84,7 +102,9 @@ class ProcConnector:
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.bind((0, CN_IDX_PROC))
-        payload = struct.pack("=I", PROC_CN_MCAST_LISTEN)
+        self.filtered = events is not None and _kernel_filters()
+        payload = (struct.pack("=II", PROC_CN_MCAST_LISTEN, events) if self.filtered
+                   else struct.pack("=I", PROC_CN_MCAST_LISTEN))
         cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(payload), 0) + payload
         self.sock.send(_NLMSG.pack(_NLMSG.size + len(cn), _NLMSG_DONE, 0, 0, os.getpid()) + cn)
         self.sock.setblocking(False)

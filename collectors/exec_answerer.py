@@ -50,7 +50,7 @@ from typing import Any
 
 import orjson
 
-from collectors.connector import ProcConnector
+from collectors.connector import EXIT, FORK, ProcConnector
 from collectors.fanotify import Permission, PermissionGroup, answer_until
 from collectors.lineage import Lineage, Placement
 from collectors.procfs import ProcStat, read_cgroup, read_proc, read_stat
@@ -348,7 +348,7 @@ class ExecAnswerer:
         wanted = bool(self._watched) and not self._no_connector
         if wanted and self._connector is None:
             try:
-                self._connector = ProcConnector()
+                self._connector = ProcConnector(events=FORK | EXIT)  # all the lineage reads
             except OSError as exc:
                 log.warning("no process connector for held execs (%s): each is read from "
                             "/proc", exc)
