@@ -7,9 +7,10 @@ non-blocking socket and `struct` do it, inside the collector's own select loop. 
 with three datagrams (fork, exec, exit): they are taken up to 64 at a time with one
 `recvmmsg`, which Python's socket module lacks, not with a system call each.
 
-A listener that needs only some kinds of event says so (`events`), and since Linux 6.6 the
-kernel sends it nothing else: the exec answerer, at a real-time priority, is woken only by the
-forks and exits its lineage needs, not by every exec and rename of the host as well.
+A listener says which kinds of event it reads (`events`), and since Linux 6.6 the kernel sends
+it nothing else: the exec answerer, at a real-time priority, is woken only by the forks and
+exits its lineage needs, not by every exec and rename of the host as well; the collector is not
+sent the host's session, group and ptrace changes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
-__all__ = ["COMM", "EXEC", "EXIT", "FORK", "UID", "ProcConnector", "ProcEvent"]
+__all__ = ["COMM", "EXEC", "EXIT", "FORK", "UID", "ProcConnector", "ProcEvent", "kernel_filters"]
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1
@@ -80,7 +81,7 @@ def _recvmmsg() -> Callable[..., int]:
     return call
 
 
-def _kernel_filters(release: str | None = None) -> bool:
+def kernel_filters(release: str | None = None) -> bool:
     """Whether this kernel takes a listener's choice of events. An older one drops a listen
     message of the newer size without a word, and would send nothing at all."""
     numbers = (release or os.uname().release).split("-")[0].split(".")
@@ -102,8 +103,8 @@ class ProcConnector:
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.bind((0, CN_IDX_PROC))
-        self.filtered = events is not None and _kernel_filters()
-        payload = (struct.pack("=II", PROC_CN_MCAST_LISTEN, events) if self.filtered
+        payload = (struct.pack("=II", PROC_CN_MCAST_LISTEN, events)
+                   if events is not None and kernel_filters()
                    else struct.pack("=I", PROC_CN_MCAST_LISTEN))
         cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(payload), 0) + payload
         self.sock.send(_NLMSG.pack(_NLMSG.size + len(cn), _NLMSG_DONE, 0, 0, os.getpid()) + cn)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from collectors.connector import _kernel_filters
+from collectors.connector import kernel_filters
 
 
 @pytest.mark.parametrize(("release", "filters"), [
@@ -20,4 +20,4 @@ from collectors.connector import _kernel_filters
     ("custom", False),
 ])
 def test_filtering_starts_with_6_6(release: str, filters: bool) -> None:
-    assert _kernel_filters(release) is filters
+    assert kernel_filters(release) is filters
