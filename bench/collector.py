@@ -298,6 +298,28 @@ def python_answerer(base: Path, reads: Literal["none", "path", "key"]) -> int:
     return answerer
 
 
+@contextlib.contextmanager
+def answering(base: Path, reads: Literal["none", "path", "key"], native: Path | None
+              ) -> Iterator[None]:
+    """The floor's answering process holds `base`/held meanwhile: the C one (`native`) or the
+    Python one."""
+    if native is None:
+        answerer = python_answerer(base, reads)
+        try:
+            yield
+        finally:
+            os.kill(answerer, signal.SIGKILL)
+            os.waitpid(answerer, 0)
+        return
+    assert reads == "none"
+    with subprocess.Popen([str(native), str(base / "held")], stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        try:
+            yield
+        finally:
+            proc.kill()
+
+
 def answer_floor(n: int, reads: Literal["none", "path", "key"], native: Path | None = None
                  ) -> Timed:
     """What holding an exec costs before any collector work: /usr/bin/true on a tmpfs whose
@@ -313,17 +335,10 @@ def answer_floor(n: int, reads: Literal["none", "path", "key"], native: Path | N
         (base / d).mkdir()
         subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(base / d)], check=True)
         subprocess.run(["cp", TRUE, str(base / d / "true")], check=True)
-    native_proc, answerer = None, 0
-    if native is not None:
-        assert reads == "none"
-        native_proc = subprocess.Popen([str(native), str(base / "held")], stdout=subprocess.PIPE)
-        assert native_proc.stdout is not None and native_proc.stdout.readline() == b"ready\n"
-    else:
-        answerer = python_answerer(base, reads)
     times: dict[str, list[int]] = {"held": [], "free": []}
     paths = {d: str(base / d / "true") for d in times}
     try:
-        with ExecTrace() as trace:
+        with answering(base, reads, native), ExecTrace() as trace:
             for i in range(n):
                 for d in ("held", "free") if i % 2 else ("free", "held"):
                     started = time.perf_counter_ns()
@@ -331,12 +346,6 @@ def answer_floor(n: int, reads: Literal["none", "path", "key"], native: Path | N
                     os.waitpid(pid, 0)
                     times[d].append(time.perf_counter_ns() - started)
     finally:
-        if native_proc is not None:
-            native_proc.kill()
-            native_proc.communicate()
-        else:
-            os.kill(answerer, signal.SIGKILL)
-            os.waitpid(answerer, 0)
         for d in ("held", "free"):
             subprocess.run(["umount", "-l", str(base / d)], check=False)
     return Timed((times["held"], times["free"]), traced(trace, paths["held"], paths["free"], n))

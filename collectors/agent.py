@@ -98,7 +98,7 @@ class Collector:
         # the exec rate of the sensing alone did not change at 50 us.)
         sys.setswitchinterval(0.00005)
         try:
-            # what _on_event reads; the host's session, group and ptrace changes stay unsent
+            # what `handle` reads; the host's session, group and ptrace changes stay unsent
             connector = ProcConnector(events=FORK | EXEC_EVENT | UID | COMM | EXIT)
         except OSError as exc:
             raise RuntimeError(f"the process connector did not start ({exc}): is this root?"

@@ -38,7 +38,6 @@ from schemas import (
     DecodeError,
     EventKind,
     ExecCheck,
-    FailMode,
     FileEvent,
     Origin,
     Payload,
@@ -124,15 +123,12 @@ class Enforcer:
         except (OSError, ValueError) as exc:
             log.warning("ignoring %s: %s", self._holds_file, exc)
             return
-        for workload_id, (pre_exec, stamp, *rest) in saved.items():
+        for workload_id, fields in saved.items():
             if self.resolver.container(workload_id) is not None:
-                writes = bool(rest and rest[0])
-                fail_mode = FailMode(rest[1]) if len(rest) > 1 and rest[1] else None
-                self._holds[workload_id] = Hold(bool(pre_exec), str(stamp), writes, fail_mode)
+                self._holds[workload_id] = Hold.of_fields(fields)
 
     def _save_holds(self) -> None:
-        state = {wid: [h.pre_exec, h.stamp, h.writes, h.fail_mode.value if h.fail_mode else ""]
-                 for wid, h in self._holds.items()}
+        state = {wid: h.fields() for wid, h in self._holds.items()}
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._holds_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))

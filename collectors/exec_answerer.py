@@ -121,15 +121,26 @@ class Hold:
     writes: bool = False  # drift writes denied before they happen (zero-drift, held)
     fail_mode: FailMode | None = None  # the group's; None: the collector's setting
 
-    def message(self, workload_id: str) -> list[Any]:
-        return ["hold", workload_id, self.pre_exec, self.stamp, self.writes,
+    def fields(self) -> list[Any]:
+        """As plain JSON: in the message to the answerer, and in the collector's holds.json."""
+        return [self.pre_exec, self.stamp, self.writes,
                 self.fail_mode.value if self.fail_mode else None]
 
     @staticmethod
+    def of_fields(fields: list[Any]) -> Hold:
+        """The reverse of `fields`; also of a holds.json saved before writes and fail modes
+        were held (two fields), or with "" for no fail mode."""
+        pre_exec, stamp, *rest = fields
+        writes = bool(rest and rest[0])
+        fail_mode = FailMode(rest[1]) if len(rest) > 1 and rest[1] else None
+        return Hold(bool(pre_exec), str(stamp), writes, fail_mode)
+
+    def message(self, workload_id: str) -> list[Any]:
+        return ["hold", workload_id, *self.fields()]
+
+    @staticmethod
     def of_message(message: list[Any]) -> tuple[str, Hold]:
-        _, workload_id, pre_exec, stamp, writes, fail_mode = message
-        return workload_id, Hold(pre_exec, stamp, writes,
-                                 FailMode(fail_mode) if fail_mode else None)
+        return message[1], Hold.of_fields(message[2:])
 
 
 @dataclass

@@ -122,10 +122,11 @@ class Publisher:
         if err is not None and err.code() in _PURGED:  # shutting down while Kafka is away
             self._undelivered.append((msg.topic() or "", msg.key() or b"", msg.value() or b""))
         elif err is not None and err.code() in _MISSING:
+            topic = msg.topic() or ""
             with self._lock:
-                self._topic_missing(msg.topic() or "")
-                if not self._spool(msg.topic() or "", msg.key() or b"", msg.value() or b""):
-                    log.error("a message for %s was lost: the spool is full", msg.topic())
+                self._topic_missing(topic)
+                if not self._spool(topic, msg.key() or b"", msg.value() or b""):
+                    log.error("a message for %s was lost: the spool is full", topic)
         elif err is not None:
             log.error("delivery to %s failed: %s", msg.topic(), err)
 

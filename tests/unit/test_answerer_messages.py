@@ -23,3 +23,14 @@ def test_a_hold_reads_back_as_it_was_sent(hold: Hold) -> None:
 def test_an_unknown_fail_mode_is_refused() -> None:
     with pytest.raises(ValueError):
         Hold.of_message(["hold", "cid-1", True, "s", False, "sometimes"])
+
+
+@pytest.mark.parametrize(("saved", "hold"), [
+    ([True, "s1"], Hold(True, "s1")),  # before writes and fail modes were held
+    ([True, "s2", True, ""], Hold(True, "s2", writes=True)),  # "" was no fail mode
+    ([False, "s3", False, "closed"], Hold(False, "s3", fail_mode=FailMode.CLOSED)),
+])
+def test_a_holds_file_of_an_earlier_collector_still_reads(saved: list[object], hold: Hold
+                                                         ) -> None:
+    assert Hold.of_fields(saved) == hold
+    assert Hold.of_fields(Hold.of_fields(saved).fields()) == hold
