@@ -52,6 +52,7 @@ import orjson
 
 from collectors.connector import EXIT, FORK, ProcConnector
 from collectors.fanotify import Permission, PermissionGroup, answer_until
+from collectors.fast_answer import FastAnswerLike, fast_answer
 from collectors.lineage import Lineage, Placement
 from collectors.procfs import ProcStat, read_cgroup, read_proc, read_stat
 from collectors.realtime import Realtime
@@ -172,6 +173,14 @@ class ExecAnswerer:
         self._netcats: dict[str, frozenset[str]] = {}
         self._families: dict[tuple[int, int], bool] = {}  # (parent pid, its start) -> family
         self._lineage = Lineage()
+        # Workload held before exec -> (stamp, its upper layer, its netcats): what the compiled
+        # wait needs to build a cache key as `_key_of` does.
+        self._fast_holds: dict[str, tuple[str, bytes | None, frozenset[str]]] = {}
+        self._fast: FastAnswerLike | None = None
+        if settings.fast_answers:
+            self._fast = fast_answer(self.group.fd, self._lineage, self._fast_holds,
+                                     self._cache, CACHED_BUCKETS, settings.kernel_cache)
+        self._fast_ignore_said = False
         self._connector: ProcConnector | None = None
         self._no_connector = False
         self._watched: dict[str, str] = {}  # workload whose execs are held -> its root mount
@@ -197,17 +206,27 @@ class ExecAnswerer:
             else:
                 self._realtime.release()
             connector = self._lineage_source()
-            watched = [group.fd, writes.fileno(), self.link.fileno()]
-            if connector is not None:
-                watched.append(connector.fileno())
-            ready, _, _ = select.select(watched, [], [], self._timeout(time.monotonic()))
-            events = group.read() if group.fd in ready else []
+            if self._fast is not None:
+                # waits, drains the connector and answers cached execs itself, by `_key_of`'s
+                # and `on_permission`'s rules; returns what needs this code
+                ready, passed, failed = self._fast.wait(
+                    -1 if connector is None else connector.fileno(),
+                    [writes.fileno(), self.link.fileno()], self._timeout(time.monotonic()))
+                if failed:
+                    self._connector_failed(OSError(failed, os.strerror(failed)))
+                events = [Permission(fd, pid) for fd, pid in passed]
+            else:
+                watched = [group.fd, writes.fileno(), self.link.fileno()]
+                if connector is not None:
+                    watched.append(connector.fileno())
+                ready, _, _ = select.select(watched, [], [], self._timeout(time.monotonic()))
+                events = group.read() if group.fd in ready else []
+                if connector is not None:
+                    # after the read: each caller's fork was queued before its exec was held
+                    # (and drained while nothing is held too, so the buffer stays small)
+                    self._drain(connector)
             for event in events:
                 self._unanswered.add(id(event))
-            if connector is not None:
-                # after the read: each caller's fork was queued before its exec was held
-                # (and drained while nothing is held too, so the buffer stays small)
-                self._drain(connector)
             for event in events:
                 try:
                     self.on_permission(event)
@@ -325,9 +344,15 @@ class ExecAnswerer:
             self.group.unwatch(mount)
             del self._watched[workload_id]
             log.info("no longer holding execs of %s", workload_id)
+        self._fast_holds.pop(workload_id, None)
+        info = self.resolver.container(workload_id) if hold.pre_exec else None
+        if info is not None and info.init_pid:
+            upper = str(info.upperdir).encode() if info.upperdir is not None else None
+            self._fast_holds[workload_id] = (hold.stamp, upper, self._netcat_paths(info))
 
     def forget(self, workload_id: str) -> None:
         self._holds.pop(workload_id, None)
+        self._fast_holds.pop(workload_id, None)
         mount = self._watched.pop(workload_id, None)
         if mount is not None and self.group is not None:
             self.group.unwatch(mount)
@@ -384,9 +409,12 @@ class ExecAnswerer:
                 if connector.drained:
                     return
         except Exception as exc:
-            log.warning("process connector for held execs failed (%r): reading /proc", exc)
-            self._lineage.forget()
-            self._no_connector = True  # closed by the next step, not opened again
+            self._connector_failed(exc)
+
+    def _connector_failed(self, exc: Exception) -> None:
+        log.warning("process connector for held execs failed (%r): reading /proc", exc)
+        self._lineage.forget()
+        self._no_connector = True  # closed by the next step, not opened again
 
     def on_permission(self, event: Permission) -> None:
         started = time.perf_counter()
@@ -567,11 +595,32 @@ class ExecAnswerer:
             return False
         return True
 
+    def _add_fast_counts(self, snapshot: dict[str, Any]) -> None:
+        """What the compiled wait answered itself, counted as this code counts it."""
+        assert self._fast is not None
+        fast = self._fast.counts()
+        answered = snapshot["answered"]
+        for name, allow in (("allowed", True), ("denied", False)):
+            if fast[name]:
+                label = f"cache {'allow' if allow else 'deny'}"
+                answered[label] = answered.get(label, 0) + fast[name]
+        if fast["lineage"]:
+            snapshot["placed"]["lineage"] = snapshot["placed"].get("lineage", 0) + fast["lineage"]
+        snapshot["remembered"] += fast["remembered"]
+        snapshot["cached_answer"] = [a + b for a, b in zip(
+            snapshot["cached_answer"], fast["cached_answer"], strict=True)]
+        if fast["ignore_errno"] and not self._fast_ignore_said:
+            self._fast_ignore_said = True
+            log.warning("the kernel cannot answer for files (said once): %s",
+                        os.strerror(fast["ignore_errno"]))
+
     def _report_drift(self, write: FileEvent) -> None:
         self._send(["drift", to_plain(write)])
 
     def _send_metrics(self) -> None:
         snapshot = self.metrics.snapshot()
+        if self._fast is not None:
+            self._add_fast_counts(snapshot)
         if snapshot != self._sent_metrics and self._send(["metrics", snapshot]):
             self._sent_metrics = snapshot
 

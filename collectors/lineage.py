@@ -52,6 +52,15 @@ class Lineage:
                 creators.pop(ev.tgid, None)
                 placed.pop(ev.tgid, None)
 
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def tables(self) -> tuple[dict[int, int], dict[int, Placement]]:
+        """(creators, placements) themselves, for the exec answerer's compiled wait
+        (`fast_answer.c`), which feeds and reads them in place by the same rules."""
+        return self._creators, self._placed
+
     def forget(self) -> None:
         """Connector messages were lost: nothing known can be trusted."""
         self._creators.clear()

@@ -57,6 +57,7 @@ class Guarded:
     tmp: Path
     collector: contextlib.ExitStack
     metrics_port: int
+    fast_answers: str  # the collector's COLLECTOR_FAST_ANSWERS
 
     def verdict(self, test: object, timeout: float = 30.0) -> Decision:
         env, _ = self.pipe.wait_for(
@@ -67,9 +68,11 @@ class Guarded:
         return env.payload
 
 
-@pytest.fixture(scope="module")
-def guarded(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Guarded]:
+# Every test with held execs answered by the compiled wait (collectors/fast_answer.c) and by
+# the Python code alone, which stays the reference.
+@pytest.fixture(scope="module", params=["compiled", "python"])
+def guarded(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory,
+            request: pytest.FixtureRequest) -> Iterator[Guarded]:
     tmp = tmp_path_factory.mktemp("enforce")
     pipe = Pipeline(kafka, tmp)
     pipe.start_worker()
@@ -77,9 +80,10 @@ def guarded(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory
         with contextlib.ExitStack() as collector, \
                 run_container(WORKDIR, "guard", namespace="enf", command=APP_LOOP) as box:
             port = free_port()
+            fast = str(request.param == "compiled").lower()
             log = collector.enter_context(running_collector(
-                pipe, NODE, tmp, COLLECTOR_METRICS_PORT=str(port)))
-            g = Guarded(pipe, box, log, tmp, collector, port)
+                pipe, NODE, tmp, COLLECTOR_METRICS_PORT=str(port), COLLECTOR_FAST_ANSWERS=fast))
+            g = Guarded(pipe, box, log, tmp, collector, port, fast)
             # Long enough for /proc to be read: seen, announced, its group created.
             assert box.app("sleep 1; echo ready") == (0, "ready\n")
             g.verdict(lambda d: d.group == GROUP)
@@ -371,7 +375,8 @@ def test_fail_modes_when_the_stream_app_is_away(guarded: Guarded) -> None:
     g.collector.close()
     again = g.tmp / "again"
     again.mkdir()
-    env = {"COLLECTOR_STATE_DIR": str(g.tmp / f"collector-{NODE}")}
+    env = {"COLLECTOR_STATE_DIR": str(g.tmp / f"collector-{NODE}"),
+           "COLLECTOR_FAST_ANSWERS": g.fast_answers}
     with running_collector(g.pipe, NODE, again, **env) as log:
         wait_for_line(log, f"holding execs of {g.box.id}")
         started = time.monotonic()

@@ -1,0 +1,50 @@
+"""The typed face of the exec answerer's compiled wait (`fast_answer.c`, built by setup.py as
+`collectors._fast_answer`): it waits on the answerer's descriptors, feeds the lineage from the
+process connector and answers each held exec whose answer is cached, reading and updating the
+answerer's own tables; everything else it hands back to the Python code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections import OrderedDict
+from typing import Any, Protocol
+
+from collectors.lineage import Lineage
+from schemas import Origin
+
+__all__ = ["FastAnswerLike", "fast_answer"]
+
+log = logging.getLogger("procwarden.collector.fast_answer")
+
+
+class FastAnswerLike(Protocol):
+    def wait(self, connector_fd: int, others: list[int], timeout: float
+             ) -> tuple[list[int], list[tuple[int, int]], int]:
+        """Until one of `others` is ready, a held exec needs Python, or `timeout` seconds
+        pass: (the ready ones, (fd, pid) of each held exec to answer, the errno the
+        connector failed with or 0)."""
+
+    def counts(self) -> dict[str, Any]:
+        """Cumulative: allowed, denied, lineage, remembered, connector_overruns, ignore_errno,
+        cached_answer (histogram counts, then their sum)."""
+
+
+def fast_answer(group_fd: int, lineage: Lineage,
+                holds: dict[str, tuple[str, bytes | None, frozenset[str]]],
+                cache: OrderedDict[Any, bool], buckets: tuple[float, ...], kernel_cache: bool
+                ) -> FastAnswerLike | None:
+    """The compiled wait over these tables; None (said once) when it was not built."""
+    try:
+        module = importlib.import_module("collectors._fast_answer")
+    except ImportError as exc:
+        log.warning("no compiled wait (%s): every held exec is answered in Python; "
+                    "`pip install -e .` builds it", exc)
+        return None
+    creators, placed = lineage.tables()
+    fast: FastAnswerLike = module.FastAnswer(
+        group_fd=group_fd, creators=creators, placed=placed, holds=holds, cache=cache,
+        image=Origin.IMAGE, buckets=buckets, kernel_cache=kernel_cache,
+        lineage_limit=lineage.limit)
+    return fast

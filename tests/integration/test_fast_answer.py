@@ -1,0 +1,189 @@
+"""The exec answerer's compiled wait (collectors/fast_answer.c) on the real kernel: a held exec
+whose caller is placed by the lineage and whose answer is cached is answered there, allowed or
+denied; anything else is handed back for the Python code to answer, and nothing is answered
+twice or left held."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collectors.connector import EXIT, FORK, ProcConnector
+from collectors.exec_answerer import CACHED_BUCKETS
+from collectors.fanotify import Permission, PermissionGroup
+from collectors.fast_answer import FastAnswerLike, fast_answer
+from collectors.lineage import Lineage, Placement
+from schemas import Origin
+
+CONTAINER, STAMP = "c1", "stamp-1"
+
+
+class Held:
+    """A tmpfs whose execs a permission group holds, answered by the compiled wait in a thread;
+    what it hands back is allowed (or denied, as `hand_back_allows` says) by this test and
+    recorded."""
+
+    def __init__(self, base: Path, kernel_cache: bool) -> None:
+        self.mount = base / "held"
+        self.mount.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(self.mount)], check=True)
+        self.group = PermissionGroup()
+        self.group.watch(str(self.mount))
+        self.connector = ProcConnector(events=FORK | EXIT)
+        self.lineage = Lineage()
+        self.holds: dict[str, tuple[str, bytes | None, frozenset[str]]] = {}
+        self.cache: OrderedDict[Any, bool] = OrderedDict()
+        fast = fast_answer(self.group.fd, self.lineage, self.holds, self.cache, CACHED_BUCKETS,
+                           kernel_cache)
+        assert fast is not None, "the compiled wait is not built (pip install -e .)"
+        self.fast: FastAnswerLike = fast
+        self.handed_back: list[int] = []  # pids
+        self.hand_back_allows = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            _, passed, failed = self.fast.wait(self.connector.fileno(), [], 0.05)
+            assert failed == 0
+            for fd, pid in passed:
+                self.handed_back.append(pid)
+                self.group.answer(Permission(fd, pid), self.hand_back_allows)
+
+    def program(self, name: str) -> str:
+        path = self.mount / name
+        shutil.copy("/usr/bin/true", path)
+        return str(path)
+
+    def key(self, path: str, *, injected: bool = False, netcat: bool = False
+            ) -> tuple[Any, ...]:
+        """As the answerer's `_key_of` builds it; the path as the kernel shows it."""
+        return (CONTAINER, STAMP, path, injected, Origin.IMAGE, netcat)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.group.close()
+        self.connector.close()
+        subprocess.run(["umount", "-l", str(self.mount)], check=False)
+
+
+@pytest.fixture
+def held(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Held]:
+    h = Held(tmp_path, kernel_cache=getattr(request, "param", False))
+    # This test process is the container's, and so is every child it makes (the lineage
+    # follows its forks from the connector): the caller of each exec below.
+    h.lineage.place(os.getpid(), Placement(CONTAINER, True))
+    h.holds[CONTAINER] = (STAMP, None, frozenset())
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def run(path: str) -> int:
+    return subprocess.run([path], check=False, timeout=10).returncode
+
+
+def test_a_cached_allow_and_a_cached_deny_are_answered_compiled(held: Held) -> None:
+    allowed, denied = held.program("allowed"), held.program("denied")
+    held.cache[held.key(allowed)] = True
+    held.cache[held.key(denied)] = False
+    held.hand_back_allows = False  # anything handed back would fail: none may be
+    assert run(allowed) == 0
+    with pytest.raises(PermissionError):
+        run(denied)
+    assert held.handed_back == []
+    counts = held.fast.counts()
+    assert (counts["allowed"], counts["denied"], counts["lineage"]) == (1, 1, 2)
+    assert sum(counts["cached_answer"][:-1]) == 2 and counts["cached_answer"][-1] > 0
+    assert counts["remembered"] == 0  # the kernel's cache is off here
+    # a hit moves its key to the end, as the Python cache does (least recently used first)
+    assert list(held.cache)[-1] == held.key(denied)
+
+
+def test_what_is_not_cached_exactly_is_handed_back(held: Held, tmp_path: Path) -> None:
+    path = held.program("prog")
+    held.cache[held.key(path, injected=True)] = False  # another caller's answer
+    held.cache[(CONTAINER, "stamp-0", path, False, Origin.IMAGE, False)] = False  # old policies
+    assert run(path) == 0  # handed back, and allowed by this test
+    assert len(held.handed_back) == 1
+
+    # the file is in the container's upper layer: Python compares the layers
+    upper = tmp_path / "upper"
+    (upper / path.lstrip("/")).parent.mkdir(parents=True)
+    (upper / path.lstrip("/")).write_bytes(b"x")
+    held.holds[CONTAINER] = (STAMP, str(upper).encode(), frozenset())
+    held.cache[held.key(path)] = True
+    assert run(path) == 0
+    assert len(held.handed_back) == 2
+
+    # a workload not held before exec (none in `holds`), and a caller never placed
+    held.holds.clear()
+    assert run(path) == 0
+    held.holds[CONTAINER] = (STAMP, None, frozenset())
+    held.lineage.forget()
+    assert run(path) == 0
+    assert len(held.handed_back) == 4
+    assert held.fast.counts()["allowed"] == 0
+
+
+def test_a_netcat_path_is_its_own_key(held: Held) -> None:
+    path = held.program("nc")
+    held.holds[CONTAINER] = (STAMP, None, frozenset({path}))
+    held.cache[held.key(path)] = True  # cached as not netcat: must not answer a netcat
+    held.hand_back_allows = False
+    with pytest.raises(PermissionError):
+        run(path)
+    held.cache[held.key(path, netcat=True)] = True
+    assert run(path) == 0
+    assert len(held.handed_back) == 1 and held.fast.counts()["allowed"] == 1
+
+
+@pytest.mark.parametrize("held", [True], indirect=True)
+def test_an_allowed_file_of_the_containers_own_is_remembered_by_the_kernel(held: Held
+                                                                           ) -> None:
+    own, linked = held.program("own"), held.program("linked")
+    os.link(linked, held.mount / "second-name")
+    held.cache[held.key(own)] = True
+    held.cache[held.key(linked)] = True
+    assert run(own) == 0 and run(linked) == 0
+    assert held.fast.counts()["remembered"] == 1  # not the file with two names
+    del held.cache[held.key(own)]
+    held.hand_back_allows = False
+    assert run(own) == 0  # not held at all: the kernel allowed it
+    assert held.handed_back == [] and held.fast.counts()["allowed"] == 2
+
+    # a runtime-injected caller's allowed exec is not remembered from the cache
+    injected = held.program("injected")
+    held.lineage.forget()
+    held.lineage.place(os.getpid(), Placement(CONTAINER, False))
+    held.cache[held.key(injected, injected=True)] = True
+    assert run(injected) == 0 and run(injected) == 0
+    assert held.fast.counts()["allowed"] == 4 and held.fast.counts()["remembered"] == 1
+
+
+def test_the_lineage_is_fed_from_forks_and_exits(held: Held) -> None:
+    """Children are placed through their creator, and an exited one is forgotten."""
+    path = held.program("child")
+    held.cache[held.key(path)] = True
+    proc = subprocess.Popen(["sleep", "5"])
+    try:
+        assert run(path) == 0  # the wait drains the connector: sleep's fork is known
+        creators, placed = held.lineage.tables()
+        assert creators.get(proc.pid) == os.getpid()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert run(path) == 0  # and this wake-up drains sleep's exit
+    creators, placed = held.lineage.tables()
+    assert proc.pid not in creators and proc.pid not in placed
