@@ -95,7 +95,8 @@ class AnswererMetrics(Collector):
                          total.get("verdict_wait"))
         yield _histogram("procwarden_collector_cached_answer_seconds",
                          "From taking up a held exec to answering it from the cache (the "
-                         "answerer's own share of the added latency)", CACHED_BUCKETS,
+                         "answerer's own share of the added latency; when its compiled wait "
+                         "answers, from the wake-up that read it)", CACHED_BUCKETS,
                          total.get("cached_answer"))
 
 

@@ -14,6 +14,11 @@ for every answer, and that thread shares its CPUs with everything on the node. N
 cached answer, most of the time went to that wait (bench/collector.py). Here nothing else runs
 Python, and while execs are held the process runs at a real-time priority (`realtime.py`).
 
+Its wait and its common case, a held exec answered from the cache, are compiled
+(`fast_answer.c`): the interpreter waking up cold cost a cached answer more than its work did.
+That code reads this object's own tables and builds the key as `_key_of` does; whatever it does
+not answer comes back to `on_permission`. With `fast_answers` off, this code answers everything.
+
 The collector and this process talk over a socket pair, one JSON list per datagram:
 
     collector -> answerer
