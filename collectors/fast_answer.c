@@ -326,6 +326,16 @@ static PyObject *FastAnswer_wait(FastAnswer *self, PyObject *args) {
             PyErr_SetFromErrno(PyExc_OSError);
             goto fail;
         }
+        if (fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+            /* never spin at a real-time priority on a broken group: Python's loop gives up */
+            PyErr_Format(PyExc_OSError, "the fanotify group failed (poll events %#x)",
+                         fds[0].revents);
+            goto fail;
+        }
+        if (connector >= 0 && nfds > connector_at && (fds[connector_at].revents & POLLNVAL)) {
+            connector_errno = EBADF;
+            break;
+        }
         double started = now_s();
         ssize_t length = 0;
         if (fds[0].revents & POLLIN) {

@@ -46,6 +46,7 @@ class Held:
         assert fast is not None, "the compiled wait is not built (pip install -e .)"
         self.fast: FastAnswerLike = fast
         self.handed_back: list[int] = []  # pids
+        self.failures: list[object] = []
         self.hand_back_allows = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -53,8 +54,13 @@ class Held:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            _, passed, failed = self.fast.wait(self.connector.fileno(), [], 0.05)
-            assert failed == 0
+            try:
+                _, passed, failed = self.fast.wait(self.connector.fileno(), [], 0.05)
+            except OSError as exc:
+                self.failures.append(exc)
+                return  # the group's close lets whatever is held go
+            if failed:
+                self.failures.append(f"the connector failed: errno {failed}")
             for fd, pid in passed:
                 self.handed_back.append(pid)
                 self.group.answer(Permission(fd, pid), self.hand_back_allows)
@@ -75,6 +81,7 @@ class Held:
         self.group.close()
         self.connector.close()
         subprocess.run(["umount", "-l", str(self.mount)], check=False)
+        assert not self.failures
 
 
 @pytest.fixture
@@ -187,3 +194,14 @@ def test_the_lineage_is_fed_from_forks_and_exits(held: Held) -> None:
     assert run(path) == 0  # and this wake-up drains sleep's exit
     creators, placed = held.lineage.tables()
     assert proc.pid not in creators and proc.pid not in placed
+
+
+def test_a_broken_group_is_an_error_not_a_spin() -> None:
+    """The wait runs at a real-time priority: a group it cannot read must end the wait (the
+    answerer's loop gives up after five), not return to polling at once."""
+    group = PermissionGroup()
+    fast = fast_answer(group.fd, Lineage(), {}, OrderedDict(), CACHED_BUCKETS, False)
+    assert fast is not None
+    group.close()
+    with pytest.raises(OSError, match="fanotify group failed"):
+        fast.wait(-1, [], 1.0)
