@@ -67,6 +67,11 @@ class AnswererMetrics(Collector):
         for label, n in sorted(total.get("answered", {}).items()):
             answered.add_metric(label.split(" ", 1), n)
         yield answered
+        yield CounterMetricFamily(
+            "procwarden_collector_pre_exec_compiled",
+            "Held execs answered from the cache by the exec answerer's compiled wait (counted "
+            "in procwarden_collector_pre_exec{source=\"cache\"} too)",
+            value=total.get("compiled", 0))
         placed = CounterMetricFamily(
             "procwarden_collector_held_placed",
             "Held execs by how their container and family were known: from the lineage the "

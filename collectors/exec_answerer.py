@@ -605,10 +605,10 @@ class ExecAnswerer:
         assert self._fast is not None
         fast = self._fast.counts()
         answered = snapshot["answered"]
-        for name, allow in (("allowed", True), ("denied", False)):
+        for name, label in (("allowed", "cache allow"), ("denied", "cache deny")):
             if fast[name]:
-                label = f"cache {'allow' if allow else 'deny'}"
                 answered[label] = answered.get(label, 0) + fast[name]
+        snapshot["compiled"] = fast["allowed"] + fast["denied"]
         if fast["lineage"]:
             snapshot["placed"]["lineage"] = snapshot["placed"].get("lineage", 0) + fast["lineage"]
         snapshot["remembered"] += fast["remembered"]

@@ -122,6 +122,17 @@ def test_a_dropped_binary_is_denied_before_it_runs(guarded: Guarded) -> None:
     assert (check.verdict, check.reason) == (Verdict.BLOCK, "pre-exec:not-in-profile")
     found = _incident(g, lambda i: i.proc_path == "/tmp/whoami")
     assert found.action is IncidentAction.DENY
+    # Again: denied from the cache. A file in the container's upper layer has its layers
+    # compared in Python, so the compiled wait hands it back (tests/integration/
+    # test_fast_answer.py has it answer an image file's repeats).
+    compiled = "procwarden_collector_pre_exec_compiled"
+    before = _totals(g)
+    rc, out = g.box.app("/tmp/whoami")
+    assert rc != 0 and "not permitted" in out.lower(), (rc, out)
+    time.sleep(2 * METRICS_EVERY_S)
+    after = _totals(g)
+    assert after["procwarden_collector_pre_exec"] > before["procwarden_collector_pre_exec"]
+    assert after[compiled] == before[compiled]
     # It never ran, so there is no exec event of it to decide.
     # Allowed programs still run, and answers for them come from the cache from now on.
     assert g.box.app("echo still fine") == (0, "still fine\n")

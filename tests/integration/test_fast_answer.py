@@ -1,12 +1,14 @@
 """The exec answerer's compiled wait (collectors/fast_answer.c) on the real kernel: a held exec
 whose caller is placed by the lineage and whose answer is cached is answered there, allowed or
 denied; anything else is handed back for the Python code to answer, and nothing is answered
-twice or left held."""
+twice or left held. In a real container, the keys the Python code caches are the ones the
+compiled wait finds."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from collections import OrderedDict
@@ -14,14 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from collectors.connector import EXIT, FORK, ProcConnector
-from collectors.exec_answerer import CACHED_BUCKETS
+from collectors.exec_answerer import CACHED_BUCKETS, ExecAnswerer, Hold
 from collectors.fanotify import Permission, PermissionGroup
 from collectors.fast_answer import FastAnswerLike, fast_answer
 from collectors.lineage import Lineage, Placement
+from collectors.settings import CollectorSettings
+from procwarden.testbed.containers import APP_LOOP, run_container
 from schemas import Origin
+from tests.integration.streamkit import WORKDIR
 
 CONTAINER, STAMP = "c1", "stamp-1"
 
@@ -205,3 +211,47 @@ def test_a_broken_group_is_an_error_not_a_spin() -> None:
     group.close()
     with pytest.raises(OSError, match="fanotify group failed"):
         fast.wait(-1, [], 1.0)
+
+
+def test_what_the_python_code_caches_the_compiled_wait_answers(tmp_path: Path) -> None:
+    """A whole exec answerer, in this process, holding a real container's execs: the first
+    exec of /bin/busybox is asked about (Python: a miss) and its verdict cached by the Python
+    code; the container's later execs of it are answered by the compiled wait from that
+    entry, with no second question."""
+    settings = CollectorSettings(node="test", state_dir=tmp_path, kernel_cache=False,
+                                 hold_realtime=False)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    asks: list[list[Any]] = []
+
+    def collector() -> None:  # the collector's side: every question is allowed
+        while True:
+            try:
+                data = ours.recv(1 << 20)
+            except OSError:
+                return
+            if not data:
+                return
+            message = orjson.loads(data)
+            if message[0] == "ask":
+                asks.append(message)
+                ours.send(orjson.dumps(["verdict", message[1], True, "s1", False]))
+
+    with run_container(WORKDIR, "fast", namespace="fa", command=APP_LOOP) as box:
+        answerer = ExecAnswerer(settings, theirs)
+        assert answerer._fast is not None
+        threads = [threading.Thread(target=answerer.run), threading.Thread(target=collector)]
+        for thread in threads:
+            thread.start()
+        try:
+            ours.send(orjson.dumps(Hold(True, "s1").message(box.id)))
+            # the app loop's `sh -c` and two cats: three execs of /bin/busybox, one key
+            assert box.app("cat /dev/null; cat /dev/null; echo ok") == (0, "ok\n")
+            assert [(a[3], a[4], a[5], a[6]) for a in asks] == [
+                (box.id, "/bin/busybox", False, "image")]
+            assert answerer._fast.counts()["allowed"] == 2
+        finally:
+            ours.send(orjson.dumps(["stop"]))
+            threads[0].join(10)
+            ours.close()
+            threads[1].join(10)
+            theirs.close()
