@@ -242,12 +242,11 @@ static int try_cached(FastAnswer *self, int fd, int pid_value, double started) {
     /* The kernel may allow this file's later execs itself: allowed for the container's own
      * process, a file from the image (the only origin answered here), with a single name. */
     struct stat st;
-    if (allow && self->kernel_cache && family && self->ignore_errno == 0 && fstat(fd, &st) == 0
-        && st.st_nlink == 1) {
+    if (allow && self->kernel_cache && family && fstat(fd, &st) == 0 && st.st_nlink == 1) {
         if (fanotify_mark(self->group, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK, FAN_OPEN_EXEC_PERM,
                           fd, NULL) == 0)
             self->remembered++;
-        else
+        else if (self->ignore_errno == 0) /* (out of marks, say): said once by Python */
             self->ignore_errno = errno;
     }
     close(fd);
@@ -363,7 +362,10 @@ static PyObject *FastAnswer_wait(FastAnswer *self, PyObject *args) {
                 close(event->fd);
                 continue;
             }
-            int done = connector_errno == 0 ? try_cached(self, event->fd, event->pid, started) : 0;
+            /* the lineage is trusted only while the connector feeds it, as in Python */
+            int done = connector >= 0 && connector_errno == 0
+                           ? try_cached(self, event->fd, event->pid, started)
+                           : 0;
             if (done < 0) { /* Python answers it (and the error is logged there) */
                 PyErr_Clear();
                 done = 0;

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,7 @@ class Held:
         self.handed_back: list[int] = []  # pids
         self.failures: list[object] = []
         self.hand_back_allows = True
+        self.connected = True  # the connector is passed to the wait
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -61,7 +63,8 @@ class Held:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                _, passed, failed = self.fast.wait(self.connector.fileno(), [], 0.05)
+                _, passed, failed = self.fast.wait(
+                    self.connector.fileno() if self.connected else -1, [], 0.05)
             except OSError as exc:
                 self.failures.append(exc)
                 return  # the group's close lets whatever is held go
@@ -148,6 +151,17 @@ def test_what_is_not_cached_exactly_is_handed_back(held: Held, tmp_path: Path) -
     assert run(path) == 0
     assert len(held.handed_back) == 4
     assert held.fast.counts()["allowed"] == 0
+
+
+def test_without_the_connector_the_lineage_is_not_trusted(held: Held) -> None:
+    """As in the Python code: no connector feeding it (failed, or closed), no placement from
+    it, since a pid could have been reused unseen."""
+    path = held.program("prog")
+    held.cache[held.key(path)] = True
+    held.connected = False
+    time.sleep(0.2)  # the wait under way (0.05 s at most) was given the connector
+    assert run(path) == 0
+    assert len(held.handed_back) == 1 and held.fast.counts()["allowed"] == 0, held.fast.counts()
 
 
 def test_a_netcat_path_is_its_own_key(held: Held) -> None:
