@@ -6,10 +6,12 @@ compiled wait finds."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -258,6 +260,10 @@ def test_what_the_python_code_caches_the_compiled_wait_answers(tmp_path: Path) -
             thread.start()
         try:
             ours.send(orjson.dumps(Hold(True, "s1").message(box.id)))
+            deadline = time.monotonic() + 10
+            while box.id not in answerer._watched:  # its mount marked: execs held from now
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
             # Three execs of /bin/busybox at least, one key. (BusyBox's own shell runs the
             # `sh -c` of the app loop, and applets by name, with or without an exec of its own:
             # the explicit path always execs.)
@@ -274,3 +280,21 @@ def test_what_the_python_code_caches_the_compiled_wait_answers(tmp_path: Path) -
             theirs.close()  # the collector's side reads the end of it
             threads[1].join(10)
             ours.close()
+
+
+def test_an_answer_leaves_nothing_behind(held: Held) -> None:
+    """The answerer runs for days: no reference may leak per answer (a key, a path, a pid)."""
+    path = held.program("often")
+    held.cache[held.key(path)] = True
+    for _ in range(20):
+        assert run(path) == 0
+    gc.collect()
+    blocks = sys.getallocatedblocks()
+    for _ in range(300):
+        assert run(path) == 0
+    gc.collect()
+    assert held.fast.counts()["allowed"] == 320 and held.handed_back == []
+    # (a leak of one object per answer would be 300 blocks at least)
+    assert sys.getallocatedblocks() - blocks < 100
+    creators, placed = held.lineage.tables()
+    assert len(creators) < 20 and len(placed) < 20  # each child's exit forgot it
