@@ -18,9 +18,9 @@ One run, same machine, same loop (`posix_spawn` + `waitpid` of /usr/bin/true):
    first zero-drift (its write guard holds every open too, the exec's own included), then basic
    (the exec hold alone: what the target is about); and, before Protect, held by the bare C
    answerer on the container's root mount (that exec's own floor), with the stream worker
-   running and then
-   paused (SIGSTOP: before Protect and after, as on a fleet node, whose stream app runs
-   elsewhere; on this single-node stack it shares the 2 cores and doubles an exec's tail). Each
+   running and then paused (SIGSTOP: before Protect and after, as on a fleet node, whose
+   stream app runs elsewhere; on this single-node stack it shares the 2 cores and doubles an
+   exec's tail). Each
    exec alternates with one of a copy on the container's /dev, a mount nothing holds: the added
    latency is how much more the held busybox takes than its unheld copy, less their difference
    before Protect (at each quantile). On 2 busy cores one exec's p99 drifts by milliseconds from

@@ -608,9 +608,9 @@ class ExecAnswerer:
         for name, label in (("allowed", "cache allow"), ("denied", "cache deny")):
             if fast[name]:
                 answered[label] = answered.get(label, 0) + fast[name]
-        snapshot["compiled"] = fast["allowed"] + fast["denied"]
-        if fast["lineage"]:
-            snapshot["placed"]["lineage"] = snapshot["placed"].get("lineage", 0) + fast["lineage"]
+        compiled = snapshot["compiled"] = fast["allowed"] + fast["denied"]
+        if compiled:  # each placed by the lineage
+            snapshot["placed"]["lineage"] = snapshot["placed"].get("lineage", 0) + compiled
         snapshot["remembered"] += fast["remembered"]
         snapshot["cached_answer"] = [a + b for a, b in zip(
             snapshot["cached_answer"], fast["cached_answer"], strict=True)]

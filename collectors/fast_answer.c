@@ -52,7 +52,7 @@ typedef struct {
     Py_ssize_t n_bounds;
     unsigned long long *counts; /* n_bounds + 1 */
     double sum;
-    unsigned long long allowed, denied, lineage, remembered, connector_overruns;
+    unsigned long long allowed, denied, remembered; /* every one answered was placed by lineage */
     int ignore_errno; /* the first failure to set an ignore mark (0: none) */
     char events[EVENTS_BUFFER] __attribute__((aligned(8)));
 } FastAnswer;
@@ -134,7 +134,6 @@ static int drain(FastAnswer *self, int connector) {
             if (errno == EINTR)
                 continue;
             if (errno == ENOBUFS) { /* messages were lost: nothing known can be trusted */
-                self->connector_overruns++;
                 PyDict_Clear(self->creators);
                 PyDict_Clear(self->placed);
                 continue;
@@ -254,7 +253,6 @@ static int try_cached(FastAnswer *self, int fd, int pid_value, double started) {
         self->allowed++;
     else
         self->denied++;
-    self->lineage++;
     observe(self, now_s() - started);
     return 1;
 }
@@ -409,10 +407,9 @@ static PyObject *FastAnswer_counts(FastAnswer *self, PyObject *Py_UNUSED(ignored
     for (Py_ssize_t i = 0; i <= self->n_bounds; i++)
         PyList_SET_ITEM(histogram, i, PyLong_FromUnsignedLongLong(self->counts[i]));
     PyList_SET_ITEM(histogram, self->n_bounds + 1, PyFloat_FromDouble(self->sum));
-    return Py_BuildValue("{sKsKsKsKsKsisN}", "allowed", self->allowed, "denied", self->denied,
-                         "lineage", self->lineage, "remembered", self->remembered,
-                         "connector_overruns", self->connector_overruns, "ignore_errno",
-                         self->ignore_errno, "cached_answer", histogram);
+    return Py_BuildValue("{sKsKsKsisN}", "allowed", self->allowed, "denied", self->denied,
+                         "remembered", self->remembered, "ignore_errno", self->ignore_errno,
+                         "cached_answer", histogram);
 }
 
 static int FastAnswer_init(FastAnswer *self, PyObject *args, PyObject *kwargs) {

@@ -27,8 +27,9 @@ class FastAnswerLike(Protocol):
         connector failed with or 0)."""
 
     def counts(self) -> dict[str, Any]:
-        """Cumulative: allowed, denied, lineage, remembered, connector_overruns, ignore_errno,
-        cached_answer (histogram counts, then their sum)."""
+        """Cumulative: allowed, denied (each placed by the lineage), remembered, ignore_errno
+        (the first failure to set an ignore mark), cached_answer (histogram counts, then
+        their sum)."""
 
 
 def fast_answer(group_fd: int, lineage: Lineage,
