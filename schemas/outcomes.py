@@ -139,8 +139,14 @@ class DlqEntry(Record, frozen=True):
     offset: int
     error: str
     key: str = ""
-    value: str = ""  # the original bytes as text (replacement characters for invalid UTF-8)
+    # The original bytes as text (replacement characters for invalid UTF-8), cut to a bound
+    # (transport.guard): a refused message must never make a DLQ record too large to publish.
+    value: str = ""
     ts: float = 0.0
+    value_length: int = 0  # of the original value, in bytes
+    value_sha256: str = ""  # of the original value, whole: finds it again on its topic
+    truncated: bool = False  # `value` (or `key`, `error`) holds only the start
+    stage: str = ""  # the role that refused it (streams, sink-clickhouse, siem, collector)
 
 
 class TunnelSighting(Record, frozen=True):

@@ -51,3 +51,7 @@ def test_the_check_catches_a_violation(tmp_path: Path) -> None:
     bad = tmp_path / "x.py"
     bad.write_text("import os\nfrom sinks.clickhouse import writer\nfrom . import local\n")
     assert imported_roots(bad) == {"os", "sinks"}
+
+
+def test_transport_imports_no_stage() -> None:
+    assert offenders("transport", (*STAGES, "procwarden")) == []
