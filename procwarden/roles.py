@@ -20,6 +20,7 @@ from pathlib import Path
 
 from procwarden.stack.layout import ProgressFn
 from procwarden.stack.processes import ManagedProcess, StackError, port_in_use, tail
+from transport.health import HEALTH_FILE_ENV, read_health
 
 __all__ = ["Role", "Roles"]
 
@@ -99,7 +100,10 @@ class Roles:
             if role.name == "syslog":
                 self._syslog_config()
             mark = proc.log_file.stat().st_size if proc.log_file.exists() else 0
-            pid = proc.start(role.argv, cwd=ROOT, env=self.environment())
+            health = self.health_file(role)
+            health.unlink(missing_ok=True)  # a stopped run's file must not speak for this one
+            pid = proc.start(role.argv, cwd=ROOT,
+                             env={**self.environment(), HEALTH_FILE_ENV: str(health)})
             proc.wait_ready(self._probe(role, proc, mark), 90, "get ready")
             say(f"{role.name}: running (pid {pid}): {role.what}")
 
@@ -134,13 +138,21 @@ class Roles:
             say(f"{role.name}: stopped" if self.process(role).stop()
                 else f"{role.name}: was not running")
 
+    def health_file(self, role: Role) -> Path:
+        return self.home / f"{role.name}.health.json"
+
     def status(self) -> list[str]:
+        """One line a role: whether its process runs and, when it does, whether it does its job
+        (its own health report: ready, not ready and why, or not responding)."""
         lines = []
         for role in self.roles:
             proc = self.process(role)
             pid = proc.pid()
             state = f"running (pid {pid})" if pid else "stopped"
             lines.append(f"{role.name:16} {state:20} {role.what}")
+            if pid and role.name != "syslog":
+                said, _ = read_health(self.health_file(role))
+                lines.append(f"{'':16} {said}")
         return lines
 
     def logs(self) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Plumbing every stage shares the same way, beside `schemas`: the per-message guard and its
-bounded dead letters. It imports `schemas` and nothing of `collectors`, `streams` or `sinks`."""
+"""Plumbing every stage shares the same way, beside `schemas`: the per-message guard with its
+bounded dead letters, and the health a role reports. It imports `schemas` and nothing of `collectors`, `streams` or `sinks`."""
 
 from transport.guard import (
     DEAD_LETTERS,
@@ -10,6 +10,8 @@ from transport.guard import (
     dead_letter_entry,
     describe,
 )
+from transport.health import HEALTH_FILE_ENV, Health, HealthReport, read_health
 
-__all__ = ["DEAD_LETTERS", "DlqLimits", "MessageGuard", "Refused", "bounded_text",
+__all__ = ["HEALTH_FILE_ENV", "Health", "HealthReport", "read_health",
+           "DEAD_LETTERS", "DlqLimits", "MessageGuard", "Refused", "bounded_text",
            "dead_letter_entry", "describe"]

@@ -1,0 +1,46 @@
+"""A role's health: the gauge, the file `procwarden status` reads, and staleness."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from prometheus_client import REGISTRY
+
+from transport.health import Health, read_health
+
+
+def _gauge(role: str) -> float | None:
+    return REGISTRY.get_sample_value("procwarden_ready", {"role": role})
+
+
+def test_the_gauge_and_the_file_follow_the_role(tmp_path: Path) -> None:
+    now = [100.0]
+    path = tmp_path / "streams.health.json"
+    health = Health("unit-a", path, clock=lambda: now[0])
+    assert _gauge("unit-a") == 0
+    health.set(False, "the policy mirror has not caught up")
+    assert read_health(path, now=101.0)[0] == "not ready: the policy mirror has not caught up"
+    health.set(True)
+    assert _gauge("unit-a") == 1
+    said, report = read_health(path, now=101.0)
+    assert said == "ready" and report is not None and report.pid == os.getpid()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    health.set(False, "the decider's loop stopped")
+    assert _gauge("unit-a") == 0
+    assert read_health(path, now=101.0)[0] == "not ready: the decider's loop stopped"
+
+
+def test_a_heartbeat_that_stops_reads_as_not_responding(tmp_path: Path) -> None:
+    path = tmp_path / "h.json"
+    Health("unit-b", path, clock=lambda: 50.0).set(True)
+    assert read_health(path, now=55.0)[0] == "ready"
+    assert read_health(path, now=90.0)[0] == "not responding (no heartbeat for 40 s)"
+
+
+def test_missing_and_garbled_files(tmp_path: Path) -> None:
+    assert read_health(tmp_path / "none.json")[0] == "no health reported"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"role": 1')
+    assert read_health(bad)[0].startswith("unreadable health")
