@@ -4,20 +4,31 @@ msgspec does the work (schemas/records.py): it decodes into the typed records an
 field as it goes. A bad value raises `DecodeError` naming the field path (`payload.argv[2]`) and
 the reason in plain words; unknown fields and unknown enum values are errors, so a typo in a
 policy file or a newer producer is never silently misread.
+
+Whatever the input, the codec raises nothing but `DecodeError`, and it bounds what it parses: a
+message over `max_message_bytes` (default 1 MiB, Kafka's own default) or nesting deeper than
+`max_depth` levels (default 64; the deepest valid record is far shallower) is refused before any
+recursive code sees it, naming the limit. Both are read at import from
+`PROCWARDEN_MAX_MESSAGE_BYTES` and `PROCWARDEN_MAX_NESTING` (every role the same), or set with
+`set_limits`. Typed decoding never nests deeper than the schema, so only the generic parse (the
+slow path, taken by invalid messages and by data already parsed elsewhere) walks for depth.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import types
 import typing
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 
 import msgspec
 import orjson
 
-__all__ = ["DecodeError", "decode_json", "decode_record", "encode", "to_plain"]
+__all__ = ["CodecLimits", "DecodeError", "check_size", "decode_json", "decode_record", "encode",
+           "limits", "set_limits", "to_plain"]
 
 T = TypeVar("T")
 
@@ -29,6 +40,105 @@ class DecodeError(ValueError):
         self.field = field
         self.reason = reason
         super().__init__(f"{field}: {reason}" if field else reason)
+
+
+@dataclass(frozen=True, slots=True)
+class CodecLimits:
+    max_message_bytes: int = 1 << 20
+    max_depth: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be at least 1024, not "
+                             f"{self.max_message_bytes}")
+        # Valid records nest up to about 6 levels: a smaller limit would refuse valid messages
+        # on the slow path only, which no one could reason about.
+        if self.max_depth < _MIN_DEPTH:
+            raise ValueError(f"max_depth must be at least {_MIN_DEPTH}, not {self.max_depth}")
+
+
+_MIN_DEPTH = 3
+_ENV = {"max_message_bytes": "PROCWARDEN_MAX_MESSAGE_BYTES",
+        "max_depth": "PROCWARDEN_MAX_NESTING"}
+
+
+def _limits_from_env() -> CodecLimits:
+    values: dict[str, int] = {}
+    for name, variable in _ENV.items():
+        raw = os.environ.get(variable, "").strip()
+        if raw:
+            try:
+                values[name] = int(raw)
+            except ValueError:
+                raise ValueError(f"{variable}: expected an integer, got {raw!r}") from None
+    try:
+        return CodecLimits(**values)
+    except ValueError as exc:
+        raise ValueError(f"{' / '.join(_ENV.values())}: {exc}") from None
+
+
+_limits = _limits_from_env()
+
+
+def limits() -> CodecLimits:
+    """The codec's current bounds."""
+    return _limits
+
+
+def set_limits(*, max_message_bytes: int | None = None,
+               max_depth: int | None = None) -> CodecLimits:
+    """Change the bounds (for this process); returns the previous ones."""
+    global _limits
+    previous = _limits
+    _limits = CodecLimits(
+        previous.max_message_bytes if max_message_bytes is None else max_message_bytes,
+        previous.max_depth if max_depth is None else max_depth)
+    return previous
+
+
+def check_size(data: bytes | bytearray | memoryview | str, where: str = "") -> None:
+    """DecodeError if `data` is over `max_message_bytes` (text counted in UTF-8)."""
+    limit = _limits.max_message_bytes
+    if not isinstance(data, bytes | bytearray | memoryview | str):
+        return  # not text at all: the parser says so
+    size = len(data)
+    if isinstance(data, str) and size * 4 > limit and size <= limit:
+        size = len(data.encode("utf-8", "surrogatepass"))  # only when it might matter
+    elif isinstance(data, memoryview):
+        size = data.nbytes
+    if size > limit:
+        raise DecodeError(where, f"message of {size} bytes is over the limit of {limit} bytes "
+                                 "(max_message_bytes)")
+
+
+def _nesting_error(where: str) -> DecodeError:
+    return DecodeError(where, f"nesting deeper than {_limits.max_depth} levels (max_depth)")
+
+
+def _check_shape(obj: Any, where: str) -> None:
+    """DecodeError if lists and objects in `obj` nest deeper than `max_depth`, or if there are
+    more of them than a message of `max_message_bytes` could hold (data from YAML may share
+    one list many times over: a few lines that expand to billions of values).
+
+    Iterative, so any depth is measured without recursion; a scalar is 0 deep, `[]` is 1.
+    """
+    if not isinstance(obj, dict | list | tuple):
+        return
+    limit, budget = _limits.max_depth, _limits.max_message_bytes // 2  # `[]` is two bytes
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        if depth > limit:
+            raise _nesting_error(where)
+        budget -= 1
+        if budget < 0:
+            raise DecodeError(where, "more lists and objects than a message of "
+                                     f"{_limits.max_message_bytes} bytes holds "
+                                     "(max_message_bytes)")
+        for child in (node.values() if isinstance(node, dict) else node):
+            if isinstance(child, dict | list | tuple):
+                push((child, depth + 1))
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -45,19 +155,34 @@ def to_plain(record: object) -> Any:
 
 
 def decode_json(data: bytes | str, where: str = "") -> Any:
-    """Parse JSON text; anything unparseable becomes a DecodeError."""
+    """Parse JSON text; anything unparseable, too large or too deep becomes a DecodeError."""
+    if not isinstance(data, bytes | bytearray | memoryview | str):
+        raise DecodeError(where, f"not JSON text (a {type(data).__name__})")
+    check_size(data, where)
     try:
-        return orjson.loads(data)
+        obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # orjson's own bound (1,024) is above ours
+            raise _nesting_error(where) from None
         raise DecodeError(where, f"not valid JSON ({exc})") from None
+    _check_shape(obj, where)
+    return obj
 
 
 def decode_record(cls: type[T], obj: Any, where: str = "") -> T:
     """Build a `cls` record from plain data (parsed JSON or YAML), validating every field."""
+    _check_shape(obj, where)
+    return _convert(cls, obj, where)
+
+
+def _convert(cls: type[T], obj: Any, where: str) -> T:
+    """decode_record for data whose depth is already checked."""
     try:
         return msgspec.convert(obj, cls, strict=True)
     except msgspec.ValidationError as exc:
         raise _decode_error(exc, cls, where) from None
+    except RecursionError:  # the caller's own stack was deep already
+        raise _nesting_error(where) from None
 
 
 # -- msgspec's errors in procwarden's words ------------------------------------------------------

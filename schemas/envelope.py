@@ -6,7 +6,8 @@ from typing import Any
 
 import msgspec
 
-from schemas.codec import DecodeError, decode_json, decode_record, encode
+from schemas import codec as _codec
+from schemas.codec import DecodeError, _check_shape, _convert, check_size, decode_json, encode
 from schemas.enums import EventKind
 from schemas.events import (
     CollectorReport,
@@ -112,17 +113,23 @@ _PAYLOADS: dict[EventKind, msgspec.json.Decoder[Any]] = {
 
 
 def decode_envelope(data: bytes | str | dict[str, Any]) -> Envelope:
-    """Decode one message; raises DecodeError naming the field and the reason."""
+    """Decode one message; raises DecodeError naming the field and the reason, and nothing
+    else whatever `data` is (see `schemas.codec` for the size and nesting bounds)."""
     if not isinstance(data, dict):
         # A valid message is decoded in one pass over its text; anything msgspec refuses is
         # decoded again below, step by step, to name what is wrong the same way every time.
+        # Typed decoding nests no deeper than the schema, so depth is measured only there.
+        if type(data) is not bytes or len(data) > _codec._limits.max_message_bytes:
+            check_size(data)  # (data is text, or too large: this says so)
         try:
             head = _HEADER.decode(data)
             if head.schema_version == SCHEMA_VERSION and head.event_id:
                 return Envelope(SCHEMA_VERSION, head.event_id, head.node, head.cluster,
                                 head.ts, head.kind, _PAYLOADS[head.kind].decode(head.payload))
-        except (msgspec.MsgspecError, ValueError):
-            pass
+        except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
+            pass  # RecursionError: msgspec skipping a deeply nested payload
+    else:
+        _check_shape(data, "")
     obj = data if isinstance(data, dict) else decode_json(data)
     if type(obj) is not dict:
         raise DecodeError("", "a message must be a JSON object")
@@ -151,7 +158,7 @@ def decode_envelope(data: bytes | str | dict[str, Any]) -> Envelope:
         raise DecodeError("event_id", "must not be empty")
     if type(ts) is not float and type(ts) is not int:
         raise DecodeError("ts", "expected a number")
-    payload: Payload = decode_record(PAYLOAD_TYPES[kind], obj["payload"], "payload")
+    payload: Payload = _convert(PAYLOAD_TYPES[kind], obj["payload"], "payload")
     return Envelope(SCHEMA_VERSION, event_id, node, cluster, float(ts), kind, payload)
 
 

@@ -31,6 +31,7 @@ from schemas import (
     RuleChange,
     TunnelSighting,
     decode_envelope,
+    decode_json,
     decode_record,
     encode,
 )
@@ -203,3 +204,90 @@ def test_topics_are_named_and_keyed() -> None:
 def test_verdict_partition_uses_kafkas_murmur2(key: str, expected: int) -> None:
     # Reference values from Kafka's own partitioner tests (Utils.murmur2).
     assert verdict_partition(key, 2**31 - 1) == (expected & 0x7FFFFFFF) % (2**31 - 1)
+
+
+# -- hostile input: nesting and size are bounded at the boundary ---------------------------------
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def _exec_with_argv(argv: bytes) -> bytes:
+    return (b'{"schema_version":1,"event_id":"e","node":"n","cluster":"c","ts":1,"kind":"exec",'
+            b'"payload":{"workload_id":"w","pid":1,"path":"/bin/ls","argv":' + argv + b"}}")
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 5000, 200_000])
+def test_deep_nesting_is_a_decode_error_naming_the_limit(depth: int) -> None:
+    # 1,000 levels escaped as RecursionError from msgspec and crashed every consumer.
+    for decode in (lambda: decode_envelope(_exec_with_argv(_nested(depth))),
+                   lambda: decode_envelope(_exec_with_argv(_nested(depth)).decode()),
+                   lambda: decode_json(_nested(depth))):
+        with pytest.raises(DecodeError, match="nesting deeper than 64 levels"):
+            decode()
+
+
+def test_deep_nesting_of_parsed_data_is_a_decode_error() -> None:
+    # Data parsed elsewhere (YAML, an API body) reaches decode_record as Python objects.
+    deep: Any = "x"
+    for _ in range(5000):
+        deep = {"a": [deep]}
+    for cls in (GroupPolicy, ExecEvent):
+        with pytest.raises(DecodeError, match="nesting deeper than 64 levels"):
+            decode_record(cls, deep)
+    with pytest.raises(DecodeError, match="nesting deeper than 64 levels"):
+        decode_envelope({**_GOOD, "payload": deep})
+
+
+def test_nesting_at_the_limit_is_judged_by_the_schema() -> None:
+    with pytest.raises(DecodeError) as err:
+        decode_envelope(_exec_with_argv(_nested(62)))  # 64 levels with the envelope's two
+    assert err.value.field == "payload.argv[0]" and "nesting" not in err.value.reason
+    assert decode_json(_nested(64)) == orjson.loads(_nested(64))
+
+
+def test_an_oversized_message_is_a_decode_error_naming_the_limit() -> None:
+    huge = _exec_with_argv(orjson.dumps(["x" * (1 << 20)]))
+    for data in (huge, huge.decode()):
+        with pytest.raises(DecodeError, match=r"over the limit of 1048576 bytes"):
+            decode_envelope(data)
+        with pytest.raises(DecodeError, match=r"over the limit of 1048576 bytes"):
+            decode_json(data)
+    # Text is measured in UTF-8: 300,000 four-byte characters are 1.2 MB.
+    with pytest.raises(DecodeError, match="over the limit"):
+        decode_json(orjson.dumps(["\U0001F600" * 300_000]).decode())
+
+
+def test_the_limits_are_configurable() -> None:
+    from schemas import codec
+
+    msg = _exec_with_argv(orjson.dumps(["x" * 5000]))
+    assert decode_envelope(msg).payload.argv == ("x" * 5000,)  # type: ignore[union-attr]
+    previous = codec.set_limits(max_message_bytes=4096, max_depth=3)
+    try:
+        with pytest.raises(DecodeError, match="over the limit of 4096 bytes"):
+            decode_envelope(msg)
+        with pytest.raises(DecodeError, match="nesting deeper than 3 levels"):
+            decode_json(_nested(4))
+    finally:
+        codec.set_limits(max_message_bytes=previous.max_message_bytes,
+                         max_depth=previous.max_depth)
+    assert decode_envelope(msg).payload.argv == ("x" * 5000,)  # type: ignore[union-attr]
+    with pytest.raises(ValueError):
+        codec.set_limits(max_depth=2)
+
+
+def test_the_limits_come_from_the_environment() -> None:
+    import subprocess
+    import sys
+
+    code = ("from schemas import codec; l = codec.limits(); "
+            "print(l.max_message_bytes, l.max_depth)")
+    env = {**os.environ, "PROCWARDEN_MAX_MESSAGE_BYTES": "2048", "PROCWARDEN_MAX_NESTING": "20"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[2]).stdout
+    assert out.split() == ["2048", "20"]
+    env["PROCWARDEN_MAX_NESTING"] = "many"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=False, cwd=Path(__file__).parents[2])
+    assert bad.returncode != 0 and "PROCWARDEN_MAX_NESTING" in bad.stderr

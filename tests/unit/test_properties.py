@@ -115,3 +115,105 @@ def test_learning_is_idempotent(baseline: Baseline, specs: list[tuple[object, ..
         again, _ = decide(build_view(once, container(), EngineSettings()), ProcessState(),
                           envelope(ev))
         assert again.verdict is not Verdict.LEARN or again.reason != "learn"
+
+
+# -- the codec: any input raises only its own error ----------------------------------------------
+
+_scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20))
+_json_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                            | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                            max_leaves=30)
+
+
+@st.composite
+def _deep(draw: st.DrawFn) -> object:
+    """A JSON value under up to 3,000 levels of lists and objects (the 1,000-level attack)."""
+    value: object = draw(_json_values)
+    for step in _steps(draw, 3000):
+        value = [value] if step else {"k": value}
+    return value
+
+
+def _steps(draw: st.DrawFn, most: int) -> list[bool]:
+    """Lists (True) and objects (False) to nest, as many as `most`: a short pattern repeated
+    (hypothesis draws long lists rarely, and the attack is depth)."""
+    depth = draw(st.integers(0, most) | st.sampled_from([63, 64, 65, 1000, most]))
+    pattern = draw(st.lists(st.booleans(), min_size=1, max_size=5))
+    return [pattern[i % len(pattern)] for i in range(depth)]
+
+
+def _envelopes(payload: st.SearchStrategy[object]) -> st.SearchStrategy[dict[str, object]]:
+    from schemas import EventKind
+
+    return st.fixed_dictionaries({
+        "schema_version": st.sampled_from([1, 1, 1, 2, "1"]), "event_id": st.text(max_size=4),
+        "node": st.just("n"), "cluster": st.just("c"), "ts": st.floats() | st.integers(),
+        "kind": st.sampled_from([k.value for k in EventKind] + ["nope"]), "payload": payload})
+
+
+def _only_decode_errors(fn: object, *args: object) -> None:
+    import contextlib
+
+    from schemas import DecodeError
+
+    with contextlib.suppress(DecodeError):
+        fn(*args)  # type: ignore[operator]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=2000))
+def test_any_bytes_raise_only_decode_errors(data: bytes) -> None:
+    from schemas import decode_envelope, decode_json
+
+    _only_decode_errors(decode_envelope, data)
+    _only_decode_errors(decode_json, data)
+    _only_decode_errors(decode_envelope, data.decode("utf-8", "surrogateescape"))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_json_values, _deep(), _envelopes(_json_values | _deep())))
+def test_any_json_value_raises_only_decode_errors(value: object) -> None:
+    import orjson
+
+    from schemas import PAYLOAD_TYPES, decode_envelope, decode_json, decode_record
+
+    try:
+        text = orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):  # orjson writes 254 levels at most
+        text = None
+    if text is not None:
+        _only_decode_errors(decode_envelope, text)
+        _only_decode_errors(decode_json, text)
+    if isinstance(value, dict):
+        _only_decode_errors(decode_envelope, value)
+    for cls in PAYLOAD_TYPES.values():
+        _only_decode_errors(decode_record, cls, value)
+
+
+@st.composite
+def _deep_text(draw: st.DrawFn) -> bytes:
+    """JSON text nested up to 20,000 levels around any value (orjson writes 254 at most)."""
+    import orjson
+
+    try:
+        inner = orjson.dumps(draw(_json_values))
+    except TypeError:  # an integer past 64 bits
+        inner = b"0"
+    steps = _steps(draw, 20_000)
+    head = b"".join(b"[" if s else b'{"k":' for s in steps)
+    tail = b"".join(b"]" if s else b"}" for s in reversed(steps))
+    if draw(st.booleans()):  # in an envelope's payload, where the RecursionError came from
+        head = (b'{"schema_version":1,"event_id":"e","node":"n","cluster":"c","ts":1,"kind":"'
+                + draw(st.sampled_from([b"exec", b"policy", b"workload"])) + b'","payload":'
+                + head)
+        tail += b"}"
+    return head + inner + tail
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_deep_text())
+def test_deeply_nested_text_raises_only_decode_errors(text: bytes) -> None:
+    from schemas import decode_envelope, decode_json
+
+    _only_decode_errors(decode_envelope, text)
+    _only_decode_errors(decode_json, text)
