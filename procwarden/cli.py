@@ -80,7 +80,7 @@ def decide(
     was rejected, 2 for bad options or policy files.
     """
     from streams.engine import EngineSettings, PolicyError, parse_baseline, parse_mode
-    from streams.replay import dumps, load_policy_file, replay
+    from streams.replay import dumps, load_policy_file, read_lines, replay
     from streams.replay import explain as explain_line
     from streams.session import DecisionSession
 
@@ -95,13 +95,15 @@ def decide(
         typer.echo(f"procwarden decide: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        stream = sys.stdin if str(events) == "-" else events.open()
+        # Bytes, read line by line within the codec's bound: a line that is not UTF-8 or is
+        # huge is reported like any other bad line.
+        stream = sys.stdin.buffer if str(events) == "-" else events.open("rb")
     except OSError as exc:
         typer.echo(f"procwarden decide: {exc}", err=True)
         raise typer.Exit(2) from None
     failures = 0
     with stream:
-        for item in replay(session, stream):
+        for item in replay(session, read_lines(stream)):
             failures += not item.ok
             typer.echo(explain_line(session, item) if explain else dumps(item.output))
     if failures:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import yaml
@@ -18,11 +18,14 @@ from schemas import (
     decode_record,
     to_plain,
 )
+from schemas.codec import limits
 from streams.engine import PolicyError, apply_crd
 from streams.engine.crd import CRD_KINDS
 from streams.session import DecisionSession, EditOutcome, UnknownWorkload
+from transport.guard import describe
 
-__all__ = ["ReplayLine", "dumps", "explain", "load_policy_file", "replay"]
+__all__ = ["OversizedLine", "ReplayLine", "dumps", "explain", "load_policy_file", "read_lines",
+           "replay"]
 
 
 def load_policy_file(session: DecisionSession, path: Path) -> int:
@@ -63,11 +66,41 @@ class ReplayLine:
     ok: bool
 
 
-def replay(session: DecisionSession, lines: Iterable[str | bytes]) -> Iterator[ReplayLine]:
+@dataclass(frozen=True, slots=True)
+class OversizedLine:
+    """A line longer than the codec takes, skipped without being held in memory."""
+
+    length: int
+
+
+def read_lines(stream: IO[bytes]) -> Iterator[bytes | OversizedLine]:
+    """The lines of a binary stream, each at most `max_message_bytes` (and its newline) held
+    in memory: a longer one is read past in chunks and stands as an `OversizedLine`."""
+    limit = limits().max_message_bytes
+    while line := stream.readline(limit + 2):
+        if len(line) <= limit + 1 or line.endswith(b"\n"):
+            yield line.rstrip(b"\r\n")  # the newline is not part of the message's size
+            continue
+        length = len(line)
+        while chunk := stream.readline(1 << 20):
+            length += len(chunk)
+            if chunk.endswith(b"\n"):
+                break
+        yield OversizedLine(length)
+
+
+def replay(session: DecisionSession,
+           lines: Iterable[str | bytes | OversizedLine]) -> Iterator[ReplayLine]:
     """Feed each JSONL line to the session; a bad line yields an error and the run goes on."""
     for number, raw in enumerate(lines, start=1):
+        if isinstance(raw, OversizedLine):
+            yield ReplayLine(number, {"line": number, "error": (
+                f"invalid message: line of {raw.length} bytes is over the limit of "
+                f"{limits().max_message_bytes} bytes (max_message_bytes)")}, False)
+            continue
         if not raw.strip():
             continue
+        env = None
         try:
             env = decode_envelope(raw)
             answer = session.handle(env)
@@ -75,9 +108,13 @@ def replay(session: DecisionSession, lines: Iterable[str | bytes]) -> Iterator[R
             yield ReplayLine(number, {"line": number, "error": f"invalid message: {exc}"}, False)
             continue
         except UnknownWorkload as exc:
-            yield ReplayLine(number, {"line": number, "event_id": env.event_id,
+            yield ReplayLine(number, {"line": number, "event_id": env.event_id if env else "",
                                       "error": f"unknown workload {exc.args[0]!r}: announce it "
                                                "with a workload message first"}, False)
+            continue
+        except Exception as exc:  # one line the engine fails on must not end the replay
+            yield ReplayLine(number, {"line": number, "event_id": env.event_id if env else "",
+                                      "error": f"handling failed: {describe(exc)}"}, False)
             continue
         out = {"line": number, **to_plain(answer)}
         ok = not (isinstance(answer, EditOutcome) and answer.status >= 400)

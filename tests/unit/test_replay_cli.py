@@ -111,3 +111,49 @@ def test_shipped_native_policy_protects_the_demo(tmp_path: Path) -> None:
     out = lines(result.stdout)
     assert [o["verdict"] for o in out[1:]] == ["allow", "block"]
     assert out[2]["reason"] == "violation:RD"
+
+
+def test_hostile_lines_are_reported_and_the_run_goes_on(tmp_path: Path) -> None:
+    # One deeply nested line aborted the whole run with a traceback (RecursionError).
+    good = EXAMPLE.read_text().splitlines()
+    deep = ('{"schema_version":1,"event_id":"d","node":"n","cluster":"c","ts":1,"kind":"exec",'
+            '"payload":' + "[" * 1000 + "]" * 1000 + "}")
+    events = tmp_path / "ev.jsonl"
+    events.write_bytes("\n".join([good[0], deep, good[1]]).encode() + b"\n\xff\xfe{bad utf-8\n"
+                       + b'{"x": "' + b"y" * (2 << 20) + b'"}\n' + good[3].encode() + b"\n")
+    for args, stdin in (([str(events)], None), (["-"], events.read_bytes())):
+        result = subprocess.run([*_command(), "decide", *args], input=stdin, capture_output=True,
+                                check=False, cwd=ROOT, timeout=60)
+        assert result.returncode == 1, result.stderr
+        assert b"Traceback" not in result.stderr
+        out = {o["line"]: o for o in lines(result.stdout.decode())}
+        assert "nesting deeper than 64 levels" in out[2]["error"]
+        assert out[3]["verdict"] == "learn"
+        assert "not valid JSON" in out[4]["error"]
+        assert "over the limit of 1048576 bytes" in out[5]["error"]
+        assert out[6]["event_kind"] == "exec"
+        assert b"3 line(s) failed" in result.stderr
+
+
+def test_a_line_the_session_fails_on_is_reported() -> None:
+    from streams.replay import replay
+    from streams.session import DecisionSession
+
+    class Failing(DecisionSession):
+        def handle(self, env: Any) -> Any:
+            if env.event_id == "boom":
+                raise RecursionError("maximum recursion depth exceeded")
+            return super().handle(env)
+
+    good = EXAMPLE.read_text().splitlines()
+    boom = orjson.dumps({**orjson.loads(good[1]), "event_id": "boom"}).decode()
+    out = list(replay(Failing(), [good[0], boom, good[1]]))
+    assert [o.ok for o in out] == [True, False, True]
+    assert out[1].output == {"line": 2, "event_id": "boom",
+                             "error": "handling failed: RecursionError: maximum recursion "
+                                      "depth exceeded"}
+
+
+def _command() -> list[str]:
+    exe = shutil.which("procwarden", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "procwarden.cli"]
