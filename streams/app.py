@@ -11,13 +11,21 @@ outputs' delivery before it commits, so an output is in Kafka before its input c
 after a crash the uncommitted tail is decided again,
 which gives the same decisions with the same ids (sinks deduplicate by id, collectors check pids
 against start times, the policy writer is idempotent).
+
+The worker is ready (`GET /ready`, `procwarden_ready{role="streams"}`, the health file that
+`procwarden status` reads) only while it decides: the mirror has caught up and its loop runs,
+and the decider's loop runs and has turned within `STREAMS_READY_STALL_S`. If either loop stops
+with an error, the worker stops with a non-zero status instead of lingering.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -34,8 +42,9 @@ from streams.mirror import PolicyMirror
 from streams.session import DecisionSession
 from streams.settings import StreamSettings
 from streams.web import install_routes
+from transport import HEALTH_FILE_ENV, DlqLimits, Health, describe
 
-__all__ = ["FaustPublisher", "build_app", "run_worker"]
+__all__ = ["FaustPublisher", "Readiness", "build_app", "run_worker"]
 
 log = logging.getLogger("procwarden.streams")
 
@@ -62,15 +71,84 @@ class _MirrorService(mode.Service):
     async def on_start(self) -> None:
         await self.mirror.start()
         self.add_future(self._announce_ready())
+        self.add_future(self._watch())
 
     async def _announce_ready(self) -> None:
         await self.mirror.caught_up.wait()
-        log.info("policies restored (%d groups, %d workloads): deciding",
-                 len(self.handlers.session.policies), len(self.handlers.session.workloads))
+        log.info("policies restored (%d groups, %d workloads, %d records skipped): deciding",
+                 len(self.handlers.session.policies), len(self.handlers.session.workloads),
+                 self.mirror.invalid)
         self.handlers.ready.set()
+
+    async def _watch(self) -> None:
+        """The mirror's loop ends only with an error: without it no policy change reaches this
+        worker, so the worker stops (the error crashes the service) rather than decide on."""
+        task = self.mirror.task
+        assert task is not None
+        await asyncio.wait([task])
+        if self.should_stop or task.cancelled():
+            return
+        error = task.exception()
+        raise RuntimeError(f"the policy mirror stopped: {describe(error) if error else 'ended'}")
 
     async def on_stop(self) -> None:
         await self.mirror.stop()
+
+
+class Readiness:
+    """Whether the worker decides, and if not why: what `/ready`, the gauge and the health
+    file say."""
+
+    def __init__(self, handlers: Handlers, mirror: PolicyMirror, decider: EventDecider,
+                 health: Health, stall_s: float) -> None:
+        self.handlers = handlers
+        self.mirror = mirror
+        self.decider = decider
+        self.health = health
+        self.stall_s = stall_s
+
+    def check(self) -> tuple[bool, str]:
+        decider, mirror = self.decider, self.mirror
+        if decider.failure is not None:
+            return False, f"the decider's loop stopped: {describe(decider.failure, 300)}"
+        task = mirror.task
+        if task is not None and task.done():
+            return False, "the policy mirror stopped"
+        if not self.handlers.ready.is_set():
+            return False, "restoring policies: the policy mirror has not caught up"
+        if not decider.running:
+            return False, "the decider's loop is not running"
+        quiet = time.monotonic() - decider.beat
+        if quiet > self.stall_s:
+            return False, f"the decider's loop has not turned for {quiet:.0f} s"
+        return True, ""
+
+    def update(self) -> tuple[bool, str]:
+        ready, reason = self.check()
+        self.health.set(ready, reason)
+        return ready, reason
+
+    def failed(self, exc: BaseException) -> None:
+        self.health.set(False, f"the decider's loop stopped: {describe(exc, 300)}")
+
+
+class _HealthService(mode.Service):
+    def __init__(self, readiness: Readiness, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.readiness = readiness
+
+    async def on_start(self) -> None:
+        self.readiness.health.start_heartbeat()
+        self.add_future(self._watch())
+
+    async def _watch(self) -> None:
+        while not self.should_stop:
+            self.readiness.update()
+            await self.sleep(0.5)
+
+    async def on_stop(self) -> None:
+        if self.readiness.health.is_ready:  # a failure keeps its reason
+            self.readiness.health.set(False, "stopped")
 
 
 def _broker_url(kafka: KafkaConnection) -> str:
@@ -113,15 +191,23 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
     )
     session = DecisionSession(settings=settings.engine())
     publisher = FaustPublisher(app)
-    output = KafkaOutput(kafka)
+    node = f"streams@{socket.gethostname()}"
+    limits = DlqLimits(value_bytes=settings.dlq_value_bytes)
+    output = KafkaOutput(kafka, node=node, limits=limits)
     handlers = Handlers(session=session, publisher=publisher, decisions=output, kafka=kafka,
-                        node=f"streams@{socket.gethostname()}",
-                        unknown_workload_wait_s=settings.unknown_workload_wait_s)
+                        node=node, unknown_workload_wait_s=settings.unknown_workload_wait_s,
+                        unknown_workload_max_events=settings.unknown_workload_max_events,
+                        unknown_workload_max_per_workload=(
+                            settings.unknown_workload_max_per_workload),
+                        dlq_limits=limits)
     # `nodes` exists from the start, published or not; the mirror brings newer versions.
     handlers.published["nodes"] = session.policies["nodes"]
     mirror = PolicyMirror(kafka, on_policy=handlers.on_policy, on_workload=handlers.on_workload,
-                          on_process_state=handlers.on_process_state)
+                          on_process_state=handlers.on_process_state,
+                          dead_letter=handlers.dead_letter_entry, limits=limits)
     app.add_dependency(_MirrorService(mirror, handlers, loop=app.loop))
+    health_file = os.environ.get(HEALTH_FILE_ENV)
+    health = Health("streams", Path(health_file) if health_file else None)
 
     def topic(name: str) -> Any:
         return app.topic(kafka.topic(name), key_type=bytes, value_type=bytes,
@@ -135,10 +221,15 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
         process.__name__ = process.__qualname__ = name
         app.agent(channel, name=f"procwarden.{name}")(process)
 
-    install_routes(app, PolicyApi(handlers), settings)
-    app.add_dependency(EventDecider(
+    decider = EventDecider(
         kafka, [kafka.topic(EXEC.name), kafka.topic(FILE.name)], f"{settings.app_id}-events",
-        handlers.on_event, handlers.end_batch, output, handlers.ready, loop=app.loop))
+        handlers.on_event, handlers.end_batch, output, handlers.ready, tick=handlers.tick,
+        floors=handlers.waiting_floors, revoked=handlers.drop_partitions, loop=app.loop)
+    readiness = Readiness(handlers, mirror, decider, health, settings.ready_stall_s)
+    decider.on_failure = readiness.failed
+    install_routes(app, PolicyApi(handlers), settings, readiness=readiness.update)
+    app.add_dependency(decider)
+    app.add_dependency(_HealthService(readiness, loop=app.loop))
     agent(topic(WORKLOADS.name), handlers.on_workload_announcement, "announce_workloads")
     agent(topic(POLICY_UPDATES.name), handlers.on_update, "write_policies")
     return app, handlers

@@ -1,9 +1,17 @@
 """What the stream worker does with each message, behind one small publishing interface.
 
 The event decider and the Faust agents only hand raw messages here. Nothing raises out of a
-handler for a bad message: one that cannot be decoded, names no announced workload, or is
-refused goes to the DLQ with its topic, partition, offset and the error, and the worker carries
-on.
+handler for any message: each one's handling runs inside `transport.MessageGuard`, so one that
+cannot be decoded, is refused, breaks the engine (a `RecursionError`, a bug) or makes an output
+Kafka refuses (`OutputRefused`: over the producer's limit) becomes one bounded dead letter with
+its topic, partition, offset and the error, and the worker carries on.
+
+An event of a workload not announced yet waits in a `SideBuffer` (its announcement travels on
+another topic and may be a moment behind) while the rest of the batch is decided: bounded in
+count and per workload, each waiting event decided once its workload is announced, or
+dead-lettered after `unknown_workload_wait_s`. A workload's events keep their order: one that
+arrives while earlier ones of its workload wait is parked behind them. How the decider keeps a
+waiting event from being lost on a crash is in `streams.decider`.
 """
 
 from __future__ import annotations
@@ -11,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from prometheus_client import Counter as Counter_
@@ -54,8 +64,9 @@ from streams.engine import (
     policy_state,
 )
 from streams.session import DecisionSession, UnknownWorkload, edit_result
+from transport import DlqLimits, MessageGuard, Refused
 
-__all__ = ["Handlers", "Publisher", "RawMessage"]
+__all__ = ["Handlers", "Publisher", "RawMessage", "SideBuffer"]
 
 log = logging.getLogger("procwarden.streams")
 
@@ -66,6 +77,9 @@ EVENT_AGE = Histogram("procwarden_streams_event_age_seconds",
                       "verdicts are handed to the producer: the lag",
                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30, 120))
 POLICY_WRITES = Counter_("procwarden_streams_policy_versions_total", "Policy versions written")
+PARKED = Counter_("procwarden_streams_unknown_workload_events_total",
+                  "Events of workloads not announced yet, by what became of them",
+                  ["outcome"])  # parked, decided, expired, full
 
 
 class Publisher(Protocol):
@@ -82,6 +96,115 @@ class RawMessage:
     value: bytes | None
 
 
+@dataclass(slots=True)
+class _Waiting:
+    msg: RawMessage
+    env: Envelope
+    until: float  # monotonic: dead-lettered once this passes
+    done: bool = False
+
+
+class SideBuffer:
+    """Events of workloads not announced yet, waiting aside, in arrival order per workload.
+
+    Bounded: at most `max_events` in all and `max_per_workload` per workload (a full buffer is
+    the caller's to dead-letter). `floors()` tells the decider, per partition, the offset of the
+    oldest event still waiting there (it commits no further)."""
+
+    def __init__(self, *, wait_s: float, max_events: int, max_per_workload: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.wait_s = wait_s
+        self.max_events = max_events
+        self.max_per_workload = max_per_workload
+        self.clock = clock
+        self._by_workload: dict[str, deque[_Waiting]] = {}
+        # offsets waiting per partition, oldest first (dicts keep insertion order, which is
+        # offset order: a partition is read in order)
+        self._by_partition: dict[tuple[str, int], dict[int, None]] = {}
+        self._arrivals: deque[_Waiting] = deque()  # deadline order, for expiry
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def holds(self, workload_id: str) -> bool:
+        return workload_id in self._by_workload
+
+    def workloads(self) -> Iterable[str]:
+        return self._by_workload.keys()
+
+    def park(self, workload_id: str, msg: RawMessage, env: Envelope) -> str:
+        """Park one event: "" once parked, else why not (the buffer is full)."""
+        queue = self._by_workload.get(workload_id)
+        if queue is not None and len(queue) >= self.max_per_workload:
+            return f"{len(queue)} events of this workload already wait"
+        if self._size >= self.max_events:
+            return f"{self._size} events of unannounced workloads already wait"
+        item = _Waiting(msg, env, self.clock() + self.wait_s)
+        if queue is None:
+            queue = self._by_workload[workload_id] = deque()
+        queue.append(item)
+        self._by_partition.setdefault((msg.topic, msg.partition), {})[msg.offset] = None
+        self._arrivals.append(item)
+        self._size += 1
+        return ""
+
+    def take(self, workload_id: str) -> list[_Waiting]:
+        """All of a workload's waiting events, oldest first, out of the buffer."""
+        items = list(self._by_workload.pop(workload_id, ()))
+        for item in items:
+            self._forget(item)
+        return items
+
+    def expired(self) -> list[_Waiting]:
+        """The events whose wait is over, out of the buffer (each is the oldest of its
+        workload: a workload's events wait in arrival order, and all wait as long)."""
+        now, out = self.clock(), []
+        arrivals = self._arrivals
+        while arrivals and (arrivals[0].done or arrivals[0].until <= now):
+            item = arrivals.popleft()
+            if item.done:
+                continue
+            wid = item.env.payload.workload_id  # type: ignore[union-attr]
+            queue = self._by_workload[wid]
+            queue.popleft()
+            if not queue:
+                del self._by_workload[wid]
+            self._forget(item)
+            out.append(item)
+        return out
+
+    def drop_partitions(self, partitions: set[tuple[str, int]]) -> int:
+        """Forget the events of partitions this worker no longer owns (their new owner reads
+        them again from the committed offset, which is no later than the oldest of them)."""
+        dropped = 0
+        for wid in list(self._by_workload):
+            queue = self._by_workload[wid]
+            kept = deque(i for i in queue if (i.msg.topic, i.msg.partition) not in partitions)
+            for item in queue:
+                if (item.msg.topic, item.msg.partition) in partitions:
+                    self._forget(item)
+                    dropped += 1
+            if kept:
+                self._by_workload[wid] = kept
+            else:
+                del self._by_workload[wid]
+        return dropped
+
+    def floors(self) -> dict[tuple[str, int], int]:
+        """Per partition, the offset of the oldest event waiting."""
+        return {tp: next(iter(offsets)) for tp, offsets in self._by_partition.items()}
+
+    def _forget(self, item: _Waiting) -> None:
+        item.done = True
+        self._size -= 1
+        tp = (item.msg.topic, item.msg.partition)
+        offsets = self._by_partition[tp]
+        del offsets[item.msg.offset]
+        if not offsets:
+            del self._by_partition[tp]
+
+
 @dataclass
 class Handlers:
     session: DecisionSession
@@ -91,6 +214,9 @@ class Handlers:
     kafka: KafkaConnection
     node: str = "streams"
     unknown_workload_wait_s: float = 3.0
+    unknown_workload_max_events: int = 10_000
+    unknown_workload_max_per_workload: int = 256
+    dlq_limits: DlqLimits = field(default_factory=DlqLimits)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     counts: Counter[str] = field(default_factory=Counter)
     # The policies as published on the policy topic (what the writer edits). The decision
@@ -107,6 +233,19 @@ class Handlers:
     # worker's time.
     _batch: Counter[tuple[str, str]] = field(default_factory=Counter)
     _oldest: float = float("inf")
+    # Workloads announced while events of theirs wait in the side buffer.
+    _announced: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        # Dead letters of the event decider go with its outputs (flushed before it commits);
+        # those of the agents with theirs (Faust flushes them before it commits).
+        self.guard = MessageGuard("streams", self._dead_letter_to(self.decisions),
+                                  limits=self.dlq_limits)
+        self.agent_guard = MessageGuard("streams", self._dead_letter_to(self.publisher),
+                                        limits=self.dlq_limits)
+        self.waiting = SideBuffer(wait_s=self.unknown_workload_wait_s,
+                                  max_events=self.unknown_workload_max_events,
+                                  max_per_workload=self.unknown_workload_max_per_workload)
 
     # -- mirror callbacks -----------------------------------------------------------------------
 
@@ -132,46 +271,102 @@ class Handlers:
             self.session.forget_workload(workload_id)
         else:
             self.session.handle(env)
+            self._note_announced(workload_id)
+
+    def _note_announced(self, workload_id: str) -> None:
+        if self.waiting.holds(workload_id) and workload_id in self.session.workloads:
+            self._announced.add(workload_id)
 
     # -- agents ---------------------------------------------------------------------------------
 
     async def on_event(self, msg: RawMessage) -> None:
-        """An exec/file/... event: decide it and publish the verdict and what follows."""
-        try:
-            env = decode_envelope(msg.value or b"")
-            if env.kind not in DECIDED_KINDS:
-                raise DecodeError("kind", f"{env.kind.value} is not an event of a workload")
-        except DecodeError as exc:
-            await self.dead_letter(msg, f"invalid message: {exc}", self.decisions)
-            return
+        """An exec/file/... event: decide it and publish the verdict and what follows (or park
+        it until its workload is announced). Never raises."""
+        await self.guard.run_async(lambda: self._on_event(msg), topic=msg.topic,
+                                   partition=msg.partition, offset=msg.offset, key=msg.key,
+                                   value=msg.value)
+
+    async def _on_event(self, msg: RawMessage) -> None:
+        env = decode_envelope(msg.value or b"")
+        if env.kind not in DECIDED_KINDS:
+            raise DecodeError("kind", f"{env.kind.value} is not an event of a workload")
         if not self.ready.is_set():
             await self.ready.wait()
+        workload_id: str = env.payload.workload_id  # type: ignore[union-attr]
+        if self.waiting.holds(workload_id):  # behind its workload's earlier events
+            if workload_id in self.session.workloads:
+                await self._release(workload_id)
+            else:
+                self._park(workload_id, msg, env)
+                return
         try:
-            try:
-                decision = self.session.decide(env)
-            except UnknownWorkload:
-                decision = await self._decide_when_announced(env)
-        except UnknownWorkload as exc:
-            await self.dead_letter(msg, f"unknown workload {exc.args[0]!r}", self.decisions)
+            decision = self.session.decide(env)
+        except UnknownWorkload:
+            self._park(workload_id, msg, env)
             return
-        except Exception as exc:
-            log.exception("deciding %s failed", env.event_id)
-            await self.dead_letter(msg, f"decision failed: {exc!r}", self.decisions)
-            return
+        await self._publish(decision, env)
+
+    def _park(self, workload_id: str, msg: RawMessage, env: Envelope) -> None:
+        full = self.waiting.park(workload_id, msg, env)
+        if full:
+            PARKED.labels("full").inc()
+            self.counts["unknown_workload_full"] += 1
+            raise Refused(f"unknown workload {workload_id!r}: no room to wait for its "
+                          f"announcement ({full})")
+        PARKED.labels("parked").inc()
+
+    async def _publish(self, decision: Decision, env: Envelope) -> None:
         await self._publish_decision(decision)
         self._batch[(decision.verdict.value, decision.mode.value if decision.mode else "-")] += 1
         self._oldest = min(self._oldest, env.ts)
 
-    async def _decide_when_announced(self, env: Envelope) -> Decision:
-        # The announcement travels on another topic and may be a moment behind.
-        deadline = time.monotonic() + self.unknown_workload_wait_s
-        while True:
-            await asyncio.sleep(0.05)
-            try:
-                return self.session.decide(env)
-            except UnknownWorkload:
-                if time.monotonic() >= deadline:
-                    raise
+    async def _release(self, workload_id: str) -> None:
+        """Decide, in order, the events of a workload that waited for its announcement."""
+        self._announced.discard(workload_id)
+        for item in self.waiting.take(workload_id):
+            PARKED.labels("decided").inc()
+            m = item.msg
+            await self.guard.run_async(partial(self._decide_waiting, item.env),
+                                       topic=m.topic, partition=m.partition, offset=m.offset,
+                                       key=m.key, value=m.value)
+
+    async def _decide_waiting(self, env: Envelope) -> None:
+        try:
+            decision = self.session.decide(env)
+        except UnknownWorkload as exc:  # announced, then stopped before this was decided
+            raise Refused(f"unknown workload {exc.args[0]!r}: stopped before its waiting "
+                          "events were decided") from None
+        await self._publish(decision, env)
+
+    async def tick(self) -> bool:
+        """Between batches: decide what waited for workloads announced since, dead-letter
+        what waited too long. Whether it did anything (then the decider ends a batch)."""
+        acted = False
+        if self._announced:
+            for wid in list(self._announced):
+                await self._release(wid)
+            acted = True
+        if len(self.waiting):
+            for item in self.waiting.expired():
+                acted = True
+                PARKED.labels("expired").inc()
+                wid = item.env.payload.workload_id  # type: ignore[union-attr]
+                m = item.msg
+                entry = self.guard.refuse(
+                    Refused(f"unknown workload {wid!r}: not announced within "
+                            f"{self.unknown_workload_wait_s:g} s"),
+                    topic=m.topic, partition=m.partition, offset=m.offset, key=m.key,
+                    value=m.value, publish=False)
+                await self._send_dead_letter(entry, self.decisions)
+        return acted
+
+    def waiting_floors(self) -> dict[tuple[str, int], int]:
+        return self.waiting.floors()
+
+    def drop_partitions(self, partitions: set[tuple[str, int]]) -> None:
+        dropped = self.waiting.drop_partitions(partitions)
+        if dropped:
+            log.info("%d waiting events of revoked partitions left to their new owner", dropped)
 
     async def _publish_decision(self, decision: Decision) -> None:
         out = self.decisions
@@ -208,10 +403,23 @@ class Handlers:
             wid = changed.pop()
             state = self.session.states.get(wid)
             if state is not None:
-                snap = state.snapshot(wid)
-                env = Envelope.wrap(snap, event_id=f"state:{wid}:{snap.seq}", node=self.node,
-                                    ts=time.time())
-                await self.send_envelope(PROCESS_STATE.name, wid, env, self.decisions)
+                await self._persist_state(wid, state)
+
+    async def _persist_state(self, wid: str, state: Any) -> None:
+        # One snapshot Kafka refuses (too large) is dead-lettered; the other workloads' go on.
+        value = b""
+        try:
+            snap = state.snapshot(wid)
+            env = Envelope.wrap(snap, event_id=f"state:{wid}:{snap.seq}", node=self.node,
+                                ts=time.time())
+            value = encode(env)
+            await self.decisions.send(self.kafka.topic(PROCESS_STATE.name), wid.encode(), value)
+        except Exception as exc:
+            self.counts["state_not_persisted"] += 1
+            entry = self.guard.refuse(exc, topic=self.kafka.topic(PROCESS_STATE.name),
+                                      partition=-1, offset=-1, key=wid.encode(), value=value,
+                                      publish=False)
+            await self._send_dead_letter(entry, self.decisions)
 
     def on_process_state(self, workload_id: str, snapshot: ProcessSnapshot | None) -> None:
         """The mirror read a persisted process state (or its tombstone)."""
@@ -224,13 +432,14 @@ class Handlers:
         """A workload started: make sure its learned group exists with its probe rules."""
         if msg.value is None:
             return
-        try:
-            env = decode_envelope(msg.value)
-            if not isinstance(env.payload, Workload):
-                raise DecodeError("kind", f"{env.kind.value} is not a workload announcement")
-        except DecodeError as exc:
-            await self.dead_letter(msg, f"invalid message: {exc}")
-            return
+        await self.agent_guard.run_async(lambda: self._on_workload_announcement(msg),
+                                         topic=msg.topic, partition=msg.partition,
+                                         offset=msg.offset, key=msg.key, value=msg.value)
+
+    async def _on_workload_announcement(self, msg: RawMessage) -> None:
+        env = decode_envelope(msg.value or b"")
+        if not isinstance(env.payload, Workload):
+            raise DecodeError("kind", f"{env.kind.value} is not a workload announcement")
         workload = env.payload
         if workload.state is WorkloadState.RUNNING:
             await self.send_envelope(POLICY_UPDATES.name, learned_group_name(workload), env)
@@ -240,17 +449,17 @@ class Handlers:
 
     async def on_update(self, msg: RawMessage) -> None:
         """The single writer of a group: apply a learned rule or an edit, publish the policy."""
-        try:
-            env = decode_envelope(msg.value or b"")
-        except DecodeError as exc:
-            await self.dead_letter(msg, f"invalid message: {exc}")
-            return
+        await self.agent_guard.run_async(lambda: self._on_update(msg), topic=msg.topic,
+                                         partition=msg.partition, offset=msg.offset,
+                                         key=msg.key, value=msg.value)
+
+    async def _on_update(self, msg: RawMessage) -> None:
+        env = decode_envelope(msg.value or b"")
         await self.ready.wait()
         try:
             result = edit_result(self.published, env, self.session.settings)
         except PolicyError as exc:
-            await self.dead_letter(msg, f"edit rejected ({exc.status}): {exc}")
-            return
+            raise Refused(f"edit rejected ({exc.status}): {exc}") from None
         await self.publish_result(result, env)
 
     async def publish_result(self, result: EditResult, cause: Envelope) -> None:
@@ -274,6 +483,7 @@ class Handlers:
         before they run, and give held workloads the stamp that invalidates cached answers."""
         if isinstance(cause.payload, Workload):
             self.session.handle(cause)  # the mirror may not have brought it here yet
+            self._note_announced(cause.payload.id)
             affected = [cause.payload.id]
         else:
             changed = {*result.updated, *result.deleted}
@@ -307,13 +517,25 @@ class Handlers:
                             out: Publisher | None = None) -> None:
         await (out or self.publisher).send(self.kafka.topic(topic), key.encode(), encode(env))
 
-    async def dead_letter(self, msg: RawMessage, error: str,
-                          out: Publisher | None = None) -> None:
+    def _dead_letter_to(self, out: Publisher) -> Callable[[DlqEntry], Any]:
+        async def publish(entry: DlqEntry) -> None:
+            await self._send_dead_letter(entry, out)
+        return publish
+
+    async def _send_dead_letter(self, entry: DlqEntry, out: Publisher | None = None) -> None:
         self.counts["dlq"] += 1
-        DEAD_LETTERS.labels(msg.topic).inc()
-        log.warning("to the DLQ: %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
-        entry = DlqEntry(topic=msg.topic, partition=msg.partition, offset=msg.offset, error=error,
-                         key=(msg.key or b"").decode(errors="replace"),
-                         value=(msg.value or b"").decode(errors="replace"), ts=time.time())
-        await self.send(DLQ.name, msg.topic, entry,
-                        f"dlq:{msg.topic}:{msg.partition}:{msg.offset}", out)
+        DEAD_LETTERS.labels(entry.topic).inc()
+        if entry.offset >= 0:
+            event_id = f"dlq:{entry.topic}:{entry.partition}:{entry.offset}"
+        else:  # an output, not a consumed message: named by what it held
+            event_id = f"dlq:{entry.topic}:{entry.key}:{entry.value_sha256[:16]}"
+        try:
+            await self.send(DLQ.name, entry.topic, entry, event_id, out)
+        except Exception:  # a dead letter is small: this is Kafka, logged and counted
+            self.counts["dlq_lost"] += 1
+            log.exception("the dead letter of %s[%d]@%d could not be published", entry.topic,
+                          entry.partition, entry.offset)
+
+    async def dead_letter_entry(self, entry: DlqEntry) -> None:
+        """Publish a dead letter another part of the worker made (the mirror's)."""
+        await self._send_dead_letter(entry, self.decisions)

@@ -6,6 +6,12 @@ decision session. Workers decide nothing until the mirror has caught up with the
 saw at start, so the first decision after a restart already uses the restored policies and what
 earlier events of each workload left behind. (Faust's GlobalTable would do this,
 but it stores Faust's own framing and is known to loop in recovery with several workers.)
+
+Every record is applied inside `transport.MessageGuard`: one that cannot be decoded or applied
+(a poisoned record on a compacted topic stays there for every worker's replay) is skipped,
+counted (`procwarden_streams_mirror_skipped_total`) and dead-lettered, and the mirror goes on:
+it cannot keep a worker from catching up and deciding. If the mirror's own loop stops (Kafka
+refused it), `task` ends with the error and the worker stops with it.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import Counter
 
 from schemas import (
-    DecodeError,
+    DlqEntry,
     Envelope,
     GroupPolicy,
     ProcessSnapshot,
@@ -28,6 +35,7 @@ from schemas import (
 from schemas.connections import KafkaConnection
 from schemas.topics import POLICY, PROCESS_STATE, WORKLOADS
 from streams.kafka_options import aiokafka_options
+from transport import DlqLimits, MessageGuard, Refused
 
 _MIRRORED = (POLICY, WORKLOADS, PROCESS_STATE)
 
@@ -35,12 +43,22 @@ __all__ = ["PolicyMirror"]
 
 log = logging.getLogger("procwarden.streams.mirror")
 
+SKIPPED = Counter("procwarden_streams_mirror_skipped_total",
+                  "Records of the compacted topics the mirror could not apply (skipped, "
+                  "dead-lettered)", ["topic"])
+
+
+async def _no_dead_letters(entry: DlqEntry) -> None:
+    return None
+
 
 class PolicyMirror:
     def __init__(self, kafka: KafkaConnection, *,
                  on_policy: Callable[[str, GroupPolicy | None], None],
                  on_workload: Callable[[Envelope | None, str], None],
-                 on_process_state: Callable[[str, ProcessSnapshot | None], None]) -> None:
+                 on_process_state: Callable[[str, ProcessSnapshot | None], None],
+                 dead_letter: Callable[[DlqEntry], Awaitable[None]] = _no_dead_letters,
+                 limits: DlqLimits | None = None) -> None:
         self.kafka = kafka
         self.on_policy = on_policy
         self.on_workload = on_workload
@@ -48,8 +66,14 @@ class PolicyMirror:
         self.caught_up = asyncio.Event()
         self.invalid = 0
         self.applied = 0
+        self.guard = MessageGuard("streams", dead_letter, limits=limits or DlqLimits())
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The mirror's loop, once started: it ends only with an error (or when stopped)."""
+        return self._task
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None,
@@ -102,7 +126,8 @@ class PolicyMirror:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             for tp, records in batches.items():
                 for record in records:
-                    self._apply(tp.topic, record.key, record.value)
+                    await self.apply(tp.topic, tp.partition, record.offset, record.key,
+                                     record.value)
                 if tp in pending and records and records[-1].offset + 1 >= ends[tp]:
                     pending.discard(tp)
             if pending and all(await self._positions_reached(consumer, pending, ends)):
@@ -116,6 +141,19 @@ class PolicyMirror:
                                  ends: dict[TopicPartition, int]) -> list[bool]:
         return [await consumer.position(tp) >= ends[tp] for tp in pending]
 
+    async def apply(self, topic: str, partition: int, offset: int, key: bytes | None,
+                    value: bytes | None) -> None:
+        """Apply one record; one that cannot be is skipped, counted and dead-lettered."""
+        refused = self.guard.refused
+        await self.guard.run_async(lambda: self._apply_now(topic, key, value), topic=topic,
+                                   partition=partition, offset=offset, key=key, value=value)
+        if self.guard.refused != refused:
+            self.invalid += 1
+            SKIPPED.labels(topic).inc()
+
+    async def _apply_now(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        self._apply(topic, key, value)
+
     def _apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         name = key.decode(errors="replace") if key else ""
         is_policy = topic == self.kafka.topic(POLICY.name)
@@ -128,13 +166,7 @@ class PolicyMirror:
             else:
                 self.on_workload(None, name)
             return
-        try:
-            env = decode_envelope(value)
-        except DecodeError as exc:
-            self.invalid += 1
-            log.warning("ignoring an invalid message on %s (key %r): %s", topic, name, exc)
-            return
-        self.applied += 1
+        env = decode_envelope(value)
         if is_policy and isinstance(env.payload, GroupPolicy):
             self.on_policy(env.payload.name, env.payload)
         elif is_state and isinstance(env.payload, ProcessSnapshot):
@@ -142,5 +174,5 @@ class PolicyMirror:
         elif not is_policy and not is_state and isinstance(env.payload, Workload):
             self.on_workload(env, env.payload.id)
         else:
-            self.invalid += 1
-            log.warning("ignoring a %s message on %s", env.kind.value, topic)
+            raise Refused(f"a {env.kind.value} message does not belong on {topic}")
+        self.applied += 1

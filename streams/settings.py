@@ -28,6 +28,15 @@ class StreamSettings(BaseSettings):
     new_group_baseline: str = "zero-drift"
     full_cmdline: bool = False
     unknown_workload_wait_s: float = Field(3.0, ge=0, description="wait for an announcement")
+    # Events of unannounced workloads wait aside while the rest is decided; past these bounds
+    # they are dead-lettered (counted in procwarden_streams_unknown_workload_events_total).
+    unknown_workload_max_events: int = Field(10_000, ge=0, description="waiting, in all")
+    unknown_workload_max_per_workload: int = Field(256, ge=0,
+                                                   description="waiting, per workload")
+    dlq_value_bytes: int = Field(16 * 1024, ge=256, le=512 * 1024,
+                                 description="of a refused message kept in its dead letter")
+    ready_stall_s: float = Field(30.0, gt=0, description="a decider loop quiet this long: "
+                                 "not ready")
     data_dir: Path = Path("var/streams")
     log_level: str = "info"
 

@@ -2,6 +2,9 @@
 
 Every write needs `Authorization: Bearer <STREAMS_API_TOKEN>`; reads too, unless
 `STREAMS_OPEN_READS=true`. Errors are `{"code", "error", "message"}`.
+
+`GET /ready` (no token: a probe's) answers 200 while the worker decides and 503 with the reason
+when it does not (`{"role", "ready", "reason"}`); `GET /metrics` is Prometheus'.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ CONSOLE = Path(__file__).parent / "console"
 _ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 
 
-def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings) -> None:
+def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings, *,
+                   readiness: Callable[[], tuple[bool, str]] | None = None) -> None:
     token = settings.api_token.get_secret_value() if settings.api_token else None
 
     def authorised(request: Request, write: bool) -> None:
@@ -191,6 +195,13 @@ def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings) -> 
             if asset not in _ASSETS:
                 return answer(self, 404, error_body(404, f"no console file {asset!r}"))
             return self.bytes((CONSOLE / asset).read_bytes(), content_type=_ASSETS[asset])
+
+    @app.page("/ready")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            ready, reason = readiness() if readiness else (api.handlers.ready.is_set(), "")
+            return answer(self, 200 if ready else 503,
+                          {"role": "streams", "ready": ready, "reason": reason})
 
     @app.page("/metrics")
     class Metrics(View):
