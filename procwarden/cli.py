@@ -173,7 +173,7 @@ def siem() -> None:
     from schemas.connections import ConfigError, KafkaConnection
     from sinks.settings import SiemSettings
     from sinks.siem.forwarder import Destination, SiemForwarder
-    from sinks.siem.transports import WebhookTransport, syslog_transport
+    from sinks.siem.transports import WebhookTransport, default_max_bytes, syslog_transport
 
     try:
         settings = SiemSettings()
@@ -184,11 +184,12 @@ def siem() -> None:
                 "syslog", syslog_transport(settings.syslog_url, ca_file=settings.ca_file,
                                            cert_file=settings.cert_file,
                                            key_file=settings.key_file),
-                settings.syslog_format, hostname=settings.hostname))
+                settings.syslog_format, hostname=settings.hostname,
+                max_bytes=settings.syslog_max_bytes or default_max_bytes(settings.syslog_url)))
         if settings.webhook_url:
             destinations.append(Destination(
                 "webhook", WebhookTransport(settings.webhook_url, token=settings.webhook_token),
-                "json", syslog=False))
+                "json", syslog=False, max_bytes=settings.webhook_max_bytes))
     except (ValidationError, ConfigError, ValueError) as exc:
         _bad_setting("siem", "SIEM_", exc)
     if not destinations:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["SiemSettings", "SinkSettings"]
@@ -30,8 +30,11 @@ class SiemSettings(BaseSettings):
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
+    syslog_max_bytes: int = Field(0, ge=0, description=(
+        "largest incident sent; 0: 65536 over tcp/tls (rsyslog's maxMessageSize), 8192 over udp"))
     webhook_url: str = ""
     webhook_token: str = Field("", repr=False)
+    webhook_max_bytes: int = Field(64 * 1024, ge=4096, description="largest incident posted")
     min_level: str = Field("WARNING", pattern="^(INFO|WARNING|CRITICAL)$")
     groups: str = Field("", description="comma-separated groups; empty for all")
     aggregate_seconds: float = Field(0.0, ge=0, le=3600,
@@ -40,3 +43,10 @@ class SiemSettings(BaseSettings):
     group_id: str = "procwarden-siem"
     metrics_port: int = Field(9465, ge=0, le=65535)
     log_level: str = "info"
+
+    @field_validator("syslog_max_bytes")
+    @classmethod
+    def _at_least_a_few_kib(cls, value: int) -> int:
+        if 0 < value < 4096:
+            raise ValueError("must be 0 (the transport's default) or at least 4096")
+        return value

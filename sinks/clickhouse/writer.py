@@ -5,26 +5,37 @@ While ClickHouse is down the writer keeps its batch, pauses its partitions and r
 backoff: nothing is lost and nothing crash-loops; the lag grows in Kafka and shows in the
 metrics. A crash between insert and commit replays the batch; the tables' ReplacingMergeTree
 keys make those rows collapse into one (read with FINAL).
+
+No message can stop the sink. Each one is decoded inside the shared `MessageGuard` (stage
+`sink-clickhouse`): an undecodable message, or one that does not belong on its topic, becomes a
+bounded dead letter on `procwarden.dlq`. A row the ClickHouse client cannot write (a number out
+of its column's range) or a batch the server refuses for its contents (more partitions than one
+INSERT may touch, e.g. timestamps spread over years) is split in halves and inserted again until
+the rows at fault stand alone; those are dead-lettered and the rest are stored. Only failures of
+the server or the network are retried as a whole.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as ClickHouseError
-from confluent_kafka import Consumer, Message, Producer
+from clickhouse_driver.errors import ErrorCodes, ServerException, TypeMismatchError
+from confluent_kafka import Consumer, Message
 from prometheus_client import Counter, Gauge, Histogram
 
-from schemas import DecodeError, DlqEntry, Envelope, decode_envelope, encode
+from schemas import DlqEntry, Envelope, decode_envelope
 from schemas.connections import ClickHouseConnection, KafkaConnection
 from schemas.topics import (
     COLLECTOR_REPORTS,
-    DLQ,
     PROFILE_CHANGES,
     SECURITY_EVENTS,
     VERDICTS,
@@ -34,7 +45,9 @@ from schemas.topics import (
 from sinks.clickhouse.migrations import apply_migrations, connect
 from sinks.clickhouse.retention import drop_expired_partitions
 from sinks.clickhouse.rows import Table, table_for
+from sinks.dead_letters import DeadLetters
 from sinks.offsets import commit_batch
+from transport.guard import DlqLimits, MessageGuard, Refused
 
 __all__ = ["ClickHouseWriter", "SINK_TOPICS"]
 
@@ -47,7 +60,12 @@ ROWS = Counter("procwarden_sink_rows_total", "Rows stored in ClickHouse", ["tabl
 BATCHES = Histogram("procwarden_sink_batch_seconds", "Time to store one batch",
                     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 FAILURES = Counter("procwarden_sink_insert_failures_total", "Failed batch inserts")
-INVALID = Counter("procwarden_sink_invalid_total", "Undecodable messages sent to the DLQ")
+INVALID = Counter("procwarden_sink_invalid_total",
+                  "Messages sent to the DLQ (undecodable, misplaced or unstorable rows)")
+SPLITS = Counter("procwarden_sink_split_inserts_total",
+                 "Inserts split in halves to find the rows ClickHouse refused", ["table"])
+
+STAGE = "sink-clickhouse"
 LAG = Gauge("procwarden_sink_lag_messages", "Messages behind the end of the topics")
 
 
@@ -61,10 +79,12 @@ class ClickHouseWriter:
     max_backoff: float = 10.0
     retention_days: int = 0  # 0: keep everything
     topics: Sequence[TopicSpec] = SINK_TOPICS
+    dlq_limits: DlqLimits = field(default_factory=DlqLimits)
     # Called after a batch is inserted and before its offsets are committed (crash tests).
     after_insert: Callable[[int], None] | None = None
     stored: int = 0
     _client: Client | None = field(default=None, repr=False)
+    _types: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.consumer = Consumer({
@@ -72,7 +92,8 @@ class ClickHouseWriter:
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "max.poll.interval.ms": 600_000, "fetch.max.bytes": 64 << 20})
         self.consumer.subscribe([self.kafka.topic(t.name) for t in self.topics])
-        self.dlq = Producer({**self.kafka.confluent_config(), "enable.idempotence": True})
+        self.dead_letters = DeadLetters(self.kafka, STAGE)
+        self.guard = MessageGuard(STAGE, self._dead_letter, limits=self.dlq_limits)
         self.db = self.clickhouse.database
 
     # -- the loop -------------------------------------------------------------------------------
@@ -99,7 +120,7 @@ class ClickHouseWriter:
 
     def close(self) -> None:
         self.consumer.close()
-        self.dlq.flush(10)
+        self.dead_letters.flush(10)
         if self._client is not None:
             self._client.disconnect()
 
@@ -153,40 +174,142 @@ class ClickHouseWriter:
         return self._client
 
     def store(self, batch: Sequence[Message]) -> None:
-        """Insert a batch, columnar, one INSERT per table; undecodable messages go to the DLQ."""
+        """Insert a batch, columnar, one INSERT per table; what cannot be stored goes to the
+        DLQ. Raises only for failures of ClickHouse itself (retried by the caller)."""
         started = time.perf_counter()
-        by_table: dict[Table, list[Envelope]] = defaultdict(list)
+        by_table: dict[Table, list[tuple[Message, Envelope]]] = defaultdict(list)
         for msg in batch:
             value = msg.value()
             if value is None:
                 continue  # a tombstone on a compacted topic
-            try:
-                env = decode_envelope(value)
-            except DecodeError as exc:
-                self._dead_letter(msg, f"invalid message: {exc}")
-                continue
-            table = table_for(env)
-            if table is None:
-                self._dead_letter(msg, f"{env.kind.value} does not belong on {msg.topic()}")
-                continue
-            by_table[table].append(env)
+            placed = self._guarded(msg, partial(self._place, msg, value))
+            if placed is not None:
+                by_table[placed[0]].append((msg, placed[1]))
         client = self._clickhouse()
-        for table, envs in by_table.items():
-            client.execute(f"INSERT INTO {self.db}.{table.name} ({', '.join(table.columns)}) "
-                           "VALUES", table.values(envs), columnar=True)
-            ROWS.labels(table.name).inc(len(envs))
-        self.dlq.flush(30)
+        for table, items in by_table.items():
+            self._insert(client, table, items)
+        self.dead_letters.flush(30)
         self.stored += len(batch)
         BATCHES.observe(time.perf_counter() - started)
 
-    def _dead_letter(self, msg: Message, error: str) -> None:
+    def _place(self, msg: Message, value: bytes) -> tuple[Table, Envelope]:
+        env = decode_envelope(value)
+        table = table_for(env)
+        if table is None:
+            raise Refused(f"{env.kind.value} does not belong on {msg.topic()}")
+        return table, env
+
+    def _insert(self, client: Client, table: Table, items: list[tuple[Message, Envelope]],
+                *, checked: bool = False) -> None:
+        columns = self._columns(table, items)
+        if columns is None:
+            return
+        try:
+            client.execute(f"INSERT INTO {self.db}.{table.name} ({', '.join(table.columns)}) "
+                           "VALUES", columns[0], columnar=True)
+        except Exception as exc:
+            if not _refused_for_its_rows(exc):
+                raise  # ClickHouse or the network: the caller retries the whole batch
+            self._client = None  # the driver dropped the connection mid-insert
+            if len(columns[1]) == 1:
+                self._refuse(columns[1][0][0], exc)
+                return
+            if isinstance(exc, TypeMismatchError) and not checked:
+                # Values out of their columns' ranges are found here in one pass; splitting
+                # would cost two INSERTs per bad row, which a flood of them could use.
+                kept = self._in_range(table, columns[1])
+                self._insert(self._clickhouse(), table, kept, checked=True)
+                return
+            # Halves until the rows at fault stand alone. Halves stored before a later failure
+            # of the server are stored again on the retry and collapse (ReplacingMergeTree).
+            SPLITS.labels(table.name).inc()
+            half = len(columns[1]) // 2
+            client = self._clickhouse()
+            self._insert(client, table, columns[1][:half], checked=checked)
+            self._insert(self._clickhouse(), table, columns[1][half:], checked=checked)
+            return
+        ROWS.labels(table.name).inc(len(columns[1]))
+
+    def _columns(self, table: Table, items: list[tuple[Message, Envelope]]
+                 ) -> tuple[list[list[Any]], list[tuple[Message, Envelope]]] | None:
+        """The batch's columns, and the items they hold; built for the whole batch at once,
+        and message by message (dead-lettering the ones that fail) only if that fails."""
+        try:
+            return table.values([env for _, env in items]), items
+        except Exception:  # one row could not be built: find it
+            kept = [(m, e) for m, e in items
+                    if self._guarded(m, partial(table.values, [e])) is not None]
+            if not kept:
+                return None
+            return table.values([env for _, env in kept]), kept
+
+    def _in_range(self, table: Table, items: list[tuple[Message, Envelope]]
+                  ) -> list[tuple[Message, Envelope]]:
+        """The items whose every value fits its column's type; the others are dead-lettered."""
+        types = self._column_types(table)
+        kept = []
+        for msg, env in items:
+            row = table.row(env)
+            bad = next((f"{name}: {value!r:.64} does not fit {types[name]}"
+                        for name, value in zip(table.columns, row, strict=True)
+                        if name in types and not _fits(types[name], value)), None)
+            if bad is None:
+                kept.append((msg, env))
+            else:
+                self._refuse(msg, Refused(f"not storable in {table.name}: {bad}"))
+        return kept
+
+    def _column_types(self, table: Table) -> dict[str, str]:
+        if table.name not in self._types:
+            rows = self._clickhouse().execute(f"DESCRIBE TABLE {self.db}.{table.name}")
+            self._types[table.name] = {str(r[0]): str(r[1]) for r in rows}
+        return self._types[table.name]
+
+    def _refuse(self, msg: Message, exc: Exception) -> None:
+        self.guard.refuse(exc, topic=msg.topic() or "", partition=msg.partition() or 0,
+                          offset=msg.offset() or 0, key=msg.key(), value=msg.value())
+
+    def _guarded(self, msg: Message, handle: Callable[[], Any]) -> Any:
+        return self.guard.run(handle, topic=msg.topic() or "", partition=msg.partition() or 0,
+                              offset=msg.offset() or 0, key=msg.key(), value=msg.value())
+
+    def _dead_letter(self, entry: DlqEntry) -> None:
         INVALID.inc()
-        entry = DlqEntry(topic=msg.topic() or "", partition=msg.partition() or 0,
-                         offset=msg.offset() or 0, error=error,
-                         value=(msg.value() or b"").decode(errors="replace"), ts=time.time())
-        env = Envelope.wrap(entry, event_id=f"dlq:{entry.topic}:{entry.partition}:{entry.offset}",
-                            node="sink-clickhouse", ts=entry.ts)
-        self.dlq.produce(self.kafka.topic(DLQ.name), key=entry.topic.encode(), value=encode(env))
+        self.dead_letters(entry)
 
     def _commit(self, batch: Sequence[Message]) -> None:
         LAG.set(commit_batch(self.consumer, batch))
+
+
+_PARTITIONS_PER_INSERT = "partitions for single insert block"
+_INT = re.compile(r"(U?)Int(8|16|32|64)")
+
+
+def _fits(type_name: str, value: Any) -> bool:
+    """Whether the driver can write `value` into a column of `type_name` (the types the
+    sink's tables use; others are left to the driver)."""
+    if type_name.startswith("DateTime"):
+        return type(value) is int and 0 <= value < 1 << 32
+    if m := _INT.fullmatch(type_name):
+        bits = int(m.group(2))
+        low, high = (0, 1 << bits) if m.group(1) else (-(1 << (bits - 1)), 1 << (bits - 1))
+        return isinstance(value, int) and low <= value < high
+    if type_name == "String":
+        return isinstance(value, str | bytes)
+    if type_name.startswith("Array(") and type_name.endswith(")"):
+        return isinstance(value, list | tuple) and all(_fits(type_name[6:-1], v) for v in value)
+    return True
+
+
+def _refused_for_its_rows(exc: Exception) -> bool:
+    """Whether an INSERT failed for what its rows hold (the same rows would fail again), not
+    for the state of the server or the network."""
+    if isinstance(exc, TypeMismatchError):
+        return True  # the client could not write a value into its column
+    if isinstance(exc, ServerException):
+        # "Too many parts" with merges behind is the same code and passes: retried whole.
+        return (exc.code == ErrorCodes.TOO_MANY_PARTS
+                and _PARTITIONS_PER_INSERT in exc.message.lower())
+    # Anything else the driver raises while serializing the columns (a ValueError,
+    # OverflowError, UnicodeEncodeError, ...) is about the values too.
+    return not isinstance(exc, ClickHouseError | OSError | EOFError)

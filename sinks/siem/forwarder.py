@@ -4,6 +4,12 @@ A batch is filtered (minimum level, groups), formatted per destination, sent to 
 destination, and only then are its offsets committed. A destination that fails is retried with
 backoff while the partitions are paused: a slow or absent SIEM makes the forwarder lag (visible
 in `procwarden_siem_lag_messages`), never lose incidents.
+
+No message can stop it: each one is decoded, and each incident rendered, inside the shared
+`MessageGuard` (stage `siem`); what fails becomes a bounded dead letter on `procwarden.dlq`.
+Every rendered incident is at most its destination's `max_bytes` (long fields cut first, with a
+marker, counted in `procwarden_siem_truncated_total`), so a receiver never cuts one in the
+middle and misreads the ones after it.
 """
 
 from __future__ import annotations
@@ -12,17 +18,21 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from confluent_kafka import Consumer, Message
 from prometheus_client import Counter, Gauge
 
-from schemas import DecodeError, Incident, Level, decode_envelope
+from schemas import Incident, Level, decode_envelope
 from schemas.connections import KafkaConnection
 from schemas.topics import SECURITY_EVENTS
+from sinks.dead_letters import DeadLetters
 from sinks.offsets import commit_batch
 from sinks.siem.aggregation import aggregate
-from sinks.siem.formats import cef, incident_json, syslog_5424
+from sinks.siem.formats import MIN_MAX_BYTES, bounded, cef, incident_json, syslog_5424
 from sinks.siem.transports import Transport
+from transport.guard import DlqLimits, MessageGuard, Refused
 
 __all__ = ["Destination", "SiemForwarder"]
 
@@ -33,6 +43,10 @@ FAILED = Counter("procwarden_siem_failures_total", "Failed sends (retried)", ["d
 SKIPPED = Counter("procwarden_siem_filtered_total", "Incidents left out by the filters")
 LAG = Gauge("procwarden_siem_lag_messages", "Security events not forwarded yet")
 FOLDED = Counter("procwarden_siem_aggregated_total", "Incidents folded into an earlier one")
+TRUNCATED = Counter("procwarden_siem_truncated_total",
+                    "Incidents cut to their destination's max_bytes", ["destination"])
+
+STAGE = "siem"
 
 _RANK = {Level.INFO: 0, Level.WARNING: 1, Level.CRITICAL: 2}
 
@@ -44,8 +58,22 @@ class Destination:
     format: str = "json"  # json | cef
     syslog: bool = True  # wrap in RFC 5424 (webhooks send the bare JSON)
     hostname: str = "procwarden"
+    # The largest incident sent (RFC 5424 MSG and framing excluded): rsyslog's maxMessageSize
+    # for TCP/TLS; a UDP destination wants less (a datagram is cut, not refused).
+    max_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < MIN_MAX_BYTES:
+            raise ValueError(f"{self.name}: max_bytes must be at least {MIN_MAX_BYTES}")
 
     def render(self, incident: Incident) -> bytes:
+        line = self._render(incident)
+        if len(line) <= self.max_bytes:
+            return line
+        TRUNCATED.labels(self.name).inc()
+        return bounded(self._render, incident, self.max_bytes)
+
+    def _render(self, incident: Incident) -> bytes:
         body: bytes | str = incident_json(incident) if self.format == "json" else cef(incident)
         if self.syslog:
             return syslog_5424(incident, body, hostname=self.hostname)
@@ -63,6 +91,7 @@ class SiemForwarder:
     batch_seconds: float = 0.5
     max_backoff: float = 30.0
     aggregate_seconds: float = 0.0  # > 0: fold repeats arriving within this window
+    dlq_limits: DlqLimits = field(default_factory=DlqLimits)
     forwarded: int = 0
     _consumer: Consumer = field(init=False, repr=False)
 
@@ -72,6 +101,8 @@ class SiemForwarder:
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "max.poll.interval.ms": 600_000})
         self._consumer.subscribe([self.kafka.topic(SECURITY_EVENTS.name)])
+        self.dead_letters = DeadLetters(self.kafka, STAGE)
+        self.guard = MessageGuard(STAGE, self.dead_letters, limits=self.dlq_limits)
 
     def wanted(self, incident: Incident) -> bool:
         return (_RANK[incident.level] >= _RANK[self.min_level]
@@ -98,32 +129,47 @@ class SiemForwarder:
 
     def close(self) -> None:
         self._consumer.close()
+        self.dead_letters.flush(10)
         for destination in self.destinations:
             destination.transport.close()
 
     def _forward(self, batch: Sequence[Message], should_stop: Callable[[], bool]) -> bool:
-        incidents = []
+        kept: list[tuple[Incident, Message]] = []
         for msg in batch:
-            try:
-                env = decode_envelope(msg.value() or b"")
-            except DecodeError as exc:
-                log.warning("skipping an invalid security event at %s[%s]@%s: %s",
-                            msg.topic(), msg.partition(), msg.offset(), exc)
+            incident = self._guarded(msg, partial(self._incident, msg))
+            if incident is None:
                 continue
-            if isinstance(env.payload, Incident) and self.wanted(env.payload):
-                incidents.append(env.payload)
+            if self.wanted(incident):
+                kept.append((incident, msg))
             else:
                 SKIPPED.inc()
         if self.aggregate_seconds > 0:
-            before = len(incidents)
-            incidents = aggregate(incidents)
-            FOLDED.inc(before - len(incidents))
+            # A folded incident keeps the first one's id: its message stands for the fold.
+            first: dict[str, Message] = {}
+            for incident, msg in kept:
+                first.setdefault(incident.id, msg)
+            folded = aggregate(i for i, _ in kept)
+            FOLDED.inc(len(kept) - len(folded))
+            kept = [(i, first[i.id]) for i in folded]
         for destination in self.destinations:
-            lines = [destination.render(i) for i in incidents]
+            lines = [line for incident, msg in kept
+                     if (line := self._guarded(msg, partial(destination.render, incident)))
+                     is not None]
             if lines and not self._send(destination, lines, should_stop):
                 return False
-        self.forwarded += len(incidents)
+        self.dead_letters.flush(10)
+        self.forwarded += len(kept)
         return True
+
+    def _incident(self, msg: Message) -> Incident:
+        env = decode_envelope(msg.value() or b"")
+        if not isinstance(env.payload, Incident):
+            raise Refused(f"{env.kind.value} does not belong on {msg.topic()}")
+        return env.payload
+
+    def _guarded(self, msg: Message, handle: Callable[[], Any]) -> Any:
+        return self.guard.run(handle, topic=msg.topic() or "", partition=msg.partition() or 0,
+                              offset=msg.offset() or 0, key=msg.key(), value=msg.value())
 
     def _send(self, destination: Destination, lines: list[bytes],
               should_stop: Callable[[], bool]) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
-__all__ = ["Transport", "WebhookTransport", "syslog_transport"]
+__all__ = ["Transport", "WebhookTransport", "default_max_bytes", "syslog_transport"]
 
 
 class Transport(Protocol):
@@ -65,6 +65,12 @@ class _StreamTransport:
                 self.sock.close()
             finally:
                 self.sock = None
+
+
+def default_max_bytes(url: str) -> int:
+    """The largest incident to send to `url` by default: rsyslog's usual maxMessageSize over
+    a stream; over UDP, what receivers commonly take in one datagram."""
+    return 8192 if urlsplit(url).scheme == "udp" else 64 * 1024
 
 
 def syslog_transport(url: str, *, ca_file: str = "", cert_file: str = "",
