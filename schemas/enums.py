@@ -182,3 +182,4 @@ class ChangeKind(_WireEnum):
     FLAGS_CHANGED = "flags_changed"
     CRITERIA_CHANGED = "criteria_changed"
     CRD_IMPORTED = "crd_imported"
+    LEARNING_CAPPED = "learning_capped"  # a cap refused a learn: the group stopped learning

@@ -116,6 +116,11 @@ class Decision(Record, frozen=True):
     any_caller: bool = False
     incident: Incident | None = None
     learn: LearnRequest | None = None
+    # A cap on what a workload or group grows refused something for this decision (its name:
+    # `drift_paths`, `learned_rules`, ...; the worker counts them), and, the first time that cap
+    # is hit for the workload or group, the incident that says so (published like `incident`).
+    capped: str = ""
+    overflow: Incident | None = None
 
 
 class ProfileChange(Record, frozen=True):
@@ -167,4 +172,7 @@ class ProcessSnapshot(Record, frozen=True):
     probe_shells: tuple[int, ...] = ()
     admitted_pgids: tuple[int, ...] = ()
     tunnels: tuple[TunnelSighting, ...] = ()
-    drift: tuple[str, ...] = ()
+    drift: tuple[str, ...] = ()  # paths; a path too long to keep as it is, by its digest
+    # The caps this workload overflowed (cap name -> what could not be kept): sticky for the
+    # workload's life, each reported once (streams/engine/state.py says what each one changes).
+    overflow: dict[str, str] = field(default_factory=dict)

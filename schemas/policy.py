@@ -77,6 +77,10 @@ class GroupPolicy(Record, frozen=True):
     # What a collector does with a held exec when no verdict comes in time (None: its own
     # COLLECTOR_FAIL_MODE). Learned groups and nodes only.
     fail_mode: FailMode | None = None
+    # The cap on learning (learned rules, users, hash pins, string lengths, record size) that
+    # refused a learn ("" while none has): the group learns nothing more until an admin changes
+    # its mode, deletes rules or turns hash pinning on or off.
+    learn_capped: str = ""
 
     def __post_init__(self) -> None:
         if self.kind is GroupKind.CUSTOM:
@@ -154,3 +158,6 @@ class LearnRequest(Record, frozen=True):
     cause_event_id: str = ""
     ts: float = 0.0
     add_rule: bool = True  # False: only pin the hash / add the user to rule_uuid
+    # The cap the decider found this learn over (`learned_rules`, ...): the writer learns
+    # nothing from it and marks the group capped.
+    capped: str = ""

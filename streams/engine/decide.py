@@ -7,6 +7,8 @@ dry-runs all call `decide`, so they always agree.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from schemas import Action as RuleAction
 from schemas import (
     CopyDirection,
@@ -32,6 +34,7 @@ from schemas import (
     Verdict,
     reserved_rule_id,
 )
+from schemas.records import replace
 from streams.engine.compiled import is_user_update_rule
 from streams.engine.detectors import (
     NETCATS,
@@ -44,9 +47,19 @@ from streams.engine.detectors import (
 )
 from streams.engine.incidents import ProcFacts, incident
 from streams.engine.matching import match_rule, process_name
+from streams.engine.policies import learn_refusal
 from streams.engine.pre_exec import pre_exec_decide
 from streams.engine.probes import SHELLS
-from streams.engine.state import ProcessState, StateEffect
+from streams.engine.state import (
+    ADMITTED_PGIDS,
+    DRIFT_PATHS,
+    PROBE_SHELLS,
+    RISKY_PIDS,
+    TUNNEL_SIGHTINGS,
+    ProcessState,
+    StateEffect,
+    drift_key,
+)
 from streams.engine.view import PolicyView
 
 __all__ = ["DECIDED_KINDS", "decide", "policy_state"]
@@ -83,11 +96,11 @@ def decide(view: PolicyView, state: ProcessState, env: Envelope) -> Result:
     if type(payload) is ExecEvent:
         return _decide_exec(view, state, env, payload)
     if type(payload) is FileEvent:
-        return _decide_file(view, state, env, payload)
+        return _with_overflow(view, state, env, *_decide_file(view, state, env, payload))
     if type(payload) is ExecCheck:
         return _decide_exec_check(view, state, env, payload), None
     if type(payload) is StdioEvent:
-        return _decide_stdio(view, state, env, payload)
+        return _with_overflow(view, state, env, *_decide_stdio(view, state, env, payload))
     if type(payload) is UidChangeEvent:
         return _decide_uid_change(view, env, payload)
     if type(payload) is DockerCpEvent:
@@ -116,6 +129,60 @@ def _decision(view: PolicyView, env: Envelope, verdict: Verdict, reason: str, *,
         fail_mode=view.fail_mode, policy_stamp=view.stamp, any_caller=any_caller,
         incident=found, learn=learn,
     )
+
+
+# ---- caps (issue 21; what each overflow changes: state.py, policies.learn_refusal) ----------
+
+_STATE_OVERFLOWS = {
+    DRIFT_PATHS: ("max_drift_paths", "drift files",
+                  "the container is treated as drifted: no file counts as an image file"),
+    RISKY_PIDS: ("max_tracked_pids", "risky processes",
+                 "every process is treated as risky"),
+    PROBE_SHELLS: ("max_tracked_pids", "probe shells",
+                   "children of further probe shells are judged as ordinary execs"),
+    ADMITTED_PGIDS: ("max_tracked_pids", "admitted process groups",
+                     "further process groups are judged by the rules"),
+    TUNNEL_SIGHTINGS: ("max_tracked_pids", "reverse-shell sightings",
+                       "a first sighting is reported at once"),
+}
+_FAILS_CLOSED = (DRIFT_PATHS, RISKY_PIDS)  # CRITICAL: every later decision of it changes
+
+
+def _overflow_incident(view: PolicyView, env: Envelope, cap: str, message: str,
+                       proc: ProcFacts, level: Level = Level.WARNING) -> Incident:
+    return incident(view, env, kind="overflow", level=level, action=IncidentAction.VIOLATE,
+                    group=view.learned.name, rule_id=reserved_rule_id(8),
+                    message=f"Profile overflow: {message}", proc=proc, id_kind=f"overflow:{cap}")
+
+
+def _state_overflow(view: PolicyView, st: ProcessState, env: Envelope,
+                    effect: StateEffect | None, proc: ProcFacts) -> tuple[str, Incident | None]:
+    """The cap a decision's effect hit, and the incident when the workload had not hit it."""
+    if effect is None or effect.overflow is None:
+        return "", None
+    cap = effect.overflow[0]
+    if cap in st.overflow:
+        return cap, None
+    limit, what, consequence = _STATE_OVERFLOWS[cap]
+    if cap == RISKY_PIDS and view.is_host:
+        consequence = "further risky processes are not remembered"
+    message = f"more than {getattr(view.settings, limit)} {what}; {consequence}"
+    level = Level.CRITICAL if cap in _FAILS_CLOSED else Level.WARNING
+    return cap, _overflow_incident(view, env, cap, message, proc, level)
+
+
+def _with_overflow(view: PolicyView, st: ProcessState, env: Envelope, decision: Decision,
+                   effect: StateEffect | None) -> Result:
+    if effect is None or effect.overflow is None:
+        return decision, effect
+    cap, found = _state_overflow(view, st, env, effect,
+                                 ProcFacts(name=decision.name, path=decision.path))
+    return replace(decision, capped=cap, overflow=found), effect
+
+
+def _room(items: Collection[object], key: object, limit: int) -> bool:
+    """Whether `key` is in `items` already or fits under the cap."""
+    return key in items or len(items) < limit
 
 
 def policy_state(view: PolicyView, event_id: str, ts: float) -> Decision:
@@ -161,6 +228,22 @@ def _decide_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEven
                          name=ev.name, path=exe), None
     pname = process_name(ev.name, exe_bin, ev.argv)  # step 2
     verdict, reason, rule, group, found, learn, effect = _judge_exec(view, st, env, ev, pname)
+    capped, overflow = "", None
+    if effect is not None and effect.overflow is not None:
+        capped, overflow = _state_overflow(view, st, env, effect, _proc(ev, pname))
+    if learn is not None:
+        why = learn_refusal(view.learned, learn, view.settings)
+        if why:
+            # Learning is capped: the exec runs as Discover lets it, unlearned. The first refusal
+            # says so and tells the group's writer to mark the group (a later one, or one whose
+            # incident slot a state overflow took, sends nothing).
+            first = not view.learned.learn_capped and overflow is None
+            verdict, reason, capped = _ALLOW, "learn-capped", capped or why
+            learn = replace(learn, capped=why) if first else None
+            if first:
+                overflow = _overflow_incident(
+                    view, env, why, f"learning stopped ({_LEARN_CAPS[why]}); what the group "
+                    "did not learn is a violation once it leaves Discover", _proc(ev, pname))
     wl = view.workload
     learned = view.learned
     return Decision(
@@ -174,8 +257,17 @@ def _decide_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEven
         pid=pid, start_time=start, name=pname, path=exe, user=ev.user, ts=env.ts,
         policy_version=learned.version, pre_exec=view.pre_exec, pre_write=view.pre_write,
         fail_mode=view.fail_mode, policy_stamp=view.stamp,
-        incident=found, learn=learn,
+        incident=found, learn=learn, capped=capped, overflow=overflow,
     ), effect
+
+
+_LEARN_CAPS = {
+    "learned_rules": "the group holds its maximum of learned rules",
+    "rule_users": "a learned rule holds its maximum of users",
+    "hash_pins": "the group holds its maximum of hash pins",
+    "rule_strings": "a process name, path or user is too long to learn",
+    "policy_bytes": "the group's policy record is at its size limit",
+}
 
 
 def _judge_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent,
@@ -183,7 +275,8 @@ def _judge_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent
     """§7.1 steps 3 to 16."""
     exe = ev.path
     is_host = view.is_host
-    image_file = ev.origin is _IMAGE and exe not in st.drift
+    limits = view.settings
+    image_file = ev.origin is _IMAGE and not st.is_drift(exe, limits.max_drift_path_bytes)
     rules = view.rules
 
     # Step 3: netcat health checks of image files.
@@ -193,7 +286,7 @@ def _judge_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent
     # Step 4: Kubernetes exec probes.
     if (view.probe_argvs and (ev.runtime_injected or ev.ppid in st.probe_shells)
             and ev.argv in view.probe_argvs):
-        return _judge_probe(view, env, ev, pname, image_file)
+        return _judge_probe(view, st, env, ev, pname, image_file)
 
     # Step 5: risk, inherited from a risky parent.
     risk_entry = None if (is_host and pname == "sshd") else SUSPICIOUS.get(pname)
@@ -201,7 +294,17 @@ def _judge_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent
     if not risk and ev.ppid not in st.risk and ev.parent_name in SUSPICIOUS \
             and not (is_host and ev.parent_name == "sshd"):
         risk = ev.parent_name
-    effect = StateEffect(risk=(ev.pid, risk)) if risk else None
+    # A container whose risky processes overflowed cannot tell whose parent was risky: all are.
+    all_risky = not is_host and RISKY_PIDS in st.overflow
+    if not risk and all_risky:
+        risk = st.overflow[RISKY_PIDS]
+    overflow: tuple[str, str] | None = None
+    risky_pid: tuple[int, str] | None = None
+    if risk:
+        if not all_risky and _room(st.risk, ev.pid, limits.max_tracked_pids):
+            risky_pid = (ev.pid, risk)
+        else:
+            overflow = (RISKY_PIDS, risk)
 
     # Step 6: match.
     discover = view.mode is _DISCOVER
@@ -211,14 +314,20 @@ def _judge_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent
 
     # Step 7: parent rules.
     admitted = ""
+    admit_pgid: int | None = None
     if finding == _DENIED or (finding == _UNLISTED and not discover):
         parent_rule = rules.parent_admission(pname, ev.parent_name, ev.parent_path)
         if parent_rule is not None:
             admitted = f"parent-rule:{parent_rule.name}"
             if ev.pgid:
-                effect = StateEffect(risk=effect.risk if effect else None, admit_pgid=ev.pgid)
+                if _room(st.admitted_pgids, ev.pgid, limits.max_tracked_pids):
+                    admit_pgid = ev.pgid
+                elif overflow is None:
+                    overflow = (ADMITTED_PGIDS, "")
         elif ev.pgid and ev.pgid in st.admitted_pgids:
             admitted = "parent-rule:pgid"
+    effect = (StateEffect(risk=risky_pid, admit_pgid=admit_pgid, overflow=overflow)
+              if risky_pid or admit_pgid or overflow else None)
 
     eff_mode = view.effective_mode
 
@@ -307,12 +416,16 @@ def _violation(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str, reaso
     return verdict, f"violation:{reason}", m, group, found, None, effect
 
 
-def _judge_probe(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str,
-                 image_file: bool) -> _Outcome:
+def _judge_probe(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent,
+                 pname: str, image_file: bool) -> _Outcome:
     """Step 4: a probe exec gets the executable checks only (drift, hash pin)."""
     rules = view.rules
     exe = ev.path
-    effect = StateEffect(probe_shell=ev.pid) if pname in SHELLS else None
+    effect = None
+    if pname in SHELLS:
+        effect = (StateEffect(probe_shell=ev.pid)
+                  if _room(st.probe_shells, ev.pid, view.settings.max_tracked_pids)
+                  else StateEffect(overflow=(PROBE_SHELLS, "")))
     pos = rules.first_match(pname, exe)
     m = rules.rules[pos] if pos >= 0 else None
     probe_rule = _first_probe_rule(view, pname, exe)
@@ -376,7 +489,8 @@ _PRE_EXEC_CODES = {"not-in-profile": "R0", "not-from-image": "R5"}
 
 def _decide_exec_check(view: PolicyView, st: ProcessState, env: Envelope,
                        ev: ExecCheck) -> Decision:
-    image_file = ev.origin is _IMAGE and ev.path not in st.drift
+    image_file = ev.origin is _IMAGE and not st.is_drift(ev.path,
+                                                         view.settings.max_drift_path_bytes)
     netcat_paths = frozenset((ev.path,)) if ev.netcat else frozenset()
     answer = pre_exec_decide(view, ev.path, runtime_injected=ev.runtime_injected,
                              image_file=image_file, exe_on_host=ev.exe_on_host,
@@ -420,8 +534,10 @@ def _decide_file(view: PolicyView, st: ProcessState, env: Envelope, ev: FileEven
     if not view.zero_drift or not ev.in_container_fs:
         return _decision(view, env, _NONE, "none:not-judged", pid=ev.pid,
                          name=ev.proc_name, path=ev.path), None
+    limits = view.settings
     if not ev.is_drift:
-        effect = StateEffect(clean_path=ev.path) if ev.op is FileOp.DELETE else None
+        effect = (StateEffect(clean_path=drift_key(ev.path, limits.max_drift_path_bytes))
+                  if ev.op is FileOp.DELETE and st.drift else None)
         return _decision(view, env, _ALLOW, "no-drift", pid=ev.pid, name=ev.proc_name,
                          path=ev.path), effect
     decision = _detected(view, env, "file", Level.WARNING, 5, _DRIFT_MESSAGES[ev.op],
@@ -430,7 +546,12 @@ def _decide_file(view: PolicyView, st: ProcessState, env: Envelope, ev: FileEven
                          denied_suffix=": access denied", file_path=ev.path)
     # A held write that is denied never happens; everything else leaves a drifted file.
     held_and_denied = decision.verdict is _BLOCK and ev.held and ev.op is FileOp.MODIFY
-    return decision, None if held_and_denied else StateEffect(drift_path=ev.path)
+    if held_and_denied:
+        return decision, None
+    key = drift_key(ev.path, limits.max_drift_path_bytes)
+    if DRIFT_PATHS not in st.overflow and _room(st.drift, key, limits.max_drift_paths):
+        return decision, StateEffect(drift_path=key)
+    return decision, StateEffect(overflow=(DRIFT_PATHS, ""))  # every file is drift now
 
 
 def _detected(view: PolicyView, env: Envelope, kind: str, level: Level, rule_no: int,
@@ -457,7 +578,8 @@ def _decide_stdio(view: PolicyView, st: ProcessState, env: Envelope, ev: StdioEv
         return _decision(view, env, _NONE, "none:no-tunnel", pid=ev.pid,
                          start_time=ev.start_time, name=ev.name, path=ev.path), None
     seen = st.tunnels.get(key)
-    if seen is None:  # first sighting: mark only
+    room = seen is not None or len(st.tunnels) < view.settings.max_tracked_pids
+    if seen is None and room:  # first sighting: mark only
         return _decision(view, env, _NONE, "none:tunnel-sighted", pid=ev.pid,
                          start_time=ev.start_time, name=ev.name, path=ev.path), \
             StateEffect(tunnel_sighting=key)
@@ -466,9 +588,12 @@ def _decide_stdio(view: PolicyView, st: ProcessState, env: Envelope, ev: StdioEv
                          start_time=ev.start_time, name=ev.name, path=ev.path), None
     proc = ProcFacts(name=ev.name, path=ev.path, argv=ev.argv, ruid=ev.ruid, euid=ev.euid,
                      user=ev.user, parent_name=ev.parent_name, parent_path=ev.parent_path)
+    # A sighting there is no room to remember is confirmed at once (fail closed).
+    effect = (StateEffect(tunnel_reported=key) if room
+              else StateEffect(overflow=(TUNNEL_SIGHTINGS, "")))
     return _detected(view, env, "tunnel", Level.CRITICAL, 2, "Tunnel detected: reverse shell",
                      proc, "reverse-shell", pid=ev.pid, start_time=ev.start_time, name=ev.name,
-                     path=ev.path, user=ev.user), StateEffect(tunnel_reported=key)
+                     path=ev.path, user=ev.user), effect
 
 
 def _decide_uid_change(view: PolicyView, env: Envelope, ev: UidChangeEvent) -> Result:

@@ -20,6 +20,8 @@ _NAMES = {
     "tunnel": ("Container.Tunnel.Detected", "Host.Tunnel.Detected"),
     "escalation": ("Container.Privilege.Escalation", "Host.Privilege.Escalation"),
     "file": ("Container.FileAccess.Violation", "Container.FileAccess.Violation"),
+    # procwarden's own: a cap on what a workload or group grows was hit (issue 21)
+    "overflow": ("Container.Profile.Overflow", "Host.Profile.Overflow"),
 }
 
 
@@ -55,7 +57,7 @@ class ProcFacts(NamedTuple):
 
 def incident(view: PolicyView, env: Envelope, *, kind: str, level: Level, action: IncidentAction,
              group: str, rule_id: str, message: str, proc: ProcFacts, file_path: str = "",
-             conn_ingress: bool = False) -> Incident:
+             conn_ingress: bool = False, id_kind: str = "") -> Incident:
     wl = view.workload
     reported = int(env.ts)
     at = _iso_utc(reported)
@@ -71,7 +73,7 @@ def incident(view: PolicyView, env: Envelope, *, kind: str, level: Level, action
         host_name=wl.node,
         enforcer_id=env.node,
         enforcer_name=env.node,
-        id=_incident_id(env.event_id, kind),
+        id=_incident_id(env.event_id, id_kind or kind),
         workload_id=wl.id,
         workload_name=wl.name,
         workload_domain=wl.namespace,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import Any
+
+import re2
 
 from schemas import (
     NODES_GROUP,
@@ -16,6 +19,7 @@ from schemas import (
     Workload,
     WorkloadKind,
 )
+from streams.engine.validation import PolicyError, compile_regex
 
 __all__ = ["criteria_match", "custom_groups_of", "learned_group_name", "service_name"]
 
@@ -43,21 +47,32 @@ def learned_group_name(workload: Workload) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _glob(pattern: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+def _glob(pattern: str) -> Any:
+    # RE2 too: `*a*a*a*...b` as a backtracking `.*a.*a...` is polynomial in the label's length.
+    return compile_regex("(?s)" + ".*".join(re2.escape(part) for part in pattern.split("*")))
 
 
-@lru_cache(maxsize=4096)
-def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _search(pattern: str, actual: str) -> bool:
+    try:
+        return compile_regex(pattern).search(actual) is not None
+    except PolicyError:
+        # Only a policy validated before patterns were RE2 can hold one RE2 refuses: the
+        # criterion is false (for `regex` and `!regex` alike) rather than run by a backtracker.
+        return False
 
 
 def _test(op: CriteriaOp, value: str, actual: str | None) -> bool:
-    """Whether `actual` satisfies `op value`; `actual` None means the attribute is absent."""
+    """Whether `actual` satisfies `op value`; `actual` None means the attribute is absent.
+    Patterns run on RE2, in time linear in `actual`."""
     if op is CriteriaOp.NE:
-        return actual is None or not _glob(value).fullmatch(actual)
+        return actual is None or _glob(value).fullmatch(actual) is None
     if op is CriteriaOp.NOT_REGEX:
-        return actual is None or _regex(value).search(actual) is None
+        if actual is None:
+            return True
+        try:
+            return compile_regex(value).search(actual) is None
+        except PolicyError:
+            return False  # see _search
     if actual is None:
         return False
     if op is CriteriaOp.EQ:
@@ -66,7 +81,7 @@ def _test(op: CriteriaOp, value: str, actual: str | None) -> bool:
         return value in actual
     if op is CriteriaOp.PREFIX:
         return actual.startswith(value)
-    return _regex(value).search(actual) is not None  # REGEX
+    return _search(value, actual)  # REGEX
 
 
 def _check(c: Criterion, workload: Workload) -> bool:

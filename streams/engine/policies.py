@@ -8,7 +8,7 @@ Edits are all-or-nothing: nothing is returned unless everything in the request w
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from schemas import (
@@ -26,6 +26,7 @@ from schemas import (
     RuleSource,
     ServiceConfig,
     Workload,
+    encode,
 )
 from schemas import Action as RuleAction
 from schemas.records import replace
@@ -50,7 +51,9 @@ __all__ = [
     "apply_learn",
     "apply_profile_patch",
     "apply_service_config",
+    "check_record_size",
     "ensure_workload_groups",
+    "learn_refusal",
     "merge",
     "nodes_group",
 ]
@@ -164,37 +167,122 @@ def _merge_probe(old: Rule, new: Rule, ts: int) -> Rule:
     return replace(old, path=path, probe_cmds=tuple(lines), last_modified_timestamp=ts)
 
 
+# Cap names, as in `GroupPolicy.learn_capped`, `Decision.capped` and the metric's label.
+LEARNED_RULES = "learned_rules"
+RULE_USERS = "rule_users"
+HASH_PINS = "hash_pins"
+RULE_STRINGS = "rule_strings"
+POLICY_BYTES = "policy_bytes"
+
+_LEARNED_FROM_MAX = 128  # a learned rule's `learned_from` (an event id the collector chose)
+_DEFAULT_LIMITS = EngineSettings()
+
+
+def _encoded_len(text: str) -> int:
+    return len(encode(text))  # JSON escapes count: a control character takes six bytes
+
+
+def check_record_size(policy: GroupPolicy, limits: EngineSettings = _DEFAULT_LIMITS) -> None:
+    """Refuse an edit after which the group's policy record could not be published."""
+    size = len(encode(policy))
+    if size > limits.max_policy_bytes:
+        raise PolicyError(f"the group's profile would be {size} bytes, over the "
+                          f"{limits.max_policy_bytes}-byte limit of a policy record: "
+                          "delete rules first", field="process_change_list")
+
+
+def _learn_target(rules: Sequence[Rule], req: LearnRequest) -> int | None:
+    for i, r in enumerate(rules):
+        if (r.uuid == req.rule_uuid if req.rule_uuid else
+                (r.key == (req.name, req.path) and r.cfg_type is not RuleSource.GROUND)):
+            return i
+    return None
+
+
+def learn_refusal(policy: GroupPolicy, req: LearnRequest, limits: EngineSettings) -> str:
+    """The cap this learn would pass, or "" when it fits (§10; caps in `EngineSettings`).
+
+    Learning is what a workload grows its group's policy record with, and the record is
+    republished whole with every version, so a group's learning is capped: learned rules, users
+    per rule, hash pins, the length of each learned string, and the record's encoded size. A
+    group a cap refused (`learn_capped`) learns nothing more: no rule, user or pin, in any mode,
+    until an admin changes its mode or deletes rules; its execs are judged as before, so what it
+    did not learn is a violation once it leaves Discover."""
+    if policy.learn_capped:
+        return policy.learn_capped
+    growth = 0
+    target = _learn_target(policy.rules, req) if (req.add_rule or req.rule_uuid) else None
+    if target is None and req.add_rule:
+        if _encoded_len(req.name) > limits.max_rule_name_bytes \
+                or _encoded_len(req.path) > limits.max_rule_path_bytes \
+                or _encoded_len(req.user) > limits.max_rule_name_bytes:
+            return RULE_STRINGS
+        learned = sum(1 for r in policy.rules if r.cfg_type is RuleSource.LEARNED)
+        if learned >= limits.max_learned_rules:
+            return LEARNED_RULES
+        growth += len(encode(_learned(policy, req))) + 1
+    elif target is not None:
+        rule = policy.rules[target]
+        if (rule.cfg_type is RuleSource.LEARNED and rule.users and req.user
+                and req.user not in rule.users):
+            if len(rule.users) >= limits.max_rule_users:
+                return RULE_USERS
+            if _encoded_len(req.user) > limits.max_rule_name_bytes:
+                return RULE_STRINGS
+            growth += _encoded_len(req.user) + 1
+    if req.hash and policy.hash_enabled and req.path not in policy.hash_pins:
+        if len(policy.hash_pins) >= limits.max_hash_pins:
+            return HASH_PINS
+        if _encoded_len(req.path) > limits.max_rule_path_bytes:
+            return RULE_STRINGS
+        growth += _encoded_len(req.path) + _encoded_len(req.hash) + 2
+    if growth and len(encode(policy)) + growth > limits.max_policy_bytes:
+        return POLICY_BYTES
+    return ""
+
+
+def _learned(policy: GroupPolicy, req: LearnRequest) -> Rule:
+    ts = int(req.ts)
+    return Rule(name=req.name, path=req.path, action=RuleAction.ALLOW,
+                cfg_type=RuleSource.LEARNED,
+                uuid=rule_uuid(policy.name, "learned", req.name, req.path),
+                group=policy.name, users=(req.user,) if req.user else (),
+                created_timestamp=ts, last_modified_timestamp=ts,
+                learned_from=req.cause_event_id[:_LEARNED_FROM_MAX])
+
+
 def apply_learn(policies: Mapping[str, GroupPolicy], req: LearnRequest,
                 settings: EngineSettings | None = None) -> EditResult:
     """Apply what the engine learned; idempotent per `name:path`, user and hash pin (§10).
 
-    With `settings`, a learned group that does not exist yet (its workload's announcement is
-    still on its way) is created with the deployment defaults first."""
+    With `settings` (the group's writer), a learned group that does not exist yet (its
+    workload's announcement is still on its way) is created with the deployment defaults first,
+    and the learning caps (`learn_refusal`) are enforced here too: workers that each learn
+    within the caps may together pass them. Without (a worker applying its own learn at once),
+    its `decide` already checked them against the same copy. A request the decider found over a
+    cap (`capped`) learns nothing and marks the group capped."""
     edit = _Edit(policies, req.ts, "learning", req.cause_event_id)
     if settings is not None and (req.group.startswith("nv.") or req.group == NODES_GROUP):
         _create_learned_group(edit, req.group, settings, f"learning from {req.cause_event_id}")
     policy = edit.get(req.group)
     if policy is None or policy.kind is GroupKind.CUSTOM:
         return edit.result()  # the group went away meanwhile: nothing to learn into
+    why = req.capped or policy.learn_capped or (
+        learn_refusal(policy, req, settings) if settings is not None else "")
+    if why:
+        if not policy.learn_capped:
+            edit.put(replace(policy, learn_capped=why), ChangeKind.LEARNING_CAPPED,
+                     detail=f"{why}: learning stopped ({req.name}:{req.path}"[:200] + ")")
+        return edit.result()
     ts = int(req.ts)
     rules = list(policy.rules)
     # Not checked against the group's mode now: the request was decided in Discover, and a
     # switch to Monitor or Protect that overtakes it on its way here (another producer, another
     # moment) must not drop a rule its verdict already reported as learned.
     if req.add_rule or req.rule_uuid:
-        target = None
-        for i, r in enumerate(rules):
-            if (r.uuid == req.rule_uuid if req.rule_uuid else
-                    (r.key == (req.name, req.path) and r.cfg_type is not RuleSource.GROUND)):
-                target = i
-                break
+        target = _learn_target(rules, req)
         if target is None and req.add_rule:
-            rule = Rule(name=req.name, path=req.path, action=RuleAction.ALLOW,
-                        cfg_type=RuleSource.LEARNED,
-                        uuid=rule_uuid(policy.name, "learned", req.name, req.path),
-                        group=policy.name, users=(req.user,) if req.user else (),
-                        created_timestamp=ts, last_modified_timestamp=ts,
-                        learned_from=req.cause_event_id)
+            rule = _learned(policy, req)
             rules.append(rule)
             policy = replace(policy, rules=tuple(rules))
             edit.put(policy, ChangeKind.RULE_LEARNED, rule)
@@ -287,8 +375,12 @@ def apply_profile_patch(policies: Mapping[str, GroupPolicy], patch: ProfilePatch
             flags.append(f"fail_mode={fail_mode.value if fail_mode else 'default'}")
     if flags:
         details.append((ChangeKind.FLAGS_CHANGED, ", ".join(flags)))
+    if new.learn_capped and (deleted or patch.hash_enabled is not None):
+        new = replace(new, learn_capped="")  # room made, or pins started afresh: learn again
     if new == policy:
         return edit.result()
+    if len(new.rules) > len(policy.rules):
+        check_record_size(new)
     edit.put_many(new, [(ChangeKind.RULE_DELETED, r, "") for r in deleted]
                   + [(k, r, "") for k, r in changed] + [(k, None, d) for k, d in details])
     return edit.result()
@@ -316,7 +408,8 @@ def apply_service_config(policies: Mapping[str, GroupPolicy], cfg: ServiceConfig
             raise PolicyError(f"group {name} is managed by a CRD", field=f"services[{i}]")
         new = policy
         if mode is not None and mode is not policy.mode:
-            new = replace(new, mode=mode)
+            # A new mode starts learning afresh (a capped group learns again in Discover).
+            new = replace(new, mode=mode, learn_capped="")
         if baseline is not None and policy.kind is not GroupKind.NODES \
                 and baseline is not policy.baseline:
             new = replace(new, baseline=baseline)

@@ -22,6 +22,33 @@ class EngineSettings:
     full_cmdline: bool = False  # §11: keep secret-looking arguments unmasked in incidents
     new_group_mode: Mode = Mode.DISCOVER
     new_group_baseline: Baseline = Baseline.ZERO_DRIFT
+    # Caps on what a workload can grow in the state and policies the worker republishes whole:
+    # with them, a workload's process-state record and a group's policy record stay under the
+    # producer's 1 MB limit (the worst cases are computed in tests/unit/test_engine_bounds.py).
+    # What each overflow changes is said in streams/engine/state.py and policies.py.
+    max_drift_paths: int = 1000  # drift files remembered per workload
+    max_drift_path_bytes: int = 256  # a longer path (JSON-encoded) is kept by its digest
+    max_tracked_pids: int = 2048  # per workload: risky pids, probe shells, admitted process
+    #                               groups, reverse-shell sightings (each)
+    max_learned_rules: int = 1000  # learned rules per group
+    max_rule_name_bytes: int = 64  # a learned rule's process name, and each of its users
+    max_rule_path_bytes: int = 256  # a learned rule's path (and a hash pin's)
+    max_rule_users: int = 4  # users a learned rule records
+    max_hash_pins: int = 1000  # hash pins per group
+    max_policy_bytes: int = 900_000  # a group's policy record (JSON) after any learn or edit
+
+    def __post_init__(self) -> None:
+        for name in ("max_drift_paths", "max_tracked_pids", "max_learned_rules",
+                     "max_rule_users", "max_hash_pins"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        # A path over the cap is kept by its digest, which must itself fit.
+        if self.max_drift_path_bytes < 80:
+            raise ValueError("max_drift_path_bytes must be at least 80")
+        if self.max_rule_name_bytes < 16 or self.max_rule_path_bytes < 16:
+            raise ValueError("max_rule_name_bytes and max_rule_path_bytes must be at least 16")
+        if self.max_policy_bytes < 10_000:
+            raise ValueError("max_policy_bytes must be at least 10000")
 
 
 class MissingGroup(LookupError):
