@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import yaml
+import orjson
+from prometheus_client import Counter
 
 from schemas import (
     CrdImport,
@@ -41,6 +42,7 @@ from streams.engine import (
     EditResult,
     PolicyError,
     ProcessState,
+    apply_crd_documents,
     build_view,
     decide,
     ensure_workload_groups,
@@ -55,6 +57,9 @@ __all__ = ["ApiError", "PolicyApi", "entry_json", "profile_json"]
 
 Answer = tuple[int, Any]
 
+IMPORTS_REFUSED = Counter("procwarden_streams_imports_refused_total",
+                          "CRD imports refused before they were applied", ["why"])
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, field: str = "") -> None:
@@ -66,8 +71,8 @@ class ApiError(Exception):
 
 def error_body(status: int, message: str, field: str = "") -> dict[str, Any]:
     kind = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not found",
-            409: "conflict", 412: "precondition failed", 503: "unavailable",
-            504: "timeout"}.get(status, "error")
+            409: "conflict", 412: "precondition failed", 413: "too large",
+            503: "unavailable", 504: "timeout"}.get(status, "error")
     body: dict[str, Any] = {"code": status, "error": kind, "message": message}
     if field:
         body["field"] = field
@@ -296,28 +301,49 @@ class PolicyApi:
         return 200, {"deleted": name}
 
     async def import_policy(self, text: str, actor: str) -> Answer:
-        """CRD documents: validated together, then each applied by its group's writer."""
-        result = await self._validate(CrdImport(text=text, actor=actor))
+        """CRD documents: validated together, then each applied by its group's writer.
+
+        The text is capped (`max_crd_bytes`, 413) and parsed once, off the event loop, with
+        libyaml; each group's writer is sent its document as JSON, which it parses in C."""
+        settings = self.session.settings
         try:
-            docs = parse_crd_documents(text)
+            if len(text) > settings.max_crd_bytes:  # characters: at least as many bytes
+                raise PolicyError(f"the documents are over the {settings.max_crd_bytes}-byte "
+                                  "limit", status=413, field="document")
+            docs = await asyncio.get_running_loop().run_in_executor(
+                None, parse_crd_documents, text, settings.max_crd_bytes)
+            if not docs:
+                raise PolicyError("no CRD documents found", field="document")
         except PolicyError as exc:
+            IMPORTS_REFUSED.labels("too large" if exc.status == 413 else "invalid").inc()
             raise ApiError(exc.status, str(exc), exc.field) from None
+        except RecursionError:  # never a 500: whatever nests past Python's stack is invalid
+            IMPORTS_REFUSED.labels("invalid").inc()
+            raise ApiError(400, "the documents are nested too deeply", "document") from None
+        ts = time.time()
+        result = await self._checked(
+            lambda policies: apply_crd_documents(policies, docs, settings, ts, actor))
         for doc in docs:
-            group = str(((doc.get("spec") or {}).get("target") or {}).get("selector", {})
-                        .get("name", "")).strip()
-            await self._publish(group, CrdImport(text=yaml.safe_dump(doc), actor=actor), result)
+            group = str(doc["spec"]["target"]["selector"]["name"]).strip()  # validated above
+            await self._publish(group, CrdImport(text=orjson.dumps(doc).decode(), actor=actor),
+                                result)
         return 200, {"groups": sorted(result.updated), "changes": to_plain(result.changes)}
 
     async def _validate(self, payload: Payload) -> EditResult:
+        env = self._envelope(payload)
+        settings = self.session.settings
+        return await self._checked(lambda policies: edit_result(policies, env, settings))
+
+    async def _checked(self, edit: Callable[[Mapping[str, GroupPolicy]], EditResult]
+                       ) -> EditResult:
         """The edit checked against the published policies. A group this worker created a
         moment ago (on first sight of its workload) is in its own copy, and readable, before
         the group's writer has published it: an edit of it waits for that instead of
         answering 404."""
-        env = self._envelope(payload)
         deadline = time.monotonic() + self.write_timeout
         while True:
             try:
-                return edit_result(self.handlers.published, env, self.session.settings)
+                return edit(self.handlers.published)
             except PolicyError as exc:
                 pending = self.session.policies.keys() - self.handlers.published.keys()
                 if exc.status != 404 or not pending or time.monotonic() >= deadline:

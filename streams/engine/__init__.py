@@ -5,7 +5,7 @@ decides a verdict in procwarden calls into this package.
 """
 
 from streams.engine.compiled import CompiledRules, compile_rules
-from streams.engine.crd import apply_crd, parse_crd_documents
+from streams.engine.crd import apply_crd, apply_crd_documents, parse_crd_documents
 from streams.engine.decide import DECIDED_KINDS, decide, policy_state
 from streams.engine.matching import can_match_path, match_rule, process_name
 from streams.engine.membership import (
@@ -35,6 +35,7 @@ from streams.engine.view import EngineSettings, MissingGroup, PolicyView, build_
 __all__ = [
     "DECIDED_KINDS", "CompiledRules", "EditResult", "EngineSettings", "MissingGroup",
     "PolicyError", "PolicyView", "PreExecAnswer", "ProcessState", "StateEffect", "apply_crd",
+    "apply_crd_documents",
     "apply_group_config", "apply_group_delete", "apply_learn", "apply_profile_patch",
     "apply_service_config", "build_view", "can_match_path", "category", "compile_rules",
     "criteria_match", "custom_groups_of", "decide", "effective_rules", "ensure_workload_groups",

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import yaml
 
 from schemas import (
@@ -28,7 +29,7 @@ from schemas import (
 )
 from schemas import Action as RuleAction
 from schemas.records import replace
-from streams.engine.policies import EditResult, _Edit
+from streams.engine.policies import EditResult, _Edit, check_record_size
 from streams.engine.probes import rule_uuid
 from streams.engine.validation import (
     PolicyError,
@@ -40,10 +41,16 @@ from streams.engine.validation import (
 )
 from streams.engine.view import EngineSettings
 
-__all__ = ["CRD_KINDS", "apply_crd", "parse_crd_documents"]
+__all__ = ["CRD_KINDS", "apply_crd", "apply_crd_documents", "parse_crd_documents"]
 
 CRD_KINDS = frozenset({"NvSecurityRule", "NvClusterSecurityRule"})
 _API_VERSION = "neuvector.com/v1"
+# libyaml's loader when PyYAML was built with it (the wheels are): about ten times faster than
+# the pure-Python one, and it refuses nesting past 1,000 levels instead of recursing.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Values a document may hold once YAML aliases are expanded (what the JSON form holds): a few
+# aliases of aliases stand for a billion values.
+_MAX_VALUES = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,12 +64,18 @@ class _GroupImport:
     where: str
 
 
-def parse_crd_documents(text: str) -> list[dict[str, Any]]:
-    """The CRD documents in YAML (or JSON) text; a `kind: List` contributes its items."""
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"not valid YAML: {exc}", field="document") from None
+def parse_crd_documents(text: str, max_bytes: int = 1024 * 1024) -> list[dict[str, Any]]:
+    """The CRD documents in YAML (or JSON) text; a `kind: List` contributes its items.
+
+    What comes back is plain JSON data (YAML's dates and the like as strings), the same as
+    what the API sends each group's writer as JSON, so both judge the same documents and only
+    the API parses YAML. Too large → 413; not YAML, nested too deeply, or expanding too much
+    through aliases → 400."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise PolicyError(f"the documents are {size} bytes, over the {max_bytes}-byte limit",
+                          status=413, field="document")
+    docs = _load(text)
     out: list[dict[str, Any]] = []
     for i, doc in enumerate(docs):
         if not isinstance(doc, dict):
@@ -75,6 +88,44 @@ def parse_crd_documents(text: str) -> list[dict[str, Any]]:
         else:
             out.append(doc)
     return out
+
+
+def _load(text: str) -> list[Any]:
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            return [orjson.loads(text)]  # JSON (what the API sends the writers), in C
+        except orjson.JSONDecodeError:
+            pass  # YAML's flow style, or nested past orjson's limit: YAML says which
+    try:
+        docs = [d for d in yaml.load_all(text, Loader=_LOADER) if d is not None]
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"not valid YAML: {exc}", field="document") from None
+    except RecursionError:  # the pure-Python loader, where libyaml is missing
+        raise PolicyError("not valid YAML: nested too deeply", field="document") from None
+    _check_expansion(docs)
+    try:
+        plain = orjson.dumps(docs, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as exc:  # orjson stops at 254 levels
+        raise PolicyError(f"the documents are nested too deeply ({exc})",
+                          field="document") from None
+    result: list[Any] = orjson.loads(plain)
+    return result
+
+
+def _check_expansion(docs: list[Any]) -> None:
+    """Count values as the JSON form would hold them (each alias expanded), iteratively."""
+    stack: list[Any] = list(docs)
+    count = 0
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > _MAX_VALUES:
+            raise PolicyError(f"the documents expand to over {_MAX_VALUES} values through "
+                              "YAML aliases", field="document")
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def _field(obj: Any, key: str, where: str, kind: type, default: Any = None) -> Any:
@@ -156,7 +207,13 @@ def _parse(doc: Any, where: str) -> _GroupImport:
 def apply_crd(policies: Mapping[str, GroupPolicy], text: str, settings: EngineSettings,
               ts: float, actor: str = "crd") -> EditResult:
     """Import CRD documents, all or nothing; each replaces the ground rules of its group."""
-    docs = parse_crd_documents(text)
+    return apply_crd_documents(policies, parse_crd_documents(text, settings.max_crd_bytes),
+                               settings, ts, actor)
+
+
+def apply_crd_documents(policies: Mapping[str, GroupPolicy], docs: list[dict[str, Any]],
+                        settings: EngineSettings, ts: float, actor: str = "crd") -> EditResult:
+    """`apply_crd` for documents already parsed by `parse_crd_documents`."""
     if not docs:
         raise PolicyError("no CRD documents found", field="document")
     imports = [_parse(doc, f"document[{i}]") for i, doc in enumerate(docs)]
@@ -196,5 +253,7 @@ def apply_crd(policies: Mapping[str, GroupPolicy], text: str, settings: EngineSe
                 detail.append(f"mode={imp.mode.value}")
             if imp.baseline:
                 detail.append(f"baseline={imp.baseline.value}")
+            if len(new.rules) > len(policy.rules):
+                check_record_size(new, settings)
             edit.put(new, ChangeKind.CRD_IMPORTED, detail=", ".join(detail))
     return edit.result()

@@ -36,6 +36,7 @@ class EngineSettings:
     max_rule_users: int = 4  # users a learned rule records
     max_hash_pins: int = 1000  # hash pins per group
     max_policy_bytes: int = 900_000  # a group's policy record (JSON) after any learn or edit
+    max_crd_bytes: int = 1024 * 1024  # the text of one CRD import (413 over it)
 
     def __post_init__(self) -> None:
         for name in ("max_drift_paths", "max_tracked_pids", "max_learned_rules",
