@@ -210,7 +210,7 @@ class ClickHouseWriter:
         except Exception as exc:
             if not _refused_for_its_rows(exc):
                 raise  # ClickHouse or the network: the caller retries the whole batch
-            self._client = None  # the driver dropped the connection mid-insert
+            # (the driver has closed its connection and opens a new one for the next query)
             if len(columns[1]) == 1:
                 self._refuse(columns[1][0][0], exc)
                 return
