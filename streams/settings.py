@@ -37,6 +37,20 @@ class StreamSettings(BaseSettings):
                                  description="of a refused message kept in its dead letter")
     ready_stall_s: float = Field(30.0, gt=0, description="a decider loop quiet this long: "
                                  "not ready")
+    # Caps on what a workload or group can grow (streams/engine/view.py says what each bounds;
+    # an overflow fails closed and raises one Container.Profile.Overflow incident).
+    max_drift_paths: int = Field(1000, ge=1, description="drift files remembered per workload")
+    max_drift_path_bytes: int = Field(256, ge=80, description="longer paths kept by digest")
+    max_tracked_pids: int = Field(2048, ge=1, description="risky/probe/admitted/tunnel pids, "
+                                  "each, per workload")
+    max_learned_rules: int = Field(1000, ge=1, description="learned rules per group")
+    max_rule_name_bytes: int = Field(64, ge=16, description="a learned rule's name and users")
+    max_rule_path_bytes: int = Field(256, ge=16, description="a learned rule's path")
+    max_rule_users: int = Field(4, ge=1, description="users a learned rule records")
+    max_hash_pins: int = Field(1000, ge=1, description="hash pins per group")
+    max_policy_bytes: int = Field(900_000, ge=10_000, le=1_000_000,
+                                  description="a group's policy record after any edit")
+    max_crd_bytes: int = Field(1024 * 1024, ge=1024, description="one CRD import's text (413)")
     data_dir: Path = Path("var/streams")
     log_level: str = "info"
 
@@ -51,6 +65,12 @@ class StreamSettings(BaseSettings):
         return parse_baseline(value).value
 
     def engine(self) -> EngineSettings:
+        caps = {name: getattr(self, name) for name in _CAPS}
         return EngineSettings(full_cmdline=self.full_cmdline,
                               new_group_mode=Mode(self.new_group_mode),
-                              new_group_baseline=Baseline(self.new_group_baseline))
+                              new_group_baseline=Baseline(self.new_group_baseline), **caps)
+
+
+_CAPS = ("max_drift_paths", "max_drift_path_bytes", "max_tracked_pids", "max_learned_rules",
+         "max_rule_name_bytes", "max_rule_path_bytes", "max_rule_users", "max_hash_pins",
+         "max_policy_bytes", "max_crd_bytes")

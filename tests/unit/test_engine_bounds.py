@@ -280,3 +280,15 @@ def test_a_pattern_re2_cannot_run_is_refused_at_validation(pattern: str) -> None
     with pytest.raises(PolicyError) as err:
         validate_criteria((Criterion(CriteriaKey.IMAGE, CriteriaOp.REGEX, pattern),))
     assert err.value.status == 400 and "regular expression" in err.value.message
+
+
+def test_every_engine_cap_is_a_worker_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import fields
+
+    from streams.settings import StreamSettings
+
+    caps = {f.name for f in fields(EngineSettings) if f.name.startswith("max_")}
+    for name in caps:
+        monkeypatch.setenv(f"STREAMS_{name.upper()}", "777777")
+    engine = StreamSettings().engine()
+    assert {name: getattr(engine, name) for name in caps} == dict.fromkeys(caps, 777777)
