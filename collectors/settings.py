@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import FailMode
@@ -29,8 +29,26 @@ class CollectorSettings(BaseSettings):
                                             "(the late verdict still alerts), closed denies")
     hold_timeout_ms: int = Field(500, ge=10, le=30_000,
                                  description="how long a first-seen exec waits for its verdict")
-    max_held: int = Field(256, ge=1, le=65_536,
-                          description="execs held at once; beyond it the fail mode answers")
+    max_held: int = Field(512, ge=2, le=65_536,
+                          description="execs held at once on this node (a ceiling no one "
+                                      "workload can reach); beyond it each workload's fail "
+                                      "mode answers")
+    max_held_per_workload: int = Field(
+        64, ge=1, le=65_535,
+        description="first-seen execs one workload may have held at once (repeats of a "
+                    "held one included); beyond it COLLECTOR_OVER_BUDGET_MODE answers")
+    over_budget_mode: FailMode = Field(
+        FailMode.CLOSED,
+        description="a first-seen exec of a workload over its own held budget: closed denies "
+                    "it (the workload flooding is the attacker), open allows it")
+    answerer_max_files: int = Field(
+        65_536, ge=256,
+        description="the exec answerer's RLIMIT_NOFILE (each held exec holds a descriptor); "
+                    "raised up to the hard limit")
+    origin_digest_max_bytes: int = Field(
+        64 * 2**20, ge=0,
+        description="a held exec of a copied-up file is compared with the image's up to this "
+                    "size; a larger one counts as modified")
     hold_realtime: bool = Field(
         True, description="while execs are held, the process answering them runs at a "
                           "real-time priority (SCHED_FIFO 1)")
@@ -54,3 +72,10 @@ class CollectorSettings(BaseSettings):
                                      description="how often the totals go to collector-reports")
     metrics_port: int = Field(0, ge=0, le=65535, description="/metrics on loopback; 0: off")
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _budget_below_ceiling(self) -> CollectorSettings:
+        if self.max_held_per_workload >= self.max_held:
+            raise ValueError("max_held_per_workload must be below max_held: one workload "
+                             "must not be able to fill the node's held execs")
+        return self

@@ -182,6 +182,11 @@ class CollectorReport(Record, frozen=True):
     reported: int = 0  # exec events published (or spooled)
     lost: dict[str, int] = field(default_factory=dict)  # reason -> count, since started_at
     spool_bytes: int = 0
+    # Verdict-topic messages it could not handle (counted and logged: a collector may not
+    # write the DLQ), and per workload the first-seen execs denied beyond that workload's
+    # held-exec budget (a workload flooding the exec answerer): both since started_at.
+    dead_letters: int = 0
+    held_over_budget: dict[str, int] = field(default_factory=dict)
 
 
 class DockerCpEvent(Record, frozen=True):
