@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
+from collectors.answerer_link import ANSWERER_METRICS
 from collectors.connector import COMM, EXIT, FORK, UID, ProcConnector, ProcEvent
 from collectors.connector import EXEC as EXEC_EVENT
 from collectors.enforcer import Enforcer
@@ -36,10 +37,9 @@ from schemas import CollectorReport, Envelope, ExitEvent, Payload, Workload, Wor
 from schemas.connections import KafkaConnection
 from schemas.records import replace
 from schemas.topics import COLLECTOR_REPORTS, EXEC, FILE, WORKLOADS
+from transport import Health
 
-__all__ = ["Collector"]
-
-
+__all__ = ["CannotGoOn", "Collector"]
 
 log = logging.getLogger("procwarden.collector")
 
@@ -51,10 +51,19 @@ _EXECS_SEEN, _EXITS_SEEN, _EXECS_FROM_NOTICES = (
     EVENTS.labels("exec"), EVENTS.labels("exit"), EVENTS.labels("exec_from_notice"))
 
 
+_SENSING = "sensing"
+
+
+class CannotGoOn(RuntimeError):
+    """A part of the collector stopped for good (the verdict reader, the exec answerer): the
+    collector exits non-zero rather than run on while it enforces nothing."""
+
+
 @dataclass
 class Collector:
     kafka: KafkaConnection
     settings: CollectorSettings = field(default_factory=CollectorSettings)
+    health: Health = field(default_factory=lambda: Health("collector"))
     resolver: WorkloadResolver = field(init=False)
     sensor: Sensor = field(init=False)
     enforcer: Enforcer | None = field(init=False, default=None)
@@ -78,6 +87,7 @@ class Collector:
     _next_report: float = 0.0
     _files: dict[str, FileWatch] = field(default_factory=dict)  # container -> its file events
     _poller: select.epoll | None = None  # the sensing loop's sources, while it runs
+    _cannot_go_on: str = ""  # set (from any thread) when a part stopped for good
 
     def __post_init__(self) -> None:
         self.node = self.settings.node
@@ -87,7 +97,8 @@ class Collector:
                                     self.settings.stdio_interval_s)
         self.escalations = EscalationWatch(self.resolver)
         if self.settings.enforce:
-            self.enforcer = Enforcer(self.settings, self.kafka, self.resolver, self.publish)
+            self.enforcer = Enforcer(self.settings, self.kafka, self.resolver, self.publish,
+                                     health=self.health, cannot_go_on=self._stop_for)
         self.publisher = Publisher(self.kafka, self.settings.state_dir / "spool",
                                    self.settings.spool_max_bytes)
 
@@ -97,6 +108,8 @@ class Collector:
         # a busy sensing loop adds milliseconds to each. (Only a waiting thread asks for it:
         # the exec rate of the sensing alone did not change at 50 us.)
         sys.setswitchinterval(0.00005)
+        self.health.needs(_SENSING)
+        self.health.start_heartbeat()
         try:
             # what `handle` reads; the host's session, group and ptrace changes stay unsent
             connector = ProcConnector(events=FORK | EXEC_EVENT | UID | COMM | EXIT)
@@ -116,8 +129,11 @@ class Collector:
         notice_fd = self.notifier.fileno() if self.notifier is not None else -1
         overruns = 0
         next_due = 0.0  # when the stdio and escalation checks next have work (monotonic)
+        self.health.part(_SENSING)
         try:
             while not should_stop():
+                if self._cannot_go_on:
+                    raise CannotGoOn(self._cannot_go_on)
                 now = time.monotonic()
                 ready = dict(poller.poll(min(0.2, max(0.0, next_due - now))))
                 # Process events before exec notices, as they happened: a gone exec's notice
@@ -155,6 +171,7 @@ class Collector:
                         next_due = due
                 self.publisher.poll()
         finally:
+            self.health.part(_SENSING, "stopped")
             if self.enforcer is not None:
                 self.enforcer.stop()
             if self.notifier is not None:
@@ -166,6 +183,12 @@ class Collector:
             connector.close()
             self.report()
             self.publisher.close()
+            self.health.stop()
+
+    def _stop_for(self, why: str) -> None:
+        if not self._cannot_go_on:
+            log.critical("cannot go on: %s", why)
+            self._cannot_go_on = why
 
     def _lose(self, reason: str, n: int = 1) -> None:
         LOST.labels(reason).inc(n)
@@ -176,7 +199,9 @@ class Collector:
         self.publish(COLLECTOR_REPORTS.name, self.node, CollectorReport(
             node=self.node, started_at=self.started_at, execs=self.execs,
             reported=self.reported, lost=dict(self.lost),
-            spool_bytes=self.publisher.spool.size))
+            spool_bytes=self.publisher.spool.size,
+            dead_letters=self.enforcer.dead_letters if self.enforcer is not None else 0,
+            held_over_budget=ANSWERER_METRICS.over_budget()))
 
     def _start_notifier(self) -> None:
         """fanotify exec notifications on every real filesystem of the host (container roots

@@ -57,10 +57,21 @@ class AnswererMetrics(Collector):
             self._before["held"] = 0
             self._now = {}
 
+    def over_budget(self) -> dict[str, int]:
+        """Per workload, its first-seen execs answered beyond its held budget (since the
+        collector started)."""
+        with self._lock:
+            return dict(_added(self._before, self._now).get("over_budget", {}))
+
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             total = _added(self._before, self._now)
             held = self._now.get("held", 0)
+        yield CounterMetricFamily(
+            "procwarden_collector_held_over_budget",
+            "First-seen execs answered by COLLECTOR_OVER_BUDGET_MODE: their workload had "
+            "COLLECTOR_MAX_HELD_PER_WORKLOAD execs held already",
+            value=sum(total.get("over_budget", {}).values()))
         answered = CounterMetricFamily(
             "procwarden_collector_pre_exec", "Held execs answered, by how and what",
             labels=["source", "answer"])
@@ -137,13 +148,18 @@ REGISTRY.register(ANSWERER_METRICS)
 class AnswererLink:
     """`on_start` is called after each start, before anything else is read from the new
     answerer (tell it the held workloads); `on_message` with each question it sends, and each
-    write it denied."""
+    write it denied; `on_gone` when an answerer exited (until the next start, nothing is
+    held); `cannot_go_on` when no answerer can be started again."""
 
     def __init__(self, settings: CollectorSettings, on_start: Callable[[], None],
-                 on_message: Callable[[list[Any]], None]) -> None:
+                 on_message: Callable[[list[Any]], None], *,
+                 on_gone: Callable[[], None] = lambda: None,
+                 cannot_go_on: Callable[[str], None] = lambda why: None) -> None:
         self.settings = settings
         self.on_start = on_start
         self.on_message = on_message
+        self.on_gone = on_gone
+        self.cannot_go_on = cannot_go_on
         self.process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
         self._stopping = threading.Event()
@@ -204,6 +220,7 @@ class AnswererLink:
             ANSWERER_METRICS.answerer_gone()
             if self._stopping.is_set():
                 return
+            self.on_gone()
             if time.monotonic() - started > _RESTART_MAX_S:
                 pause = _RESTART_MIN_S
             log.error("the exec answerer exited (%s): execs go ahead unheld until it is "
@@ -218,6 +235,7 @@ class AnswererLink:
                     self._spawn()
             except OSError as exc:
                 log.error("cannot start the exec answerer: %s", exc)
+                self.cannot_go_on(f"the exec answerer cannot be started again ({exc})")
                 return
 
     def _read(self) -> None:

@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,7 +36,7 @@ from collectors.settings import CollectorSettings
 from collectors.workloads import WorkloadResolver
 from schemas import (
     Decision,
-    DecodeError,
+    DlqEntry,
     EventKind,
     ExecCheck,
     FileEvent,
@@ -47,6 +48,7 @@ from schemas import (
 )
 from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, FILE, VERDICTS, verdict_partition
+from transport import Health, MessageGuard, Refused
 
 __all__ = ["Enforcer", "kill_if_same"]
 
@@ -56,6 +58,9 @@ ENFORCED = Counter("procwarden_collector_enforced_total",
                    "Block verdicts acted on after exec, by outcome", ["outcome"])
 
 _KILLED_KINDS = frozenset({EventKind.EXEC, EventKind.STDIO, EventKind.UID_CHANGE})
+# Linux's PID_MAX_LIMIT: a verdict naming a pid outside [2, it] names no process of ours.
+_PID_MAX = 2**22
+_VERDICT_READER, _ANSWERER = "verdict reader", "exec answerer"
 
 
 class Publish(Protocol):
@@ -85,13 +90,23 @@ def kill_if_same(pid: int, start_time: int) -> str:
 
 
 class Enforcer:
+    """`health` is told whether verdicts are read and execs held; `cannot_go_on` is called
+    (from any thread) when one of them stopped for good: the collector then exits non-zero
+    rather than run on while enforcing nothing."""
+
     def __init__(self, settings: CollectorSettings, kafka: KafkaConnection,
-                 resolver: WorkloadResolver, publish: Publish) -> None:
+                 resolver: WorkloadResolver, publish: Publish, *, health: Health,
+                 cannot_go_on: Callable[[str], None]) -> None:
         self.settings = settings
         self.kafka = kafka
         self.resolver = resolver
         self.publish = publish
+        self.health = health
+        self.cannot_go_on = cannot_go_on
         self.node = settings.node
+        # A collector may not write the DLQ (its principal reads verdicts only): what it
+        # cannot handle is counted, logged and reported (CollectorReport.dead_letters).
+        self.guard = MessageGuard("collector", self._dead_letter)
         self._holds: dict[str, Hold] = {}
         self._lock = threading.Lock()  # the holds, and their order on the way to the answerer
         self._stop = threading.Event()
@@ -104,10 +119,24 @@ class Enforcer:
     def start(self) -> None:
         """Called by the sensing thread."""
         self._restore_holds()
+        self.health.needs(_VERDICT_READER)
         if not self.settings.dry_run:
-            self.answerer = AnswererLink(self.settings, self._tell_answerer, self._heard)
+            self.health.needs(_ANSWERER)
+            self.answerer = AnswererLink(self.settings, self._tell_answerer, self._heard,
+                                         on_gone=self._answerer_gone,
+                                         cannot_go_on=self.cannot_go_on)
             self.answerer.start()
-        self._spawn(self._verdict_loop, "verdicts")
+        self._spawn(self._read_verdicts, "verdicts")
+
+    @property
+    def dead_letters(self) -> int:
+        return self.guard.refused
+
+    def _dead_letter(self, entry: DlqEntry) -> None:
+        """Counted and logged by the guard already; nothing to publish it to."""
+
+    def _answerer_gone(self) -> None:
+        self.health.part(_ANSWERER, "gone: execs go ahead unheld until it is started again")
 
     @property
     def _holds_file(self) -> Path:
@@ -139,6 +168,7 @@ class Enforcer:
         with self._lock:
             for workload_id, hold in self._holds.items():
                 self._send(hold.message(workload_id))
+        self.health.part(_ANSWERER)
 
     def _send(self, message: list[Any]) -> None:
         if self.answerer is not None:
@@ -158,6 +188,17 @@ class Enforcer:
 
     # -- verdicts -------------------------------------------------------------------------------
 
+    def _read_verdicts(self) -> None:
+        try:
+            self._verdict_loop()
+        except Exception as exc:
+            log.exception("the verdict reader stopped")
+            self.health.part(_VERDICT_READER, f"stopped: {exc!r}"[:300])
+            self.cannot_go_on(f"the verdict reader stopped ({exc!r})"[:500])
+        else:
+            if not self._stop.is_set():
+                self.cannot_go_on("the verdict reader stopped")
+
     def _verdict_loop(self) -> None:
         consumer = Consumer({
             **self.kafka.confluent_config(), "group.id": f"procwarden-collector-{self.node}",
@@ -171,6 +212,7 @@ class Enforcer:
             partition = verdict_partition(self.node, partitions)
             consumer.assign([TopicPartition(topic, partition, OFFSET_STORED)])
             self.assigned.set()
+            self.health.part(_VERDICT_READER)
             log.info("reading verdicts from %s[%d]", topic, partition)
             while not self._stop.is_set():
                 msg = consumer.poll(0.1)
@@ -181,20 +223,30 @@ class Enforcer:
                     if error.code() != KafkaError._PARTITION_EOF:
                         log.warning("verdicts: %s", error)
                     continue
+                value = msg.value()
+                # Whatever this message is, the next one is read (MessageGuard).
+                self.guard.run(partial(self.on_message, value), topic=topic,
+                               partition=msg.partition() or 0, offset=msg.offset() or 0,
+                               key=msg.key(), value=value)
                 try:
-                    env = decode_envelope(msg.value() or b"")
-                except DecodeError as exc:
-                    log.warning("verdicts[%d]@%d: not a verdict: %s", msg.partition(),
-                                msg.offset(), exc)
-                else:
-                    if isinstance(env.payload, Decision) and env.payload.node == self.node:
-                        self.on_verdict(env.payload)
-                consumer.store_offsets(msg)
-        except Exception:
-            log.exception("the verdict reader stopped")
-            raise
+                    consumer.store_offsets(msg)
+                except KafkaException as exc:  # the partition was taken away meanwhile
+                    log.warning("verdicts: storing the offset failed: %s", exc)
         finally:
             consumer.close()
+
+    def on_message(self, value: bytes | None) -> None:
+        """One message of this node's verdict partition (raises for one it will not act on)."""
+        env = decode_envelope(value or b"")
+        if not isinstance(env.payload, Decision):
+            raise Refused(f"a {env.kind.value} record, not a verdict")
+        d = env.payload
+        if d.node != self.node:
+            return  # another node's, on a partition it shares with us
+        if d.event_kind in _KILLED_KINDS and d.verdict is Verdict.BLOCK \
+                and not 2 <= d.pid <= _PID_MAX:
+            raise Refused(f"a block verdict for pid {d.pid}, which no process can have")
+        self.on_verdict(d)
 
     def _partition_count(self, consumer: Consumer, topic: str) -> int:
         """The verdict topic's partitions; a topic created a moment ago may list none yet."""

@@ -4,8 +4,12 @@ the collector (`collectors/answerer_link.py`).
 The kernel holds each exec of a file in a Protect workload's root mount (fanotify
 `FAN_OPEN_EXEC_PERM`) until this process answers it: from its cache at once; else it asks the
 collector to publish an `exec_check` and waits for the verdict until a bounded timeout, after
-which the group's fail mode answers. The number of held execs is capped; beyond it the fail mode
-answers too, so the host never hangs on the pipeline. In a zero-drift workload held before exec,
+which the group's fail mode answers. Held execs are capped per workload
+(`max_held_per_workload`, repeats of a held one included): beyond it that workload's next
+first-seen execs are answered by `over_budget_mode` (closed by default: the workload flooding is
+the attacker), so a container cannot fill the node's holds and push its neighbours into their fail
+mode. The node's ceiling (`max_held`, which no one workload can reach) answers by the fail mode,
+so the host never hangs on the pipeline. In a zero-drift workload held before exec,
 the same loop answers every open of a file in its root mount (`write_guard.py`): a write that
 would be drift is denied before it happens.
 
@@ -77,6 +81,8 @@ CACHED_BUCKETS = (0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.00
 METRICS_EVERY_S = 0.25
 
 _NETCATS = ("nc", "ncat", "netcat")
+_OVER_BUDGET_REPORTED = 100  # workloads named in the metrics (the most denied first)
+_OVER_BUDGET_LOG_S = 10.0  # a workload over its budget is logged at most this often
 _BIN_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin")
 
 # Everything pre_exec_decide reads from the collector, plus the policies it was answered under.
@@ -104,6 +110,8 @@ class _Metrics:
     remembered: int = 0
     forgotten: int = 0
     held: int = 0
+    # first-seen execs answered beyond their workload's held budget, by workload
+    over_budget: Counter[str] = field(default_factory=Counter)
     verdict_wait: _Histogram = field(default_factory=lambda: _Histogram(VERDICT_BUCKETS))
     cached_answer: _Histogram = field(default_factory=lambda: _Histogram(CACHED_BUCKETS))
 
@@ -113,6 +121,7 @@ class _Metrics:
                 "placed": dict(self.placed),
                 "opens": dict(self.opens),
                 "remembered": self.remembered, "forgotten": self.forgotten, "held": self.held,
+                "over_budget": dict(self.over_budget.most_common(_OVER_BUDGET_REPORTED)),
                 "verdict_wait": [*self.verdict_wait.counts, self.verdict_wait.sum],
                 "cached_answer": [*self.cached_answer.counts, self.cached_answer.sum]}
 
@@ -175,6 +184,8 @@ class ExecAnswerer:
         self._cache: OrderedDict[CacheKey, bool] = OrderedDict()
         self._pending: dict[str, _Pending] = {}  # exec_check event id -> waiting execs
         self._pending_keys: dict[CacheKey, str] = {}
+        self._held_by: Counter[str] = Counter()  # workload -> its execs held now
+        self._over_budget_said: dict[str, float] = {}
         self._netcats: dict[str, frozenset[str]] = {}
         self._families: dict[tuple[int, int], bool] = {}  # (parent pid, its start) -> family
         self._lineage = Lineage()
@@ -272,6 +283,7 @@ class ExecAnswerer:
                 self._answer(event, self._fails_open(pending.key[0]), "shutdown")
         self._pending.clear()
         self._pending_keys.clear()
+        self._held_by.clear()
         self.metrics.held = 0
         if self.group is not None:
             self.group.close()  # anything still held is allowed by the kernel
@@ -371,6 +383,7 @@ class ExecAnswerer:
         if pending is None:
             return  # answered by the fail mode already, or not ours
         self._pending_keys.pop(pending.key, None)
+        self._unhold(pending)
         hold = self._holds.get(pending.key[0])
         current = hold is not None and hold.stamp == stamp == pending.key[1]
         if current:
@@ -433,9 +446,14 @@ class ExecAnswerer:
             self._answer(event, cached, "cache", self._kernel_may_remember(key, cached))
             self.metrics.cached_answer.observe(time.perf_counter() - started)
             return
+        workload_id = key[0]
+        if self._held_by[workload_id] >= self.settings.max_held_per_workload:
+            self._over_budget(event, workload_id)
+            return
         waiting = self._pending_keys.get(key)
         if waiting is not None:  # the same exec is asked about already: wait with it
             self._pending[waiting].events.append(event)
+            self._held_by[workload_id] += 1
             return
         if len(self._pending) >= self.settings.max_held:
             self._answer(event, self._fails_open(key[0]), "overload")
@@ -449,7 +467,31 @@ class ExecAnswerer:
         self._pending[event_id] = _Pending(key, now + self.settings.hold_timeout_ms / 1000, now,
                                            [event])
         self._pending_keys[key] = event_id
+        self._held_by[workload_id] += 1
         self.metrics.held = len(self._pending)
+
+    def _over_budget(self, event: Permission, workload_id: str) -> None:
+        allow = self.settings.over_budget_mode is FailMode.OPEN
+        self.metrics.over_budget[workload_id] += 1
+        self._answer(event, allow, "over-budget")
+        now = time.monotonic()
+        if now - self._over_budget_said.get(workload_id, -1e9) >= _OVER_BUDGET_LOG_S:
+            self._over_budget_said[workload_id] = now
+            if len(self._over_budget_said) > 4096:
+                self._over_budget_said.clear()
+            log.warning("%s has %d execs held, its held-exec budget: its next first-seen "
+                        "execs are %s until verdicts come (%d so far)", workload_id,
+                        self._held_by[workload_id], "allowed" if allow else "denied",
+                        self.metrics.over_budget[workload_id])
+
+    def _unhold(self, pending: _Pending) -> None:
+        """`pending`'s execs are answered: they count against their workload no more."""
+        workload_id = pending.key[0]
+        left = self._held_by[workload_id] - len(pending.events)
+        if left > 0:
+            self._held_by[workload_id] = left
+        else:
+            del self._held_by[workload_id]
 
     def _key_of(self, event: Permission) -> CacheKey | None:
         """The cache key of a held exec; None when this exec is not held. The caller's
@@ -543,6 +585,7 @@ class ExecAnswerer:
         for eid in late:
             pending = self._pending.pop(eid)
             self._pending_keys.pop(pending.key, None)
+            self._unhold(pending)
             fails_open = self._fails_open(pending.key[0])
             for event in pending.events:
                 self._answer(event, fails_open, "timeout")

@@ -13,6 +13,7 @@ from procwarden.runtime import tune_gc
 
 if TYPE_CHECKING:
     from procwarden.stack import Stack
+    from transport import Health
 
 app = typer.Typer(
     name="procwarden",
@@ -53,6 +54,16 @@ def _role_process(log_level: str, metrics_port: int) -> threading.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     return stopping
+
+
+def _health(role: str) -> Health:
+    """The role's health, written to the file `procwarden up` names for it (if any)."""
+    import os
+
+    from transport import HEALTH_FILE_ENV, Health
+
+    path = os.environ.get(HEALTH_FILE_ENV)
+    return Health(role, Path(path) if path else None)
 
 
 @app.callback()
@@ -153,7 +164,8 @@ def sink_clickhouse() -> None:
                               batch_size=settings.batch_size,
                               batch_seconds=settings.batch_seconds,
                               max_backoff=settings.max_backoff_seconds,
-                              retention_days=settings.retention_days)
+                              retention_days=settings.retention_days,
+                              health=_health("sink-clickhouse"))
     typer.echo(f"procwarden sink-clickhouse: {kafka.describe()} -> {clickhouse.describe()}",
                err=True)
     try:
@@ -198,7 +210,8 @@ def siem() -> None:
     groups = frozenset(g.strip() for g in settings.groups.split(",") if g.strip())
     forwarder = SiemForwarder(kafka, destinations, group_id=settings.group_id,
                               min_level=Level(settings.min_level), groups=groups,
-                              aggregate_seconds=settings.aggregate_seconds)
+                              aggregate_seconds=settings.aggregate_seconds,
+                              health=_health("siem"))
     typer.echo(f"procwarden siem: {kafka.describe()} -> "
                f"{', '.join(d.name for d in destinations)} (min level {settings.min_level})",
                err=True)
@@ -222,7 +235,7 @@ def collector(
     PROCWARDEN_KAFKA_* variables (options override them)."""
     from pydantic import ValidationError
 
-    from collectors.agent import Collector
+    from collectors.agent import CannotGoOn, Collector
     from collectors.settings import CollectorSettings
     from schemas.connections import ConfigError, KafkaConnection
 
@@ -234,11 +247,15 @@ def collector(
     except (ValidationError, ConfigError) as exc:
         _bad_setting("collector", "COLLECTOR_", exc)
     stopping = _role_process(settings.log_level, settings.metrics_port)
-    agent = Collector(kafka, settings)
+    agent = Collector(kafka, settings, health=_health("collector"))
     typer.echo(f"procwarden collector: node {agent.node}, {kafka.describe()}"
                f"{' (dry run)' if settings.dry_run else ''}, fail mode "
                f"{settings.fail_mode.value}", err=True)
-    agent.run(stopping.is_set)
+    try:
+        agent.run(stopping.is_set)
+    except CannotGoOn as exc:
+        typer.echo(f"procwarden collector: cannot go on: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -55,6 +55,7 @@ class Health:
         self._since = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._parts: dict[str, str] = {}  # what the role needs -> its problem ("" when fine)
         READY.labels(role).set(0)
 
     @property
@@ -76,6 +77,23 @@ class Health:
             (log.info if ready else log.warning)("%s: %s", self.role,
                                                  "ready" if ready else f"not ready: {reason}")
             self.write()
+
+    def needs(self, *parts: str) -> None:
+        """The role does its job only while each of `parts` does (each starts "starting")."""
+        with self._lock:
+            for part in parts:
+                self._parts.setdefault(part, "starting")
+
+    def part(self, name: str, problem: str = "") -> None:
+        """One of the parts the role needs is fine (no `problem`) or not, and why: the role is
+        ready while every part is fine, else not ready for the first part that is not."""
+        with self._lock:
+            self._parts[name] = problem
+            failing = next(((n, p) for n, p in self._parts.items() if p), None)
+        if failing is None:
+            self.set(True)
+        else:
+            self.set(False, f"{failing[0]}: {failing[1]}")
 
     def report(self) -> HealthReport:
         with self._lock:

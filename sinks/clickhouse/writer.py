@@ -48,6 +48,7 @@ from sinks.clickhouse.rows import Table, table_for
 from sinks.dead_letters import DeadLetters
 from sinks.offsets import commit_batch
 from transport.guard import DlqLimits, MessageGuard, Refused
+from transport.health import Health
 
 __all__ = ["ClickHouseWriter", "SINK_TOPICS"]
 
@@ -66,6 +67,7 @@ SPLITS = Counter("procwarden_sink_split_inserts_total",
                  "Inserts split in halves to find the rows ClickHouse refused", ["table"])
 
 STAGE = "sink-clickhouse"
+_CLICKHOUSE = "clickhouse"
 LAG = Gauge("procwarden_sink_lag_messages", "Messages behind the end of the topics")
 
 
@@ -80,6 +82,8 @@ class ClickHouseWriter:
     retention_days: int = 0  # 0: keep everything
     topics: Sequence[TopicSpec] = SINK_TOPICS
     dlq_limits: DlqLimits = field(default_factory=DlqLimits)
+    # ready while it reads the topics and ClickHouse takes what it reads
+    health: Health = field(default_factory=lambda: Health(STAGE))
     # Called after a batch is inserted and before its offsets are committed (crash tests).
     after_insert: Callable[[int], None] | None = None
     stored: int = 0
@@ -99,7 +103,10 @@ class ClickHouseWriter:
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.health.needs(_CLICKHOUSE)
+        self.health.start_heartbeat()
         self._ensure_schema()
+        self.health.part(_CLICKHOUSE)
         next_retention = 0.0
         while not should_stop():
             batch = self._poll_batch(should_stop)
@@ -119,6 +126,7 @@ class ClickHouseWriter:
             return []
 
     def close(self) -> None:
+        self.health.stop()
         self.consumer.close()
         self.dead_letters.flush(10)
         if self._client is not None:
@@ -145,6 +153,7 @@ class ClickHouseWriter:
                 break
             except (ClickHouseError, OSError, EOFError) as exc:
                 FAILURES.inc()
+                self.health.part(_CLICKHOUSE, f"storing failed ({exc}), retrying"[:300])
                 self._client = None
                 if not paused:
                     self.consumer.pause(self.consumer.assignment())
@@ -159,6 +168,7 @@ class ClickHouseWriter:
                 delay = min(delay * 2, self.max_backoff)
         if paused:
             self.consumer.resume(self.consumer.assignment())
+            self.health.part(_CLICKHOUSE)
         if self.after_insert is not None:
             self.after_insert(len(batch))
         self._commit(batch)

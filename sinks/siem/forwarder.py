@@ -33,6 +33,7 @@ from sinks.siem.aggregation import aggregate
 from sinks.siem.formats import MIN_MAX_BYTES, bounded, cef, incident_json, syslog_5424
 from sinks.siem.transports import Transport
 from transport.guard import DlqLimits, MessageGuard, Refused
+from transport.health import Health
 
 __all__ = ["Destination", "SiemForwarder"]
 
@@ -92,6 +93,8 @@ class SiemForwarder:
     max_backoff: float = 30.0
     aggregate_seconds: float = 0.0  # > 0: fold repeats arriving within this window
     dlq_limits: DlqLimits = field(default_factory=DlqLimits)
+    # ready while incidents are read and every destination takes them
+    health: Health = field(default_factory=lambda: Health(STAGE))
     forwarded: int = 0
     _consumer: Consumer = field(init=False, repr=False)
 
@@ -109,6 +112,10 @@ class SiemForwarder:
                 and (not self.groups or incident.group in self.groups))
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.health.needs(*(d.name for d in self.destinations))
+        for destination in self.destinations:
+            self.health.part(destination.name)
+        self.health.start_heartbeat()
         while not should_stop():
             batch = self._poll(should_stop)
             if batch and self._forward(batch, should_stop):
@@ -128,6 +135,7 @@ class SiemForwarder:
         return batch
 
     def close(self) -> None:
+        self.health.stop()
         self._consumer.close()
         self.dead_letters.flush(10)
         for destination in self.destinations:
@@ -178,9 +186,12 @@ class SiemForwarder:
             try:
                 destination.transport.send(lines)
                 SENT.labels(destination.name).inc(len(lines))
+                if paused:
+                    self.health.part(destination.name)
                 break
             except OSError as exc:
                 FAILED.labels(destination.name).inc()
+                self.health.part(destination.name, f"sending failed ({exc}), retrying"[:300])
                 if not paused:
                     self._consumer.pause(self._consumer.assignment())
                     paused = True

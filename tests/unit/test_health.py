@@ -44,3 +44,18 @@ def test_missing_and_garbled_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"role": 1')
     assert read_health(bad)[0].startswith("unreadable health")
+
+
+def test_a_role_is_ready_only_while_every_part_it_needs_is(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    health = Health("unit-c", path)
+    health.needs("verdict reader", "exec answerer")
+    health.part("verdict reader")
+    assert _gauge("unit-c") == 0
+    assert read_health(path)[0] == "not ready: exec answerer: starting"
+    health.part("exec answerer")
+    assert _gauge("unit-c") == 1
+    health.part("exec answerer", "gone (execs go ahead unheld)")
+    assert read_health(path)[0] == "not ready: exec answerer: gone (execs go ahead unheld)"
+    health.part("exec answerer")
+    assert read_health(path)[0] == "ready"
