@@ -11,8 +11,8 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from collectors.container_files import DEFAULT_MAX_BYTES, read_container_file
 from collectors.procfs import ProcInfo, read_proc
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from schemas import UidChangeEvent
@@ -29,44 +29,38 @@ class _Due:
     start_time: int = field(compare=False)
 
 
-def _root_of(info: ContainerInfo | None) -> Path:
-    return Path(f"/proc/{info.init_pid}/root") if info is not None else Path("/")
+def _file(info: ContainerInfo | None, path: str, max_bytes: int) -> str | None:
+    """A file of the workload's root (the node's: pid 1's), read safely: `container_files`."""
+    pid, where = (info.init_pid, info.id) if info is not None else (1, "the node")
+    data = read_container_file(pid, path, max_bytes=max_bytes, where=where)
+    return None if data is None else data.decode(errors="replace")
 
 
-def uid_min(info: ContainerInfo | None) -> int:
-    try:
-        text = (_root_of(info) / "etc" / "login.defs").read_text(errors="replace")
-    except OSError:
-        return 1000
-    for line in text.splitlines():
+def uid_min(info: ContainerInfo | None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+    text = _file(info, "etc/login.defs", max_bytes)
+    for line in (text or "").splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0] == "UID_MIN" and parts[1].isdigit():
             return int(parts[1])
     return 1000
 
 
-def groups_of(info: ContainerInfo | None, user: str, uid: int) -> tuple[str, ...]:
+def groups_of(info: ContainerInfo | None, user: str, uid: int, *,
+              max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str, ...]:
     """The user's groups in the workload: its primary group and every group listing it."""
-    root = _root_of(info)
     primary_gid = None
-    try:
-        for line in (root / "etc" / "passwd").read_text(errors="replace").splitlines():
-            parts = line.split(":")
-            if len(parts) > 3 and parts[2] == str(uid):
-                primary_gid = parts[3]
-                break
-    except OSError:
-        pass
+    for line in (_file(info, "etc/passwd", max_bytes) or "").splitlines():
+        parts = line.split(":")
+        if len(parts) > 3 and parts[2] == str(uid):
+            primary_gid = parts[3]
+            break
     found = []
-    try:
-        for line in (root / "etc" / "group").read_text(errors="replace").splitlines():
-            parts = line.split(":")
-            if len(parts) < 4:
-                continue
-            if parts[2] == primary_gid or user in parts[3].split(","):
-                found.append(parts[0])
-    except OSError:
-        pass
+    for line in (_file(info, "etc/group", max_bytes) or "").splitlines():
+        parts = line.split(":")
+        if len(parts) < 4:
+            continue
+        if parts[2] == primary_gid or user in parts[3].split(","):
+            found.append(parts[0])
     return tuple(found)
 
 
@@ -131,9 +125,11 @@ class EscalationWatch:
             parent_name=parent.comm, parent_path=parent.exe, parent_ruid=parent.ruid,
             parent_euid=parent.euid, parent_user=parent_user,
             parent_argv0=parent.argv[0] if parent.argv else "",
-            parent_groups=groups_of(info, parent_user, parent.ruid),
+            parent_groups=groups_of(info, parent_user, parent.ruid,
+                                    max_bytes=self.resolver.max_file_bytes),
             grandparent_name=grandparent.comm if grandparent else "",
             grandparent_path=grandparent.exe if grandparent else "",
             grandparent_ruid=grandparent.ruid if grandparent else None,
-            uid_min=uid_min(info), sudo_in_ancestry=_sudo_in_ancestry(proc),
+            uid_min=uid_min(info, max_bytes=self.resolver.max_file_bytes),
+            sudo_in_ancestry=_sudo_in_ancestry(proc),
             persisted=proc.ruid != parent.ruid, argv=proc.argv)

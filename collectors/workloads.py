@@ -1,5 +1,11 @@
 """Which workload a process belongs to: its container (from the cgroup path and the OCI
-runtime's state) or the node itself (`nodes`)."""
+runtime's state) or the node itself (`nodes`).
+
+Finding a container (`WorkloadResolver.container`, the exec answerer's path while every exec
+of the node waits) opens no file inside the container: only the runtime's state.json and the
+bundle's config.json (host paths) and /proc/<pid>/mountinfo. A container's own files (its
+passwd) are read, with `collectors.container_files`, only when a user name is asked for.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collectors.container_files import DEFAULT_MAX_BYTES, read_container_file
 from schemas import Workload, WorkloadKind
 
 __all__ = ["ContainerInfo", "WorkloadResolver", "container_id_from_cgroup", "host_workload_id"]
@@ -47,7 +54,6 @@ class ContainerInfo:
     annotations: dict[str, str]
     upperdir: Path | None
     lowerdirs: tuple[Path, ...]
-    passwd: dict[int, str] = field(default_factory=dict)
 
     def in_image(self, path: str) -> bool:
         """Whether the container-relative `path` came with the image (is in a lower layer)."""
@@ -70,13 +76,13 @@ def _overlay_dirs(init_pid: int) -> tuple[Path | None, tuple[Path, ...]]:
     return None, ()
 
 
-def _passwd(init_pid: int) -> dict[int, str]:
+def _passwd(pid: int, max_bytes: int, where: str) -> dict[int, str]:
+    """uid -> user name from /etc/passwd of `pid`'s root; empty when absent or refused."""
     users: dict[int, str] = {}
-    try:
-        text = Path(f"/proc/{init_pid}/root/etc/passwd").read_text(errors="replace")
-    except OSError:
+    data = read_container_file(pid, "etc/passwd", max_bytes=max_bytes, where=where)
+    if data is None:
         return users
-    for line in text.splitlines():
+    for line in data.decode(errors="replace").splitlines():
         parts = line.split(":")
         if len(parts) > 2 and parts[2].isdigit():
             users.setdefault(int(parts[2]), parts[0])
@@ -88,7 +94,12 @@ class WorkloadResolver:
     node: str
     runtime_roots: tuple[str, ...] = RUNTIME_ROOTS
     platform_namespaces: frozenset[str] = frozenset({"kube-system"})
+    # The largest workload file (passwd) read; a bigger one is refused whole.
+    max_file_bytes: int = DEFAULT_MAX_BYTES
     _containers: dict[str, ContainerInfo | None] = field(default_factory=dict)
+    # (container id, init pid) -> its users, read when a name is first asked for (never by
+    # `container`)
+    _users: dict[tuple[str, int], dict[int, str]] = field(default_factory=dict)
     _host_users: dict[int, str] = field(default_factory=dict)
     _devs: dict[int, str] = field(default_factory=dict)  # root filesystem device -> container
     _scanned_at: float = -1e9
@@ -98,6 +109,8 @@ class WorkloadResolver:
     _roots_listed_at: float = -1e9
 
     def container(self, cid: str) -> ContainerInfo | None:
+        """The container `cid`, from its runtime's state; opens no file inside it (the exec
+        answerer calls this while the node's execs are held)."""
         if cid in self._containers:
             return self._containers[cid]
         # A host cgroup is looked up again only once a runtime root changed (a container's
@@ -127,7 +140,7 @@ class WorkloadResolver:
                     pass
             init_pid = int(state.get("init_process_pid", 0))
             upper, lowers = _overlay_dirs(init_pid)
-            info = ContainerInfo(cid, init_pid, annotations, upper, lowers, _passwd(init_pid))
+            info = ContainerInfo(cid, init_pid, annotations, upper, lowers)
             break
         if info is not None:
             self._containers[cid] = info
@@ -156,6 +169,7 @@ class WorkloadResolver:
 
     def forget(self, cid: str) -> None:
         self._containers.pop(cid, None)
+        self._users = {key: users for key, users in self._users.items() if key[0] != cid}
         self._devs = {dev: c for dev, c in self._devs.items() if c != cid}
 
     def container_by_dev(self, dev: int) -> ContainerInfo | None:
@@ -208,10 +222,18 @@ class WorkloadResolver:
             root_pid=info.init_pid)
 
     def user_name(self, info: ContainerInfo | None, uid: int) -> str:
+        """`uid`'s name in the workload's passwd (read once, safely: `container_files`), or
+        the number when it has none."""
         if info is not None:
-            return info.passwd.get(uid, str(uid))
+            key = (info.id, info.init_pid)
+            users = self._users.get(key)
+            if users is None:
+                if len(self._users) >= 4096:
+                    self._users.clear()
+                users = self._users[key] = _passwd(info.init_pid, self.max_file_bytes, info.id)
+            return users.get(uid, str(uid))
         if not self._host_users:
-            self._host_users = _passwd(1) or {0: "root"}
+            self._host_users = _passwd(1, self.max_file_bytes, self.node) or {0: "root"}
         return self._host_users.get(uid, str(uid))
 
 
