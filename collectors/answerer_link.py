@@ -10,6 +10,7 @@ a pause that doubles with each quick death (1 s up to a minute) and told every h
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 import subprocess
 import sys
@@ -201,9 +202,25 @@ class AnswererLink:
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
+            # Isolated (-I: neither the working directory, PYTHON* variables nor the user's
+            # site is on its path) and run from /: the answerer is root, and the collector may
+            # be started in a directory others can write, with a `collectors/` planted in it.
+            # The installed package is still found: site-packages stays on the path.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "collectors.exec_answerer", str(theirs.fileno()),
-                 self.settings.model_dump_json()], pass_fds=(theirs.fileno(),))
+                [sys.executable, "-I", "-m", "collectors.exec_answerer", str(theirs.fileno()),
+                 self.settings.model_dump_json()], pass_fds=(theirs.fileno(),), cwd="/")
+        # Each held exec holds a descriptor of the answerer's. Raised from here rather than
+        # in the child (preexec_fn is unsafe with threads): before on_start tells it the first
+        # held workload, so before it can hold anything.
+        try:
+            soft, hard = resource.prlimit(self.process.pid, resource.RLIMIT_NOFILE)
+            files = self.settings.answerer_max_files
+            if hard != resource.RLIM_INFINITY:
+                files = min(files, hard)
+            if soft != resource.RLIM_INFINITY and soft < files:  # never lowered
+                resource.prlimit(self.process.pid, resource.RLIMIT_NOFILE, (files, hard))
+        except (OSError, ValueError) as exc:  # gone already (its exit is read), or not allowed
+            log.warning("the exec answerer's descriptors are not raised: %s", exc)
         old, self._socket = self._socket, ours
         if old is not None:
             old.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import struct
@@ -111,26 +112,51 @@ class Permission:
             return ""
 
 
-def _read_events(fd: int, buffer: bytearray) -> tuple[list[tuple[int, int, int]], bool]:
-    """(mask, fd, pid) of each pending record, and whether the kernel's queue overflowed."""
+# A read that fails with one of these is this code's fault or a closed group: it raises. Any
+# other error (EMFILE, ENFILE, ENOMEM, EACCES...) is the kernel failing to open the next event's
+# file for us: it dropped that event (a permission event: it denied it itself) and the group
+# goes on, so the read counts it and returns.
+_BROKEN_READ = frozenset({errno.EBADF, errno.EINVAL, errno.EFAULT})
+
+
+@dataclass(slots=True)
+class _Read:
+    events: list[tuple[int, int, int]]  # (mask, fd, pid) of each record with a descriptor
+    overflow: bool = False  # the kernel's queue overflowed: events were dropped
+    errors: int = 0  # events that came without a descriptor
+
+
+def _read_events(fd: int, buffer: bytearray) -> _Read:
+    """The pending records (none when nothing waits: the group is non-blocking)."""
     try:
         n = os.readv(fd, [buffer])
-        view = memoryview(buffer)[:n]
     except BlockingIOError:
-        return [], False
-    events: list[tuple[int, int, int]] = []
-    overflow = False
+        return _Read([])
+    except OSError as exc:
+        if exc.errno in _BROKEN_READ:
+            raise
+        return _Read([], errors=1)
+    view = memoryview(buffer)[:n]
+    read = _Read([])
     offset = 0
     while offset + _METADATA.size <= n:
         length, version, _, _, mask, event_fd, pid = _METADATA.unpack_from(view, offset)
         if version != _METADATA_VERSION or length < _METADATA.size:
+            # nothing after it can be parsed; what came before still has to be answered
+            if read.events:
+                log.error("unexpected fanotify record (version %d): the rest of the read "
+                          "is lost", version)
+                read.errors += 1
+                return read
             raise FanotifyError(0, f"unexpected fanotify record (version {version})")
         if mask & _FAN_Q_OVERFLOW:
-            overflow = True
-        if event_fd >= 0:
-            events.append((mask, event_fd, pid))
+            read.overflow = True
+        elif event_fd >= 0:
+            read.events.append((mask, event_fd, pid))
+        else:
+            read.errors += 1
         offset += length
-    return events, overflow
+    return read
 
 
 class _Group:
@@ -140,6 +166,20 @@ class _Group:
                          "fanotify_init")
         self.mask = mask
         self._buffer = bytearray(64 * 1024)
+        self.overflows = 0  # reads that found the kernel's queue had overflowed
+        # events the kernel could not give a descriptor for (out of descriptors, say): each was
+        # dropped (a permission event: denied by the kernel)
+        self.read_errors = 0
+
+    def _read(self) -> list[tuple[int, int, int]]:
+        read = _read_events(self.fd, self._buffer)
+        self.overflows += read.overflow
+        if read.errors:
+            if not self.read_errors:
+                log.warning("the kernel could not give this process an event's file (said "
+                            "once, counted): its event was dropped")
+            self.read_errors += read.errors
+        return read.events
 
     def fileno(self) -> int:
         return self.fd
@@ -177,13 +217,16 @@ class PermissionGroup(_Group):
             self._mark(_FAN_MARK_REMOVE | _FAN_MARK_MOUNT, mount)
 
     def read(self) -> list[Permission]:
-        """The pending permission events (none when nothing waits: the group is non-blocking)."""
-        events, _ = _read_events(self.fd, self._buffer)
+        """The pending permission events (none when nothing waits: the group is non-blocking).
+        One the kernel could not give us is counted in `read_errors`, never raised: the kernel
+        denied it, and the group goes on holding."""
         held = []
-        for mask, fd, pid in events:
+        for mask, fd, pid in self._read():
             if mask & self.mask:
                 held.append(Permission(fd, pid))
-            else:
+            else:  # not one of ours; if the kernel waits on it, it waits no longer
+                with contextlib.suppress(OSError):
+                    os.write(self.fd, _RESPONSE.pack(fd, _FAN_ALLOW))
                 os.close(fd)
         return held
 
@@ -240,7 +283,6 @@ class NotificationGroup(_Group):
 
     def __init__(self, unwanted: Callable[[str], bool] = lambda path: False) -> None:
         super().__init__(_FAN_CLASS_NOTIF, _FAN_OPEN_EXEC)
-        self.overflows = 0
         self.unwanted_seen = 0  # notices of unwanted files that came (before their marks)
         self._unwanted = unwanted
 
@@ -248,10 +290,10 @@ class NotificationGroup(_Group):
         self._mark(_FAN_MARK_ADD | _FAN_MARK_FILESYSTEM, path)
 
     def read(self) -> list[ExecNotice]:
-        events, overflow = _read_events(self.fd, self._buffer)
-        self.overflows += overflow
+        """The pending notices; one the kernel could not give us is counted in `read_errors`
+        (its notice is lost), never raised."""
         notices = []
-        for _, fd, pid in events:
+        for _, fd, pid in self._read():
             try:
                 st = os.fstat(fd)
                 path = os.readlink(f"/proc/self/fd/{fd}")

@@ -53,6 +53,9 @@ typedef struct {
     unsigned long long *counts; /* n_bounds + 1 */
     double sum;
     unsigned long long allowed, denied, remembered; /* every one answered was placed by lineage */
+    /* events the kernel could not give us a descriptor for (each dropped; a held exec denied
+     * by the kernel), and reads that found its queue had overflowed: as fanotify.py counts */
+    unsigned long long read_errors, overflows;
     int ignore_errno; /* the first failure to set an ignore mark (0: none) */
     char events[EVENTS_BUFFER] __attribute__((aligned(8)));
 } FastAnswer;
@@ -263,6 +266,14 @@ static void allow_and_close(FastAnswer *self, int fd) {
     close(fd);
 }
 
+/* A read that failed with one of these is this code's fault or a closed group. Any other error
+ * (EMFILE, ENFILE, ENOMEM, EACCES...) is the kernel failing to open the next event's file for
+ * us: it denied that exec itself and the group goes on, so it is counted, never raised (five
+ * raised in a row would close the group: every exec of the node unheld). */
+static int broken_read(int error) {
+    return error == EBADF || error == EINVAL || error == EFAULT;
+}
+
 /* A held exec for Python to answer; if even that fails (no memory), it goes ahead. */
 static void hand_over(FastAnswer *self, PyObject *passed, int fd, int pid) {
     PyObject *pair = Py_BuildValue("(ii)", fd, pid);
@@ -337,9 +348,12 @@ static PyObject *FastAnswer_wait(FastAnswer *self, PyObject *args) {
         ssize_t length = 0;
         if (fds[0].revents & POLLIN) {
             length = read(self->group, self->events, sizeof self->events);
-            if (length < 0 && errno != EAGAIN) {
-                PyErr_SetFromErrno(PyExc_OSError);
-                goto fail;
+            if (length < 0 && errno != EAGAIN && errno != EINTR) {
+                if (broken_read(errno)) {
+                    PyErr_SetFromErrno(PyExc_OSError);
+                    goto fail;
+                }
+                self->read_errors++;
             }
         }
         /* after the read: each caller's fork was queued before its exec was held */
@@ -354,10 +368,16 @@ static PyObject *FastAnswer_wait(FastAnswer *self, PyObject *args) {
                 PyErr_Format(PyExc_OSError, "unexpected fanotify record (version %d)", event->vers);
                 goto fail; /* as Python's reader: its loop gives up after five */
             }
-            if (event->fd < 0)
+            if (event->mask & FAN_Q_OVERFLOW) {
+                self->overflows++;
                 continue;
-            if (!(event->mask & FAN_OPEN_EXEC_PERM)) {
-                close(event->fd);
+            }
+            if (event->fd < 0) {
+                self->read_errors++;
+                continue;
+            }
+            if (!(event->mask & FAN_OPEN_EXEC_PERM)) { /* not ours: nobody waits on it then */
+                allow_and_close(self, event->fd);
                 continue;
             }
             /* the lineage is trusted only while the connector feeds it, as in Python */
@@ -407,8 +427,9 @@ static PyObject *FastAnswer_counts(FastAnswer *self, PyObject *Py_UNUSED(ignored
     for (Py_ssize_t i = 0; i <= self->n_bounds; i++)
         PyList_SET_ITEM(histogram, i, PyLong_FromUnsignedLongLong(self->counts[i]));
     PyList_SET_ITEM(histogram, self->n_bounds + 1, PyFloat_FromDouble(self->sum));
-    return Py_BuildValue("{sKsKsKsisN}", "allowed", self->allowed, "denied", self->denied,
-                         "remembered", self->remembered, "ignore_errno", self->ignore_errno,
+    return Py_BuildValue("{sKsKsKsKsKsisN}", "allowed", self->allowed, "denied", self->denied,
+                         "remembered", self->remembered, "read_errors", self->read_errors,
+                         "overflows", self->overflows, "ignore_errno", self->ignore_errno,
                          "cached_answer", histogram);
 }
 

@@ -27,9 +27,11 @@ class FastAnswerLike(Protocol):
         connector failed with or 0)."""
 
     def counts(self) -> dict[str, Any]:
-        """Cumulative: allowed, denied (each placed by the lineage), remembered, ignore_errno
-        (the first failure to set an ignore mark), cached_answer (histogram counts, then
-        their sum)."""
+        """Cumulative: allowed, denied (each placed by the lineage), remembered, read_errors
+        (events the kernel could not give a descriptor for: it denied each held exec itself;
+        counted, never raised), overflows (reads that found the kernel's queue overflowed),
+        ignore_errno (the first failure to set an ignore mark), cached_answer (histogram
+        counts, then their sum)."""
 
 
 def fast_answer(group_fd: int, lineage: Lineage,
