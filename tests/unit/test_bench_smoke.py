@@ -91,16 +91,14 @@ def test_fuzz_bench_reports_an_exception_escaping_a_consumer(
 
 def test_fuzz_bench_reports_a_codec_exception_other_than_decode_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import schemas.envelope
-
-    decode_json = schemas.envelope.decode_json
+    from schemas.codec import decode_json
 
     def planted(data: bytes | str, where: str = "") -> Any:
         if data[:1] in (b"[", "["):
             raise IndexError("planted")
         return decode_json(data, where)
 
-    monkeypatch.setattr(schemas.envelope, "decode_json", planted)
+    monkeypatch.setattr("schemas.envelope.decode_json", planted)  # the envelope's slow path
     fuzz = _fuzz()
     hostile, _ = fuzz.run(600, 3, baseline=0, workers=1)
     assert hostile.foreign[fuzz.CODEC] > 0
