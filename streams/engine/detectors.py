@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -16,7 +15,6 @@ __all__ = [
     "is_nc_healthcheck",
     "is_runtime_process",
     "is_tunnel",
-    "mask_cmdline",
 ]
 
 
@@ -108,30 +106,3 @@ def docker_cp_target(ev: DockerCpEvent, name: str, cid: str) -> tuple[CopyDirect
         if target in names or any(i.startswith(target) for i in ids):
             return direction, inside
     return None
-
-
-_SECRET = re.compile(r"password|passwd|pwd|secret|token|key", re.IGNORECASE)
-_MASK = "******"
-
-
-def mask_cmdline(argv: Sequence[str]) -> str:
-    """The command line with the value of any secret-named argument masked (§11)."""
-    line = " ".join(argv)
-    if not _SECRET.search(line):
-        return line
-    out: list[str] = []
-    mask_next = False
-    for arg in argv:
-        if mask_next:
-            out.append(_MASK)
-            mask_next = False
-            continue
-        name, sep, _ = arg.partition("=")
-        if sep and _SECRET.search(name):
-            out.append(f"{name}={_MASK}")
-        elif arg.startswith("-") and _SECRET.search(arg):
-            out.append(arg)
-            mask_next = True
-        else:
-            out.append(arg)
-    return " ".join(out)

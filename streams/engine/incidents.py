@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from schemas import Envelope, Incident, IncidentAction, Level
-from streams.engine.detectors import mask_cmdline
+from schemas.masking import mask_cmdline
 from streams.engine.view import PolicyView
 
 __all__ = ["ProcFacts", "incident", "incident_name"]

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterable
 
 from schemas import Action, Rule, RuleSource
+from schemas.masking import mask_argv
 from streams.engine.validation import clean_path
 
 __all__ = ["SHELLS", "probe_commands", "probe_rules", "rule_uuid"]
@@ -36,13 +37,14 @@ def _sub_commands(argv: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 
 def probe_commands(probes: Iterable[tuple[str, ...]]) -> frozenset[tuple[str, ...]]:
-    """Every argv that counts as a probe: the probe commands and their `exec` sub-commands."""
+    """Every argv that counts as a probe: the probe commands and their `exec` sub-commands,
+    each as given and masked (the collector masks a probe's secrets before it publishes)."""
     out: set[tuple[str, ...]] = set()
     for argv in probes:
         if argv:
             out.add(tuple(argv))
             out.update(_sub_commands(tuple(argv)))
-    return frozenset(out)
+    return frozenset(out | {mask_argv(argv) for argv in out})
 
 
 def probe_rules(group: str, probes: Iterable[tuple[str, ...]], ts: int) -> tuple[Rule, ...]:

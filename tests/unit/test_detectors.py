@@ -17,7 +17,7 @@ from schemas import (
     UidChangeEvent,
     Verdict,
 )
-from streams.engine.detectors import mask_cmdline
+from schemas.masking import mask_cmdline
 from tests.builders import WEB, World, container, group, host, learned_rule, rule
 
 D, M, P = Mode.DISCOVER, Mode.MONITOR, Mode.PROTECT
