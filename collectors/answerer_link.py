@@ -73,6 +73,15 @@ class AnswererMetrics(Collector):
             "First-seen execs answered by COLLECTOR_OVER_BUDGET_MODE: their workload had "
             "COLLECTOR_MAX_HELD_PER_WORKLOAD execs held already",
             value=sum(total.get("over_budget", {}).values()))
+        yield CounterMetricFamily(
+            "procwarden_collector_permission_read_errors",
+            "Held execs and opens the kernel could not hand to the exec answerer (out of "
+            "descriptors, say): the kernel denied each itself", value=total.get("read_errors", 0))
+        yield CounterMetricFamily(
+            "procwarden_collector_permission_overflows",
+            "Reads of the exec answerer's fanotify groups that found the kernel's queue had "
+            "overflowed (the dropped permission events were allowed by the kernel)",
+            value=total.get("overflows", 0))
         answered = CounterMetricFamily(
             "procwarden_collector_pre_exec", "Held execs answered, by how and what",
             labels=["source", "answer"])

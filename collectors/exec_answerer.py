@@ -178,6 +178,7 @@ class ExecAnswerer:
         self.metrics = _Metrics()
         self.group: PermissionGroup | None = PermissionGroup()
         self.writes: WriteGuard | None = WriteGuard(self.resolver, self._report_drift)
+        self._groups = (self.group, self.writes.group)  # their counts outlive give_up/shutdown
         self.metrics.opens = self.writes.answered
         self._realtime = Realtime(settings.hold_realtime)
         self._holds: dict[str, Hold] = {}
@@ -232,10 +233,12 @@ class ExecAnswerer:
                     self._connector_failed(OSError(failed, os.strerror(failed)))
                 events = [Permission(fd, pid) for fd, pid in passed]
             else:
-                watched = [group.fd, writes.fileno(), self.link.fileno()]
-                if connector is not None:
-                    watched.append(connector.fileno())
-                ready, _, _ = select.select(watched, [], [], self._timeout(time.monotonic()))
+                # poll, not select: with RLIMIT_NOFILE raised, a descriptor may be past 1024
+                poller = select.poll()
+                for fd in (group.fd, writes.fileno(), self.link.fileno(),
+                           *((connector.fileno(),) if connector is not None else ())):
+                    poller.register(fd, select.POLLIN)
+                ready = [fd for fd, _ in poller.poll(self._timeout(time.monotonic()) * 1000)]
                 events = group.read() if group.fd in ready else []
                 if connector is not None:
                     # after the read: each caller's fork was queued before its exec was held
@@ -655,6 +658,8 @@ class ExecAnswerer:
         if compiled:  # each placed by the lineage
             snapshot["placed"]["lineage"] = snapshot["placed"].get("lineage", 0) + compiled
         snapshot["remembered"] += fast["remembered"]
+        for count in ("read_errors", "overflows"):
+            snapshot[count] = snapshot.get(count, 0) + fast[count]
         snapshot["cached_answer"] = [a + b for a, b in zip(
             snapshot["cached_answer"], fast["cached_answer"], strict=True)]
         if fast["ignore_errno"] and not self._fast_ignore_said:
@@ -667,6 +672,8 @@ class ExecAnswerer:
 
     def _send_metrics(self) -> None:
         snapshot = self.metrics.snapshot()
+        snapshot["read_errors"] = sum(group.read_errors for group in self._groups)
+        snapshot["overflows"] = sum(group.overflows for group in self._groups)
         if self._fast is not None:
             self._add_fast_counts(snapshot)
         if snapshot != self._sent_metrics and self._send(["metrics", snapshot]):
