@@ -75,6 +75,9 @@ class ExecEvent(Record, frozen=True):
     # The process was gone before /proc was read: path from fanotify, creds and family from
     # its parent, argv and name from the path (docs/decide.md).
     partial: bool = False
+    # The collector cut the command line or the path to its caps (COLLECTOR_MAX_ARGS, ...):
+    # argv and path are a prefix of what ran.
+    argv_truncated: bool = False
 
 
 class ExecCheck(Record, frozen=True):
