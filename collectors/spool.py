@@ -5,7 +5,9 @@ order once Kafka is back; the files survive a collector restart. The spool is bo
 `max_bytes` new records are refused (the caller counts them as lost, never silently).
 
 Record: `<u16 topic length><u16 key length><u32 value length>` then the three byte strings.
-Segments are `spool-<sequence>.log`; a lower sequence is older.
+Segments are `spool-<sequence>.log`; a lower sequence is older. They hold what processes ran,
+command lines included: the folder is 0700 and every segment 0600, whatever the umask (and
+those an earlier version left readable are made so at start).
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ class Spool:
         self.folder = folder
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
         self._out: BinaryIO | None = None
         self._out_path: Path | None = None
+        for path in self.segments():
+            os.chmod(path, 0o600)
         self.size = sum(p.stat().st_size for p in self.segments())
 
     def segments(self) -> list[Path]:
@@ -59,7 +64,8 @@ class Spool:
         path = self.folder / f"spool-{first - 1:012d}.log"
         data = b"".join(_record(*r) for r in records)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
+        with _private(tmp, os.O_TRUNC) as out:
+            out.write(data)
         os.replace(tmp, path)
         self.size += len(data)
 
@@ -70,7 +76,7 @@ class Spool:
         if self._out is None:
             last = max((_sequence(p) for p in self.segments()), default=0)
             self._out_path = self.folder / f"spool-{last + 1:012d}.log"
-            self._out = open(self._out_path, "ab")  # noqa: SIM115 - kept open across appends
+            self._out = _private(self._out_path, os.O_APPEND)  # kept open across appends
         return self._out
 
     def _close_writer(self) -> None:
@@ -96,6 +102,18 @@ class Spool:
         self._close_writer()
 
 
+def _private(path: Path, flags: int) -> BinaryIO:
+    """A file opened for writing that only its owner can read: created 0600 (the umask can
+    only take bits away) and set so if it existed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "ab" if flags & os.O_APPEND else "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _record(topic: str, key: bytes, value: bytes) -> bytes:
     t = topic.encode()
     return _HEADER.pack(len(t), len(key), len(value)) + t + key + value
@@ -109,7 +127,8 @@ def _records(data: bytes) -> Iterator[SpoolRecord]:
         end = offset + tl + kl + vl
         if end > len(data):
             return  # a record cut short by a crash mid-write: the rest never was accepted
-        topic = data[offset:offset + tl].decode()
+        # (a damaged name reads as an unknown topic: refused at replay, dropped and counted)
+        topic = data[offset:offset + tl].decode(errors="replace")
         key = data[offset + tl:offset + tl + kl]
         value = data[offset + tl + kl:end]
         offset = end

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from collectors.spool import Spool
@@ -51,3 +53,42 @@ def test_a_record_cut_short_is_dropped_not_misread(tmp_path: Path) -> None:
     (segment,) = spool.segments()
     segment.write_bytes(segment.read_bytes() + b"\x01\x00\x01\x00\xff")  # a torn header
     assert [r[2] for r in _all(Spool(tmp_path))] == [b"whole"]
+
+
+def test_segments_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    folder = tmp_path / "spool"
+    old = os.umask(0)
+    try:
+        spool = Spool(folder, segment_bytes=40)
+        for i in range(3):
+            spool.append("t", b"k", b"secret-argv" * (i + 1))
+        spool.prepend([("t", b"k", b"in flight")])
+        spool.close()
+    finally:
+        os.umask(old)
+    assert len(spool.segments()) >= 3
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in spool.segments()} == {0o600}
+
+
+def test_an_earlier_readable_spool_is_made_private(tmp_path: Path) -> None:
+    first = Spool(tmp_path)
+    first.append("t", b"k", b"v")
+    first.close()
+    (segment,) = first.segments()
+    os.chmod(segment, 0o644)
+    os.chmod(tmp_path, 0o755)
+    Spool(tmp_path)
+    assert stat.S_IMODE(segment.stat().st_mode) == 0o600
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
+
+
+def test_a_damaged_topic_name_reads_without_raising(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.append("t", b"k", b"v")
+    spool.close()
+    (segment,) = spool.segments()
+    data = bytearray(segment.read_bytes())
+    data[8] = 0xFF  # the topic name's one byte
+    segment.write_bytes(bytes(data))
+    assert [r[2] for r in _all(Spool(tmp_path))] == [b"v"]
