@@ -6,12 +6,47 @@ import os
 import platform
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+from schemas.masking import mask_argv
 from schemas.records import fast_init
 
-__all__ = ["ProcInfo", "ProcStat", "opens_for_writing", "parse_stat", "process_name", "read_cgroup",
-           "read_exe", "read_pid_ns", "read_proc", "read_stat"]
+if TYPE_CHECKING:
+    from collectors.settings import CollectorSettings
+
+__all__ = ["DEFAULT_LIMITS", "ArgvLimits", "ProcInfo", "ProcStat", "bound_argv",
+           "opens_for_writing", "parse_stat", "process_name", "read_cgroup", "read_exe",
+           "read_pid_ns", "read_proc", "read_stat"]
+
+MAX_ARG_STRLEN = 128 * 1024  # the kernel's limit on one argument of an exec
+
+
+@dataclass(frozen=True, slots=True)
+class ArgvLimits:
+    """How much of a command line the collector keeps (COLLECTOR_MAX_ARGS, ...): a process
+    chooses its own, up to megabytes, and every event carries it to Kafka (1 MB a message),
+    ClickHouse and the SIEM (64 KiB a syslog line)."""
+
+    max_args: int = 256
+    max_arg_bytes: int = 4096
+    max_total_bytes: int = 32 * 1024
+    max_path_bytes: int = 4096
+    mask: bool = True  # mask secrets (schemas/masking.py); False: COLLECTOR_FULL_CMDLINE
+
+    @classmethod
+    def of(cls, settings: CollectorSettings) -> ArgvLimits:
+        return cls(max_args=settings.max_args, max_arg_bytes=settings.max_arg_bytes,
+                   max_total_bytes=settings.max_cmdline_bytes,
+                   max_path_bytes=settings.max_path_bytes, mask=not settings.full_cmdline)
+
+    @property
+    def read_bytes(self) -> int:
+        """What is read of /proc/<pid>/cmdline: every argument that starts within the total is
+        read whole (the kernel's limit), so it is masked whole before it is cut."""
+        return self.max_total_bytes + MAX_ARG_STRLEN
+
+
+DEFAULT_LIMITS = ArgvLimits()
 
 
 @fast_init
@@ -29,6 +64,7 @@ class ProcInfo:
     euid: int
     pid_ns: str  # "pid:[4026531836]"
     cgroup: str
+    truncated: tuple[str, ...] = ()  # the argv caps it hit ("args", "arg_bytes", "total_bytes")
 
 
 def _read(path: str) -> str | None:
@@ -50,6 +86,69 @@ def _read(path: str) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+def _read_bounded(path: str, limit: int) -> tuple[bytes, bool] | None:
+    """At most `limit` bytes of a file, and whether there was more."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, min(8192, limit + 1))
+        if len(data) == 8192:
+            chunks, size = [data], len(data)
+            while size <= limit and (chunk := os.read(fd, min(65536, limit + 1 - size))):
+                chunks.append(chunk)
+                size += len(chunk)
+            data = b"".join(chunks)
+        if len(data) > limit:
+            return data[:limit], True
+        return data, False
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def bound_argv(raw: bytes, cut: bool, limits: ArgvLimits = DEFAULT_LIMITS
+               ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A command line as /proc gives it (NUL-separated, maybe cut at `limits.read_bytes`):
+    the arguments, masked unless told not to, within the caps; and which caps were hit."""
+    if not raw:
+        return (), ()
+    parts = raw.rstrip(b"\0").split(b"\0")
+    hit: list[str] = []
+    if cut:
+        hit.append("total_bytes")
+    if len(parts) > limits.max_args:
+        parts = parts[:limits.max_args]
+        hit.append("args")
+    argv = tuple(p.decode(errors="replace") for p in parts)
+    if limits.mask:
+        argv = mask_argv(argv)
+    longest = max(len(a) for a in argv)
+    if (4 * longest <= limits.max_arg_bytes  # (UTF-8 takes at most 4 bytes a character)
+            and 4 * sum(len(a) for a in argv) <= limits.max_total_bytes):
+        return argv, tuple(hit)
+    out: list[str] = []
+    room = limits.max_total_bytes
+    for arg in argv:
+        data = arg.encode()
+        keep = min(len(data), limits.max_arg_bytes, room)
+        if keep < len(data):
+            cap = "arg_bytes" if keep == limits.max_arg_bytes else "total_bytes"
+            if cap not in hit:
+                hit.append(cap)
+            out.append(data[:keep].decode(errors="ignore"))  # a character cut in two: left out
+        else:
+            out.append(arg)
+        room -= keep
+        if room <= 0:
+            if len(out) < len(argv) and "total_bytes" not in hit:
+                hit.append("total_bytes")
+            break
+    return tuple(out), tuple(hit)
 
 
 class ProcStat(NamedTuple):
@@ -92,10 +191,12 @@ def read_cgroup(pid: int) -> str | None:
     return _read(f"/proc/{pid}/cgroup")
 
 
-def read_proc(pid: int, root: str = "/proc", *, with_pid_ns: bool = True) -> ProcInfo | None:
+def read_proc(pid: int, root: str = "/proc", *, with_pid_ns: bool = True,
+              limits: ArgvLimits = DEFAULT_LIMITS) -> ProcInfo | None:
     """The process's facts, or None when it is gone (short-lived processes often are).
     with_pid_ns=False leaves `pid_ns` empty, for a caller that reads it only for a container's
-    process (`read_pid_ns`): one system call fewer per host exec."""
+    process (`read_pid_ns`): one system call fewer per host exec. Its argv is read bounded,
+    masked and capped by `limits`."""
     base = f"{root}/{pid}"
     stat = _read(f"{base}/stat")
     status = _read(f"{base}/status")
@@ -107,15 +208,15 @@ def read_proc(pid: int, root: str = "/proc", *, with_pid_ns: bool = True) -> Pro
     fields = rest.split()
     uids = next((line.split()[1:3] for line in status.splitlines()
                  if line.startswith("Uid:")), ["0", "0"])
-    cmdline = _read(f"{base}/cmdline") or ""
-    argv = tuple(cmdline.rstrip("\0").split("\0")) if cmdline else ()
+    cmdline = _read_bounded(f"{base}/cmdline", limits.read_bytes)
+    argv, truncated = bound_argv(*cmdline, limits) if cmdline is not None else ((), ())
 
     pid_ns = read_pid_ns(pid, root) if with_pid_ns else ""
     exe = read_exe(pid, root)
     return ProcInfo(pid=pid, ppid=int(fields[1]), pgid=int(fields[2]), sid=int(fields[3]),
                     start_time=int(fields[19]), comm=process_name(comm, exe, argv), exe=exe,
                     argv=argv, ruid=int(uids[0]), euid=int(uids[1]), pid_ns=pid_ns,
-                    cgroup=_read(f"{base}/cgroup") or "")
+                    cgroup=_read(f"{base}/cgroup") or "", truncated=truncated)
 
 
 def process_name(comm: str, exe: str, argv: tuple[str, ...]) -> str:

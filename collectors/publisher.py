@@ -13,13 +13,20 @@ its messages go to the spool, with an error naming the topic, and the spool is r
 every topic it holds exists. The messages the producer had already taken for it come back in
 its failure reports, which are served (and spooled) before the message that found the topic
 missing.
+
+A message Kafka will never take (over the producer's `message.max.bytes`, refused by the
+broker, or rejected by the client) is dropped, counted (`procwarden_collector_unpublishable_total`
+and the collector report's losses) and logged, bounded: never raised into the sensing loop, and
+never spooled to trip the next start. A spooled record refused at replay is dropped the same way.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -37,15 +44,32 @@ PUBLISHED = Counter("procwarden_collector_published_total", "Messages handed to 
 SPOOLED = Counter("procwarden_collector_spooled_total", "Messages written to the disk spool")
 REPLAYED = Counter("procwarden_collector_replayed_total", "Spooled messages sent to Kafka")
 SPOOL_BYTES = Gauge("procwarden_collector_spool_bytes", "Size of the disk spool")
+UNPUBLISHABLE = Counter("procwarden_collector_unpublishable_total",
+                        "Messages dropped because Kafka would never take them", ["topic", "reason"])
 
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 _MISSING = (KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
+# librdkafka's message.max.bytes: the whole record (value, key and its framing) must fit; what
+# is larger is refused by produce() and would be by the broker.
+MAX_MESSAGE_BYTES = 1_000_000
+_FRAMING = 512  # what a record adds to its key and value, with room to spare
+_FULL_QUEUE_WAIT_S = 2.0  # a full local queue for this long: Kafka is as good as away
+_LOG_EVERY = 1000  # of the drops of one reason, the first and then one in this many are logged
+_LOGGED_BYTES = 200  # of an error's text
+
+
 class Publisher:
     def __init__(self, kafka: KafkaConnection, spool_dir: Path, spool_max_bytes: int,
-                 check_every_s: float = 2.0) -> None:
+                 check_every_s: float = 2.0, *, lose: Callable[[str], None] | None = None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        """`lose(reason)` is told of each message dropped here (the collector report's
+        losses; reasons "unpublishable:<error>")."""
         self.spool = Spool(spool_dir, spool_max_bytes)
+        self.max_message_bytes = max_message_bytes
+        self._lose = lose
+        self.lost: collections.Counter[str] = collections.Counter()  # reason -> dropped
         self.spooling = bool(self.spool)  # a spool left by the last run goes out first
         self.check_every_s = check_every_s
         self._next_check = 0.0
@@ -54,7 +78,7 @@ class Publisher:
         self.producer = Producer({
             **kafka.confluent_config(), "enable.idempotence": True, "acks": "all",
             "compression.type": "lz4", "linger.ms": 5, "partitioner": "murmur2_random",
-            "queue.buffering.max.messages": 200_000,
+            "queue.buffering.max.messages": 200_000, "message.max.bytes": max_message_bytes,
             "message.timeout.ms": 0,  # never give up on a message: the spool is the fallback
             # Reports only for failures: a Python call per delivered message cost a tenth of
             # the collector's time.
@@ -74,21 +98,38 @@ class Publisher:
             log.warning("Kafka is unreachable: spooling to %s", self.spool.folder)
 
     def send(self, topic: str, key: bytes, value: bytes) -> bool:
-        """Hand one message on (from any thread); False only when it had to be dropped."""
+        """Hand one message on (from any thread); False only when the spool was full (the
+        caller counts it); one Kafka would never take is dropped and counted here."""
+        if len(value) + len(key) + len(topic) + _FRAMING > self.max_message_bytes:
+            self._drop(topic, "too_large", f"{len(value)} bytes")
+            return True
         with self._lock:
             if self.spooling:
                 return self._spool(topic, key, value)
         try:
-            self._produce(topic, key, value)
+            if not self._produce(topic, key, value):
+                # Its queue stayed full: Kafka is as good as away; this and what follows go
+                # to the spool, in order, until the queue has drained.
+                with self._lock:
+                    if not self.spooling:
+                        self.spooling = True
+                        log.warning("the producer's queue stays full: spooling to %s",
+                                    self.spool.folder)
+                    return self._spool(topic, key, value)
         except KafkaException as exc:
-            if exc.args[0].code() not in _MISSING:
-                raise
+            error = exc.args[0]
+            if not isinstance(error, KafkaError) or error.code() not in _MISSING:
+                self._drop(topic, _reason(exc), str(exc))
+                return True
             # What the producer had taken for that topic comes back in its failure reports,
             # ready now: spooled first, so the spool keeps the order.
             self.producer.poll(0)
             with self._lock:
                 self._topic_missing(topic)
                 return self._spool(topic, key, value)
+        except (ValueError, TypeError) as exc:  # what the client refuses before Kafka sees it
+            self._drop(topic, type(exc).__name__, str(exc))
+            return True
         counted = self._published.get(topic)
         if counted is None:
             counted = self._published[topic] = PUBLISHED.labels(topic.rsplit(".", 1)[-1])
@@ -110,12 +151,29 @@ class Publisher:
             self._missing.add(topic)
             log.error("the topic %s does not exist: spooling until it does", topic)
 
-    def _produce(self, topic: str, key: bytes, value: bytes) -> None:
+    def _drop(self, topic: str, reason: str, detail: str) -> None:
+        """A message Kafka will never take: counted, and logged bounded (text and rate)."""
+        UNPUBLISHABLE.labels(topic.rsplit(".", 1)[-1], reason).inc()
+        with self._lock:
+            self.lost[f"unpublishable:{reason}"] += 1
+            n = self.lost[f"unpublishable:{reason}"]
+        if self._lose is not None:
+            self._lose(f"unpublishable:{reason}")
+        if n == 1 or n % _LOG_EVERY == 0:
+            log.error("a message for %s was dropped (%d so far): Kafka refuses it: %s", topic,
+                      n, detail[:_LOGGED_BYTES])
+
+    def _produce(self, topic: str, key: bytes, value: bytes,
+                 wait_s: float = _FULL_QUEUE_WAIT_S) -> bool:
+        """False when the local queue stayed full for `wait_s`."""
+        deadline = time.monotonic() + wait_s
         while True:
             try:
                 self.producer.produce(topic, value, key)
-                return
+                return True
             except BufferError:  # the local queue is full: wait for deliveries
+                if time.monotonic() >= deadline:
+                    return False
                 self.producer.poll(0.1)
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
@@ -127,8 +185,8 @@ class Publisher:
                 self._topic_missing(topic)
                 if not self._spool(topic, msg.key() or b"", msg.value() or b""):
                     log.error("a message for %s was lost: the spool is full", topic)
-        elif err is not None:
-            log.error("delivery to %s failed: %s", msg.topic(), err)
+        elif err is not None:  # refused for good (the producer never gives up otherwise)
+            self._drop(msg.topic() or "", _reason(KafkaException(err)), str(err))
 
     def poll(self) -> None:
         """Serve delivery reports; while spooling, see whether Kafka is back and replay."""
@@ -160,7 +218,18 @@ class Publisher:
                 self._missing.discard(topic)
                 log.warning("the topic %s exists now", topic)
         for topic, key, value in records:
-            self._produce(topic, key, value)
+            # A record Kafka refuses (one an older collector spooled whole, a damaged one) is
+            # dropped and counted: it must not stop this start, nor the next.
+            if len(value) + len(key) + len(topic) + _FRAMING > self.max_message_bytes:
+                self._drop(topic, "too_large", f"spooled, {len(value)} bytes")
+                continue
+            try:
+                if not self._produce(topic, key, value):
+                    return  # Kafka went away again: the segment stays, replayed again later
+            except KafkaException as exc:
+                self._drop(topic, _reason(exc), f"spooled: {exc}")
+            except (ValueError, TypeError) as exc:
+                self._drop(topic, type(exc).__name__, f"spooled: {exc}")
         if self.producer.flush(30) == 0:
             with self._lock:
                 self.spool.done(path)
@@ -181,3 +250,11 @@ class Publisher:
             log.warning("kept %d undelivered messages in the spool for the next run",
                         len(self._undelivered))
         self.spool.close()
+
+
+def _reason(exc: KafkaException) -> str:
+    """A label for a Kafka error: its name (MSG_SIZE_TOO_LARGE, ...), from a closed set."""
+    error = exc.args[0] if exc.args else None
+    if isinstance(error, KafkaError):
+        return str(error.name())
+    return "KafkaException"

@@ -8,11 +8,45 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from collectors.procfs import ProcInfo, ProcStat, read_exe, read_pid_ns, read_proc, read_stat
+from prometheus_client import Counter
+
+from collectors.procfs import (
+    DEFAULT_LIMITS,
+    ArgvLimits,
+    ProcInfo,
+    ProcStat,
+    read_exe,
+    read_pid_ns,
+    read_proc,
+    read_stat,
+)
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from schemas import ExecEvent, Origin, Workload
 
-__all__ = ["Sensed", "Sensor", "exe_origin", "is_loader", "still_the_exec_read"]
+__all__ = ["TRUNCATED", "Sensed", "Sensor", "cap_path", "exe_origin", "is_loader",
+           "still_the_exec_read"]
+
+TRUNCATED = Counter("procwarden_collector_truncated_total",
+                    "Exec events whose argv or path was cut to a cap (COLLECTOR_MAX_*)",
+                    ["field", "cap"])
+
+
+def cap_path(path: str, max_bytes: int) -> tuple[str, bool]:
+    """The path within `max_bytes` (UTF-8), and whether it was cut."""
+    if 4 * len(path) <= max_bytes:
+        return path, False
+    data = path.encode()
+    if len(data) <= max_bytes:
+        return path, False
+    return data[:max_bytes].decode(errors="ignore"), True
+
+
+def _count_cuts(argv_caps: tuple[str, ...], path_cut: bool) -> bool:
+    for cap in argv_caps:
+        TRUNCATED.labels("argv", cap).inc()
+    if path_cut:
+        TRUNCATED.labels("path", "path_bytes").inc()
+    return bool(argv_caps) or path_cut
 
 
 def _digest(path: Path) -> str | None:
@@ -53,8 +87,9 @@ class Sensed:
 
 
 class Sensor:
-    def __init__(self, resolver: WorkloadResolver) -> None:
+    def __init__(self, resolver: WorkloadResolver, limits: ArgvLimits = DEFAULT_LIMITS) -> None:
         self.resolver = resolver
+        self.limits = limits  # argv read bounded, masked and capped; paths capped
         # Parents of gone execs, read whole: (when, what). A shell or a build tool starting
         # many short programs is the common case, and a whole read of it was most of the
         # collector's time for each of them.
@@ -100,7 +135,7 @@ class Sensor:
             if stat is not None and (stat.start_time, stat.ppid, stat.comm) == (
                     cached.start_time, cached.ppid, cached.comm):
                 return cached
-        info = read_proc(pid)
+        info = read_proc(pid, limits=self.limits)
         if info is None:
             self._parent_reads.pop(pid, None)
             return None
@@ -155,7 +190,8 @@ class Sensor:
         return ns
 
     def sense_exec(self, pid: int, *, with_hash: bool = False) -> Sensed | None:
-        proc = read_proc(pid, with_pid_ns=False)  # only family needs it (`is_family`)
+        # only family needs the namespace (`is_family`)
+        proc = read_proc(pid, with_pid_ns=False, limits=self.limits)
         if proc is None or not proc.exe:
             return None  # gone, or exiting (a zombie has no exe): its notice tells the file
         info = self.resolver.container_of(proc.cgroup)
@@ -169,21 +205,25 @@ class Sensor:
             exe_on_host = not _same_filesystem(pid, info.init_pid)
             if not exe_on_host:
                 origin = exe_origin(info, proc.exe)
+        path, path_cut = cap_path(proc.exe, self.limits.max_path_bytes)
+        parent_path = cap_path(parent_path, self.limits.max_path_bytes)[0]
         event = ExecEvent(
-            workload_id=workload.id, pid=pid, path=proc.exe, name=proc.comm, argv=proc.argv,
+            workload_id=workload.id, pid=pid, path=path, name=proc.comm, argv=proc.argv,
             ppid=proc.ppid, pgid=proc.pgid, sid=proc.sid, start_time=proc.start_time,
             ruid=proc.ruid, euid=proc.euid, user=self.resolver.user_name(info, proc.euid),
             real_user=self.resolver.user_name(info, proc.ruid),
             parent_name=parent_name, parent_path=parent_path,
             family=family, runtime_injected=info is not None and not family,
             exe_on_host=exe_on_host, origin=origin,
-            hash=_digest(Path(f"/proc/{pid}/exe")) or "" if with_hash else "")
+            hash=_digest(Path(f"/proc/{pid}/exe")) or "" if with_hash else "",
+            argv_truncated=bool(proc.truncated) or path_cut)
         stat = read_stat(pid)
         if stat is None or not still_the_exec_read(proc, stat):
             # It exited while we read (its cgroup may already read as the host's), or it
             # exec'd again: what we read may mix two programs (the name of one, the file of the
             # next), so this exec is told by its notice and the next by its own event.
             return None
+        _count_cuts(proc.truncated, path_cut)
         return Sensed(workload, event, proc)
 
     def sense_gone(self, pid: int, path: str, dev: int, parent_pid: int | None) -> Sensed | None:
@@ -191,6 +231,7 @@ class Sensor:
         workload, credentials and family from the parent (which a short child usually
         outlives), or the workload from the file's filesystem when the parent is gone too.
         None for a BusyBox applet: the file is always /bin/busybox and the applet unknown."""
+        path, path_cut = cap_path(path, self.limits.max_path_bytes)
         base = path.rsplit("/", 1)[-1]
         if not path or base == "busybox":
             return None
@@ -208,9 +249,10 @@ class Sensor:
             ppid=parent.pid if parent else 0, pgid=parent.pgid if parent else 0,
             sid=parent.sid if parent else 0, ruid=ruid, euid=euid,
             user=self.resolver.user_name(info, euid), real_user=self.resolver.user_name(info, ruid),
-            parent_name=parent.comm if parent else "", parent_path=parent.exe if parent else "",
+            parent_name=parent.comm if parent else "",
+            parent_path=cap_path(parent.exe, self.limits.max_path_bytes)[0] if parent else "",
             family=family, runtime_injected=info is not None and not family, origin=origin,
-            partial=True)
+            partial=True, argv_truncated=_count_cuts((), path_cut))
         proc = ProcInfo(pid=pid, ppid=event.ppid, pgid=event.pgid, sid=event.sid, start_time=0,
                         comm=event.name, exe=path, argv=event.argv, ruid=ruid, euid=euid,
                         pid_ns="", cgroup=parent.cgroup if parent else "")

@@ -70,6 +70,19 @@ class CollectorSettings(BaseSettings):
                                  description="disk spool for when Kafka is away (state_dir/spool)")
     report_interval_s: float = Field(10.0, gt=0, le=3600,
                                      description="how often the totals go to collector-reports")
+    # What the collector keeps of a command line a process chooses (argv is masked, then cut;
+    # each cap hit is counted in procwarden_collector_truncated_total and the event says
+    # argv_truncated). 32 KiB stays far below Kafka's 1 MB per message even escaped six-fold in
+    # JSON, and an incident carrying it below a syslog receiver's 64 KiB line.
+    full_cmdline: bool = Field(False, description="publish command lines unmasked (secrets "
+                                                  "such as mysql -pSECRET included)")
+    max_args: int = Field(256, ge=1, le=65_536, description="arguments kept of an exec")
+    max_arg_bytes: int = Field(4096, ge=64, le=128 * 1024,
+                               description="bytes kept of one argument")
+    max_cmdline_bytes: int = Field(32 * 1024, ge=256, le=256 * 1024,
+                                   description="bytes kept of a whole command line")
+    max_path_bytes: int = Field(4096, ge=256, le=4096,
+                                description="bytes kept of an executable's path (PATH_MAX)")
     metrics_port: int = Field(0, ge=0, le=65535, description="/metrics on loopback; 0: off")
     log_level: str = "info"
 

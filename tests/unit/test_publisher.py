@@ -1,0 +1,154 @@
+"""The collector's publisher: a message Kafka refuses is dropped and counted, never raised into
+the sensing loop, and a spooled one it refuses at replay never stops a start."""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+from prometheus_client import REGISTRY
+
+from collectors.publisher import Publisher
+from collectors.spool import Spool
+from schemas.connections import KafkaConnection
+
+TOPIC = "t.procwarden.exec"
+
+
+@dataclass
+class FakeProducer:
+    """What the publisher asks of confluent-kafka's Producer; `refuse` says how produce fails."""
+
+    refuse: BaseException | None = None
+    sent: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+
+    def produce(self, topic: str, value: bytes, key: bytes) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+        self.sent.append((topic, key, value))
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 0
+
+    def list_topics(self, timeout: float = 0) -> Any:
+        meta = type("Meta", (), {"error": None})()
+        return type("Topics", (), {"topics": {TOPIC: meta}})()
+
+    def purge(self, **kw: bool) -> None:
+        pass
+
+
+def _publisher(tmp_path: Path, fake: FakeProducer, **kw: Any) -> tuple[Publisher, list[str]]:
+    lost: list[str] = []
+    pub = Publisher(KafkaConnection(bootstrap_servers="127.0.0.1:9"), tmp_path / "spool",
+                    2**20, check_every_s=0, lose=lost.append, **kw)
+    pub.producer = fake  # type: ignore[assignment]
+    return pub, lost
+
+
+def _dropped(reason: str) -> float:
+    return REGISTRY.get_sample_value("procwarden_collector_unpublishable_total",
+                                     {"topic": "exec", "reason": reason}) or 0.0
+
+
+REFUSALS = {
+    "too large": KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)),
+    "invalid arg": KafkaException(KafkaError(KafkaError._INVALID_ARG)),
+    "value error": ValueError("bad"),
+    "type error": TypeError("bad"),
+}
+
+
+@pytest.mark.parametrize("refusal", REFUSALS.values(), ids=REFUSALS.keys())
+def test_a_refused_message_is_dropped_and_counted_not_raised(
+        tmp_path: Path, refusal: BaseException) -> None:
+    fake = FakeProducer(refuse=refusal)
+    pub, lost = _publisher(tmp_path, fake)
+    reason = (refusal.args[0].name() if isinstance(refusal, KafkaException)
+              else type(refusal).__name__)
+    before = _dropped(reason)
+    assert pub.send(TOPIC, b"w", b"v") is True  # not the caller's spool_full
+    assert _dropped(reason) == before + 1
+    assert lost == [f"unpublishable:{reason}"] and pub.lost[f"unpublishable:{reason}"] == 1
+    fake.refuse = None
+    assert pub.send(TOPIC, b"w", b"next")  # the next one goes out
+    assert fake.sent == [(TOPIC, b"w", b"next")]
+    pub.close()
+
+
+def test_a_message_over_the_limit_is_never_produced_nor_spooled(tmp_path: Path) -> None:
+    fake = FakeProducer()
+    pub, lost = _publisher(tmp_path, fake, max_message_bytes=10_000)
+    before = _dropped("too_large")
+    assert pub.send(TOPIC, b"w", b"x" * 20_000)
+    pub.spooling = True  # Kafka away: not spooled either
+    assert pub.send(TOPIC, b"w", b"x" * 20_000)
+    assert _dropped("too_large") == before + 2 and lost == ["unpublishable:too_large"] * 2
+    assert fake.sent == [] and not pub.spool
+    pub.close()
+
+
+def test_a_queue_that_stays_full_spools_in_order(tmp_path: Path) -> None:
+    fake = FakeProducer(refuse=BufferError())
+    pub, lost = _publisher(tmp_path, fake)
+    assert pub.send(TOPIC, b"w", b"1") and pub.spooling
+    assert pub.send(TOPIC, b"w", b"2")
+    fake.refuse = None
+    pub.poll()  # Kafka takes messages again: the spool goes out first
+    assert [v for _, _, v in fake.sent] == [b"1", b"2"] and not lost
+    pub.close()
+
+
+def test_a_spooled_record_refused_at_replay_is_dropped_and_the_rest_goes(
+        tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.append(TOPIC, b"w", b"x" * (2 * 2**20))  # spooled whole by an older collector
+    spool.append(TOPIC, b"w", b"refused by the client")
+    spool.append(TOPIC, b"w", b"after")
+    spool.close()
+    fake = FakeProducer()
+    pub, lost = _publisher(tmp_path, fake)
+    assert pub.spooling
+    produce = fake.produce
+
+    def refuse_one(topic: str, value: bytes, key: bytes) -> None:
+        if value == b"refused by the client":
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+        produce(topic, value, key)
+
+    fake.produce = refuse_one  # type: ignore[method-assign]
+    pub.poll()
+    assert [v for _, _, v in fake.sent] == [b"after"]
+    assert sorted(lost) == ["unpublishable:MSG_SIZE_TOO_LARGE", "unpublishable:too_large"]
+    assert not pub.spool and not pub.spool.segments()
+    pub.poll()
+    assert not pub.spooling
+    pub.close()
+
+
+def test_a_delivery_refused_for_good_is_counted(tmp_path: Path) -> None:
+    pub, lost = _publisher(tmp_path, FakeProducer())
+    msg = type("Msg", (), {"topic": lambda self: TOPIC, "key": lambda self: b"w",
+                           "value": lambda self: b"v"})()
+    pub._delivered(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), msg)
+    assert lost == ["unpublishable:MSG_SIZE_TOO_LARGE"]
+    pub.close()
+
+
+def test_the_spool_it_writes_is_private(tmp_path: Path) -> None:
+    pub, _ = _publisher(tmp_path, FakeProducer())
+    pub.spooling = True
+    assert pub.send(TOPIC, b"w", b"--password=x")
+    pub.close()
+    (segment,) = pub.spool.segments()
+    assert stat.S_IMODE(segment.stat().st_mode) == 0o600
