@@ -28,6 +28,7 @@ from collectors.enforcer import Enforcer
 from collectors.escalation import EscalationWatch
 from collectors.fanotify import ExecNotice, NotificationGroup
 from collectors.file_watch import FileWatch
+from collectors.procfs import ArgvLimits
 from collectors.publisher import Publisher
 from collectors.sensing import Sensed, Sensor, is_loader
 from collectors.settings import CollectorSettings
@@ -92,7 +93,7 @@ class Collector:
     def __post_init__(self) -> None:
         self.node = self.settings.node
         self.resolver = WorkloadResolver(node=self.node)
-        self.sensor = Sensor(self.resolver)
+        self.sensor = Sensor(self.resolver, ArgvLimits.of(self.settings))
         self.stdio = StdioInspector(self.settings.stdio_inspections,
                                     self.settings.stdio_interval_s)
         self.escalations = EscalationWatch(self.resolver)
@@ -100,7 +101,7 @@ class Collector:
             self.enforcer = Enforcer(self.settings, self.kafka, self.resolver, self.publish,
                                      health=self.health, cannot_go_on=self._stop_for)
         self.publisher = Publisher(self.kafka, self.settings.state_dir / "spool",
-                                   self.settings.spool_max_bytes)
+                                   self.settings.spool_max_bytes, lose=self._lose)
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         # A first-seen held exec waits while its question (the answerer link's thread) and its
