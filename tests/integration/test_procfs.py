@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from collectors.procfs import read_cgroup, read_exe, read_pid_ns, read_proc, read_stat
+from collectors.procfs import ArgvLimits, read_cgroup, read_exe, read_pid_ns, read_proc, read_stat
 
 
 def _gone_pid() -> int:
@@ -44,15 +45,20 @@ def test_a_command_line_longer_than_one_read_is_read_whole() -> None:
     child = subprocess.Popen(argv)
     try:
         deadline = time.monotonic() + 5
-        proc = read_proc(child.pid)
+        # caps above this argv: it is read whole, over several reads
+        roomy = ArgvLimits(max_args=2000, max_total_bytes=128 * 1024)
+        proc = read_proc(child.pid, limits=roomy)
         # Until the child has exec'd the shell: the kernel names the process before it sets
         # up the new program's arguments.
         while (proc is None or proc.argv != argv) and time.monotonic() < deadline:
             time.sleep(0.01)
-            proc = read_proc(child.pid)
+            proc = read_proc(child.pid, limits=roomy)
         assert proc is not None
         assert proc.comm == "sh"
         assert proc.argv == argv
+        capped = read_proc(child.pid)  # the defaults: 256 arguments at most, marked so
+        assert capped is not None and capped.truncated
+        assert capped.argv == argv[:256]
     finally:
         child.kill()
         child.wait()
@@ -75,9 +81,9 @@ def test_a_gone_execs_parent_is_read_whole_once_while_it_stays_the_same(
 
     whole_reads: list[int] = []
 
-    def counted(pid: int, root: str = "/proc") -> object:
+    def counted(pid: int, root: str = "/proc", **options: Any) -> object:
         whole_reads.append(pid)
-        return read_proc(pid, root)
+        return read_proc(pid, root, **options)
 
     monkeypatch.setattr(sensing, "read_proc", counted)
     sensor = sensing.Sensor(WorkloadResolver("node-1"))
