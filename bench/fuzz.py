@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import gc
 import hashlib
-import io
 import logging
 import multiprocessing
 import random
@@ -53,11 +52,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clickhouse_driver.columns.service import write_column
 
 from collectors.enforcer import Enforcer
 from collectors.settings import CollectorSettings
 from collectors.workloads import WorkloadResolver
+from procwarden.testbed.clickhouse import FakeClickHouse
 from schemas import (
     PAYLOAD_TYPES,
     Decision,
@@ -83,7 +82,6 @@ from schemas.topics import (
     VERDICTS,
     WORKLOADS,
 )
-from sinks.clickhouse.migrations import MIGRATIONS
 from streams.engine import learned_group_name
 from streams.event_output import OutputRefused
 from streams.handlers import Handlers, RawMessage
@@ -477,49 +475,6 @@ class FakePublisher:
             from confluent_kafka import KafkaError
             raise OutputRefused(topic, len(value), KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
         self.sent += 1
-
-
-def _ddl_types() -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = {}
-    for migration in MIGRATIONS:
-        for ddl in migration.statements:
-            m = re.search(r"TABLE IF NOT EXISTS \{db\}\.(\w+) \((.*?)\) ENGINE", ddl, re.S)
-            if m:
-                out[m.group(1)] = dict(re.findall(
-                    r"(\w+) (Enum8\([^)]*\)|Array\(\w+\)|DateTime\('UTC'\)|\w+)",
-                    m.group(2)))
-    return out
-
-
-class _Buffer(io.BytesIO):
-    def write_strings(self, items: Sequence[Any], **_: Any) -> None: ...
-
-
-class _DriverContext:
-    client_settings: dict[str, Any] = {"use_numpy": False,  # noqa: RUF012
-                                       "strings_as_bytes": False, "strings_encoding": "utf-8"}
-    server_info = None
-
-
-class FakeClickHouse:
-    """Writes each INSERT's columns with the real driver (so a value it cannot write fails as
-    it would for real) and stores nothing."""
-
-    def __init__(self) -> None:
-        self.types = _ddl_types()
-        self.rows = 0
-
-    def execute(self, query: str, values: Any = None, columnar: bool = False) -> Any:
-        if query.startswith("DESCRIBE TABLE"):
-            return list(self.types[query.rsplit(".", maxsplit=1)[-1]].items())
-        m = re.match(r"INSERT INTO \w+\.(\w+) \((.*)\) VALUES", query)
-        assert m, query
-        table, names = m.group(1), m.group(2).split(", ")
-        for name, column in zip(names, values, strict=True):
-            write_column(_DriverContext(), name, self.types[table][name], column, _Buffer())
-        self.rows += len(values[0]) if values else 0
-
-    def disconnect(self) -> None: ...
 
 
 class FakeTransport:

@@ -38,7 +38,7 @@ from schemas import CollectorReport, Envelope, ExitEvent, Payload, Workload, Wor
 from schemas.connections import KafkaConnection
 from schemas.records import replace
 from schemas.topics import COLLECTOR_REPORTS, EXEC, FILE, WORKLOADS
-from transport import Health
+from transport import Health, exit_unless_stopped
 
 __all__ = ["CannotGoOn", "Collector"]
 
@@ -190,6 +190,7 @@ class Collector:
         if not self._cannot_go_on:
             log.critical("cannot go on: %s", why)
             self._cannot_go_on = why
+            exit_unless_stopped(f"cannot go on: {why}", grace_s=60.0)
 
     def _lose(self, reason: str, n: int = 1) -> None:
         LOST.labels(reason).inc(n)

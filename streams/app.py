@@ -42,7 +42,7 @@ from streams.mirror import PolicyMirror
 from streams.session import DecisionSession
 from streams.settings import StreamSettings
 from streams.web import install_routes
-from transport import HEALTH_FILE_ENV, DlqLimits, Health, describe
+from transport import HEALTH_FILE_ENV, DlqLimits, Health, describe, exit_unless_stopped
 
 __all__ = ["FaustPublisher", "Readiness", "build_app", "run_worker"]
 
@@ -89,6 +89,7 @@ class _MirrorService(mode.Service):
         if self.should_stop or task.cancelled():
             return
         error = task.exception()
+        exit_unless_stopped("the policy mirror stopped")
         raise RuntimeError(f"the policy mirror stopped: {describe(error) if error else 'ended'}")
 
     async def on_stop(self) -> None:
@@ -130,6 +131,7 @@ class Readiness:
 
     def failed(self, exc: BaseException) -> None:
         self.health.set(False, f"the decider's loop stopped: {describe(exc, 300)}")
+        exit_unless_stopped("the decider's loop stopped")
 
 
 class _HealthService(mode.Service):

@@ -11,8 +11,14 @@ from transport.guard import (
     dead_letter_entry,
     describe,
 )
-from transport.health import HEALTH_FILE_ENV, Health, HealthReport, read_health
+from transport.health import (
+    HEALTH_FILE_ENV,
+    Health,
+    HealthReport,
+    exit_unless_stopped,
+    read_health,
+)
 
-__all__ = ["HEALTH_FILE_ENV", "Health", "HealthReport", "read_health",
+__all__ = ["HEALTH_FILE_ENV", "Health", "HealthReport", "exit_unless_stopped", "read_health",
            "DEAD_LETTERS", "DlqLimits", "MessageGuard", "Refused", "bounded_text",
            "dead_letter_entry", "describe"]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prometheus_client import Gauge
 
-__all__ = ["HEALTH_FILE_ENV", "Health", "HealthReport", "read_health"]
+__all__ = ["HEALTH_FILE_ENV", "Health", "HealthReport", "exit_unless_stopped", "read_health"]
 
 log = logging.getLogger("procwarden.transport.health")
 
@@ -129,6 +129,19 @@ class Health:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             self.write()
+
+
+def exit_unless_stopped(why: str, grace_s: float = 20.0, code: int = 1) -> None:
+    """A role that cannot do its job any more stops cleanly within `grace_s`, or is ended with
+    `code`: a graceful stop that hangs (a framework waiting on a stream that will never finish)
+    must not leave it alive and doing nothing."""
+    def end() -> None:
+        time.sleep(grace_s)
+        log.critical("still running %.0f s after %s: exiting", grace_s, why)
+        logging.shutdown()
+        os._exit(code)
+
+    threading.Thread(target=end, name="exit-unless-stopped", daemon=True).start()
 
 
 def read_health(path: Path, *, now: float | None = None,

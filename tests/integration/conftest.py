@@ -45,6 +45,16 @@ def _delete_test_topics(kafka: KafkaConnection) -> None:
     delete_prefixed_topics(kafka, PREFIXES)
 
 
+@pytest.fixture
+def host_decoy() -> Iterator[Path]:
+    """A host file whose path a hostile workload points its own files at (a symlink followed
+    from the host would read it): a passwd line and a UID_MIN no workload file has."""
+    path = Path(f"/tmp/pw-decoy-{uuid.uuid4().hex[:10]}")
+    path.write_text("hostonly:x:4242:4242:host:/:/bin/sh\nUID_MIN 7777\n")
+    yield path
+    path.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def kafka(stack: Stack) -> KafkaConnection:
     return stack.kafka_connection

@@ -13,7 +13,6 @@ import os
 import resource
 import threading
 import tracemalloc
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -93,15 +92,6 @@ def _memory_capped(extra: int = 512 * 2**20) -> Iterator[None]:
             thread.join(60)
         if not any(thread.is_alive() for thread in _LEAKED):
             resource.setrlimit(resource.RLIMIT_AS, old)
-
-
-@pytest.fixture
-def host_decoy() -> Iterator[Path]:
-    """A host file at a path that also exists, with other content, inside the container."""
-    path = Path(f"/tmp/pw-decoy-{uuid.uuid4().hex[:10]}")
-    path.write_text("hostonly:x:4242:4242:host:/:/bin/sh\nUID_MIN 7777\n")
-    yield path
-    path.unlink(missing_ok=True)
 
 
 def test_an_absolute_symlink_resolves_inside_the_container(box: Container,

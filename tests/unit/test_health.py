@@ -59,3 +59,15 @@ def test_a_role_is_ready_only_while_every_part_it_needs_is(tmp_path: Path) -> No
     assert read_health(path)[0] == "not ready: exec answerer: gone (execs go ahead unheld)"
     health.part("exec answerer")
     assert read_health(path)[0] == "ready"
+
+
+def test_a_role_whose_stop_hangs_is_ended_non_zero() -> None:
+    import subprocess
+    import sys
+
+    hangs = ("import time\nfrom transport import exit_unless_stopped\n"
+             "exit_unless_stopped('a test', grace_s=0.3, code=3)\ntime.sleep(60)\n")
+    done = subprocess.run([sys.executable, "-c", hangs], capture_output=True, text=True, check=False,
+                          timeout=30)
+    assert done.returncode == 3
+    assert "still running 0 s after a test: exiting" in done.stderr

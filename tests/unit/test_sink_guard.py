@@ -3,17 +3,15 @@ the real driver writes every column, so a value it cannot write fails as it woul
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 import pytest
-from clickhouse_driver.columns.service import write_column
-from clickhouse_driver.errors import ErrorCodes, NetworkError, ServerException
+from clickhouse_driver.errors import NetworkError
 
+from procwarden.testbed.clickhouse import FakeClickHouse
 from schemas import (
     CollectorReport,
     Decision,
@@ -28,7 +26,6 @@ from schemas import (
 from schemas.connections import ClickHouseConnection, KafkaConnection
 from schemas.records import replace
 from schemas.topics import COLLECTOR_REPORTS, VERDICTS
-from sinks.clickhouse.migrations import MIGRATIONS
 from tests.unit.test_siem_formats import BASE
 
 DEEP = (b'{"schema_version":1,"event_id":"d","node":"n","cluster":"c","ts":1,"kind":"verdict",'
@@ -102,60 +99,6 @@ class FakeProducer:
 
     def entries(self) -> list[DlqEntry]:
         return [decode_envelope(v).payload for _, _, v in self.sent]  # type: ignore[misc]
-
-
-def _ddl_types() -> dict[str, dict[str, str]]:
-    """Each table's column types, from the migrations."""
-    out: dict[str, dict[str, str]] = {}
-    for migration in MIGRATIONS:
-        for ddl in migration.statements:
-            m = re.search(r"TABLE IF NOT EXISTS \{db\}\.(\w+) \((.*?)\) ENGINE", ddl, re.S)
-            if m:
-                out[m.group(1)] = dict(re.findall(
-                    r"(\w+) (Enum8\([^)]*\)|Array\(\w+\)|DateTime\('UTC'\)|\w+)",
-                    m.group(2)))
-    return out
-
-
-class _Buffer(io.BytesIO):
-    def write_strings(self, items: Sequence[Any], **_: Any) -> None: ...
-
-
-class _Context:
-    client_settings: ClassVar[dict[str, Any]] = {"use_numpy": False, "strings_as_bytes": False,
-                       "strings_encoding": "utf-8"}
-    server_info = None
-
-
-class FakeClickHouse:
-    """Writes each INSERT's columns with the real driver; refuses more than `max_partitions`
-    days in one INSERT the way the server does; `down` fails like a network error."""
-
-    def __init__(self, max_partitions: int = 100) -> None:
-        self.types = _ddl_types()
-        self.rows: dict[str, list[tuple[Any, ...]]] = {}
-        self.inserts = 0
-        self.max_partitions = max_partitions
-        self.down = False
-
-    def execute(self, query: str, values: Any = None, columnar: bool = False) -> Any:
-        if self.down:
-            raise NetworkError("Connection refused")
-        if query.startswith("DESCRIBE TABLE"):
-            return list(self.types[query.rsplit(".", maxsplit=1)[-1]].items())
-        m = re.match(r"INSERT INTO \w+\.(\w+) \((.*)\) VALUES", query)
-        assert m, query
-        table, names = m.group(1), m.group(2).split(", ")
-        self.inserts += 1
-        for name, column in zip(names, values, strict=True):
-            write_column(_Context(), name, self.types[table][name], column, _Buffer())
-        days = {datetime.fromtimestamp(t, UTC).date() for t in values[0]}
-        if len(days) > self.max_partitions:
-            raise ServerException(f"Too many partitions for single INSERT block (more than "
-                                  f"{self.max_partitions}).", code=ErrorCodes.TOO_MANY_PARTS)
-        self.rows.setdefault(table, []).extend(zip(*values, strict=True))
-
-    def disconnect(self) -> None: ...
 
 
 @pytest.fixture
