@@ -238,3 +238,59 @@ def test_the_siem_forwarder_dead_letters_bad_messages_and_forwards_the_rest(
     assert "does not belong" in entries[3].error
     assert forwarder._consumer.committed == [[("procwarden.security-events", 7)]]
     assert orjson.loads(encode(entries[1]))["value_length"] == len(DEEP) + 7
+
+
+def test_the_sinks_are_ready_only_while_their_destinations_take_what_they_read(
+        fakes: None, tmp_path: Any) -> None:
+    from sinks.siem.forwarder import Destination, SiemForwarder
+    from transport import Health, read_health
+
+    class Flaky(FakeTransport):
+        down = 1  # the first send fails, as a SIEM that is away
+
+        def send(self, messages: Sequence[bytes]) -> None:
+            if self.down:
+                self.down -= 1
+                raise ConnectionRefusedError("connection refused")
+            super().send(messages)
+
+    health = Health("unit-siem", tmp_path / "siem.json")
+    forwarder = SiemForwarder(KafkaConnection(), [Destination("t", Flaky(), "cef")],
+                              health=health, max_backoff=0.01)
+    wrap = encode(Envelope.wrap(replace(BASE, id="a"), event_id="s-0", node="n", ts=1.0))
+    forwarder._consumer.batches = [[FakeMessage("procwarden.security-events", 0, wrap)]]
+    states: list[str] = []
+    original_part = health.part
+
+    def part(name: str, problem: str = "") -> None:
+        original_part(name, problem)
+        states.append(read_health(tmp_path / "siem.json")[0])
+
+    health.part = part  # type: ignore[method-assign]
+    forwarder.run(_after(3))
+    assert states[0] == "ready"
+    assert any(s.startswith("not ready: t: sending failed") for s in states), states
+    assert states[-1] == "ready"
+
+    ch = FakeClickHouse()
+    ch.down = True
+    sink_health = Health("unit-sink", tmp_path / "sink.json")
+    writer = _writer(ch)
+    writer.health = sink_health
+    writer.max_backoff = 0.01
+    writer.consumer.batches = [[FakeMessage("procwarden.verdicts", 0, _decision(1))]]
+    told: list[str] = []
+    original_sink_part = sink_health.part
+
+    def sink_part(name: str, problem: str = "") -> None:
+        original_sink_part(name, problem)
+        told.append(read_health(tmp_path / "sink.json")[0])
+        if problem:
+            ch.down = False  # back after the first failure
+
+    sink_health.part = sink_part  # type: ignore[method-assign]
+    writer._ensure_schema = lambda: None  # type: ignore[method-assign]
+    writer.run(lambda: bool(ch.rows))  # until the batch is stored
+    assert told[0] == "ready"
+    assert any(s.startswith("not ready: clickhouse: storing failed") for s in told), told
+    assert told[-1] == "ready"
