@@ -35,6 +35,9 @@ from schemas.records import Record
 __all__ = ["Envelope", "PAYLOAD_TYPES", "Payload", "SCHEMA_VERSION", "decode_envelope", "encode"]
 
 SCHEMA_VERSION = 1
+# The last second of the year 9999: a later or negative time breaks every store and format
+# that turns it into a date (ClickHouse DateTime64, RFC 5424, CEF), so it is refused here.
+MAX_TS = 253402300799.0
 
 Payload = (
     Workload | ExecEvent | ExecCheck | ExitEvent | FileEvent | StdioEvent | UidChangeEvent
@@ -80,6 +83,8 @@ class Envelope(Record, frozen=True):
     payload: Payload
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.ts <= MAX_TS:  # (NaN too)
+            raise ValueError(f"ts {self.ts!r} is not a time (0 to {MAX_TS:.0f})")
         expected = PAYLOAD_TYPES[self.kind]
         if type(self.payload) is not expected:
             raise ValueError(f"kind {self.kind.value} carries {expected.__name__}, "
@@ -158,6 +163,8 @@ def decode_envelope(data: bytes | str | dict[str, Any]) -> Envelope:
         raise DecodeError("event_id", "must not be empty")
     if type(ts) is not float and type(ts) is not int:
         raise DecodeError("ts", "expected a number")
+    if not 0 <= ts <= MAX_TS:
+        raise DecodeError("ts", f"{ts!r} is not a time (epoch seconds, 0 to {MAX_TS:.0f})")
     payload: Payload = _convert(PAYLOAD_TYPES[kind], obj["payload"], "payload")
     return Envelope(SCHEMA_VERSION, event_id, node, cluster, float(ts), kind, payload)
 

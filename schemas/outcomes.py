@@ -176,3 +176,9 @@ class ProcessSnapshot(Record, frozen=True):
     # The caps this workload overflowed (cap name -> what could not be kept): sticky for the
     # workload's life, each reported once (streams/engine/state.py says what each one changes).
     overflow: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for pid in self.risk:
+            # (int() would also take other scripts' digits: no pid this project wrote)
+            if not (pid.isascii() and pid.isdecimal() and len(pid) <= 20):
+                raise ValueError(f"risk is keyed by pid, not {pid[:40]!r}")

@@ -425,7 +425,12 @@ class Handlers:
         """The mirror read a persisted process state (or its tombstone)."""
         if snapshot is None:
             self.session.states.pop(workload_id, None)
-        elif self.session.restore_state(snapshot):
+            return
+        try:
+            restored = self.session.restore_state(snapshot)
+        except ValueError as exc:  # names a risk or a cap this build does not know
+            raise Refused(f"process state of {workload_id[:80]!r}: {exc}") from exc
+        if restored:
             self.counts["states_restored"] += 1
 
     async def on_workload_announcement(self, msg: RawMessage) -> None:

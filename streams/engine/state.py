@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas import ProcessSnapshot, TunnelSighting, encode
+from streams.engine.detectors import SUSPICIOUS
 
 __all__ = ["DRIFT_PATHS", "RISKY_PIDS", "ProcessState", "StateEffect", "drift_key"]
 
@@ -48,6 +49,7 @@ RISKY_PIDS = "risky_pids"
 PROBE_SHELLS = "probe_shells"
 ADMITTED_PGIDS = "admitted_pgids"
 TUNNEL_SIGHTINGS = "tunnel_sightings"
+CAPS = (DRIFT_PATHS, RISKY_PIDS, PROBE_SHELLS, ADMITTED_PGIDS, TUNNEL_SIGHTINGS)
 
 
 def drift_key(path: str, max_bytes: int) -> str:
@@ -140,6 +142,14 @@ class ProcessState:
 
     @classmethod
     def restore(cls, snap: ProcessSnapshot) -> ProcessState:
+        """The state a snapshot describes; ValueError if it names a risk or a cap this build
+        does not know (a later decision would look it up)."""
+        for name in (*snap.risk.values(), snap.overflow.get(RISKY_PIDS, "")):
+            if name and name not in SUSPICIOUS:
+                raise ValueError(f"unknown risk {name[:40]!r}")
+        for cap in snap.overflow:
+            if cap not in CAPS:
+                raise ValueError(f"unknown cap {cap[:40]!r} (known: {', '.join(CAPS)})")
         return cls(risk={int(pid): name for pid, name in snap.risk.items()},
                    probe_shells=set(snap.probe_shells), admitted_pgids=set(snap.admitted_pgids),
                    tunnels={(t.pid, t.start_time): t.reported for t in snap.tunnels},

@@ -18,6 +18,7 @@ from schemas import (
     DlqEntry,
     Envelope,
     ExecEvent,
+    ProcessSnapshot,
     ServiceConfig,
     Workload,
     WorkloadKind,
@@ -179,6 +180,32 @@ def test_the_mirror_skips_a_poisoned_record_counts_it_and_goes_on() -> None:
         extra = 2 if topic == WORKLOADS.name else 1
         assert sample("procwarden_streams_mirror_skipped_total", topic=topic) == count + extra
     assert sorted(e.offset for e in out.letters()) == [0, 1, 2, 9]
+
+
+def test_the_mirror_refuses_a_process_state_naming_an_unknown_risk_and_goes_on() -> None:
+    # Found by bench/fuzz.py: restored as it was, it raised KeyError out of the engine at the
+    # workload's next exec under a risky parent; now it is refused where it is read.
+    h, _, out = make()
+    announce(h)
+    mirror = PolicyMirror(KAFKA, on_policy=h.on_policy, on_workload=h.on_workload,
+                          on_process_state=h.on_process_state, dead_letter=h.dead_letter_entry)
+
+    def state(seq: int, risk: str) -> bytes:
+        snap = ProcessSnapshot(workload_id=WL.id, seq=seq, risk={"7": risk})
+        return encode(Envelope.wrap(snap, event_id=f"s{seq}", node="node-1", ts=1.0))
+
+    async def go() -> None:
+        await mirror.apply(PROCESS_STATE.name, 0, 0, WL.id.encode(), state(1, "not-a-risk"))
+        await h.on_event(raw(EXEC.name, ExecEvent(workload_id=WL.id, pid=8, ppid=7,
+                                                  path="/bin/ls", name="ls"),
+                             key=WL.id, event_id="child"))
+        await mirror.apply(PROCESS_STATE.name, 0, 1, WL.id.encode(), state(2, "nc"))
+    run(go())
+    (letter,) = out.letters()
+    assert (letter.topic, letter.offset) == (PROCESS_STATE.name, 0)
+    assert "unknown risk" in letter.error
+    assert [d.event_id for d in out.decisions()] == ["child"]
+    assert mirror.invalid == 1 and h.session.states[WL.id].risk == {7: "nc"}
 
 
 # -- produce failures ---------------------------------------------------------------------------

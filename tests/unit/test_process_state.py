@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import Envelope, ProcessSnapshot, decode_envelope, encode
+from schemas import DecodeError, Envelope, ProcessSnapshot, decode_envelope, encode
 from streams.engine import ProcessState
 from streams.engine.state import StateEffect
 from streams.session import DecisionSession
@@ -59,3 +60,35 @@ def test_a_session_keeps_its_own_newer_state_over_an_echo() -> None:
     assert session.restore_state(state.snapshot("c1"))
     assert not session.restore_state(old)  # the echo of an earlier change
     assert session.states["c1"].drift == {"/tmp/a", "/tmp/b"}
+
+
+def _state_record(**snapshot: object) -> bytes:
+    body = {"workload_id": "c1", "seq": 1, **snapshot}
+    return encode({"schema_version": 1, "event_id": "e1", "node": "n1", "cluster": "default",
+                   "ts": 1.0, "kind": "process_state", "payload": body})
+
+
+def test_a_snapshot_keyed_by_anything_but_a_pid_is_refused_at_decode() -> None:
+    # Found by bench/fuzz.py: the decoder took any text as a pid and restoring it raised
+    # a bare ValueError out of int().
+    for key in ("abc", "-1", "1.5", "٣", "9" * 21):
+        with pytest.raises(DecodeError):
+            decode_envelope(_state_record(risk={key: "nc"}))
+    assert decode_envelope(_state_record(risk={"42": "nc"}))
+
+
+@pytest.mark.parametrize("snapshot", [
+    {"risk": {"7": "not-a-risk"}},
+    {"overflow": {"risky_pids": "not-a-risk"}},
+    {"overflow": {"not-a-cap": ""}},
+])
+def test_a_snapshot_naming_what_this_build_does_not_know_is_not_restored(
+        snapshot: dict[str, object]) -> None:
+    # Restoring it used to succeed, and the workload's next exec under a risky parent raised
+    # KeyError out of the engine (SUSPICIOUS[risk]) on every retry.
+    session = DecisionSession()
+    snap = decode_envelope(_state_record(**snapshot)).payload
+    assert isinstance(snap, ProcessSnapshot)
+    with pytest.raises(ValueError, match="unknown"):
+        session.restore_state(snap)
+    assert "c1" not in session.states
