@@ -211,7 +211,7 @@ def edit_result(policies: Mapping[str, GroupPolicy], env: Envelope,
     if isinstance(p, Workload):
         return ensure_workload_groups(policies, p, settings, ts)
     if isinstance(p, ProfilePatch):
-        return apply_profile_patch(policies, p, ts)
+        return apply_profile_patch(policies, p, ts, settings)
     if isinstance(p, ServiceConfig):
         return apply_service_config(policies, p, ts)
     if isinstance(p, GroupConfig):

@@ -306,9 +306,12 @@ def _normalise_key(name: str, path: str) -> tuple[str, str]:
     return name.strip(), clean_path(path) if path.startswith("/") else path
 
 
-def apply_profile_patch(policies: Mapping[str, GroupPolicy], patch: ProfilePatch,
-                        ts: float) -> EditResult:
-    """`PATCH /v1/process_profile/{group}`: deletes first, then changes, then baseline/flags."""
+def apply_profile_patch(policies: Mapping[str, GroupPolicy], patch: ProfilePatch, ts: float,
+                        limits: EngineSettings = _DEFAULT_LIMITS) -> EditResult:
+    """`PATCH /v1/process_profile/{group}`: deletes first, then changes, then baseline/flags.
+
+    An edit that grows the record past `limits.max_policy_bytes` is refused; one that shrinks
+    it never is, so an admin can always make room."""
     edit = _Edit(policies, ts, patch.actor)
     policy = edit.require(patch.group)
     custom = policy.kind is GroupKind.CUSTOM
@@ -379,8 +382,8 @@ def apply_profile_patch(policies: Mapping[str, GroupPolicy], patch: ProfilePatch
         new = replace(new, learn_capped="")  # room made, or pins started afresh: learn again
     if new == policy:
         return edit.result()
-    if len(new.rules) > len(policy.rules):
-        check_record_size(new)
+    if len(encode(new)) > len(encode(policy)):
+        check_record_size(new, limits)
     edit.put_many(new, [(ChangeKind.RULE_DELETED, r, "") for r in deleted]
                   + [(k, r, "") for k, r in changed] + [(k, None, d) for k, d in details])
     return edit.result()

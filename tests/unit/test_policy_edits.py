@@ -21,7 +21,7 @@ from schemas import (
     ServiceConfig,
     Verdict,
 )
-from streams.engine import PolicyError, apply_crd, validate_rule
+from streams.engine import EngineSettings, PolicyError, apply_crd, validate_rule
 from streams.engine.validation import parse_baseline
 from streams.session import EditOutcome
 from tests.builders import WEB, World, container, group, learned_rule, rule
@@ -102,6 +102,19 @@ def test_patch_deletes_then_changes_all_or_nothing() -> None:
     assert [c.change for c in ok.changes] == [ChangeKind.RULE_DELETED, ChangeKind.RULE_ADDED]
     assert world.policy().version == version + 1
     assert [(r.name, r.action.value) for r in world.policy().rules] == [("cat", "deny")]
+
+
+def test_a_patch_is_held_to_the_deployments_policy_record_limit() -> None:
+    # It was held to the default limit (900 KB) whatever STREAMS_MAX_POLICY_BYTES said, so an
+    # admin could grow a group past what the deployment's producers publish.
+    world = World(groups=[group(rules=(learned_rule("ls", "/bin/ls"),))],
+                  settings=EngineSettings(max_policy_bytes=10_000))
+    many = tuple(RuleChange(f"tool{i}", f"/opt/{'d' * 80}/tool{i}", "allow") for i in range(100))
+    assert "limit of a policy record" in _reject(world.send(ProfilePatch(
+        group=WEB, process_change_list=many)))
+    assert len(world.policy().rules) == 1
+    world.send(ProfilePatch(group=WEB, process_change_list=many[:20]))
+    assert len(world.policy().rules) == 21
 
 
 def test_patch_turns_a_learned_rule_into_a_user_rule() -> None:
