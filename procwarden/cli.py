@@ -67,9 +67,16 @@ def _health(role: str) -> Health:
 
 
 @app.callback()
-def _root() -> None:
+def _root(ctx: typer.Context) -> None:
     """procwarden learns which processes each group of containers runs, then alerts on or blocks
     anything else."""
+    from schemas import codec
+
+    # Every command decodes with the same bounds, read as it starts rather than at import.
+    try:
+        codec.set_limits(codec.limits_from_env())
+    except ValueError as exc:
+        _bad_setting(ctx.invoked_subcommand or "", "PROCWARDEN_", exc)
 
 
 @app.command()

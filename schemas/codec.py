@@ -8,10 +8,11 @@ policy file or a newer producer is never silently misread.
 Whatever the input, the codec raises nothing but `DecodeError`, and it bounds what it parses: a
 message over `max_message_bytes` (default 1 MiB, Kafka's own default) or nesting deeper than
 `max_depth` levels (default 64; the deepest valid record is far shallower) is refused before any
-recursive code sees it, naming the limit. Both are read at import from
-`PROCWARDEN_MAX_MESSAGE_BYTES` and `PROCWARDEN_MAX_NESTING` (every role the same), or set with
-`set_limits`. Typed decoding never nests deeper than the schema, so only the generic parse (the
-slow path, taken by invalid messages and by data already parsed elsewhere) walks for depth.
+recursive code sees it, naming the limit. Each role reads both from
+`PROCWARDEN_MAX_MESSAGE_BYTES` and `PROCWARDEN_MAX_NESTING` as it starts (`limits_from_env`,
+every role the same) and sets them with `set_limits`. Typed decoding never nests deeper than
+the schema, so only the generic parse (the slow path, taken by invalid messages and by data
+already parsed elsewhere) walks for depth.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
@@ -28,7 +30,7 @@ import msgspec
 import orjson
 
 __all__ = ["CodecLimits", "DecodeError", "check_size", "decode_json", "decode_record", "encode",
-           "limits", "set_limits", "to_plain"]
+           "limits", "limits_from_env", "set_limits", "to_plain"]
 
 T = TypeVar("T")
 
@@ -62,10 +64,12 @@ _ENV = {"max_message_bytes": "PROCWARDEN_MAX_MESSAGE_BYTES",
         "max_depth": "PROCWARDEN_MAX_NESTING"}
 
 
-def _limits_from_env() -> CodecLimits:
+def limits_from_env(env: Mapping[str, str] | None = None) -> CodecLimits:
+    """The bounds `PROCWARDEN_MAX_*` name (defaults for the unset); ValueError naming the
+    variable for a bad value."""
     values: dict[str, int] = {}
     for name, variable in _ENV.items():
-        raw = os.environ.get(variable, "").strip()
+        raw = (os.environ if env is None else env).get(variable, "").strip()
         if raw:
             try:
                 values[name] = int(raw)
@@ -77,7 +81,7 @@ def _limits_from_env() -> CodecLimits:
         raise ValueError(f"{' / '.join(_ENV.values())}: {exc}") from None
 
 
-_limits = _limits_from_env()
+_limits = CodecLimits()
 
 
 def limits() -> CodecLimits:
@@ -85,14 +89,16 @@ def limits() -> CodecLimits:
     return _limits
 
 
-def set_limits(*, max_message_bytes: int | None = None,
+def set_limits(new: CodecLimits | None = None, *, max_message_bytes: int | None = None,
                max_depth: int | None = None) -> CodecLimits:
-    """Change the bounds (for this process); returns the previous ones."""
+    """Change the bounds (for this process) to `new`, or some of them; returns the previous
+    ones."""
     global _limits
     previous = _limits
+    base = new or previous
     _limits = CodecLimits(
-        previous.max_message_bytes if max_message_bytes is None else max_message_bytes,
-        previous.max_depth if max_depth is None else max_depth)
+        base.max_message_bytes if max_message_bytes is None else max_message_bytes,
+        base.max_depth if max_depth is None else max_depth)
     return previous
 
 

@@ -285,17 +285,30 @@ def test_the_limits_are_configurable() -> None:
         codec.set_limits(max_depth=2)
 
 
-def test_the_limits_come_from_the_environment() -> None:
+def test_the_limits_come_from_the_environment_as_a_command_starts() -> None:
     import subprocess
     import sys
 
-    code = ("from schemas import codec; l = codec.limits(); "
-            "print(l.max_message_bytes, l.max_depth)")
-    env = {**os.environ, "PROCWARDEN_MAX_MESSAGE_BYTES": "2048", "PROCWARDEN_MAX_NESTING": "20"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+    from schemas import codec
+
+    env = {"PROCWARDEN_MAX_MESSAGE_BYTES": "2048", "PROCWARDEN_MAX_NESTING": "20"}
+    assert codec.limits_from_env(env) == codec.CodecLimits(2048, 20)
+    with pytest.raises(ValueError, match="PROCWARDEN_MAX_NESTING: expected an integer"):
+        codec.limits_from_env({"PROCWARDEN_MAX_NESTING": "many"})
+    # Importing reads nothing; a command applies them, and a bad one is one line naming it.
+    code = ("import os; os.environ['PROCWARDEN_MAX_NESTING'] = 'many'; "
+            "from schemas import codec; print(codec.limits().max_depth)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parents[2]).stdout
-    assert out.split() == ["2048", "20"]
-    env["PROCWARDEN_MAX_NESTING"] = "many"
-    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=False, cwd=Path(__file__).parents[2])
-    assert bad.returncode != 0 and "PROCWARDEN_MAX_NESTING" in bad.stderr
+    assert out.split() == ["64"]
+    big = {**_GOOD, "payload": {**_GOOD["payload"], "path": "/" + "a" * 2000}}
+    line = orjson.dumps(big).decode() + "\n"
+    run = [sys.executable, "-m", "procwarden.cli", "decide", "-"]
+    small = subprocess.run(run, input=line, capture_output=True, text=True, check=False,
+                           env={**os.environ, "PROCWARDEN_MAX_MESSAGE_BYTES": "1024",
+                                "PROCWARDEN_MAX_NESTING": "3"}, cwd=Path(__file__).parents[2])
+    assert small.returncode == 1 and "1024" in small.stdout, small
+    bad = subprocess.run(run, input=line, capture_output=True, text=True, check=False,
+                         env={**os.environ, "PROCWARDEN_MAX_NESTING": "many"},
+                         cwd=Path(__file__).parents[2])
+    assert bad.returncode == 2 and "bad setting: PROCWARDEN_MAX_NESTING" in bad.stderr, bad
