@@ -92,7 +92,8 @@ class Collector:
 
     def __post_init__(self) -> None:
         self.node = self.settings.node
-        self.resolver = WorkloadResolver(node=self.node)
+        self.resolver = WorkloadResolver(node=self.node,
+                                         max_file_bytes=self.settings.workload_file_max_bytes)
         self.sensor = Sensor(self.resolver, ArgvLimits.of(self.settings))
         self.stdio = StdioInspector(self.settings.stdio_inspections,
                                     self.settings.stdio_interval_s)

@@ -173,7 +173,8 @@ class ExecAnswerer:
         self.settings = settings
         self.link = link
         self.fail_open = settings.fail_mode is FailMode.OPEN
-        self.resolver = WorkloadResolver(node=settings.node)
+        self.resolver = WorkloadResolver(node=settings.node,
+                                         max_file_bytes=settings.workload_file_max_bytes)
         self.sensor = Sensor(self.resolver)
         self.metrics = _Metrics()
         self.group: PermissionGroup | None = PermissionGroup()

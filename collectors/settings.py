@@ -49,6 +49,12 @@ class CollectorSettings(BaseSettings):
         64 * 2**20, ge=0,
         description="a held exec of a copied-up file is compared with the image's up to this "
                     "size; a larger one counts as modified")
+    # A workload's /etc/passwd, /etc/group and /etc/login.defs (user names, escalation facts):
+    # read on the sensing loop, so a few KiB of a real image, a few MiB at the very most.
+    workload_file_max_bytes: int = Field(
+        64 * 1024, ge=1024, le=4 * 2**20,
+        description="the largest workload file (passwd, group, login.defs) read; a bigger "
+                    "one is refused whole and counted")
     hold_realtime: bool = Field(
         True, description="while execs are held, the process answering them runs at a "
                           "real-time priority (SCHED_FIFO 1)")

@@ -1,0 +1,37 @@
+"""The collector's settings reach the parts that read what a workload controls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from collectors.agent import Collector
+from collectors.container_files import DEFAULT_MAX_BYTES
+from collectors.settings import CollectorSettings
+from schemas.connections import KafkaConnection
+
+
+def test_the_workload_file_cap_is_a_setting_with_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CollectorSettings().workload_file_max_bytes == DEFAULT_MAX_BYTES
+    monkeypatch.setenv("COLLECTOR_WORKLOAD_FILE_MAX_BYTES", "4096")
+    assert CollectorSettings().workload_file_max_bytes == 4096
+    for bad in ("0", "100", str(64 * 2**20)):
+        monkeypatch.setenv("COLLECTOR_WORKLOAD_FILE_MAX_BYTES", bad)
+        with pytest.raises(ValidationError, match="workload_file_max_bytes"):
+            CollectorSettings()
+
+
+def test_the_collector_reads_workload_files_up_to_the_setting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLLECTOR_WORKLOAD_FILE_MAX_BYTES", "8192")
+    collector = Collector(KafkaConnection(bootstrap_servers="127.0.0.1:9"),
+                          CollectorSettings(state_dir=tmp_path, dry_run=True))
+    try:
+        assert collector.resolver.max_file_bytes == 8192
+        # the enforcer names users (exec_check events) with the same resolver
+        assert collector.enforcer is not None and collector.enforcer.resolver is collector.resolver
+        assert collector.escalations.resolver is collector.resolver
+    finally:
+        collector.publisher.close()
