@@ -32,6 +32,7 @@ from collectors.procfs import ArgvLimits
 from collectors.publisher import Publisher
 from collectors.sensing import Sensed, Sensor, is_loader
 from collectors.settings import CollectorSettings
+from collectors.state_files import private_folder
 from collectors.stdio import StdioInspector
 from collectors.workloads import WorkloadResolver
 from schemas import CollectorReport, Envelope, ExitEvent, Payload, Workload, WorkloadState, encode
@@ -101,6 +102,7 @@ class Collector:
         if self.settings.enforce:
             self.enforcer = Enforcer(self.settings, self.kafka, self.resolver, self.publish,
                                      health=self.health, cannot_go_on=self._stop_for)
+        private_folder(self.settings.state_dir)  # which workloads are held, the spool
         self.publisher = Publisher(self.kafka, self.settings.state_dir / "spool",
                                    self.settings.spool_max_bytes, lose=self._lose)
 

@@ -33,6 +33,7 @@ from collectors.answerer_link import AnswererLink
 from collectors.exec_answerer import Hold
 from collectors.procfs import read_proc, read_stat
 from collectors.settings import CollectorSettings
+from collectors.state_files import private_folder, write_private
 from collectors.workloads import WorkloadResolver
 from schemas import (
     Decision,
@@ -158,10 +159,8 @@ class Enforcer:
 
     def _save_holds(self) -> None:
         state = {wid: h.fields() for wid, h in self._holds.items()}
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._holds_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self._holds_file)
+        private_folder(self.settings.state_dir)
+        write_private(self._holds_file, json.dumps(state).encode())
 
     def _tell_answerer(self) -> None:
         """Every held workload, to an answerer just started."""

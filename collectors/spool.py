@@ -7,7 +7,7 @@ order once Kafka is back; the files survive a collector restart. The spool is bo
 Record: `<u16 topic length><u16 key length><u32 value length>` then the three byte strings.
 Segments are `spool-<sequence>.log`; a lower sequence is older. They hold what processes ran,
 command lines included: the folder is 0700 and every segment 0600, whatever the umask (and
-those an earlier version left readable are made so at start).
+those an earlier version left readable are made so at start: `state_files`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from collectors.state_files import open_appending, private_folder, write_private
 
 __all__ = ["Spool", "SpoolRecord"]
 
@@ -30,12 +32,9 @@ class Spool:
         self.folder = folder
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(folder, 0o700)
+        private_folder(folder)
         self._out: BinaryIO | None = None
         self._out_path: Path | None = None
-        for path in self.segments():
-            os.chmod(path, 0o600)
         self.size = sum(p.stat().st_size for p in self.segments())
 
     def segments(self) -> list[Path]:
@@ -63,10 +62,7 @@ class Spool:
         first = min((_sequence(p) for p in self.segments()), default=1)
         path = self.folder / f"spool-{first - 1:012d}.log"
         data = b"".join(_record(*r) for r in records)
-        tmp = path.with_suffix(".tmp")
-        with _private(tmp, os.O_TRUNC) as out:
-            out.write(data)
-        os.replace(tmp, path)
+        write_private(path, data)
         self.size += len(data)
 
     def _writer(self, incoming: int) -> BinaryIO:
@@ -76,7 +72,7 @@ class Spool:
         if self._out is None:
             last = max((_sequence(p) for p in self.segments()), default=0)
             self._out_path = self.folder / f"spool-{last + 1:012d}.log"
-            self._out = _private(self._out_path, os.O_APPEND)  # kept open across appends
+            self._out = open_appending(self._out_path)  # kept open across appends
         return self._out
 
     def _close_writer(self) -> None:
@@ -100,18 +96,6 @@ class Spool:
 
     def close(self) -> None:
         self._close_writer()
-
-
-def _private(path: Path, flags: int) -> BinaryIO:
-    """A file opened for writing that only its owner can read: created 0600 (the umask can
-    only take bits away) and set so if it existed."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        return os.fdopen(fd, "ab" if flags & os.O_APPEND else "wb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _record(topic: str, key: bytes, value: bytes) -> bytes:
