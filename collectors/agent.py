@@ -95,10 +95,11 @@ class Collector:
         self.node = self.settings.node
         self.resolver = WorkloadResolver(node=self.node,
                                          max_file_bytes=self.settings.workload_file_max_bytes)
-        self.sensor = Sensor(self.resolver, ArgvLimits.of(self.settings))
+        self.sensor = Sensor(self.resolver, ArgvLimits.of(self.settings),
+                             origin_digest_max_bytes=self.settings.origin_digest_max_bytes)
         self.stdio = StdioInspector(self.settings.stdio_inspections,
                                     self.settings.stdio_interval_s)
-        self.escalations = EscalationWatch(self.resolver)
+        self.escalations = EscalationWatch(self.resolver, self.sensor.limits)
         if self.settings.enforce:
             self.enforcer = Enforcer(self.settings, self.kafka, self.resolver, self.publish,
                                      health=self.health, cannot_go_on=self._stop_for)

@@ -10,7 +10,10 @@ no other mount), opened first with `O_PATH` (which opens nothing: a FIFO or a de
 at, never opened), read only when it is a regular file within the cap, and refused whole
 otherwise. A kernel without `openat2` (before 5.6) gets no read at all, never an unsafe one.
 
-The node's own files (pid 1's root) are read the same way.
+The node's own files (pid 1's root) are read the same way, and so are the files of a
+container's overlay layers the collector compares (`sensing.exe_origin`), there with no symlink
+followed at all (`RESOLVE_NO_SYMLINKS`): the path is one the kernel resolved already, so a link
+on it is the container's doing.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import logging
 import os
 import stat
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import Counter
 
-__all__ = ["DEFAULT_MAX_BYTES", "REFUSED", "read_container_file", "read_in_root"]
+__all__ = ["DEFAULT_MAX_BYTES", "REFUSED", "NotRead", "open_in_root", "read_chunks",
+           "read_container_file", "read_in_root"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,7 @@ REFUSED = Counter("procwarden_collector_container_file_refused_total",
 _SYS_OPENAT2 = 437  # the same number on every architecture with the unified table (5.6+)
 _RESOLVE_NO_XDEV = 0x01
 _RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_IN_ROOT = 0x10
 _RESOLVE = _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS | _RESOLVE_NO_XDEV
 _ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ESRCH})
@@ -58,15 +64,17 @@ _logged: OrderedDict[tuple[str, str], None] = OrderedDict()
 _LOGGED_MAX = 1024
 
 
-class _Refused(Exception):
+class NotRead(Exception):
+    """A workload file refused unread: `reason` is REFUSED's label."""
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-def _openat2_path(dirfd: int, path: str) -> int:
-    """An O_PATH descriptor of `path` resolved inside `dirfd` (symlinks followed, inside)."""
-    how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE)
+def _openat2_path(dirfd: int, path: str, resolve: int) -> int:
+    """An O_PATH descriptor of `path` resolved inside `dirfd` as `resolve` says."""
+    how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, resolve)
     for _ in range(3):
         fd = _syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd),
                       ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
@@ -77,23 +85,25 @@ def _openat2_path(dirfd: int, path: str) -> int:
         if err == errno.EAGAIN:  # RESOLVE_IN_ROOT met a concurrent rename: try again
             continue
         if err == errno.ENOSYS:
-            raise _Refused("unsupported")
+            raise NotRead("unsupported")
         if err == errno.EXDEV:
-            raise _Refused("other_mount")
+            raise NotRead("other_mount")
         if err == errno.ELOOP:
-            raise _Refused("symlinks")  # a loop, or a magic link
+            raise NotRead("symlinks")  # a loop, a magic link, or any link when refused
         raise OSError(err, os.strerror(err), path)
-    raise _Refused("changed")
+    raise NotRead("changed")
 
 
-def _read(dirfd: int, path: str, max_bytes: int) -> bytes:
-    fd = _openat2_path(dirfd, path)
+def _open_regular(dirfd: int, path: str, max_bytes: int, resolve: int) -> int:
+    """A read-only descriptor of `path` inside `dirfd`, a regular file of at most `max_bytes`
+    when opened."""
+    fd = _openat2_path(dirfd, path, resolve)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _Refused("not_regular")
+            raise NotRead("not_regular")
         if st.st_size > max_bytes:
-            raise _Refused("too_large")
+            raise NotRead("too_large")
         # Reopened through the O_PATH descriptor: the same inode, whatever the path names now.
         rfd = os.open(f"/proc/self/fd/{fd}",
                       os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -103,19 +113,26 @@ def _read(dirfd: int, path: str, max_bytes: int) -> bytes:
         again = os.fstat(rfd)
         if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(
                 again.st_mode):
-            raise _Refused("changed")
-        chunks, size = [], 0
-        while size <= max_bytes:  # it may have grown since fstat: one byte over is enough
-            chunk = os.read(rfd, max_bytes + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > max_bytes:
-            raise _Refused("too_large")
-        return b"".join(chunks)
-    finally:
+            raise NotRead("changed")
+    except BaseException:
         os.close(rfd)
+        raise
+    return rfd
+
+
+def read_chunks(fd: int, max_bytes: int) -> Iterator[bytes]:
+    """What `fd` holds, in chunks; NotRead("too_large") once past `max_bytes` (a file may
+    grow after it was opened: one byte over is enough to know)."""
+    size = 0
+    while size <= max_bytes:
+        chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+        if not chunk:
+            return
+        size += len(chunk)
+        if size > max_bytes:
+            break
+        yield chunk
+    raise NotRead("too_large")
 
 
 def _refuse(where: str, path: str, reason: str) -> None:
@@ -129,29 +146,56 @@ def _refuse(where: str, path: str, reason: str) -> None:
     log.warning("%s of %s not read: %s", path, where, reason)
 
 
-def read_in_root(root: str | Path, path: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 where: str | None = None) -> bytes | None:
-    """The content of `path` as seen from the directory `root` taken as `/`; None when it does
-    not exist there, or when it is refused (counted in REFUSED, logged once per `where`/`path`):
-    not a regular file, over `max_bytes`, reached through another mount or a magic link, or
-    openat2 missing. Never blocks on the file's kind and never reads more than `max_bytes`+1."""
+def open_in_root(root: str | Path, path: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 where: str | None = None, no_symlinks: bool = False) -> int | None:
+    """A read-only, non-blocking descriptor (the caller closes it) of `path` as seen from the
+    directory `root` taken as `/`, a regular file of at most `max_bytes`; None when it does
+    not exist there. Refused (NotRead, counted in REFUSED, logged once per `where`/`path`):
+    not a regular file, over `max_bytes`, reached through another mount or a magic link (any
+    symlink with `no_symlinks`), or openat2 missing. Never blocks on the file's kind."""
     where = str(root) if where is None else where
     rel = path.lstrip("/") or "."
+    resolve = _RESOLVE | _RESOLVE_NO_SYMLINKS if no_symlinks else _RESOLVE
     try:
         dirfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno not in _ABSENT:
             _refuse(where, path, "error")
+            raise NotRead("error") from exc
         return None  # the process is gone
     try:
-        return _read(dirfd, rel, max_bytes)
-    except _Refused as refused:
+        return _open_regular(dirfd, rel, max_bytes, resolve)
+    except NotRead as refused:
         _refuse(where, path, refused.reason)
+        raise
     except OSError as exc:
-        if exc.errno not in _ABSENT:
-            _refuse(where, path, "error")
+        if exc.errno in _ABSENT:
+            return None
+        _refuse(where, path, "error")
+        raise NotRead("error") from exc
     finally:
         os.close(dirfd)
+
+
+def read_in_root(root: str | Path, path: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 where: str | None = None) -> bytes | None:
+    """The content of `path` as seen from the directory `root` taken as `/`; None when it does
+    not exist there, or when it is refused as `open_in_root` says (symlinks are followed,
+    inside `root`). Never reads more than `max_bytes`+1."""
+    try:
+        fd = open_in_root(root, path, max_bytes=max_bytes, where=where)
+    except NotRead:
+        return None
+    if fd is None:
+        return None
+    try:
+        return b"".join(read_chunks(fd, max_bytes))
+    except NotRead as refused:
+        _refuse(str(root) if where is None else where, path, refused.reason)
+    except OSError:
+        _refuse(str(root) if where is None else where, path, "error")
+    finally:
+        os.close(fd)
     return None
 
 

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 
 from collectors.container_files import DEFAULT_MAX_BYTES, read_container_file
-from collectors.procfs import ProcInfo, read_proc
+from collectors.procfs import DEFAULT_LIMITS, ArgvLimits, ProcInfo, read_proc, read_stat
+from collectors.sensing import cap_path, count_cuts
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from schemas import UidChangeEvent
 
@@ -82,18 +83,19 @@ def _sudo_in_ancestry(proc: ProcInfo) -> bool:
 
 
 class EscalationWatch:
-    def __init__(self, resolver: WorkloadResolver) -> None:
+    def __init__(self, resolver: WorkloadResolver, limits: ArgvLimits = DEFAULT_LIMITS) -> None:
         self.resolver = resolver
+        self.limits = limits  # argv and paths bounded, masked and capped as an exec's
         self._due: list[_Due] = []
 
     def on_uid_change(self, pid: int, ruid: int, now: float | None = None) -> None:
         if ruid != 0:
             return  # only a change to real uid 0 can be an escalation
-        proc = read_proc(pid)
-        if proc is None:
+        stat = read_stat(pid)
+        if stat is None:
             return
         now = time.monotonic() if now is None else now
-        heapq.heappush(self._due, _Due(now + _DELAY_S, pid, proc.start_time))
+        heapq.heappush(self._due, _Due(now + _DELAY_S, pid, stat.start_time))
 
     def next_due(self) -> float | None:
         return self._due[0].at if self._due else None
@@ -109,27 +111,31 @@ class EscalationWatch:
         return found
 
     def _facts(self, due: _Due) -> UidChangeEvent | None:
-        proc = read_proc(due.pid)
+        proc = read_proc(due.pid, limits=self.limits)
         if proc is None or proc.start_time != due.start_time:
             return None  # gone within 100 ms: nothing left to judge or stop
-        parent = read_proc(proc.ppid)
+        parent = read_proc(proc.ppid, limits=self.limits)
         if parent is None or parent.ruid == 0:
             return None  # a root parent: not an escalation
         grandparent = read_proc(parent.ppid) if parent.ppid > 0 else None
         info = self.resolver.container_of(proc.cgroup)
         workload = self.resolver.workload(info)
         parent_user = self.resolver.user_name(info, parent.ruid)
+        max_path = self.limits.max_path_bytes
+        path, path_cut = cap_path(proc.exe, max_path)
         return UidChangeEvent(
             workload_id=workload.id, pid=proc.pid, ruid=proc.ruid, euid=proc.euid,
-            name=proc.comm, path=proc.exe, start_time=proc.start_time,
-            parent_name=parent.comm, parent_path=parent.exe, parent_ruid=parent.ruid,
+            name=proc.comm, path=path, start_time=proc.start_time,
+            parent_name=parent.comm, parent_path=cap_path(parent.exe, max_path)[0],
+            parent_ruid=parent.ruid,
             parent_euid=parent.euid, parent_user=parent_user,
             parent_argv0=parent.argv[0] if parent.argv else "",
             parent_groups=groups_of(info, parent_user, parent.ruid,
                                     max_bytes=self.resolver.max_file_bytes),
             grandparent_name=grandparent.comm if grandparent else "",
-            grandparent_path=grandparent.exe if grandparent else "",
+            grandparent_path=cap_path(grandparent.exe, max_path)[0] if grandparent else "",
             grandparent_ruid=grandparent.ruid if grandparent else None,
             uid_min=uid_min(info, max_bytes=self.resolver.max_file_bytes),
             sudo_in_ancestry=_sudo_in_ancestry(proc),
-            persisted=proc.ruid != parent.ruid, argv=proc.argv)
+            persisted=proc.ruid != parent.ruid, argv=proc.argv,
+            argv_truncated=count_cuts(proc.truncated, path_cut))

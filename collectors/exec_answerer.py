@@ -517,7 +517,8 @@ class ExecAnswerer:
         if hold is None or not hold.pre_exec:
             return None
         path = event.path()
-        return (info.id, hold.stamp, path, not placement.family, exe_origin(info, path),
+        origin = exe_origin(info, path, max_digest_bytes=self.settings.origin_digest_max_bytes)
+        return (info.id, hold.stamp, path, not placement.family, origin,
                 path in self._netcat_paths(info))
 
     def _place(self, pid: int) -> Placement | None:

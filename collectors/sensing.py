@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prometheus_client import Counter
 
+from collectors.container_files import NotRead, open_in_root, read_chunks
 from collectors.procfs import (
     DEFAULT_LIMITS,
     ArgvLimits,
@@ -23,11 +24,12 @@ from collectors.procfs import (
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from schemas import ExecEvent, Origin, Workload
 
-__all__ = ["TRUNCATED", "Sensed", "Sensor", "cap_path", "exe_origin", "is_loader",
-           "still_the_exec_read"]
+__all__ = ["DEFAULT_ORIGIN_DIGEST_BYTES", "TRUNCATED", "Sensed", "Sensor", "cap_path",
+           "count_cuts", "exe_origin", "is_loader", "still_the_exec_read"]
 
 TRUNCATED = Counter("procwarden_collector_truncated_total",
-                    "Exec events whose argv or path was cut to a cap (COLLECTOR_MAX_*)",
+                    "Exec and uid-change events whose argv or path was cut to a cap "
+                    "(COLLECTOR_MAX_*)",
                     ["field", "cap"])
 
 
@@ -41,7 +43,8 @@ def cap_path(path: str, max_bytes: int) -> tuple[str, bool]:
     return data[:max_bytes].decode(errors="ignore"), True
 
 
-def _count_cuts(argv_caps: tuple[str, ...], path_cut: bool) -> bool:
+def count_cuts(argv_caps: tuple[str, ...], path_cut: bool) -> bool:
+    """Count the caps an event's argv (`ProcInfo.truncated`) and path hit; whether any was."""
     for cap in argv_caps:
         TRUNCATED.labels("argv", cap).inc()
     if path_cut:
@@ -50,6 +53,8 @@ def _count_cuts(argv_caps: tuple[str, ...], path_cut: bool) -> bool:
 
 
 def _digest(path: Path) -> str | None:
+    """The sha256 of a running program's file (/proc/<pid>/exe: the kernel's reference to the
+    file it runs, always a regular file, never a name the container picks)."""
     try:
         h = hashlib.sha256()
         with open(path, "rb") as fh:
@@ -60,23 +65,63 @@ def _digest(path: Path) -> str | None:
         return None
 
 
-def exe_origin(info: ContainerInfo, exe: str) -> Origin:
+# What exe_origin hashes of a copied-up file at most (COLLECTOR_ORIGIN_DIGEST_MAX_BYTES).
+DEFAULT_ORIGIN_DIGEST_BYTES = 64 * 2**20
+
+
+def _layer_file(layer: Path, rel: str, max_bytes: int, where: str) -> int | None:
+    """`rel` in one overlay layer, as `container_files.open_in_root` opens it with no symlink
+    followed; None when absent; NotRead when refused."""
+    return open_in_root(layer, rel, max_bytes=max_bytes, where=where, no_symlinks=True)
+
+
+def _same_content(a: int, b: int, max_bytes: int) -> bool:
+    if os.fstat(a).st_size != os.fstat(b).st_size:
+        return False
+    digests = []
+    for fd in (a, b):
+        h = hashlib.sha256()
+        for chunk in read_chunks(fd, max_bytes):
+            h.update(chunk)
+        digests.append(h.digest())
+    return digests[0] == digests[1]
+
+
+def exe_origin(info: ContainerInfo, exe: str, *,
+               max_digest_bytes: int = DEFAULT_ORIGIN_DIGEST_BYTES) -> Origin:
     """Image, new or modified: the overlay's upper layer against the image layers. A file in
     the upper layer whose content equals the image's (a copy-up by chmod, say) is the image's.
     The common case (not in the upper layer: the image's) is one access(), as
-    a held exec waits on it."""
+    a held exec waits on it.
+
+    The upper layer is the container's: what is opened there is resolved with no symlink
+    followed, never blocks, and is hashed only when a regular file of at most
+    `max_digest_bytes` (else, or when anything is odd, it counts as modified)."""
     if info.upperdir is None or not exe.startswith("/"):
         return Origin.IMAGE
-    if not os.access(f"{info.upperdir}{exe}", os.F_OK):  # (a Path join costs more than this)
+    # (a Path join costs more than this; the compiled answer makes the same check)
+    if not os.access(f"{info.upperdir}{exe}", os.F_OK):
         return Origin.IMAGE
     rel = exe.lstrip("/")
-    upper = info.upperdir / rel
-    lower = next((d / rel for d in info.lowerdirs if (d / rel).exists()), None)
-    if lower is None:
-        return Origin.NEW
-    if upper.stat().st_size == lower.stat().st_size and _digest(upper) == _digest(lower):
-        return Origin.IMAGE
-    return Origin.MODIFIED
+    upper = lower = None
+    try:
+        upper = _layer_file(info.upperdir, rel, max_digest_bytes, info.id)
+        if upper is None:
+            return Origin.IMAGE  # gone since: what ran came from below
+        for layer in info.lowerdirs:
+            lower = _layer_file(layer, rel, max_digest_bytes, info.id)
+            if lower is not None:
+                break
+        if lower is None:
+            return Origin.NEW
+        return Origin.IMAGE if _same_content(upper, lower, max_digest_bytes) else (
+            Origin.MODIFIED)
+    except (NotRead, OSError):
+        return Origin.MODIFIED
+    finally:
+        for fd in (upper, lower):
+            if fd is not None:
+                os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -87,9 +132,11 @@ class Sensed:
 
 
 class Sensor:
-    def __init__(self, resolver: WorkloadResolver, limits: ArgvLimits = DEFAULT_LIMITS) -> None:
+    def __init__(self, resolver: WorkloadResolver, limits: ArgvLimits = DEFAULT_LIMITS, *,
+                 origin_digest_max_bytes: int = DEFAULT_ORIGIN_DIGEST_BYTES) -> None:
         self.resolver = resolver
         self.limits = limits  # argv read bounded, masked and capped; paths capped
+        self.origin_digest_max_bytes = origin_digest_max_bytes
         # Parents of gone execs, read whole: (when, what). A shell or a build tool starting
         # many short programs is the common case, and a whole read of it was most of the
         # collector's time for each of them.
@@ -204,7 +251,8 @@ class Sensor:
             family = self.is_family(proc, info)
             exe_on_host = not _same_filesystem(pid, info.init_pid)
             if not exe_on_host:
-                origin = exe_origin(info, proc.exe)
+                origin = exe_origin(info, proc.exe,
+                                    max_digest_bytes=self.origin_digest_max_bytes)
         path, path_cut = cap_path(proc.exe, self.limits.max_path_bytes)
         parent_path = cap_path(parent_path, self.limits.max_path_bytes)[0]
         event = ExecEvent(
@@ -223,7 +271,7 @@ class Sensor:
             # exec'd again: what we read may mix two programs (the name of one, the file of the
             # next), so this exec is told by its notice and the next by its own event.
             return None
-        _count_cuts(proc.truncated, path_cut)
+        count_cuts(proc.truncated, path_cut)
         return Sensed(workload, event, proc)
 
     def sense_gone(self, pid: int, path: str, dev: int, parent_pid: int | None) -> Sensed | None:
@@ -243,7 +291,8 @@ class Sensor:
         if info is not None and parent is not None:
             family = self.is_family(parent, info)
         ruid, euid = (parent.ruid, parent.euid) if parent is not None else (0, 0)
-        origin = exe_origin(info, path) if info is not None else Origin.IMAGE
+        origin = (exe_origin(info, path, max_digest_bytes=self.origin_digest_max_bytes)
+                  if info is not None else Origin.IMAGE)
         event = ExecEvent(
             workload_id=workload.id, pid=pid, path=path, name=base[:15], argv=(base,),
             ppid=parent.pid if parent else 0, pgid=parent.pgid if parent else 0,
@@ -252,7 +301,7 @@ class Sensor:
             parent_name=parent.comm if parent else "",
             parent_path=cap_path(parent.exe, self.limits.max_path_bytes)[0] if parent else "",
             family=family, runtime_injected=info is not None and not family, origin=origin,
-            partial=True, argv_truncated=_count_cuts((), path_cut))
+            partial=True, argv_truncated=count_cuts((), path_cut))
         proc = ProcInfo(pid=pid, ppid=event.ppid, pgid=event.pgid, sid=event.sid, start_time=0,
                         comm=event.name, exe=path, argv=event.argv, ruid=ruid, euid=euid,
                         pid_ns="", cgroup=parent.cgroup if parent else "")

@@ -173,6 +173,7 @@ class UidChangeEvent(Record, frozen=True):
     sudo_in_ancestry: bool = False
     persisted: bool = True  # still differs from the parent's 100 ms later
     argv: tuple[str, ...] = ()
+    argv_truncated: bool = False  # as ExecEvent's: argv and paths cut to the collector's caps
 
 
 class CollectorReport(Record, frozen=True):

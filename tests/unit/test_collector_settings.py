@@ -26,12 +26,19 @@ def test_the_workload_file_cap_is_a_setting_with_bounds(monkeypatch: pytest.Monk
 def test_the_collector_reads_workload_files_up_to_the_setting(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLLECTOR_WORKLOAD_FILE_MAX_BYTES", "8192")
+    monkeypatch.setenv("COLLECTOR_ORIGIN_DIGEST_MAX_BYTES", "12345")
+    monkeypatch.setenv("COLLECTOR_MAX_ARGS", "17")
     collector = Collector(KafkaConnection(bootstrap_servers="127.0.0.1:9"),
                           CollectorSettings(state_dir=tmp_path, dry_run=True))
     try:
         assert collector.resolver.max_file_bytes == 8192
+        # copied-up files are hashed (exe_origin) up to COLLECTOR_ORIGIN_DIGEST_MAX_BYTES
+        assert collector.sensor.origin_digest_max_bytes == 12345
         # the enforcer names users (exec_check events) with the same resolver
         assert collector.enforcer is not None and collector.enforcer.resolver is collector.resolver
         assert collector.escalations.resolver is collector.resolver
+        # escalation events read argv with the exec events' caps (COLLECTOR_MAX_*)
+        assert collector.escalations.limits is collector.sensor.limits
+        assert collector.sensor.limits.max_args == 17
     finally:
         collector.publisher.close()
