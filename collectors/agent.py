@@ -93,9 +93,11 @@ class Collector:
 
     def __post_init__(self) -> None:
         self.node = self.settings.node
+        limits = ArgvLimits.of(self.settings)
         self.resolver = WorkloadResolver(node=self.node,
-                                         max_file_bytes=self.settings.workload_file_max_bytes)
-        self.sensor = Sensor(self.resolver, ArgvLimits.of(self.settings),
+                                         max_file_bytes=self.settings.workload_file_max_bytes,
+                                         argv_limits=limits)
+        self.sensor = Sensor(self.resolver, limits,
                              origin_digest_max_bytes=self.settings.origin_digest_max_bytes)
         self.stdio = StdioInspector(self.settings.stdio_inspections,
                                     self.settings.stdio_interval_s)

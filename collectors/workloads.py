@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from collectors.container_files import DEFAULT_MAX_BYTES, read_container_file
+from collectors.procfs import DEFAULT_LIMITS, ArgvLimits, bound_argv
 from schemas import Workload, WorkloadKind
 
 __all__ = ["ContainerInfo", "WorkloadResolver", "container_id_from_cgroup", "host_workload_id"]
@@ -96,6 +97,11 @@ class WorkloadResolver:
     platform_namespaces: frozenset[str] = frozenset({"kube-system"})
     # The largest workload file (passwd) read; a bigger one is refused whole.
     max_file_bytes: int = DEFAULT_MAX_BYTES
+    # A pod's probe commands are announced as an exec of them would be published: masked
+    # (they carry the passwords probes log in with) and capped, so the worker still matches
+    # the probe's exec events against them.
+    argv_limits: ArgvLimits = DEFAULT_LIMITS
+    _probes: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     _containers: dict[str, ContainerInfo | None] = field(default_factory=dict)
     # (container id, init pid) -> its users, read when a name is first asked for (never by
     # `container`)
@@ -208,8 +214,7 @@ class WorkloadResolver:
         try:
             labels = {str(k): str(v) for k, v in json.loads(a.get("procwarden.io/labels", "{}")
                                                                ).items()}
-            probes = tuple(tuple(str(x) for x in p)
-                           for p in json.loads(a.get("procwarden.io/probes", "[]")))
+            probes = self._probe_cmds(a.get("procwarden.io/probes", "[]"))
         except (ValueError, TypeError, AttributeError):
             labels, probes = {}, ()
         return Workload(
@@ -220,6 +225,21 @@ class WorkloadResolver:
             system=a.get("procwarden.io/system") == "true"
             or namespace in self.platform_namespaces,
             root_pid=info.init_pid)
+
+    def _probe_cmds(self, annotation: str) -> tuple[tuple[str, ...], ...]:
+        """The probes of an annotation (a JSON list of argv lists), as `bound_argv` bounds and
+        masks a command line read from /proc; parsed once per annotation (each exec of the
+        workload builds its announcement)."""
+        known = self._probes.get(annotation)
+        if known is None:
+            known = tuple(
+                bound_argv("\0".join(str(x) for x in probe).encode(errors="replace"), False,
+                           self.argv_limits)[0]
+                for probe in json.loads(annotation))
+            if len(self._probes) >= 4096:
+                self._probes.clear()
+            self._probes[annotation] = known
+        return known
 
     def user_name(self, info: ContainerInfo | None, uid: int) -> str:
         """`uid`'s name in the workload's passwd (read once, safely: `container_files`), or

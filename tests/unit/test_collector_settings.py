@@ -40,5 +40,8 @@ def test_the_collector_reads_workload_files_up_to_the_setting(
         # escalation events read argv with the exec events' caps (COLLECTOR_MAX_*)
         assert collector.escalations.limits is collector.sensor.limits
         assert collector.sensor.limits.max_args == 17
+        # and the workload announcements' probe commands with the same caps and masking
+        assert collector.resolver.argv_limits is collector.sensor.limits
+        assert collector.sensor.limits.mask  # unless COLLECTOR_FULL_CMDLINE
     finally:
         collector.publisher.close()

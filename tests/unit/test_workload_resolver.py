@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors.workloads import WorkloadResolver
+from collectors.procfs import ArgvLimits, bound_argv
+from collectors.workloads import ContainerInfo, WorkloadResolver
 
 CID = "pw-shop-0123456789"
 
@@ -61,3 +62,32 @@ def test_a_runtime_root_created_later_is_searched_within_a_second(
     later = time.monotonic() + 1.5
     monkeypatch.setattr(time, "monotonic", lambda: later)
     assert resolver.container(CID) is not None
+
+
+PROBES = [["mysql", "-uprobe", "-pS3cretPw", "-e", "select 1"],
+          ["sh", "-c", "curl -fsS -u admin:hunter2 http://127.0.0.1/health"],
+          ["redis-cli", "-a", "r3dis-pass", "ping"]]
+
+
+def _with_probes(probes: object) -> ContainerInfo:
+    return ContainerInfo("c-probes", 0, {"procwarden.io/probes": json.dumps(probes),
+                                         "io.kubernetes.pod.name": "db-0"}, None, ())
+
+
+def test_probe_commands_are_announced_masked_as_argv_is() -> None:
+    workload = WorkloadResolver(node="node-1", runtime_roots=()).workload(_with_probes(PROBES))
+    announced = json.dumps(workload.probe_cmds)
+    for secret in ("S3cretPw", "hunter2", "r3dis-pass"):
+        assert secret not in announced
+    # exactly what an exec event of the same probe carries, so the worker still matches it
+    assert workload.probe_cmds == tuple(bound_argv("\0".join(p).encode(), False)[0]
+                                        for p in PROBES)
+
+
+def test_probe_commands_are_kept_whole_with_full_cmdline_and_capped_as_argv_is() -> None:
+    unmasked = WorkloadResolver(node="node-1", runtime_roots=(),
+                                argv_limits=ArgvLimits(mask=False))
+    assert unmasked.workload(_with_probes(PROBES)).probe_cmds == tuple(map(tuple, PROBES))
+    capped = WorkloadResolver(node="node-1", runtime_roots=(), argv_limits=ArgvLimits(max_args=3))
+    long_probe = ["check", *[f"a{i}" for i in range(100)]]
+    assert capped.workload(_with_probes([long_probe])).probe_cmds == (("check", "a0", "a1"),)
