@@ -28,8 +28,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from collectors.spool import Spool
 from procwarden.testbed.containers import APP_LOOP, Container, run_container
-from schemas import Decision, ExecEvent
+from schemas import Decision, Envelope, ExecEvent, encode
 from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, VERDICTS
 from tests.integration.streamkit import (
@@ -187,3 +188,41 @@ def test_kafka_away_a_huge_exec_is_spooled_bounded_and_private(
         assert proc.poll() is None
     finally:
         _stop(proc, log2)
+
+
+def test_a_spooled_record_kafka_refuses_is_dropped_not_a_crash_loop(
+        pipe: Pipeline, box: Container, tmp_path: Path) -> None:
+    """A spool an older collector left (or any record over the broker's limit): replayed, the
+    record is refused; dropped and counted, and what follows it goes out."""
+    state = tmp_path / "state"
+    spool = Spool(state / "spool")
+    huge = Envelope.wrap(ExecEvent(workload_id="old", pid=7, path="/bin/old",
+                                   argv=("old", "x" * (2 * 2**20))),
+                         event_id="old-huge", node=NODE, ts=time.time(), cluster="test")
+    after = Envelope.wrap(ExecEvent(workload_id="old", pid=8, path="/bin/after-old",
+                                    argv=("after-old",)),
+                          event_id="old-after", node=NODE, ts=time.time(), cluster="test")
+    for env in (huge, after):
+        assert spool.append(pipe.topic(EXEC.name), b"old", encode(env))
+    spool.close()
+    port = free_port()
+    for run in range(2):  # the second start: nothing left to trip on either
+        log = tmp_path / f"replay-{run}.log"
+        proc = _start(pipe, state, log, COLLECTOR_METRICS_PORT=str(port))
+        try:
+            wait_for_line(log, "collector: ready", proc)  # (it senses from then on)
+            if run == 0:
+                pipe.wait_for(EXEC.name, lambda e: e.event_id == "old-after", timeout=60)
+                wait_for_line(log, "dropped", proc)
+                counted = _metrics(port)
+                assert sum(v for (name, _), v in counted.items()
+                           if name == "procwarden_collector_unpublishable_total") >= 1, counted
+            program = _drop(box, f"after-replay-{run}")
+            assert box.app(f"{program}; echo ok") == (0, "ok\n")
+            _exec_of(pipe, program)
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        finally:
+            _stop(proc, log)
+    # Dropped once for good: the second start does not meet it again (what the host ran while
+    # the spool drained may still be spooled at a stop; that is kept, by design).
+    assert "dropped" not in (tmp_path / "replay-1.log").read_text(errors="replace")
