@@ -17,7 +17,11 @@ missing.
 A message Kafka will never take (over the producer's `message.max.bytes`, refused by the
 broker, or rejected by the client) is dropped, counted (`procwarden_collector_unpublishable_total`
 and the collector report's losses) and logged, bounded: never raised into the sensing loop, and
-never spooled to trip the next start. A spooled record refused at replay is dropped the same way.
+never spooled to trip the next start. A spooled record refused at replay is dropped the same way,
+and so is one for a topic that does not exist and that no collector publishes to (a name damaged
+on disk): waiting for it would hold back every record behind it for good. A missing topic of
+its own is waited for (it may be being created), and one gone between the metadata and the
+produce is retried, never dropped.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from prometheus_client import Counter, Gauge
 
 from collectors.spool import Spool, SpoolRecord
 from schemas.connections import KafkaConnection
+from schemas.topics import ALL_TOPICS
 
 __all__ = ["Publisher"]
 
@@ -50,6 +55,10 @@ UNPUBLISHABLE = Counter("procwarden_collector_unpublishable_total",
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 _MISSING = (KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART)
 
+
+# The metric's topic label: the topic's own name for procwarden's, one label for any other (a
+# damaged name must not make a series of its own).
+_LABELS = frozenset(t.name.rsplit(".", 1)[-1] for t in ALL_TOPICS)
 
 # librdkafka's message.max.bytes: the whole record (value, key and its framing) must fit; what
 # is larger is refused by produce() and would be by the broker.
@@ -86,6 +95,9 @@ class Publisher:
             "error_cb": self._on_error})
         self._published: dict[str, Counter] = {}  # topic -> its PUBLISHED child
         self._missing: set[str] = set()  # topics found missing, said once each
+        # What a collector publishes to: a missing one of these is waited for, any other
+        # missing one will never come.
+        self.topics = frozenset(kafka.topic(t.name) for t in ALL_TOPICS)
         SPOOL_BYTES.set(self.spool.size)
         if self.spooling:
             log.warning("replaying %d bytes spooled by an earlier run once Kafka answers",
@@ -153,7 +165,8 @@ class Publisher:
 
     def _drop(self, topic: str, reason: str, detail: str) -> None:
         """A message Kafka will never take: counted, and logged bounded (text and rate)."""
-        UNPUBLISHABLE.labels(topic.rsplit(".", 1)[-1], reason).inc()
+        label = topic.rsplit(".", 1)[-1]
+        UNPUBLISHABLE.labels(label if label in _LABELS else "other", reason).inc()
         with self._lock:
             self.lost[f"unpublishable:{reason}"] += 1
             n = self.lost[f"unpublishable:{reason}"]
@@ -209,17 +222,23 @@ class Publisher:
                 log.warning("Kafka is back: the spool is empty, publishing directly")
                 return
             path, records = next(self.spool.drain())
+            never: set[str] = set()  # missing, and no collector's: it will never come
             for topic in {topic for topic, _, _ in records}:
                 meta = topics.get(topic)
-                if meta is None or meta.error is not None:
+                if meta is None and topic not in self.topics:
+                    never.add(topic)
+                elif meta is None or (meta.error is not None and topic in self.topics):
                     self._topic_missing(topic)
-                    return  # not until every topic the segment holds exists
+                    return  # not until every topic of ours the segment holds exists
             for topic in [t for t in self._missing if t in topics]:
                 self._missing.discard(topic)
                 log.warning("the topic %s exists now", topic)
         for topic, key, value in records:
             # A record Kafka refuses (one an older collector spooled whole, a damaged one) is
             # dropped and counted: it must not stop this start, nor the next.
+            if topic in never:
+                self._drop(topic, "unknown_topic", f"spooled, for {topic[:_LOGGED_BYTES]!r}")
+                continue
             if len(value) + len(key) + len(topic) + _FRAMING > self.max_message_bytes:
                 self._drop(topic, "too_large", f"spooled, {len(value)} bytes")
                 continue
@@ -227,6 +246,12 @@ class Publisher:
                 if not self._produce(topic, key, value):
                     return  # Kafka went away again: the segment stays, replayed again later
             except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.code() in _MISSING \
+                        and topic in self.topics:
+                    with self._lock:  # gone since the metadata: the segment stays, whole
+                        self._topic_missing(topic)
+                    return
                 self._drop(topic, _reason(exc), f"spooled: {exc}")
             except (ValueError, TypeError) as exc:
                 self._drop(topic, type(exc).__name__, f"spooled: {exc}")

@@ -17,6 +17,8 @@ from collectors.spool import Spool
 from schemas.connections import KafkaConnection
 
 TOPIC = "t.procwarden.exec"
+OURS = KafkaConnection(bootstrap_servers="127.0.0.1:9", topic_prefix="unit.")
+EXEC_OURS = OURS.topic("procwarden.exec")  # a topic this collector publishes to
 
 
 @dataclass
@@ -48,10 +50,11 @@ class FakeProducer:
         pass
 
 
-def _publisher(tmp_path: Path, fake: FakeProducer, **kw: Any) -> tuple[Publisher, list[str]]:
+def _publisher(tmp_path: Path, fake: FakeProducer, *, kafka: KafkaConnection | None = None,
+               **kw: Any) -> tuple[Publisher, list[str]]:
     lost: list[str] = []
-    pub = Publisher(KafkaConnection(bootstrap_servers="127.0.0.1:9"), tmp_path / "spool",
-                    2**20, check_every_s=0, lose=lost.append, **kw)
+    pub = Publisher(kafka or KafkaConnection(bootstrap_servers="127.0.0.1:9"),
+                    tmp_path / "spool", 2**20, check_every_s=0, lose=lost.append, **kw)
     pub.producer = fake  # type: ignore[assignment]
     return pub, lost
 
@@ -152,3 +155,73 @@ def test_the_spool_it_writes_is_private(tmp_path: Path) -> None:
     pub.close()
     (segment,) = pub.spool.segments()
     assert stat.S_IMODE(segment.stat().st_mode) == 0o600
+
+
+def _topics(*names: str) -> Any:
+    meta = type("Meta", (), {"error": None})()
+    return type("Topics", (), {"topics": dict.fromkeys(names, meta)})()
+
+
+def _spooled(tmp_path: Path, *records: tuple[str, bytes]) -> None:
+    spool = Spool(tmp_path / "spool")
+    for topic, value in records:
+        spool.append(topic, b"w", value)
+    spool.close()
+
+
+def test_a_spooled_record_for_a_topic_that_will_never_exist_is_dropped_and_the_rest_goes(
+        tmp_path: Path) -> None:
+    damaged = "procwarden.ex\ufffdc"  # a name damaged on disk; no collector publishes to it
+    _spooled(tmp_path, (damaged, b"damaged"), (EXEC_OURS, b"after"))
+    fake = FakeProducer()
+    fake.list_topics = lambda timeout=0: _topics(EXEC_OURS)  # type: ignore[method-assign]
+    pub, lost = _publisher(tmp_path, fake, kafka=OURS)
+    before = REGISTRY.get_sample_value("procwarden_collector_unpublishable_total",
+                                       {"topic": "other", "reason": "unknown_topic"}) or 0.0
+    pub.poll()
+    assert [v for _, _, v in fake.sent] == [b"after"]  # it stalled here, for good
+    assert lost == ["unpublishable:unknown_topic"]
+    assert REGISTRY.get_sample_value("procwarden_collector_unpublishable_total", {
+        "topic": "other", "reason": "unknown_topic"}) == before + 1  # one label, any name
+    assert not pub.spool
+    pub.poll()
+    assert not pub.spooling
+    pub.close()
+
+
+def test_a_spooled_record_for_a_missing_topic_of_ours_waits_until_it_exists(
+        tmp_path: Path) -> None:
+    _spooled(tmp_path, (EXEC_OURS, b"1"), (EXEC_OURS, b"2"))
+    fake = FakeProducer()
+    exists: list[str] = []
+    fake.list_topics = lambda timeout=0: _topics(*exists)  # type: ignore[method-assign]
+    pub, lost = _publisher(tmp_path, fake, kafka=OURS)
+    pub.poll()
+    pub.poll()
+    assert fake.sent == [] and pub.spool and not lost  # not created yet: kept, not dropped
+    exists.append(EXEC_OURS)
+    pub.poll()
+    assert [v for _, _, v in fake.sent] == [b"1", b"2"] and not lost and not pub.spool
+    pub.close()
+
+
+def test_a_topic_of_ours_gone_during_replay_is_retried_not_dropped(tmp_path: Path) -> None:
+    _spooled(tmp_path, (EXEC_OURS, b"1"), (EXEC_OURS, b"2"))
+    fake = FakeProducer()
+    fake.list_topics = lambda timeout=0: _topics(EXEC_OURS)  # type: ignore[method-assign]
+    pub, lost = _publisher(tmp_path, fake, kafka=OURS)
+    produce = fake.produce
+    refusals = [KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC))]
+
+    def gone_once(topic: str, value: bytes, key: bytes) -> None:
+        if value == b"2" and refusals:
+            raise refusals.pop()
+        produce(topic, value, key)
+
+    fake.produce = gone_once  # type: ignore[method-assign]
+    pub.poll()  # deleted (or re-created) between the metadata and the produce: transient
+    assert not lost and pub.spool
+    pub.poll()
+    # the segment goes again whole (a repeat is harmless: idempotent ids), nothing lost
+    assert [v for _, _, v in fake.sent] == [b"1", b"1", b"2"] and not lost and not pub.spool
+    pub.close()
