@@ -76,6 +76,10 @@ EVENT_AGE = Histogram("procwarden_streams_event_age_seconds",
                       "Age of the oldest event of each decided batch (its ts) when the batch's "
                       "verdicts are handed to the producer: the lag",
                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30, 120))
+CAPPED = Counter_("procwarden_streams_capped_total",
+                  "Decisions an engine cap changed (a workload's state or a group's learning "
+                  "full), by cap; its first per workload also raised an overflow incident",
+                  ["cap"])
 POLICY_WRITES = Counter_("procwarden_streams_policy_versions_total", "Policy versions written")
 PARKED = Counter_("procwarden_streams_unknown_workload_events_total",
                   "Events of workloads not announced yet, by what became of them",
@@ -374,6 +378,11 @@ class Handlers:
         incident = decision.incident
         if incident is not None and not decision.suppressed:
             await self.send(SECURITY_EVENTS.name, incident.group, incident, incident.id, out)
+        if decision.capped:
+            CAPPED.labels(decision.capped).inc()
+        overflow = decision.overflow  # a cap this event overflowed: said once per workload
+        if overflow is not None:
+            await self.send(SECURITY_EVENTS.name, overflow.group, overflow, overflow.id, out)
         if decision.learn is not None:
             await self.send(POLICY_UPDATES.name, decision.learn.group, decision.learn,
                             f"{decision.event_id}:learn", out)

@@ -7,6 +7,7 @@ dry-runs all call `decide`, so they always agree.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 
 from schemas import Action as RuleAction
@@ -53,6 +54,7 @@ from streams.engine.probes import SHELLS
 from streams.engine.state import (
     ADMITTED_PGIDS,
     DRIFT_PATHS,
+    LEARNING,
     PROBE_SHELLS,
     RISKY_PIDS,
     TUNNEL_SIGHTINGS,
@@ -234,16 +236,20 @@ def _decide_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEven
     if learn is not None:
         why = learn_refusal(view.learned, learn, view.settings)
         if why:
-            # Learning is capped: the exec runs as Discover lets it, unlearned. The first refusal
-            # says so and tells the group's writer to mark the group (a later one, or one whose
-            # incident slot a state overflow took, sends nothing).
-            first = not view.learned.learn_capped and overflow is None
+            # Learning is capped: the exec runs as Discover lets it, unlearned. Each workload's
+            # first refusal says so and tells the group's writer to mark the group (a later
+            # one, or one whose incident slot a state overflow took, sends nothing). Per
+            # workload, not per group: the writer may have capped the group itself (learns of
+            # one burst overtake the policy they fill), and then no decision was a group's first.
+            first = LEARNING not in st.overflow and overflow is None
             verdict, reason, capped = _ALLOW, "learn-capped", capped or why
             learn = replace(learn, capped=why) if first else None
             if first:
                 overflow = _overflow_incident(
                     view, env, why, f"learning stopped ({_LEARN_CAPS[why]}); what the group "
                     "did not learn is a violation once it leaves Discover", _proc(ev, pname))
+                effect = (StateEffect(overflow=(LEARNING, why)) if effect is None
+                          else dataclasses.replace(effect, overflow=(LEARNING, why)))
     wl = view.workload
     learned = view.learned
     return Decision(

@@ -41,7 +41,7 @@ from typing import Any
 from schemas import ProcessSnapshot, TunnelSighting, encode
 from streams.engine.detectors import SUSPICIOUS
 
-__all__ = ["DRIFT_PATHS", "RISKY_PIDS", "ProcessState", "StateEffect", "drift_key"]
+__all__ = ["DRIFT_PATHS", "LEARNING", "RISKY_PIDS", "ProcessState", "StateEffect", "drift_key"]
 
 # Cap names, as in `ProcessSnapshot.overflow`, `Decision.capped` and the metric's label.
 DRIFT_PATHS = "drift_paths"
@@ -49,7 +49,8 @@ RISKY_PIDS = "risky_pids"
 PROBE_SHELLS = "probe_shells"
 ADMITTED_PGIDS = "admitted_pgids"
 TUNNEL_SIGHTINGS = "tunnel_sightings"
-CAPS = (DRIFT_PATHS, RISKY_PIDS, PROBE_SHELLS, ADMITTED_PGIDS, TUNNEL_SIGHTINGS)
+LEARNING = "learning"  # the workload was refused a learn (and said so); its value: which cap
+CAPS = (DRIFT_PATHS, RISKY_PIDS, PROBE_SHELLS, ADMITTED_PGIDS, TUNNEL_SIGHTINGS, LEARNING)
 
 
 def drift_key(path: str, max_bytes: int) -> str:

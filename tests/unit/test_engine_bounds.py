@@ -30,7 +30,7 @@ from schemas import (
 )
 from streams.engine import EngineSettings, PolicyError, ProcessState, criteria_match
 from streams.engine.validation import validate_criteria
-from tests.builders import WEB, World, container, group, rule
+from tests.builders import WEB, World, container, group, learned_rule, rule
 
 D, M, P = Mode.DISCOVER, Mode.MONITOR, Mode.PROTECT
 ZD, BASIC = Baseline.ZERO_DRIFT, Baseline.BASIC
@@ -221,6 +221,27 @@ def test_the_writer_enforces_the_cap_too() -> None:
         policies.update(apply_learn(policies, req, settings).updated)
     assert sum(r.cfg_type.value == "learned" for r in policies[WEB].rules) == 3
     assert policies[WEB].learn_capped
+
+
+def test_a_group_the_writer_capped_is_still_reported_once_per_workload() -> None:
+    # Found by the real-stack flood: a burst's learns overtake the policy they fill, so the
+    # writer caps the group, no decision is the group's first refusal, and no incident told
+    # the SOC that learning had stopped.
+    capped = group(mode=D, rules=(learned_rule("ls", "/bin/ls"),), learn_capped="learned_rules")
+    world = World(groups=[capped], settings=EngineSettings(max_learned_rules=1))
+    first, again = world.exec("/bin/cat"), world.exec("/bin/tac")
+    assert (first.reason, again.reason) == ("learn-capped", "learn-capped")
+    assert first.overflow is not None and first.overflow.name == "Container.Profile.Overflow"
+    assert again.overflow is None and again.learn is None
+    assert first.learn is not None and first.learn.capped == "learned_rules"
+    snap = decode_envelope(_state_record(world)).payload
+    assert isinstance(snap, ProcessSnapshot) and snap.overflow == {"learning": "learned_rules"}
+    restarted = World(groups=[capped], workloads=[container(), container("c2")],
+                      settings=EngineSettings(max_learned_rules=1))
+    assert restarted.session.restore_state(snap)
+    assert restarted.exec("/bin/od").overflow is None  # the restored worker knows it was said
+    other = restarted.exec("/bin/od", workload="c2")  # another replica says it once too
+    assert other.overflow is not None
 
 
 def test_users_and_hash_pins_per_group_are_capped() -> None:

@@ -18,6 +18,9 @@ from schemas import (
     DlqEntry,
     Envelope,
     ExecEvent,
+    FileEvent,
+    FileOp,
+    Incident,
     ProcessSnapshot,
     ServiceConfig,
     Workload,
@@ -27,8 +30,19 @@ from schemas import (
     encode,
 )
 from schemas.connections import KafkaConnection
-from schemas.topics import DLQ, EXEC, POLICY, POLICY_UPDATES, PROCESS_STATE, VERDICTS, WORKLOADS
+from schemas.topics import (
+    DLQ,
+    EXEC,
+    FILE,
+    POLICY,
+    POLICY_UPDATES,
+    PROCESS_STATE,
+    SECURITY_EVENTS,
+    VERDICTS,
+    WORKLOADS,
+)
 from streams.decider import commit_points
+from streams.engine import EngineSettings
 from streams.event_output import KafkaOutput, OutputRefused
 from streams.handlers import Handlers, RawMessage, SideBuffer
 from streams.mirror import PolicyMirror
@@ -206,6 +220,29 @@ def test_the_mirror_refuses_a_process_state_naming_an_unknown_risk_and_goes_on()
     assert "unknown risk" in letter.error
     assert [d.event_id for d in out.decisions()] == ["child"]
     assert mirror.invalid == 1 and h.session.states[WL.id].risk == {7: "nc"}
+
+
+def test_an_overflow_incident_is_published_once_beside_its_verdict() -> None:
+    # Found by the real-stack flood test: the engine raised Container.Profile.Overflow on the
+    # decision, and the worker never published it, so no SOC saw a workload overflow its caps.
+    agents, out = FakePublisher(), FakePublisher()
+    before = sample("procwarden_streams_capped_total", cap="drift_paths")
+    h = Handlers(session=DecisionSession(settings=EngineSettings(max_drift_paths=2)),
+                 publisher=agents, decisions=out, kafka=KAFKA)
+    h.ready.set()
+    announce(h)
+
+    async def go() -> None:
+        for i in range(5):
+            await h.on_event(raw(FILE.name, FileEvent(WL.id, FileOp.CREATE, f"/tmp/x{i}",
+                                                      executable=True), key=WL.id))
+    run(go())
+    overflows = [e.payload for e in out.on(SECURITY_EVENTS.name)
+                 if isinstance(e.payload, Incident)
+                 and e.payload.name == "Container.Profile.Overflow"]
+    assert len(overflows) == 1 and overflows[0].workload_id == WL.id
+    assert sum(d.capped == "drift_paths" for d in out.decisions()) == 3
+    assert sample("procwarden_streams_capped_total", cap="drift_paths") == before + 3
 
 
 # -- produce failures ---------------------------------------------------------------------------
