@@ -41,7 +41,7 @@ from streams.kafka_options import ssl_context
 from streams.mirror import PolicyMirror
 from streams.session import DecisionSession
 from streams.settings import StreamSettings
-from streams.web import install_routes
+from streams.web import install_routes, web_options
 from transport import HEALTH_FILE_ENV, DlqLimits, Health, describe, exit_unless_stopped
 
 __all__ = ["FaustPublisher", "Readiness", "build_app", "run_worker"]
@@ -177,8 +177,7 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
         store="memory://",
         autodiscover=False,
         datadir=str(settings.data_dir / settings.app_id),
-        web_host=settings.web_host,
-        web_port=settings.web_port,
+        **web_options(settings),  # 127.0.0.1, TLS when set, none of Faust's own views
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_compression_type="lz4",
