@@ -15,6 +15,7 @@ from schemas import (
     Decision,
     Envelope,
     EventKind,
+    ExecEvent,
     Incident,
     Verdict,
     decode_envelope,
@@ -132,8 +133,13 @@ def test_the_fuzzed_collector_records_kills_and_makes_none(tmp_path: Path) -> No
     victim = subprocess.Popen(["sleep", "60"])
     try:
         consumers = fuzz.Consumers(tmp_path)
+        # a verdict acted on answers an exec this collector published (issue 22)
+        start = 4242
+        consumers.enforcer.published("e1", ExecEvent(workload_id="c-web-1", pid=victim.pid,
+                                                     path="/bin/sleep", start_time=start))
         block = Decision(event_id="e1", event_kind=EventKind.EXEC, workload_id="c-web-1",
-                         node=fuzz.NODE, verdict=Verdict.BLOCK, reason="fuzz", pid=victim.pid)
+                         node=fuzz.NODE, verdict=Verdict.BLOCK, reason="fuzz", pid=victim.pid,
+                         start_time=start)
         value = encode(Envelope.wrap(block, event_id="v1", node=fuzz.NODE, ts=1.0))
         asyncio.run(consumers.paths[fuzz.COLLECTOR](fuzz.Input(value, b"k", "verdict", "valid"),
                                                     1))
