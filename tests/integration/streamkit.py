@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,8 @@ class Pipeline:
     def __post_init__(self) -> None:
         if self.prefix:
             PREFIXES.append(self.prefix)
-        self.kafka = KafkaConnection(bootstrap_servers=self.base.bootstrap_servers,
-                                     topic_prefix=self.prefix)
+        # The base's identity and TLS, on this pipeline's own topics.
+        self.kafka = replace(self.base, topic_prefix=self.prefix)
         ensure_topics(self.kafka, ALL_TOPICS)
         self.producer = Producer({**self.kafka.confluent_config(), "enable.idempotence": True,
                                   "partitioner": "murmur2_random"})
