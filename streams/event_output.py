@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -57,6 +58,11 @@ def refused_error(error: KafkaError) -> bool:
     return error.code() in _REFUSED_CODES and not error.fatal()
 
 
+# The headers that sign an output (streams/provenance.py's RecordSigner).
+Sign = Callable[[str, bytes | None, bytes | None], list[tuple[str, bytes]]]
+Headers = list[tuple[str, str | bytes | None]]
+
+
 class DeliveryFailed(RuntimeError):
     """An output did not reach Kafka: its input must not count as done."""
 
@@ -79,7 +85,8 @@ class KafkaOutput:
 
     def __init__(self, kafka: KafkaConnection, linger_ms: float = 5.0, *,
                  node: str = "streams", limits: DlqLimits | None = None,
-                 **overrides: Any) -> None:
+                 sign: Sign | None = None, **overrides: Any) -> None:
+        self._sign = sign
         self._failures: list[KafkaError] = []
         # Refused by the broker after `send`: (error, topic, partition, key, value), bounded.
         self._refused: list[tuple[KafkaError, str, int, bytes | None, bytes | None]] = []
@@ -116,7 +123,9 @@ class KafkaOutput:
         """Hand one output to the producer; OutputRefused if it is refused for itself."""
         while True:
             try:
-                self._producer.produce(topic, value, key)
+                headers: Headers | None = list(self._sign(topic, key, value)) \
+                    if self._sign else None
+                self._producer.produce(topic, value, key, headers=headers)
                 break
             except BufferError:  # the local queue is full: let librdkafka deliver some
                 await asyncio.get_running_loop().run_in_executor(None, self._producer.poll, 0.1)
@@ -158,7 +167,10 @@ class KafkaOutput:
         env = Envelope.wrap(entry, event_id=f"dlq:{topic}:out:{digest}", node=self._node,
                             ts=entry.ts)
         try:
-            self._producer.produce(self._dlq_topic, encode(env), topic.encode())
+            value, key = encode(env), topic.encode()
+            headers: Headers | None = list(self._sign(self._dlq_topic, key, value)) \
+                if self._sign else None
+            self._producer.produce(self._dlq_topic, value, key, headers=headers)
         except (BufferError, KafkaException) as exc:
             log.error("the dead letter of a refused output was lost: %s", exc)
 

@@ -60,6 +60,7 @@ class BadSignature(Refused):
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason  # a stable code, the metric's label
+        self.detail = detail
         super().__init__(f"signature refused ({reason}){': ' + detail if detail else ''}")
 
 
