@@ -61,7 +61,10 @@ class FaustPublisher:
         self._sign = sign
 
     async def send(self, topic: str, key: bytes, value: bytes | None) -> None:
-        headers = self._sign(topic, key, value) if self._sign else None
+        headers = None
+        if self._sign:  # (Faust's producer types them as bytes; ours are)
+            headers = [(n, v if isinstance(v, bytes) else (v or "").encode())
+                       for n, v in self._sign(topic, key, value)]
         await self.app.producer.send(topic, key, value, partition=None, timestamp=None,
                                      headers=headers)
 

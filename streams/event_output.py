@@ -35,6 +35,7 @@ from schemas import Envelope, encode
 from schemas.connections import KafkaConnection
 from schemas.topics import DLQ
 from transport import DlqLimits, dead_letter_entry
+from transport.signing import Header
 
 __all__ = ["OUTPUT_REFUSED", "DeliveryFailed", "KafkaOutput", "OutputRefused", "refused_error"]
 
@@ -59,8 +60,7 @@ def refused_error(error: KafkaError) -> bool:
 
 
 # The headers that sign an output (streams/provenance.py's RecordSigner).
-Sign = Callable[[str, bytes | None, bytes | None], list[tuple[str, bytes]]]
-Headers = list[tuple[str, str | bytes | None]]
+Sign = Callable[[str, bytes | None, bytes | None], list[Header]]
 
 
 class DeliveryFailed(RuntimeError):
@@ -123,8 +123,7 @@ class KafkaOutput:
         """Hand one output to the producer; OutputRefused if it is refused for itself."""
         while True:
             try:
-                headers: Headers | None = list(self._sign(topic, key, value)) \
-                    if self._sign else None
+                headers = self._sign(topic, key, value) if self._sign else None
                 self._producer.produce(topic, value, key, headers=headers)
                 break
             except BufferError:  # the local queue is full: let librdkafka deliver some
@@ -168,8 +167,7 @@ class KafkaOutput:
                             ts=entry.ts)
         try:
             value, key = encode(env), topic.encode()
-            headers: Headers | None = list(self._sign(self._dlq_topic, key, value)) \
-                if self._sign else None
+            headers = self._sign(self._dlq_topic, key, value) if self._sign else None
             self._producer.produce(self._dlq_topic, value, key, headers=headers)
         except (BufferError, KafkaException) as exc:
             log.error("the dead letter of a refused output was lost: %s", exc)

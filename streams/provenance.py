@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from prometheus_client import Counter
 
 from schemas import Envelope, Workload, WorkloadState
-from transport.signing import BadSignature, Keyring, Signer, Verifier
+from transport.signing import BadSignature, Header, Keyring, Signer, Verifier
 
 __all__ = ["Provenance", "RecordSigner"]
 
@@ -126,8 +126,7 @@ class RecordSigner:
         self._ttl = verdict_ttl_s
         self._clock = clock
 
-    def __call__(self, topic: str, key: bytes | None, value: bytes | None
-                 ) -> list[tuple[str, bytes]]:
+    def __call__(self, topic: str, key: bytes | None, value: bytes | None) -> list[Header]:
         if topic == self._verdicts:
             node = (key or b"").decode("utf-8", "replace")
             return self._signer.headers(topic, key, value, to_node=node,

@@ -37,7 +37,7 @@ from typing import Any
 
 from transport.guard import Refused
 
-__all__ = ["BadSignature", "Keyring", "NodeKeys", "Signed", "Signer", "Verifier",
+__all__ = ["BadSignature", "Header", "Keyring", "NodeKeys", "Signed", "Signer", "Verifier",
            "node_signer", "STREAMS"]
 
 SIGNER, KID, EXPIRES, SIGNATURE = "pw-signer", "pw-kid", "pw-exp", "pw-sig"
@@ -50,7 +50,9 @@ _FROM_NODE, _TO_NODE, _FROM_STREAMS = b"from-node", b"to-node", b"from-streams"
 _MAX_HEADER = 256  # bytes of one of our headers: anything longer is refused unread
 _KID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
-Headers = Sequence[tuple[str, bytes | None]] | None
+# As the Kafka clients take and give them (confluent-kafka's type, which aiokafka's fits).
+Header = tuple[str, str | bytes | None]
+Headers = Sequence[Header] | None
 # (key id, purpose, node) -> the secret that signs it, or None if this holder has none
 _SecretFor = Callable[[str, bytes, str], "bytes | None"]
 
@@ -233,7 +235,7 @@ class Signer:
         return cls(STREAMS, _ring_secrets(ring), ring.current)
 
     def headers(self, topic: str, key: bytes | None, value: bytes | None, *,
-                to_node: str = "", expires: int = 0) -> list[tuple[str, bytes]]:
+                to_node: str = "", expires: int = 0) -> list[Header]:
         """The headers that sign this record: as the stream app for `to_node` (a verdict),
         or as itself."""
         if self.signer == STREAMS:
@@ -245,8 +247,8 @@ class Signer:
             raise ValueError(f"{self.signer} has no key to sign that")
         exp = str(expires) if expires else ""
         sig = _mac(secret, topic, self.signer, self.kid, exp, key, value)
-        out = [(SIGNER, self.signer.encode()), (KID, self.kid.encode()),
-               (SIGNATURE, sig.hex().encode())]
+        out: list[Header] = [(SIGNER, self.signer.encode()), (KID, self.kid.encode()),
+                             (SIGNATURE, sig.hex().encode())]
         if exp:
             out.append((EXPIRES, exp.encode()))
         return out
@@ -351,9 +353,9 @@ def _our_headers(headers: Headers) -> dict[str, str]:
                 raise BadSignature("headers", f"{name} twice")
             if value is None or len(value) > _MAX_HEADER:
                 raise BadSignature("headers", f"{name} empty or too long")
-            try:
-                out[name] = value.decode("ascii")
-            except UnicodeDecodeError:
-                raise BadSignature("headers", f"{name} is not ASCII") from None
+            text = value if isinstance(value, str) else value.decode("ascii", "replace")
+            if not text.isascii():
+                raise BadSignature("headers", f"{name} is not ASCII")
+            out[name] = text
     return out
 
