@@ -40,9 +40,10 @@ RawHeaders = (Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | byte
               | None)
 
 
-def _pairs(headers: RawHeaders) -> list[tuple[str, bytes | None]]:
-    items = headers.items() if isinstance(headers, Mapping) else headers or ()
-    return [(str(k), v.encode() if isinstance(v, str) else v) for k, v in items]
+def _pairs(headers: RawHeaders) -> Sequence[tuple[str, str | bytes | None]]:
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    return headers or ()
 
 
 class Provenance:
@@ -77,8 +78,8 @@ class Provenance:
             return self._verifier.verify(topic, key, value, pairs, now=self._clock(),
                                          from_streams=from_streams).node
         except BadSignature as exc:
-            signer = next((v.decode("ascii", "replace")[:80] for n, v in pairs
-                           if n == "pw-signer" and v), "-")
+            signer = next((v[:80] if isinstance(v, str) else v[:80].decode("ascii", "replace")
+                           for n, v in pairs if n == "pw-signer" and v), "-")
             raise self.refuse(exc.reason, signer, exc.detail) from None
 
     def check_speaker(self, node: str | None, env: Envelope) -> None:

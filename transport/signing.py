@@ -30,6 +30,7 @@ import json
 import os
 import secrets
 import stat
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +54,8 @@ _KID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 # As the Kafka clients take and give them (confluent-kafka's type, which aiokafka's fits).
 Header = tuple[str, str | bytes | None]
 Headers = Sequence[Header] | None
-# (key id, purpose, node) -> the secret that signs it, or None if this holder has none
-_SecretFor = Callable[[str, bytes, str], "bytes | None"]
+# (key id, purpose, node) -> the key that signs it, or None if this holder has none
+_SecretFor = Callable[[str, bytes, str], "_HmacKey | None"]
 
 
 class BadSignature(Refused):
@@ -198,19 +199,38 @@ def read_secret(path: Path) -> str:
 # -- signing --------------------------------------------------------------------------------------
 
 
-def _mac(secret: bytes, topic: str, signer: str, kid: str, expires: str, key: bytes | None,
-         value: bytes | None) -> bytes:
-    h = hmac.new(secret, digestmod=hashlib.sha256)
-    for part in (topic.encode(), signer.encode(), kid.encode(), expires.encode()):
-        h.update(len(part).to_bytes(4, "big"))
-        h.update(part)
-    for blob in (key, value):  # None (a tombstone) differs from empty
-        if blob is None:
-            h.update(b"\xff\xff\xff\xff")
-        else:
-            h.update(len(blob).to_bytes(4, "big"))
-            h.update(blob)
-    return h.digest()
+_NONE = b"\xff\xff\xff\xff"  # the length of an absent key or value (a tombstone)
+_LEN = struct.Struct(">I")
+
+
+class _HmacKey:
+    """HMAC-SHA256 (RFC 2104) with its padded key hashed once: each record then costs two
+    hash copies (1.4 us for 500 bytes here, against 4 us for `hmac.digest`, which sets the
+    key up again every time)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, secret: bytes) -> None:
+        padded = secret.ljust(64, b"\0")  # (keys here are 32 bytes: under the block size)
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+def _mac(secret: _HmacKey, topic: str, signer: str, kid: str, expires: str,
+         key: bytes | None, value: bytes | None) -> bytes:
+    # Every part length-prefixed, so no two different records read as the same bytes.
+    head = "\0".join((topic, signer, kid, expires)).encode("utf-8", "surrogatepass")
+    return secret.digest(b"".join((
+        _LEN.pack(len(head)), head,
+        _NONE if key is None else _LEN.pack(len(key)), key or b"",
+        _NONE if value is None else _LEN.pack(len(value)), value or b"")))
 
 
 class Signer:
@@ -224,10 +244,10 @@ class Signer:
 
     @classmethod
     def for_node(cls, keys: NodeKeys) -> Signer:
-        def secret(kid: str, purpose: bytes, node: str) -> bytes | None:
-            pair = keys.keys.get(kid)
-            return None if pair is None or node != keys.node or purpose != _FROM_NODE \
-                else pair[0]
+        own = {kid: _HmacKey(pair[0]) for kid, pair in keys.keys.items()}
+
+        def secret(kid: str, purpose: bytes, node: str) -> _HmacKey | None:
+            return own.get(kid) if node == keys.node and purpose == _FROM_NODE else None
         return cls(node_signer(keys.node), secret, keys.current)
 
     @classmethod
@@ -255,15 +275,15 @@ class Signer:
 
 
 def _ring_secrets(ring: Keyring, cache_size: int = 4096) -> _SecretFor:
-    cache: dict[tuple[str, bytes, str], bytes] = {}
+    cache: dict[tuple[str, bytes, str], _HmacKey] = {}
 
-    def secret(kid: str, purpose: bytes, node: str) -> bytes | None:
+    def secret(kid: str, purpose: bytes, node: str) -> _HmacKey | None:
         master = ring.keys.get(kid)
         if master is None:
             return None
         got = cache.get((kid, purpose, node))
         if got is None:
-            got = _hkdf(master, purpose, node)
+            got = _HmacKey(_hkdf(master, purpose, node))
             if len(cache) >= cache_size:  # bounded: a flood of made-up node names costs time only
                 cache.pop(next(iter(cache)))
             cache[(kid, purpose, node)] = got
@@ -297,10 +317,10 @@ class Verifier:
 
     @classmethod
     def for_node(cls, keys: NodeKeys) -> Verifier:
-        def secret(kid: str, purpose: bytes, node: str) -> bytes | None:
-            pair = keys.keys.get(kid)
-            return None if pair is None or purpose != _TO_NODE or node != keys.node \
-                else pair[1]
+        told = {kid: _HmacKey(pair[1]) for kid, pair in keys.keys.items()}
+
+        def secret(kid: str, purpose: bytes, node: str) -> _HmacKey | None:
+            return told.get(kid) if node == keys.node and purpose == _TO_NODE else None
         return cls(secret, node=keys.node)
 
     def verify(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, *,
@@ -326,7 +346,7 @@ class Verifier:
                 raise BadSignature("signer", f"{signer[:80]!r} may not send this")
             purpose, node = _FROM_STREAMS, ""
         else:
-            if not signer.startswith(_NODE) or len(signer) == len(_NODE):
+            if not signer.startswith(_NODE) or len(signer) == len(_NODE) or "\0" in signer:
                 raise BadSignature("signer", f"{signer[:80]!r} may not send this")
             purpose, node = _FROM_NODE, signer[len(_NODE):]
         expires = 0

@@ -39,6 +39,17 @@ def test_decide_benchmark_reports_every_profile() -> None:
     assert "target: 1000-rule at most 2x slower" in out
 
 
+def test_signing_benchmark_reports_both_sides_beside_its_baseline() -> None:
+    result = subprocess.run([sys.executable, "bench/signing.py", "--events", "2000"],
+                            check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "2,000 exec events" in out
+    for line in ("baseline: decode + decide", "worker side:", "collector side:", "target:"):
+        assert line in out, out
+    assert re.search(r"worker side: .* = [\d.]+% of the baseline", out), out
+
+
 # -- bench/fuzz.py: CI's short run, and proof that it catches what it is for -------------------
 
 

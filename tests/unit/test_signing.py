@@ -176,3 +176,19 @@ def test_a_keyring_refuses_weak_keys_and_odd_key_ids() -> None:
     with pytest.raises(ValueError, match="current key id"):
         Keyring({"k1": b"x" * 32}, "k2")
     assert RING.keys["k1"].hex() not in repr(RING)
+
+
+@given(st.binary(min_size=32, max_size=64), st.binary(max_size=2000))
+def test_the_cached_pad_hmac_is_rfc_2104_hmac_sha256(secret: bytes, message: bytes) -> None:
+    import hashlib
+    import hmac
+
+    from transport.signing import _HmacKey
+
+    assert _HmacKey(secret).digest(message) == hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def test_a_signer_name_with_a_nul_is_refused() -> None:
+    event = Signer.for_node(RING.node_keys("node-a")).headers(E, b"c1", b"{}")
+    odd = [(n, b"node:node-a\0k1" if n == "pw-signer" else v) for n, v in event]
+    _refused("signer", Verifier.for_streams(RING), E, b"c1", b"{}", odd)
