@@ -183,8 +183,8 @@ def keys_init(out: Annotated[Path | None, typer.Option(help="The keyring file to
 @keys_app.command("rotate")
 def keys_rotate(ring_file: Annotated[Path | None, typer.Option(
         "--keyring", help="The keyring (default: the local one)")] = None) -> None:
-    """Add a key generation; the previous one stays valid. Hand the nodes their files again,
-    then restart the stream app."""
+    """Add a key that verifies but does not sign yet (the oldest non-current one is dropped).
+    Hand the stream app and every node the new files, then `keys activate`."""
     from procwarden.keys import keys_dir
     from transport.signing import Keyring
 
@@ -197,7 +197,25 @@ def keys_rotate(ring_file: Annotated[Path | None, typer.Option(
     except (OSError, ValueError) as exc:
         typer.echo(f"procwarden keys rotate: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"keyring {path}: current key {kid}, {ring.current} still valid")
+    typer.echo(f"keyring {path}: key {kid} added (verifies), {ring.current} still signs")
+
+
+@keys_app.command("activate")
+def keys_activate(kid: Annotated[str, typer.Argument(help="The key id that signs from now")],
+                  ring_file: Annotated[Path | None, typer.Option(
+                      "--keyring", help="The keyring (default: the local one)")] = None,
+                  ) -> None:
+    """Make a key sign (every holder must have it already). Hand out the files again."""
+    from procwarden.keys import keys_dir
+    from transport.signing import Keyring
+
+    path = ring_file or keys_dir() / "keyring.json"
+    try:
+        Keyring.load(path).activated(kid).save(path)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"procwarden keys activate: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"keyring {path}: {kid} signs")
 
 
 @keys_app.command("node")

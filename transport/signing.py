@@ -98,12 +98,17 @@ class Keyring:
     def generate(cls, kid: str = "k1") -> Keyring:
         return cls({kid: secrets.token_bytes(32)}, kid)
 
-    def rotated(self, kid: str, keep: int = 2) -> Keyring:
-        """A new current key; the `keep - 1` newest earlier ones stay valid for verifying."""
+    def rotated(self, kid: str) -> Keyring:
+        """A new key, valid for verifying but not yet signing (`activated` makes it sign once
+        every holder has it); of the earlier ones only the current one stays."""
         if kid in self.keys:
             raise ValueError(f"key id {kid!r} is already in the keyring")
-        kept = list(self.keys.items())[-(keep - 1):] if keep > 1 else []
-        return Keyring({**dict(kept), kid: secrets.token_bytes(32)}, kid)
+        return Keyring({self.current: self.keys[self.current], kid: secrets.token_bytes(32)},
+                       self.current)
+
+    def activated(self, kid: str) -> Keyring:
+        """`kid` signs from now on; the others still verify."""
+        return Keyring(self.keys, kid)
 
     def node_keys(self, node: str) -> NodeKeys:
         """What one node's collector holds: its keys of every generation, nothing else."""

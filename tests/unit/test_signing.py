@@ -129,19 +129,29 @@ def test_the_stream_app_knows_which_node_signed_and_its_own_records_only_from_it
     _refused("mismatch", streams, E, b"c1", b"", tomb)
 
 
-def test_rotation_keeps_the_previous_key_valid_until_it_is_dropped() -> None:
-    ring2 = RING.rotated("k2")
-    assert ring2.current == "k2" and set(ring2.keys) == {"k1", "k2"}
-    old, new = _verdict(RING), _verdict(ring2)
-    keys = ring2.node_keys("node-a")
-    node_a = Verifier.for_node(keys)
+def test_rotation_refuses_no_legitimate_record_at_any_step() -> None:
+    # 1. A new key is added: everyone still signs with k1, and whoever has the new keyring
+    #    (or node file) verifies k1 and k2.
+    added = RING.rotated("k2")
+    assert added.current == "k1" and set(added.keys) == {"k1", "k2"}
+    assert Signer.for_node(added.node_keys("node-a")).kid == "k1"
+    # 2. Once every holder has it, it signs: a node that has the new file takes both the
+    #    stream app's old and new verdicts, and the stream app takes the node's old and new
+    #    events; a node still on the old file is the only one to refuse the new key.
+    active = added.activated("k2")
+    old, new = _verdict(RING), _verdict(active)
+    node_a = Verifier.for_node(added.node_keys("node-a"))
     assert node_a.verify(V, b"node-a", b'{"v":1}', old, now=NOW).kid == "k1"
     assert node_a.verify(V, b"node-a", b'{"v":1}', new, now=NOW).kid == "k2"
-    # A node that has not got the new keys yet still verifies the old generation only.
+    streams = Verifier.for_streams(active)
+    for ring in (RING, active):
+        event = Signer.for_node(ring.node_keys("node-a")).headers(E, b"c1", b"{}")
+        assert streams.verify(E, b"c1", b"{}", event, now=NOW).node == "node-a"
     _refused("key", Verifier.for_node(RING.node_keys("node-a")), V, b"node-a", b'{"v":1}', new)
-    ring3 = ring2.rotated("k3")
-    assert set(ring3.keys) == {"k2", "k3"}
-    _refused("key", Verifier.for_node(ring3.node_keys("node-a")), V, b"node-a", b'{"v":1}',
+    # 3. The next rotation drops k1.
+    later = active.rotated("k3")
+    assert set(later.keys) == {"k2", "k3"} and later.current == "k2"
+    _refused("key", Verifier.for_node(later.node_keys("node-a")), V, b"node-a", b'{"v":1}',
              old)
 
 
@@ -192,3 +202,26 @@ def test_a_signer_name_with_a_nul_is_refused() -> None:
     event = Signer.for_node(RING.node_keys("node-a")).headers(E, b"c1", b"{}")
     odd = [(n, b"node:node-a\0k1" if n == "pw-signer" else v) for n, v in event]
     _refused("signer", Verifier.for_streams(RING), E, b"c1", b"{}", odd)
+
+
+def test_the_keys_commands_rotate_in_two_steps(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PROCWARDEN_KEYS_DIR": str(tmp_path / "keys")}
+
+    def keys(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "procwarden.cli", "keys", *args],
+                              env=env, capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parents[2])
+        return done.stdout
+
+    keys("init")
+    assert "k2 added" in keys("rotate")
+    ring = Keyring.load(tmp_path / "keys" / "keyring.json")
+    assert (sorted(ring.keys), ring.current) == (["k1", "k2"], "k1")
+    keys("activate", "k2")
+    keys("node", "node-a", "--out", str(tmp_path / "node-a.json"))
+    node = NodeKeys.load(tmp_path / "node-a.json")
+    assert (node.node, node.current, sorted(node.keys)) == ("node-a", "k2", ["k1", "k2"])
+    assert node.keys == Keyring.load(tmp_path / "keys" / "keyring.json").node_keys("node-a").keys
