@@ -444,5 +444,6 @@ def _signer(headers: Headers) -> str:
     """Who a verdict says signed it (for the log only: it is not believed)."""
     for name, value in headers or ():
         if name == SIGNER and value is not None:
-            return value[:_SOURCE_BYTES].decode("ascii", "replace")
+            text = value if isinstance(value, str) else value.decode("ascii", "replace")
+            return text[:_SOURCE_BYTES]
     return "-"

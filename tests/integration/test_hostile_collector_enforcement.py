@@ -107,10 +107,7 @@ def _start_collector(pipe: Pipeline, tmp: Path, port: int, health: Path
                "COLLECTOR_METRICS_PORT": str(port),
                "COLLECTOR_HOLD_TIMEOUT_MS": str(HOLD_TIMEOUT_MS),
                "COLLECTOR_REPORT_INTERVAL_S": "1",
-               "PROCWARDEN_HEALTH_FILE": str(health),
-               # The stream worker does not sign its verdicts yet on main (issue 22): these
-               # tests are about budgets and readiness, test_verdict_abuse.py about signatures.
-               "COLLECTOR_ACCEPT_UNSIGNED_VERDICTS": "true"}
+               "PROCWARDEN_HEALTH_FILE": str(health)}
     log = tmp / "collector.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "procwarden.cli", "collector",

@@ -69,7 +69,7 @@ def _count(reason: str) -> float:
 
 
 def _signed(value: bytes, ring: Keyring = RING, expires_in: float = 60.0,
-            node: str = NODE) -> list[tuple[str, bytes]]:
+            node: str = NODE) -> Any:
     return Signer.for_streams(ring).headers(TOPIC, NODE.encode(), value, to_node=node,
                                             expires=int(time.time() + expires_in))
 
