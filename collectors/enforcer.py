@@ -90,13 +90,11 @@ _ANSWERED = {ExecEvent: EventKind.EXEC, StdioEvent: EventKind.STDIO,
 
 
 def node_keys(settings: CollectorSettings) -> NodeKeys:
-    """This node's signing keys: COLLECTOR_SIGNING_KEYS_FILE, else from the local keyring."""
-    if settings.signing_keys_file is not None:
-        keys = NodeKeys.load(settings.signing_keys_file)
-    else:
-        from procwarden.keys import local_node_keys  # one machine: the keyring beside us
-
-        keys = local_node_keys(settings.node)
+    """This node's signing keys, from COLLECTOR_SIGNING_KEYS_FILE (the composition root gives
+    the local keyring's when it is unset: procwarden/keys.py)."""
+    if settings.signing_keys_file is None:
+        raise ValueError("COLLECTOR_SIGNING_KEYS_FILE: not set, and no keys were given")
+    keys = NodeKeys.load(settings.signing_keys_file)
     if keys.node != settings.node:
         raise ValueError(f"{settings.signing_keys_file} holds the keys of node {keys.node!r}, "
                          f"not of {settings.node!r}")

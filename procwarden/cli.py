@@ -333,13 +333,19 @@ def collector(
 
     overrides: dict[str, Any] = {k: v for k, v in {
         "node": node, "with_hash": with_hash, "dry_run": dry_run}.items() if v is not None}
+    from collectors.enforcer import node_keys
+    from procwarden.keys import local_node_keys
+
     try:
         settings = CollectorSettings.model_validate(overrides)
         kafka = KafkaConnection.from_env()
-    except (ValidationError, ConfigError) as exc:
+        # One machine: the node's keys from the keyring beside the stream app's.
+        keys = (node_keys(settings) if settings.signing_keys_file is not None
+                else local_node_keys(settings.node))
+    except (ValidationError, ConfigError, ValueError, OSError) as exc:
         _bad_setting("collector", "COLLECTOR_", exc)
     stopping = _role_process(settings.log_level, settings.metrics_port)
-    agent = Collector(kafka, settings, health=_health("collector"))
+    agent = Collector(kafka, settings, health=_health("collector"), keys=keys)
     typer.echo(f"procwarden collector: node {agent.node}, {kafka.describe()}"
                f"{' (dry run)' if settings.dry_run else ''}, fail mode "
                f"{settings.fail_mode.value}", err=True)
