@@ -146,8 +146,10 @@ def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings, *,
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         token = store.lookup(given.strip()) if scheme.lower() == "bearer" else None
         if token is None:
+            REFUSED.labels("token").inc()
             raise ApiError(401, "missing or wrong bearer token")
         if not role_allows(token.role, needed):
+            REFUSED.labels("role").inc()
             raise ApiError(403, f"token {token.name!r} has the {token.role} role: this needs "
                                 f"{needed}")
         return token

@@ -19,6 +19,7 @@ import faust
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
 from schemas import decode_envelope
 from schemas.topics import POLICY_UPDATES
@@ -66,15 +67,21 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _actors(out: Any) -> list[str]:
-    return [decode_envelope(value).payload.actor for topic, _, value in out.sent
+def _actors(out: Any) -> list[str | None]:
+    return [getattr(decode_envelope(value).payload, "actor", None) for topic, _, value in out.sent
             if topic == POLICY_UPDATES.name and value is not None]
+
+
+def _refused(why: str) -> float:
+    return REGISTRY.get_sample_value("procwarden_streams_api_refused_total", {"why": why}) or 0
 
 
 def test_each_role_gets_what_it_may_and_changes_carry_the_tokens_name(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     tokens = {role: add_token(tmp_path / "tokens.json", f"{role}-1", role)
               for role in ("viewer", "operator", "admin")}
+
+    tokens_before, roles_before = _refused("token"), _refused("role")
 
     async def test(c: Client, out: Any) -> None:
         async def status(method: str, path: str, role: str, **kw: Any) -> int:
@@ -105,6 +112,7 @@ def test_each_role_gets_what_it_may_and_changes_carry_the_tokens_name(tmp_path: 
         # a wrong token, a token of another scheme, none: 401
         for headers in (_bearer(tokens["admin"] + "x"), {"Authorization": tokens["admin"]}, {}):
             assert (await c.get("/v1/process_profile", headers=headers)).status == 401
+        assert (_refused("token"), _refused("role")) == (tokens_before + 3, roles_before + 7)
         # revoked: refused at the next call, no restart
         assert revoke_token(tmp_path / "tokens.json", "admin-1")
         assert (await c.get("/v1/group", headers=_bearer(tokens["admin"]))).status == 401
