@@ -68,6 +68,20 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
+def create_private(path: Path, data: bytes) -> bool:
+    """Like write_private, but never replaces an existing file (a hard link fails if the name
+    is taken). True if this call made it."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    write_private(tmp, data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class Credentials:
     """The stack's CAs, broker certificates and passwords, made on first use."""
 
@@ -91,11 +105,13 @@ class Credentials:
         return self.secrets / f"{principal}.password"
 
     def password(self, principal: str) -> str:
-        """The principal's password, made (and kept) the first time it is asked for."""
+        """The principal's password, made (and kept) the first time it is asked for. Any
+        process may ask first (`stack up`, `status`, a test session): the first file linked in
+        place wins and every other reads it, never two passwords for one principal."""
         path = self.password_file(principal)
         if not path.exists():
             _private_dir(self.secrets)
-            write_private(path, (secrets.token_urlsafe(32) + "\n").encode())
+            create_private(path, (secrets.token_urlsafe(32) + "\n").encode())
         return path.read_text().strip()
 
     def nodes(self) -> list[str]:

@@ -165,7 +165,12 @@ class KafkaServer(LocalServer):
 
     @property
     def mode(self) -> str:
-        return "sasl_ssl" if self.secure else "plaintext"
+        """What the storage must have been formatted with: plaintext, or SASL_SSL with this
+        admin password (by digest: a storage formatted with another one never lets admin in)."""
+        if not self.secure:
+            return "plaintext"
+        digest = hashlib.sha256(self.credentials.password(ADMIN).encode()).hexdigest()[:16]
+        return f"sasl_ssl admin:{digest}"
 
     def connection(self, principal: str = ADMIN, topic_prefix: str = "") -> KafkaConnection:
         """How `principal` reaches this broker (its password by file, never inline)."""

@@ -97,3 +97,32 @@ def test_password_file_settings_are_checked(tmp_path: Path) -> None:
     good.write_text("changed\n")  # read once: a copy keeps what was read
     from dataclasses import replace
     assert replace(conn, topic_prefix="p.").sasl_password == "s3cret"
+
+
+def test_a_password_asked_for_by_two_processes_is_one_password(tmp_path: Path) -> None:
+    """The race that left a broker formatted with one admin password and the file holding
+    another: a second creator must read the first's password, never replace it."""
+    from procwarden.stack.credentials import create_private
+
+    first, second = Credentials(tmp_path / "kafka"), Credentials(tmp_path / "kafka")
+    path = first.password_file("admin")
+    path.parent.mkdir(parents=True)
+    assert create_private(path, b"one\n")
+    assert not create_private(path, b"two\n")  # what the later of two creators does
+    assert second.password("admin") == first.password("admin") == "one"
+    assert mode(path) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["admin.password"]  # no temporaries
+
+
+def test_storage_formatted_with_another_admin_password_is_not_the_same_mode(
+        tmp_path: Path) -> None:
+    layout = StackLayout(root=tmp_path, var=tmp_path / "var", cache=tmp_path / "cache")
+    kafka = KafkaServer(layout, 9092, 9093)
+    (kafka.data).mkdir(parents=True)
+    (kafka.data / "meta.properties").write_text("x")
+    kafka.mode_file.write_text(kafka.mode + "\n")
+    assert kafka.formatted_mode() == kafka.mode
+    kafka.credentials.password_file("admin").write_text("another\n")
+    assert kafka.formatted_mode() != kafka.mode  # `stack up` formats it again
+    kafka.mode_file.write_text("sasl_ssl\n")  # the first secure format wrote no digest
+    assert kafka.formatted_mode() != kafka.mode
