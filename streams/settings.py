@@ -65,7 +65,7 @@ class StreamSettings(BaseSettings):
     # unsigned records (for a rollout where some collectors do not sign yet).
     signing_keyring_file: Path | None = None
     verdict_ttl_s: float = Field(60.0, ge=1, le=3600, description="a verdict's validity")
-    accept_unsigned: bool = Field(True, description="INSECURE: believe unsigned records")
+    accept_unsigned: bool = Field(False, description="INSECURE: believe unsigned records")
     data_dir: Path = Path("var/streams")
     log_level: str = "info"
 
