@@ -61,7 +61,15 @@ def node(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory) -> It
     port = free_port()
     with running_collector(pipe, NODE, tmp, **{KEYS_DIR_ENV: str(keys),
                                                "COLLECTOR_METRICS_PORT": str(port)}) as log:
-        yield Node(pipe, ring, log, port)
+        n = Node(pipe, ring, log, port)
+        # The reader's start position is resolved at its first fetch: until a record it reads
+        # is counted, a verdict sent now could fall before it and never be read at all.
+        deadline = time.monotonic() + 30
+        while n.refused("unsigned") < 1:
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            _produce(n, b"{}", [])
+            time.sleep(1)
+        yield n
 
 
 @dataclass
