@@ -69,12 +69,6 @@ def _digest(path: Path) -> str | None:
 DEFAULT_ORIGIN_DIGEST_BYTES = 64 * 2**20
 
 
-def _layer_file(layer: Path, rel: str, max_bytes: int, where: str) -> int | None:
-    """`rel` in one overlay layer, as `container_files.open_in_root` opens it with no symlink
-    followed; None when absent; NotRead when refused."""
-    return open_in_root(layer, rel, max_bytes=max_bytes, where=where, no_symlinks=True)
-
-
 def _same_content(a: int, b: int, max_bytes: int) -> bool:
     if os.fstat(a).st_size != os.fstat(b).st_size:
         return False
@@ -105,11 +99,14 @@ def exe_origin(info: ContainerInfo, exe: str, *,
     rel = exe.lstrip("/")
     upper = lower = None
     try:
-        upper = _layer_file(info.upperdir, rel, max_digest_bytes, info.id)
+        # (None when absent; NotRead when refused)
+        upper = open_in_root(info.upperdir, rel, max_bytes=max_digest_bytes, where=info.id,
+                             no_symlinks=True)
         if upper is None:
             return Origin.IMAGE  # gone since: what ran came from below
         for layer in info.lowerdirs:
-            lower = _layer_file(layer, rel, max_digest_bytes, info.id)
+            lower = open_in_root(layer, rel, max_bytes=max_digest_bytes, where=info.id,
+                                 no_symlinks=True)
             if lower is not None:
                 break
         if lower is None:
