@@ -88,6 +88,7 @@ from streams.handlers import Handlers, RawMessage
 from streams.mirror import PolicyMirror
 from streams.session import DecisionSession
 from transport import MessageGuard, Refused
+from transport.signing import Keyring, Signer
 
 CODEC, CODEC_PARSED = "codec.decode_envelope", "codec.decode_envelope(parsed)"
 EVENT, ANNOUNCE, UPDATE, MIRROR = ("streams.event_decider", "streams.workload_agent",
@@ -565,9 +566,13 @@ class Consumers:
                 forwarder_module.Destination("json", self.json, "json", syslog=False,
                                              max_bytes=SIEM_MAX_BYTES)], min_level=Level.INFO)
         settings = CollectorSettings(node=NODE, state_dir=state_dir, dry_run=True)
+        # The fuzzed verdicts are signed by the stream app's keys: they reach the collector's
+        # local checks and its handling, not only the signature check (issue 22).
+        ring = Keyring.generate()
+        self.verdict_signer = Signer.for_streams(ring)
         self.enforcer = FuzzEnforcer(settings, KAFKA, WorkloadResolver(node=NODE),
                                      lambda *a, **k: "", health=_health(),
-                                     cannot_go_on=lambda why: None)
+                                     cannot_go_on=lambda why: None, keys=ring.node_keys(NODE))
         self.enforcer.kills = []
         self._rows_refused = False
         refuse_row = self.writer._refuse
@@ -667,7 +672,10 @@ class Consumers:
 
     async def _collector(self, item: Input, offset: int) -> None:
         e = self.enforcer
-        e.guard.run(partial(e.on_message, item.value), topic=VERDICTS.name, partition=0,
+        headers = self.verdict_signer.headers(KAFKA.topic(VERDICTS.name), item.key, item.value,
+                                              to_node=NODE, expires=int(time.time()) + 600)
+        e.guard.run(partial(e.on_message, item.value, list(headers), item.key),
+                    topic=VERDICTS.name, partition=0,
                     offset=offset, key=item.key, value=item.value)
         self._check()
 

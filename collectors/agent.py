@@ -24,7 +24,7 @@ from prometheus_client import Counter
 from collectors.answerer_link import ANSWERER_METRICS
 from collectors.connector import COMM, EXIT, FORK, UID, ProcConnector, ProcEvent
 from collectors.connector import EXEC as EXEC_EVENT
-from collectors.enforcer import Enforcer
+from collectors.enforcer import Enforcer, node_keys
 from collectors.escalation import EscalationWatch
 from collectors.fanotify import ExecNotice, NotificationGroup
 from collectors.file_watch import FileWatch
@@ -40,6 +40,7 @@ from schemas.connections import KafkaConnection
 from schemas.records import replace
 from schemas.topics import COLLECTOR_REPORTS, EXEC, FILE, WORKLOADS
 from transport import Health, exit_unless_stopped
+from transport.signing import NodeKeys, Signer
 
 __all__ = ["CannotGoOn", "Collector"]
 
@@ -66,6 +67,9 @@ class Collector:
     kafka: KafkaConnection
     settings: CollectorSettings = field(default_factory=CollectorSettings)
     health: Health = field(default_factory=lambda: Health("collector"))
+    # What it signs its records with and checks verdicts by; None: COLLECTOR_SIGNING_KEYS_FILE
+    # or the local keyring (collectors.enforcer.node_keys).
+    keys: NodeKeys | None = None
     resolver: WorkloadResolver = field(init=False)
     sensor: Sensor = field(init=False)
     enforcer: Enforcer | None = field(init=False, default=None)
@@ -93,6 +97,8 @@ class Collector:
 
     def __post_init__(self) -> None:
         self.node = self.settings.node
+        if self.keys is None:
+            self.keys = node_keys(self.settings)
         limits = ArgvLimits.of(self.settings)
         self.resolver = WorkloadResolver(node=self.node,
                                          max_file_bytes=self.settings.workload_file_max_bytes,
@@ -104,10 +110,12 @@ class Collector:
         self.escalations = EscalationWatch(self.resolver, self.sensor.limits)
         if self.settings.enforce:
             self.enforcer = Enforcer(self.settings, self.kafka, self.resolver, self.publish,
-                                     health=self.health, cannot_go_on=self._stop_for)
+                                     health=self.health, cannot_go_on=self._stop_for,
+                                     keys=self.keys)
         private_folder(self.settings.state_dir)  # which workloads are held, the spool
         self.publisher = Publisher(self.kafka, self.settings.state_dir / "spool",
-                                   self.settings.spool_max_bytes, lose=self._lose)
+                                   self.settings.spool_max_bytes, lose=self._lose,
+                                   signer=Signer.for_node(self.keys))
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         # A first-seen held exec waits while its question (the answerer link's thread) and its
@@ -396,6 +404,8 @@ class Collector:
             event_id = f"{self.node}:{time.time_ns()}:{next(self._seq)}"
         env = Envelope.wrap(payload, event_id=event_id, node=self.node, ts=time.time(),
                             cluster=self.settings.cluster)
+        if self.enforcer is not None:  # before it can be answered
+            self.enforcer.published(event_id, payload)
         if not self.publisher.send(self.kafka.topic(topic), key.encode(), encode(env)):
             self._lose("spool_full")
         return event_id

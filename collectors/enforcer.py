@@ -12,6 +12,11 @@ Held execs are answered by a process of their own (`exec_answerer`, through `ans
 from its cache at once, else after the verdict of the `exec_check` this enforcer publishes for
 it, or by the fail mode after a bounded timeout. Which workloads are held survives a restart
 (`holds.json` in the state folder).
+
+Nothing on the verdicts topic is believed for being there (issue 22): a verdict must be signed
+by the stream app for this node and unexpired (transport/signing.py), and whatever its
+signature it must answer an event this collector published, for that process and workload
+(collectors/verdict_checks.py says each check). What fails is refused and counted, never raised.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import Counter
@@ -34,15 +40,29 @@ from collectors.exec_answerer import Hold
 from collectors.procfs import read_proc, read_stat
 from collectors.settings import CollectorSettings
 from collectors.state_files import private_folder, write_private
-from collectors.workloads import WorkloadResolver
+from collectors.verdict_checks import (
+    ActedOn,
+    HoldState,
+    RecentEvents,
+    RefusalLog,
+    check_kill,
+    check_release,
+    only_tightens,
+    protected_pids,
+    workload_of_pid,
+)
+from collectors.workloads import WorkloadResolver, host_workload_id
 from schemas import (
     Decision,
     DlqEntry,
     EventKind,
     ExecCheck,
+    ExecEvent,
     FileEvent,
     Origin,
     Payload,
+    StdioEvent,
+    UidChangeEvent,
     Verdict,
     decode_envelope,
     decode_record,
@@ -50,8 +70,9 @@ from schemas import (
 from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, FILE, VERDICTS, verdict_partition
 from transport import Health, MessageGuard, Refused
+from transport.signing import SIGNER, BadSignature, Headers, NodeKeys, Verifier
 
-__all__ = ["Enforcer", "kill_if_same"]
+__all__ = ["Enforcer", "kill_if_same", "node_keys"]
 
 log = logging.getLogger("procwarden.collector.enforcer")
 
@@ -61,7 +82,23 @@ ENFORCED = Counter("procwarden_collector_enforced_total",
 _KILLED_KINDS = frozenset({EventKind.EXEC, EventKind.STDIO, EventKind.UID_CHANGE})
 # Linux's PID_MAX_LIMIT: a verdict naming a pid outside [2, it] names no process of ours.
 _PID_MAX = 2**22
+_SOURCE_BYTES = 80
 _VERDICT_READER, _ANSWERER = "verdict reader", "exec answerer"
+# What a verdict may answer: the kinds of the events the collector remembers publishing.
+_ANSWERED = {ExecEvent: EventKind.EXEC, StdioEvent: EventKind.STDIO,
+             UidChangeEvent: EventKind.UID_CHANGE, ExecCheck: EventKind.EXEC_CHECK}
+
+
+def node_keys(settings: CollectorSettings) -> NodeKeys:
+    """This node's signing keys, from COLLECTOR_SIGNING_KEYS_FILE (the composition root gives
+    the local keyring's when it is unset: procwarden/keys.py)."""
+    if settings.signing_keys_file is None:
+        raise ValueError("COLLECTOR_SIGNING_KEYS_FILE: not set, and no keys were given")
+    keys = NodeKeys.load(settings.signing_keys_file)
+    if keys.node != settings.node:
+        raise ValueError(f"{settings.signing_keys_file} holds the keys of node {keys.node!r}, "
+                         f"not of {settings.node!r}")
+    return keys
 
 
 class Publish(Protocol):
@@ -69,14 +106,19 @@ class Publish(Protocol):
                  ) -> str: ...
 
 
-def kill_if_same(pid: int, start_time: int) -> str:
-    """SIGKILL the process `pid` only while it is the one that started at `start_time`."""
+def kill_if_same(pid: int, start_time: int,
+                 belongs: Callable[[int], bool] | None = None) -> str:
+    """SIGKILL the process `pid` only while it is the one that started at `start_time` (and,
+    given `belongs`, only if that says it is in the verdict's workload)."""
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         return "gone"
     try:
-        # The pidfd pins this very process: a check through it cannot race a pid reuse.
+        # The pidfd pins this very process: a check through it cannot race a pid reuse (its
+        # workload read before its start time: a pid reused between them fails the latter).
+        if belongs is not None and not belongs(pid):
+            return "foreign-workload"
         stat = read_stat(pid)
         if stat is None:
             return "gone"
@@ -97,7 +139,7 @@ class Enforcer:
 
     def __init__(self, settings: CollectorSettings, kafka: KafkaConnection,
                  resolver: WorkloadResolver, publish: Publish, *, health: Health,
-                 cannot_go_on: Callable[[str], None]) -> None:
+                 cannot_go_on: Callable[[str], None], keys: NodeKeys | None = None) -> None:
         self.settings = settings
         self.kafka = kafka
         self.resolver = resolver
@@ -114,6 +156,11 @@ class Enforcer:
         self._threads: list[threading.Thread] = []
         self.answerer: AnswererLink | None = None
         self.assigned = threading.Event()
+        self.verifier = Verifier.for_node(keys if keys is not None else node_keys(settings))
+        self.recent = RecentEvents(settings.verdict_events_max,
+                                   settings.verdict_events_max_age_s)
+        self.acted = ActedOn(settings.verdicts_acted_max)
+        self.refusals = RefusalLog()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -224,7 +271,9 @@ class Enforcer:
                     continue
                 value = msg.value()
                 # Whatever this message is, the next one is read (MessageGuard).
-                self.guard.run(partial(self.on_message, value), topic=topic,
+                self.guard.run(partial(self.on_message, value,
+                                               cast(Headers, msg.headers()), msg.key()),
+                               topic=topic,
                                partition=msg.partition() or 0, offset=msg.offset() or 0,
                                key=msg.key(), value=value)
                 try:
@@ -234,8 +283,9 @@ class Enforcer:
         finally:
             consumer.close()
 
-    def on_message(self, value: bytes | None) -> None:
-        """One message of this node's verdict partition (raises for one it will not act on)."""
+    def on_message(self, value: bytes | None, headers: Headers = None,
+                   key: bytes | None = None) -> None:
+        """One message of this node's verdict partition (raises for one it cannot read)."""
         env = decode_envelope(value or b"")
         if not isinstance(env.payload, Decision):
             raise Refused(f"a {env.kind.value} record, not a verdict")
@@ -245,6 +295,15 @@ class Enforcer:
         if d.event_kind in _KILLED_KINDS and d.verdict is Verdict.BLOCK \
                 and not 2 <= d.pid <= _PID_MAX:
             raise Refused(f"a block verdict for pid {d.pid}, which no process can have")
+        topic = self.kafka.topic(VERDICTS.name)
+        try:
+            self.verifier.verify(topic, key, value, headers, now=time.time())
+        except BadSignature as bad:
+            if bad.reason != "unsigned" or not self.settings.accept_unsigned_verdicts:
+                self.refusals.refuse(bad.reason, f"{_brief(d)}: {bad}", _signer(headers))
+                return
+            self.on_verdict(d, signed=False)
+            return
         self.on_verdict(d)
 
     def _partition_count(self, consumer: Consumer, topic: str) -> int:
@@ -264,22 +323,70 @@ class Enforcer:
             self._stop.wait(1.0)
         return 0
 
-    def on_verdict(self, d: Decision) -> None:
+    def on_verdict(self, d: Decision, signed: bool = True) -> None:
+        """A verdict for this node, signed (or unsigned, accepted as such): acted on only if
+        it passes the local checks."""
         kind = d.event_kind
         if kind is EventKind.POLICY or (d.workload_id not in self._holds and d.policy_stamp):
             # (the second: any verdict tells the policy state again after our restart)
-            self._set_hold(d.workload_id,
-                           Hold(d.pre_exec, d.policy_stamp, d.pre_write, d.fail_mode))
+            why = self._policy_refused(d, signed)
+            if why is None:
+                self._set_hold(d.workload_id,
+                               Hold(d.pre_exec, d.policy_stamp, d.pre_write, d.fail_mode))
+            elif kind is EventKind.POLICY:
+                self.refusals.refuse(why, _brief(d))
         if kind is EventKind.EXEC_CHECK:
+            why = check_release(d, self.recent, self.acted)
+            if why is not None:
+                self.refusals.refuse(why, _brief(d))
+                return
+            self.recent.pop(d.event_id)
+            self.acted.add(d.event_id, kind)
             self._released(d)
         elif d.verdict is Verdict.BLOCK and kind in _KILLED_KINDS:
+            why = check_kill(d, self.recent, self.acted, self._protected)
+            if why is not None:
+                self.refusals.refuse(why, _brief(d))
+                return
+            self.acted.add(d.event_id, kind)
             self._kill(d)
+
+    def _policy_refused(self, d: Decision, signed: bool) -> str | None:
+        """Why a verdict may not set how its workload is held (None: it may)."""
+        wid = d.workload_id
+        if wid != host_workload_id(self.node) and self.resolver.container(wid) is None:
+            return "foreign_workload"
+        if signed:
+            return None
+        old = self._holds.get(wid)
+        mode = self.settings.fail_mode
+        before = HoldState(old.pre_exec, old.writes, old.fail_mode or mode) if old is not None \
+            else HoldState(False, False, mode)
+        if only_tightens(before, HoldState(d.pre_exec, d.pre_write, d.fail_mode or mode)):
+            return None
+        return "policy_unsigned"
+
+    def _protected(self) -> set[int]:
+        answerer = self.answerer.process if self.answerer is not None else None
+        return protected_pids((os.getpid(), answerer.pid if answerer is not None else None))
+
+    def published(self, event_id: str, payload: Payload) -> None:
+        """The collector published `payload` as `event_id`: a verdict may answer it."""
+        kind = _ANSWERED.get(type(payload))
+        if kind is not None:
+            self.recent.remember(event_id, kind, payload.workload_id,  # type: ignore[union-attr]
+                                 payload.pid, payload.start_time)  # type: ignore[union-attr]
+
+    def _in_workload(self, workload_id: str, pid: int) -> bool:
+        return workload_of_pid(pid, self.resolver) == workload_id
 
     def _kill(self, d: Decision) -> None:
         if self.settings.dry_run:
             outcome = "dry-run"
         else:
-            outcome = kill_if_same(d.pid, d.start_time)
+            outcome = kill_if_same(d.pid, d.start_time, partial(self._in_workload, d.workload_id))
+            if outcome == "foreign-workload":
+                self.refusals.refuse("foreign_workload", _brief(d))
         ENFORCED.labels(outcome).inc()
         log.warning("block %s: pid %d (%s, %s) in %s: %s", d.reason, d.pid, d.name, d.path,
                     d.workload_id, outcome)
@@ -324,3 +431,17 @@ class Enforcer:
             name=proc.comm if proc is not None else path.rsplit("/", 1)[-1][:15],
             runtime_injected=injected, origin=Origin(origin), netcat=netcat),
             event_id=event_id)
+
+
+def _brief(d: Decision) -> str:
+    return (f"{d.event_kind.value} {d.verdict.value} for pid {d.pid} in "
+            f"{d.workload_id[:80]!r} (event {d.event_id[:80]!r})")
+
+
+def _signer(headers: Headers) -> str:
+    """Who a verdict says signed it (for the log only: it is not believed)."""
+    for name, value in headers or ():
+        if name == SIGNER and value is not None:
+            text = value if isinstance(value, str) else value.decode("ascii", "replace")
+            return text[:_SOURCE_BYTES]
+    return "-"

@@ -22,6 +22,10 @@ and so is one for a topic that does not exist and that no collector publishes to
 on disk): waiting for it would hold back every record behind it for good. A missing topic of
 its own is waited for (it may be being created), and one gone between the metadata and the
 produce is retried, never dropped.
+
+Every record is signed as this node (transport/signing.py, in its Kafka headers) when it is
+produced, spooled ones at their replay: the spool keeps no headers, and a key rotated during an
+outage signs what the outage kept.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from prometheus_client import Counter, Gauge
 from collectors.spool import Spool, SpoolRecord
 from schemas.connections import KafkaConnection
 from schemas.topics import ALL_TOPICS
+from transport.signing import Signer
 
 __all__ = ["Publisher"]
 
@@ -63,7 +68,8 @@ _LABELS = frozenset(t.name.rsplit(".", 1)[-1] for t in ALL_TOPICS)
 # librdkafka's message.max.bytes: the whole record (value, key and its framing) must fit; what
 # is larger is refused by produce() and would be by the broker.
 MAX_MESSAGE_BYTES = 1_000_000
-_FRAMING = 512  # what a record adds to its key and value, with room to spare
+_FRAMING = 512  # what a record adds to its key and value (its ~170 bytes of signature
+# headers included), with room to spare
 _FULL_QUEUE_WAIT_S = 2.0  # a full local queue for this long: Kafka is as good as away
 _LOG_EVERY = 1000  # of the drops of one reason, the first and then one in this many are logged
 _LOGGED_BYTES = 200  # of an error's text
@@ -72,11 +78,13 @@ _LOGGED_BYTES = 200  # of an error's text
 class Publisher:
     def __init__(self, kafka: KafkaConnection, spool_dir: Path, spool_max_bytes: int,
                  check_every_s: float = 2.0, *, lose: Callable[[str], None] | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, signer: Signer | None = None
+                 ) -> None:
         """`lose(reason)` is told of each message dropped here (the collector report's
         losses; reasons "unpublishable:<error>")."""
         self.spool = Spool(spool_dir, spool_max_bytes)
         self.max_message_bytes = max_message_bytes
+        self.signer = signer  # None: unsigned (tests of other concerns)
         self._lose = lose
         self.lost: collections.Counter[str] = collections.Counter()  # reason -> dropped
         self.spooling = bool(self.spool)  # a spool left by the last run goes out first
@@ -180,9 +188,12 @@ class Publisher:
                  wait_s: float = _FULL_QUEUE_WAIT_S) -> bool:
         """False when the local queue stayed full for `wait_s`."""
         deadline = time.monotonic() + wait_s
+        headers: list[tuple[str, str | bytes | None]] | None = None
+        if self.signer is not None:
+            headers = list(self.signer.headers(topic, key, value))
         while True:
             try:
-                self.producer.produce(topic, value, key)
+                self.producer.produce(topic, value, key, headers=headers)
                 return True
             except BufferError:  # the local queue is full: wait for deliveries
                 if time.monotonic() >= deadline:

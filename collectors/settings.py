@@ -89,6 +89,25 @@ class CollectorSettings(BaseSettings):
                                    description="bytes kept of a whole command line")
     max_path_bytes: int = Field(4096, ge=256, le=4096,
                                 description="bytes kept of an executable's path (PATH_MAX)")
+    # Verdicts (issue 22): a collector acts only on a verdict that answers an event it
+    # published recently, for the process and workload that event named.
+    verdict_events_max: int = Field(
+        65_536, ge=16, le=4_194_304,
+        description="events (execs, stdio, uid changes, held execs) remembered for their "
+                    "verdicts; beyond it the oldest is forgotten (counted) and its verdict refused")
+    verdict_events_max_age_s: float = Field(
+        600.0, gt=0, le=86_400,
+        description="how long a published event waits for its verdict; a later one is refused")
+    verdicts_acted_max: int = Field(
+        65_536, ge=16, le=4_194_304,
+        description="verdicts remembered as acted on, so a replay of one is refused")
+    signing_keys_file: Path | None = Field(
+        None, description="this node's signing keys (procwarden keys node NAME --out FILE); "
+                          "unset: derived from the local keyring (var/keys)")
+    accept_unsigned_verdicts: bool = Field(
+        False, description="insecure, for mixed-version rollouts only: act on verdicts that "
+                           "carry no signature (still only on the collector's own events; an "
+                           "unsigned policy verdict may only hold more, never less)")
     metrics_port: int = Field(0, ge=0, le=65535, description="/metrics on loopback; 0: off")
     log_level: str = "info"
 

@@ -135,19 +135,104 @@ def streams() -> None:
     policies. Settings: STREAMS_* and PROCWARDEN_KAFKA_* variables."""
     from pydantic import ValidationError
 
+    from procwarden.keys import local_keyring
     from schemas.connections import ConfigError, KafkaConnection
     from streams.app import run_worker
     from streams.settings import StreamSettings
+    from transport.signing import Keyring
 
     try:
         settings = StreamSettings()
         kafka = KafkaConnection.from_env()
-    except (ValidationError, ConfigError) as exc:
+        ring = (Keyring.load(settings.signing_keyring_file) if settings.signing_keyring_file
+                else local_keyring())
+    except (ValidationError, ConfigError, ValueError, OSError) as exc:
         _bad_setting("streams", "STREAMS_", exc)
     typer.echo(f"procwarden streams: {kafka.describe()}, group {settings.app_id}, "
-               f"api http://{settings.web_host}:{settings.web_port}", err=True)
+               f"api http://{settings.web_host}:{settings.web_port}, signing key "
+               f"{ring.current}" + (" (INSECURE: unsigned records believed)"
+                                    if settings.accept_unsigned else ""), err=True)
     tune_gc()
-    run_worker(settings, kafka)
+    run_worker(settings, kafka, ring)
+
+
+keys_app = typer.Typer(help="The keys that sign what the collectors and the stream app write "
+                            "(docs/operations.md).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("init")
+def keys_init(out: Annotated[Path | None, typer.Option(help="The keyring file to write "
+                                                        "(default: the local one)")] = None,
+              ) -> None:
+    """Make a keyring for the stream app, unless there is one."""
+    from procwarden.keys import keys_dir, local_keyring
+    from transport.signing import Keyring
+
+    if out is None:
+        ring = local_keyring()
+        typer.echo(f"keyring {keys_dir() / 'keyring.json'} (current key {ring.current})")
+    elif out.exists():
+        typer.echo(f"procwarden keys init: {out} exists; `keys rotate` adds a key", err=True)
+        raise typer.Exit(1)
+    else:
+        Keyring.generate().save(out)
+        typer.echo(f"keyring {out}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(ring_file: Annotated[Path | None, typer.Option(
+        "--keyring", help="The keyring (default: the local one)")] = None) -> None:
+    """Add a key that verifies but does not sign yet (the oldest non-current one is dropped).
+    Hand the stream app and every node the new files, then `keys activate`."""
+    from procwarden.keys import keys_dir
+    from transport.signing import Keyring
+
+    path = ring_file or keys_dir() / "keyring.json"
+    try:
+        ring = Keyring.load(path)
+        kid = f"k{max(int(k[1:]) for k in ring.keys if k[1:].isdecimal()) + 1}" \
+            if any(k[1:].isdecimal() for k in ring.keys) else "k2"
+        ring.rotated(kid).save(path)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"procwarden keys rotate: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"keyring {path}: key {kid} added (verifies), {ring.current} still signs")
+
+
+@keys_app.command("activate")
+def keys_activate(kid: Annotated[str, typer.Argument(help="The key id that signs from now")],
+                  ring_file: Annotated[Path | None, typer.Option(
+                      "--keyring", help="The keyring (default: the local one)")] = None,
+                  ) -> None:
+    """Make a key sign (every holder must have it already). Hand out the files again."""
+    from procwarden.keys import keys_dir
+    from transport.signing import Keyring
+
+    path = ring_file or keys_dir() / "keyring.json"
+    try:
+        Keyring.load(path).activated(kid).save(path)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"procwarden keys activate: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"keyring {path}: {kid} signs")
+
+
+@keys_app.command("node")
+def keys_node(name: Annotated[str, typer.Argument(help="The node's name (its --node)")],
+              out: Annotated[Path, typer.Option(help="Where to write its key file")],
+              ring_file: Annotated[Path | None, typer.Option(
+                  "--keyring", help="The keyring (default: the local one)")] = None) -> None:
+    """Write one node's key file (COLLECTOR_SIGNING_KEYS_FILE): its keys only."""
+    from procwarden.keys import keys_dir
+    from transport.signing import Keyring
+
+    try:
+        Keyring.load(ring_file or keys_dir() / "keyring.json").node_keys(name).save(out)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"procwarden keys node: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"keys of node {name}: {out}")
 
 
 @app.command("sink-clickhouse")
@@ -248,13 +333,19 @@ def collector(
 
     overrides: dict[str, Any] = {k: v for k, v in {
         "node": node, "with_hash": with_hash, "dry_run": dry_run}.items() if v is not None}
+    from collectors.enforcer import node_keys
+    from procwarden.keys import local_node_keys
+
     try:
         settings = CollectorSettings.model_validate(overrides)
         kafka = KafkaConnection.from_env()
-    except (ValidationError, ConfigError) as exc:
+        # One machine: the node's keys from the keyring beside the stream app's.
+        keys = (node_keys(settings) if settings.signing_keys_file is not None
+                else local_node_keys(settings.node))
+    except (ValidationError, ConfigError, ValueError, OSError) as exc:
         _bad_setting("collector", "COLLECTOR_", exc)
     stopping = _role_process(settings.log_level, settings.metrics_port)
-    agent = Collector(kafka, settings, health=_health("collector"))
+    agent = Collector(kafka, settings, health=_health("collector"), keys=keys)
     typer.echo(f"procwarden collector: node {agent.node}, {kafka.describe()}"
                f"{' (dry run)' if settings.dry_run else ''}, fail mode "
                f"{settings.fail_mode.value}", err=True)
@@ -316,9 +407,10 @@ def status() -> None:
     typer.echo(report())
 
 
-from procwarden.policy_cli import policy_app  # noqa: E402 - light: stdlib and typer only
+from procwarden.policy_cli import policy_app, token_app  # noqa: E402 - light: stdlib, typer
 
 app.add_typer(policy_app, name="policy")
+app.add_typer(token_app, name="token")
 
 stack_app = typer.Typer(help="The local single-node stack: Kafka (KRaft) and ClickHouse.",
                         no_args_is_help=True)
@@ -388,6 +480,70 @@ def stack_status() -> None:
     """Show whether Kafka and ClickHouse are running and serving. Exit 1 unless both are."""
     if not _print_status("status"):
         raise typer.Exit(1)
+
+
+@stack_app.command("add-node")
+def stack_add_node(
+    name: Annotated[str, typer.Argument(help="The collector node's name (its --node)")],
+) -> None:
+    """Give a collector node its Kafka identity on the running stack: a SCRAM user node-NAME
+    (password kept in the stack's state folder) and its ACLs. Prints the settings it runs with."""
+    from procwarden.stack import StackError
+
+    stack = _stack("add-node")
+    try:
+        stack.add_node(name, _say)
+    except StackError as exc:
+        typer.echo(f"procwarden stack add-node: {exc}", err=True)
+        raise typer.Exit(1) from None
+    from procwarden.stack.credentials import node_principal
+
+    for key, value in stack.kafka.environment(node_principal(name)).items():
+        typer.echo(f"{key}={value}")
+
+
+kafka_app = typer.Typer(help="Kafka identities and ACLs, for the local stack or an existing "
+                             "cluster (docs/kafka-security.md).", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+
+
+@kafka_app.command("acls")
+def kafka_acls(
+    apply: Annotated[bool, typer.Option("--apply", help="Create the missing ACLs (as the "
+                                        "PROCWARDEN_KAFKA_* identity, a super user)")] = False,
+    node: Annotated[list[str] | None, typer.Option(
+        "--node", help="A collector node (repeat; default: the local stack's nodes)")] = None,
+    local: Annotated[bool, typer.Option(
+        "--local", help="Against the local stack, as its admin (default: PROCWARDEN_KAFKA_*)")
+    ] = False,
+) -> None:
+    """Print procwarden's ACL set (topic prefix from PROCWARDEN_KAFKA_TOPIC_PREFIX, groups from
+    the roles' settings); with --apply, create what the cluster lacks. Removes nothing."""
+    from procwarden.stack import StackError
+    from procwarden.stack.acls import acl_set, apply_acls, describe_binding
+    from schemas.connections import ConfigError, KafkaConnection
+
+    stack = _stack("kafka acls")
+    try:
+        conn = stack.kafka_connection if local else KafkaConnection.from_env()
+    except ConfigError as exc:
+        typer.echo(f"procwarden kafka acls: {exc}", err=True)
+        raise typer.Exit(2) from None
+    nodes = node or stack.nodes()
+    acls = acl_set(conn.topic_prefix, nodes, stack.groups())
+    for binding in acls:
+        typer.echo(describe_binding(binding))
+    if not apply:
+        return
+    try:
+        plan = apply_acls(conn, acls)
+    except StackError as exc:
+        typer.echo(f"procwarden kafka acls: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{conn.describe()}: {len(plan.created)} created, {len(plan.present)} there, "
+               f"{len(plan.extra)} others on the cluster left alone", err=True)
+    for binding in plan.extra:
+        typer.echo(f"  not procwarden's: {describe_binding(binding)}", err=True)
 
 
 @stack_app.command("logs")

@@ -1,13 +1,15 @@
 """`procwarden policy ...`: the policy API from the command line.
 
-Where the API is: `PROCWARDEN_API_URL` (default `http://127.0.0.1:6066`) and its token
-`PROCWARDEN_API_TOKEN`.
+Where the API is: `PROCWARDEN_API_URL` (default `http://127.0.0.1:6066`; `https://` when the
+workers serve TLS, with `PROCWARDEN_API_CA` naming the CA file when it is not a public one) and
+its token `PROCWARDEN_API_TOKEN`. `procwarden token ...` manages the named tokens.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,10 +17,14 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["policy_app"]
+__all__ = ["policy_app", "token_app"]
 
 policy_app = typer.Typer(help="Read and change process profiles through the policy API.",
                          no_args_is_help=True)
+
+token_app = typer.Typer(help="Named API tokens with roles (viewer, operator, admin), in the "
+                        "file the stream workers read (STREAMS_API_TOKENS_FILE).",
+                        no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON answer")]
 
@@ -35,8 +41,10 @@ def call(method: str, path: str, body: Any = None, *, raw: bytes | None = None) 
         headers["Authorization"] = f"Bearer {token}"
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    ca = os.environ.get("PROCWARDEN_API_CA")
+    context = ssl.create_default_context(cafile=ca) if ca else None
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
+        with urllib.request.urlopen(request, timeout=30, context=context) as resp:
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         try:
@@ -171,3 +179,59 @@ def _echo(answer: Any, as_json: bool, human: Any) -> None:
         typer.echo(json.dumps(answer, indent=2))
     else:
         human()
+
+
+# -- tokens ---------------------------------------------------------------------------------------
+
+def _tokens_file() -> Path:
+    from procwarden.roles import Roles  # the stack's modules: only for these commands
+    return Roles().api_tokens_file
+
+
+@token_app.command("add")
+def token_add(name: str,
+              role: Annotated[str, typer.Option(help="viewer | operator | admin")] = "viewer",
+              ) -> None:
+    """Make a token NAME with ROLE and print it: shown this once, only its digest is kept.
+    Changes made with it are recorded under NAME."""
+    from streams.api_tokens import TokenError, add_token
+    path = _tokens_file()
+    try:
+        secret = add_token(path, name, role)
+    except (TokenError, OSError) as exc:
+        typer.echo(f"procwarden token add: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(secret)
+    typer.echo(f"token {name!r} ({role}) added to {path}; give it as "
+               "`Authorization: Bearer <token>` (PROCWARDEN_API_TOKEN for `procwarden policy`)",
+               err=True)
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """The tokens' names and roles (never their secrets)."""
+    from streams.api_tokens import TokenError, list_tokens
+    try:
+        tokens = list_tokens(_tokens_file())
+    except TokenError as exc:
+        typer.echo(f"procwarden token list: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if os.environ.get("STREAMS_API_TOKEN"):
+        typer.echo("env  admin  (STREAMS_API_TOKEN)")
+    for token in tokens:
+        typer.echo(f"{token.name}  {token.role}")
+
+
+@token_app.command("revoke")
+def token_revoke(name: str) -> None:
+    """Remove token NAME: the workers refuse it from their next request."""
+    from streams.api_tokens import TokenError, revoke_token
+    try:
+        found = revoke_token(_tokens_file(), name)
+    except TokenError as exc:
+        typer.echo(f"procwarden token revoke: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not found:
+        typer.echo(f"procwarden token revoke: no token named {name!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"token {name!r} revoked")

@@ -3,7 +3,9 @@
 Each role is `procwarden <role>` started in its own session with its pid in `var/roles/` and its
 log beside it, so any later command (or session) finds, checks and stops it. They talk to the
 Kafka and ClickHouse the `PROCWARDEN_KAFKA_*` / `PROCWARDEN_CLICKHOUSE_*` variables name (the
-local stack by default). A local rsyslog receiver stands in for a SIEM unless `SIEM_SYSLOG_URL`
+local stack by default, where each role gets its own Kafka identity: `streams`, `sink-clickhouse`,
+`siem`, and `node-<name>` for the collector, its password passed as a file).
+A local rsyslog receiver stands in for a SIEM unless `SIEM_SYSLOG_URL`
 points at a real one.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import ssl
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from procwarden.stack.layout import ProgressFn
 from procwarden.stack.processes import ManagedProcess, StackError, port_in_use, tail
+from streams.api_tokens import write_private
 from transport.health import HEALTH_FILE_ENV, read_health
 
 __all__ = ["Role", "Roles"]
@@ -27,6 +31,8 @@ __all__ = ["Role", "Roles"]
 ROOT = Path(__file__).resolve().parents[1]
 API_PORT = int(os.environ.get("STREAMS_WEB_PORT", "6066"))  # where `streams` serves the API
 SYSLOG_PORT = 5514
+# The role -> its Kafka principal on the local stack (the collector's is node-<its node>).
+_PRINCIPALS = {"streams": "streams", "sink-clickhouse": "sink-clickhouse", "siem": "siem"}
 
 
 @dataclass(frozen=True)
@@ -72,14 +78,40 @@ class Roles:
         if given:
             return given
         path = self.var / "api-token"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(24) + "\n")
-            path.chmod(0o600)
+        if not path.exists():  # 0600 from its first byte: never readable by others
+            write_private(path, (secrets.token_urlsafe(32) + "\n").encode())
         return path.read_text().strip()
+
+    @property
+    def api_tokens_file(self) -> Path:
+        """The named API tokens (`procwarden token add`) the `streams` role checks."""
+        given = os.environ.get("STREAMS_API_TOKENS_FILE")
+        return Path(given) if given else self.var / "api-tokens.json"
+
+    def kafka_environment(self, role: Role) -> dict[str, str]:
+        """The local stack's Kafka identity for a role; nothing when PROCWARDEN_KAFKA_* name a
+        cluster of their own (its credentials are the operator's to give)."""
+        if role.name not in _PRINCIPALS and role.name != "collector":
+            return {}
+        if any(k in os.environ for k in ("PROCWARDEN_KAFKA_BOOTSTRAP_SERVERS",
+                                         "PROCWARDEN_KAFKA_SECURITY_PROTOCOL")):
+            return {}
+        from procwarden.stack import Stack
+        from procwarden.stack.credentials import node_principal
+
+        stack = Stack()
+        if not stack.kafka.secure:
+            return stack.kafka.environment()
+        if role.name == "collector":
+            node = os.environ.get("COLLECTOR_NODE") or stack.settings.node
+            if node not in stack.nodes():
+                stack.add_node(node, say=lambda m: None)
+            return stack.kafka.environment(node_principal(node))
+        return stack.kafka.environment(_PRINCIPALS[role.name])
 
     def environment(self) -> dict[str, str]:
         env = {**os.environ, "STREAMS_API_TOKEN": self.api_token,
+               "STREAMS_API_TOKENS_FILE": str(self.api_tokens_file),
                "STREAMS_DATA_DIR": str(self.var / "streams"),
                "COLLECTOR_STATE_DIR": str(self.var / "collector"),
                "SINKS_METRICS_PORT": os.environ.get("SINKS_METRICS_PORT", "9464")}
@@ -103,7 +135,8 @@ class Roles:
             health = self.health_file(role)
             health.unlink(missing_ok=True)  # a stopped run's file must not speak for this one
             pid = proc.start(role.argv, cwd=ROOT,
-                             env={**self.environment(), HEALTH_FILE_ENV: str(health)})
+                             env={**self.environment(), **self.kafka_environment(role),
+                                  HEALTH_FILE_ENV: str(health)})
             proc.wait_ready(self._probe(role, proc, mark), 90, "get ready")
             say(f"{role.name}: running (pid {pid}): {role.what}")
 
@@ -123,11 +156,16 @@ class Roles:
         return logged
 
     def api_ready(self) -> bool:
+        cert = os.environ.get("STREAMS_WEB_TLS_CERT")
+        context = None
+        if cert:  # our own certificate: trusted as itself, whatever name it was made for
+            context = ssl.create_default_context(cafile=cert)
+            context.check_hostname = False
         request = urllib.request.Request(
-            f"http://127.0.0.1:{API_PORT}/v1/process_profile",
+            f"{'https' if cert else 'http'}://127.0.0.1:{API_PORT}/v1/process_profile",
             headers={"Authorization": f"Bearer {self.api_token}"})
         try:
-            with urllib.request.urlopen(request, timeout=2) as resp:
+            with urllib.request.urlopen(request, timeout=2, context=context) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False

@@ -1,7 +1,8 @@
 """Where Kafka and ClickHouse are, shared by every role, read from `PROCWARDEN_*` variables.
 
-The local stack is the default (loopback, plaintext); set these to run the same roles against an
-existing cluster. Secrets never appear in `repr` or in `describe()`.
+The local stack is the default (loopback, SASL_SSL with SCRAM-SHA-512; `procwarden up` gives each
+role its own identity); set these to run the same roles against an existing cluster. Secrets never
+appear in `repr` or in `describe()`.
 
 | variable | default |
 |---|---|
@@ -9,6 +10,7 @@ existing cluster. Secrets never appear in `repr` or in `describe()`.
 | `PROCWARDEN_KAFKA_SECURITY_PROTOCOL` | `PLAINTEXT` (`SSL`, `SASL_PLAINTEXT`, `SASL_SSL`) |
 | `PROCWARDEN_KAFKA_SASL_MECHANISM` | `` (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`) |
 | `PROCWARDEN_KAFKA_SASL_USERNAME` / `_SASL_PASSWORD` | `` |
+| `PROCWARDEN_KAFKA_SASL_PASSWORD_FILE` | `` (read once; not with `_SASL_PASSWORD`) |
 | `PROCWARDEN_KAFKA_SSL_CA_LOCATION` / `_SSL_CERT_LOCATION` / `_SSL_KEY_LOCATION` | `` |
 | `PROCWARDEN_KAFKA_TOPIC_PREFIX` | `` (prepended to every topic name) |
 | `PROCWARDEN_CLICKHOUSE_HOST` / `_PORT` | `127.0.0.1` / `9000` (native protocol) |
@@ -27,6 +29,8 @@ __all__ = ["ClickHouseConnection", "ConfigError", "KafkaConnection"]
 
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# A password file is a secret, not a document: anything longer is the wrong file.
+_MAX_PASSWORD_FILE_BYTES = 4096
 
 
 class ConfigError(ValueError):
@@ -55,6 +59,24 @@ def _read(env: Mapping[str, str], prefix: str, cls: type) -> dict[str, Any]:
     return values
 
 
+def _read_secret(path: str) -> str:
+    name = "PROCWARDEN_KAFKA_SASL_PASSWORD_FILE"
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(_MAX_PASSWORD_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    if len(raw) > _MAX_PASSWORD_FILE_BYTES:
+        raise ConfigError(f"{name}: {path} is over {_MAX_PASSWORD_FILE_BYTES} bytes")
+    try:
+        secret = raw.decode().rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: {path} is not UTF-8 text") from None
+    if not secret:
+        raise ConfigError(f"{name}: {path} is empty")
+    return secret
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaConnection:
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -62,12 +84,17 @@ class KafkaConnection:
     sasl_mechanism: str = ""
     sasl_username: str = ""
     sasl_password: str = field(default="", repr=False)
+    sasl_password_file: str = ""
     ssl_ca_location: str = ""
     ssl_cert_location: str = ""
     ssl_key_location: str = ""
     topic_prefix: str = ""
 
     def __post_init__(self) -> None:
+        # Read here, once: a copy (dataclasses.replace) carries the password read and does not
+        # open the file again, so a password given beside the file is that copy's.
+        if self.sasl_password_file and not self.sasl_password:
+            object.__setattr__(self, "sasl_password", _read_secret(self.sasl_password_file))
         if not self.bootstrap_servers:
             raise ConfigError("PROCWARDEN_KAFKA_BOOTSTRAP_SERVERS: must not be empty")
         if self.security_protocol.upper() not in _PROTOCOLS:
@@ -81,7 +108,11 @@ class KafkaConnection:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaConnection:
-        return cls(**_read(os.environ if env is None else env, "PROCWARDEN_KAFKA_", cls))
+        values = _read(os.environ if env is None else env, "PROCWARDEN_KAFKA_", cls)
+        if values.get("sasl_password") and values.get("sasl_password_file"):
+            raise ConfigError("PROCWARDEN_KAFKA_SASL_PASSWORD_FILE: set it or "
+                              "PROCWARDEN_KAFKA_SASL_PASSWORD, not both")
+        return cls(**values)
 
     def topic(self, name: str) -> str:
         return self.topic_prefix + name

@@ -32,17 +32,19 @@ import faust
 import mode
 
 from schemas.connections import KafkaConnection
-from schemas.topics import EXEC, FILE, POLICY_UPDATES, WORKLOADS
+from schemas.topics import EXEC, FILE, POLICY_UPDATES, VERDICTS, WORKLOADS
 from streams.api import PolicyApi
 from streams.decider import EventDecider
-from streams.event_output import KafkaOutput
+from streams.event_output import KafkaOutput, Sign
 from streams.handlers import Handlers, RawMessage
 from streams.kafka_options import ssl_context
 from streams.mirror import PolicyMirror
+from streams.provenance import Provenance, RecordSigner
 from streams.session import DecisionSession
 from streams.settings import StreamSettings
-from streams.web import install_routes
+from streams.web import install_routes, web_options
 from transport import HEALTH_FILE_ENV, DlqLimits, Health, describe, exit_unless_stopped
+from transport.signing import Keyring
 
 __all__ = ["FaustPublisher", "Readiness", "build_app", "run_worker"]
 
@@ -54,12 +56,17 @@ class FaustPublisher:
     it commits their offsets. (Faust's Topic.send adds ~0.3 ms of bookkeeping per message; this
     path does not.)"""
 
-    def __init__(self, app: faust.App) -> None:
+    def __init__(self, app: faust.App, sign: Sign | None = None) -> None:
         self.app = app
+        self._sign = sign
 
     async def send(self, topic: str, key: bytes, value: bytes | None) -> None:
+        headers = None
+        if self._sign:  # (Faust's producer types them as bytes; ours are)
+            headers = [(n, v if isinstance(v, bytes) else (v or "").encode())
+                       for n, v in self._sign(topic, key, value)]
         await self.app.producer.send(topic, key, value, partition=None, timestamp=None,
-                                     headers=None)
+                                     headers=headers)
 
 
 class _MirrorService(mode.Service):
@@ -168,7 +175,10 @@ def _credentials(kafka: KafkaConnection) -> Any:
     return None
 
 
-def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.App, Handlers]:
+def build_app(settings: StreamSettings, kafka: KafkaConnection,
+              ring: Keyring | None = None) -> tuple[faust.App, Handlers]:
+    """The worker; `ring` signs what it writes and checks who wrote what it reads (without
+    one, nothing is signed and unsigned records are believed: STREAMS_ACCEPT_UNSIGNED)."""
     (settings.data_dir / settings.app_id).mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
@@ -177,8 +187,7 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
         store="memory://",
         autodiscover=False,
         datadir=str(settings.data_dir / settings.app_id),
-        web_host=settings.web_host,
-        web_port=settings.web_port,
+        **web_options(settings),  # 127.0.0.1, TLS when set, none of Faust's own views
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_compression_type="lz4",
@@ -192,21 +201,25 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
         broker_commit_interval=1.0,
     )
     session = DecisionSession(settings=settings.engine())
-    publisher = FaustPublisher(app)
+    sign = (RecordSigner(ring, kafka.topic(VERDICTS.name), settings.verdict_ttl_s)
+            if ring is not None else None)
+    provenance = Provenance(ring, accept_unsigned=settings.accept_unsigned)
+    publisher = FaustPublisher(app, sign)
     node = f"streams@{socket.gethostname()}"
     limits = DlqLimits(value_bytes=settings.dlq_value_bytes)
-    output = KafkaOutput(kafka, node=node, limits=limits)
+    output = KafkaOutput(kafka, node=node, limits=limits, sign=sign)
     handlers = Handlers(session=session, publisher=publisher, decisions=output, kafka=kafka,
                         node=node, unknown_workload_wait_s=settings.unknown_workload_wait_s,
                         unknown_workload_max_events=settings.unknown_workload_max_events,
                         unknown_workload_max_per_workload=(
                             settings.unknown_workload_max_per_workload),
-                        dlq_limits=limits)
+                        dlq_limits=limits, provenance=provenance)
     # `nodes` exists from the start, published or not; the mirror brings newer versions.
     handlers.published["nodes"] = session.policies["nodes"]
     mirror = PolicyMirror(kafka, on_policy=handlers.on_policy, on_workload=handlers.on_workload,
                           on_process_state=handlers.on_process_state,
-                          dead_letter=handlers.dead_letter_entry, limits=limits)
+                          dead_letter=handlers.dead_letter_entry, limits=limits,
+                          provenance=provenance, known_workload=session.workloads.get)
     app.add_dependency(_MirrorService(mirror, handlers, loop=app.loop))
     health_file = os.environ.get(HEALTH_FILE_ENV)
     health = Health("streams", Path(health_file) if health_file else None)
@@ -219,7 +232,8 @@ def build_app(settings: StreamSettings, kafka: KafkaConnection) -> tuple[faust.A
         async def process(stream: faust.StreamT[Any]) -> None:
             async for event in stream.events():
                 m = event.message
-                await handler(RawMessage(m.topic, m.partition, m.offset, m.key, m.value))
+                await handler(RawMessage(m.topic, m.partition, m.offset, m.key, m.value,
+                                         m.headers))
         process.__name__ = process.__qualname__ = name
         app.agent(channel, name=f"procwarden.{name}")(process)
 
@@ -260,10 +274,11 @@ def wait_for_topics(kafka: KafkaConnection, timeout: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-def run_worker(settings: StreamSettings, kafka: KafkaConnection) -> None:
+def run_worker(settings: StreamSettings, kafka: KafkaConnection,
+               ring: Keyring | None = None) -> None:
     """Run one stream worker until SIGTERM/SIGINT (a clean stop commits what was decided)."""
     wait_for_topics(kafka)
-    app, _ = build_app(settings, kafka)
+    app, _ = build_app(settings, kafka, ring)
     worker = faust.Worker(app, loglevel=settings.log_level.upper())
     # At WARNING and above Faust shows a terminal spinner fed by every log record, and sets the
     # root logger to DEBUG for it: each aiokafka debug call then builds a record (a fifth of the

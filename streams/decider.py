@@ -219,7 +219,8 @@ class EventDecider(mode.Service):
                 topic, partition, offset = m.topic(), m.partition(), m.offset()
                 assert topic is not None and partition is not None and offset is not None
                 # on_event never raises: bad messages go to the DLQ with their offsets.
-                await handle(RawMessage(topic, partition, offset, m.key(), m.value()))
+                await handle(RawMessage(topic, partition, offset, m.key(), m.value(),
+                                        m.headers()))
                 taken[(topic, partition)] = offset + 1
                 count += 1
             if not count and not acted:

@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -34,6 +35,7 @@ from schemas import Envelope, encode
 from schemas.connections import KafkaConnection
 from schemas.topics import DLQ
 from transport import DlqLimits, dead_letter_entry
+from transport.signing import Header
 
 __all__ = ["OUTPUT_REFUSED", "DeliveryFailed", "KafkaOutput", "OutputRefused", "refused_error"]
 
@@ -55,6 +57,10 @@ _KEPT_REFUSED = 64
 def refused_error(error: KafkaError) -> bool:
     """Whether a produce error is about the message itself (not about Kafka)."""
     return error.code() in _REFUSED_CODES and not error.fatal()
+
+
+# The headers that sign an output (streams/provenance.py's RecordSigner).
+Sign = Callable[[str, bytes | None, bytes | None], list[Header]]
 
 
 class DeliveryFailed(RuntimeError):
@@ -79,7 +85,8 @@ class KafkaOutput:
 
     def __init__(self, kafka: KafkaConnection, linger_ms: float = 5.0, *,
                  node: str = "streams", limits: DlqLimits | None = None,
-                 **overrides: Any) -> None:
+                 sign: Sign | None = None, **overrides: Any) -> None:
+        self._sign = sign
         self._failures: list[KafkaError] = []
         # Refused by the broker after `send`: (error, topic, partition, key, value), bounded.
         self._refused: list[tuple[KafkaError, str, int, bytes | None, bytes | None]] = []
@@ -116,7 +123,8 @@ class KafkaOutput:
         """Hand one output to the producer; OutputRefused if it is refused for itself."""
         while True:
             try:
-                self._producer.produce(topic, value, key)
+                headers = self._sign(topic, key, value) if self._sign else None
+                self._producer.produce(topic, value, key, headers=headers)
                 break
             except BufferError:  # the local queue is full: let librdkafka deliver some
                 await asyncio.get_running_loop().run_in_executor(None, self._producer.poll, 0.1)
@@ -158,7 +166,9 @@ class KafkaOutput:
         env = Envelope.wrap(entry, event_id=f"dlq:{topic}:out:{digest}", node=self._node,
                             ts=entry.ts)
         try:
-            self._producer.produce(self._dlq_topic, encode(env), topic.encode())
+            value, key = encode(env), topic.encode()
+            headers = self._sign(self._dlq_topic, key, value) if self._sign else None
+            self._producer.produce(self._dlq_topic, value, key, headers=headers)
         except (BufferError, KafkaException) as exc:
             log.error("the dead letter of a refused output was lost: %s", exc)
 

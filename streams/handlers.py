@@ -63,6 +63,7 @@ from streams.engine import (
     learned_group_name,
     policy_state,
 )
+from streams.provenance import Provenance, RawHeaders
 from streams.session import DecisionSession, UnknownWorkload, edit_result
 from transport import DlqLimits, MessageGuard, Refused
 
@@ -98,6 +99,7 @@ class RawMessage:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: RawHeaders = None  # the signature (streams/provenance.py)
 
 
 @dataclass(slots=True)
@@ -221,6 +223,8 @@ class Handlers:
     unknown_workload_max_events: int = 10_000
     unknown_workload_max_per_workload: int = 256
     dlq_limits: DlqLimits = field(default_factory=DlqLimits)
+    # Who may say what; the default believes unsigned records (unit tests of other concerns).
+    provenance: Provenance = field(default_factory=lambda: Provenance(None, accept_unsigned=True))
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     counts: Counter[str] = field(default_factory=Counter)
     # The policies as published on the policy topic (what the writer edits). The decision
@@ -291,9 +295,11 @@ class Handlers:
                                    value=msg.value)
 
     async def _on_event(self, msg: RawMessage) -> None:
+        node = self.provenance.node_of(msg.topic, msg.key, msg.value, msg.headers)
         env = decode_envelope(msg.value or b"")
         if env.kind not in DECIDED_KINDS:
             raise DecodeError("kind", f"{env.kind.value} is not an event of a workload")
+        self.provenance.check_speaker(node, env)  # then env.node is who signed it
         if not self.ready.is_set():
             await self.ready.wait()
         workload_id: str = env.payload.workload_id  # type: ignore[union-attr]
@@ -304,11 +310,18 @@ class Handlers:
                 self._park(workload_id, msg, env)
                 return
         try:
-            decision = self.session.decide(env)
+            decision = self._decide(env)
         except UnknownWorkload:
             self._park(workload_id, msg, env)
             return
         await self._publish(decision, env)
+
+    def _decide(self, env: Envelope) -> Decision:
+        """Decide an event whose envelope's node signed it: only if its workload runs there."""
+        workload = self.session.workloads.get(env.payload.workload_id)  # type: ignore[union-attr]
+        if workload is not None:
+            self.provenance.check_event(env.node, workload)
+        return self.session.decide(env)
 
     def _park(self, workload_id: str, msg: RawMessage, env: Envelope) -> None:
         full = self.waiting.park(workload_id, msg, env)
@@ -336,7 +349,7 @@ class Handlers:
 
     async def _decide_waiting(self, env: Envelope) -> None:
         try:
-            decision = self.session.decide(env)
+            decision = self._decide(env)
         except UnknownWorkload as exc:  # announced, then stopped before this was decided
             raise Refused(f"unknown workload {exc.args[0]!r}: stopped before its waiting "
                           "events were decided") from None
@@ -451,10 +464,13 @@ class Handlers:
                                          offset=msg.offset, key=msg.key, value=msg.value)
 
     async def _on_workload_announcement(self, msg: RawMessage) -> None:
+        node = self.provenance.node_of(msg.topic, msg.key, msg.value, msg.headers)
         env = decode_envelope(msg.value or b"")
         if not isinstance(env.payload, Workload):
             raise DecodeError("kind", f"{env.kind.value} is not a workload announcement")
         workload = env.payload
+        self.provenance.check_speaker(node, env)
+        self.provenance.check_workload(node, workload, self.session.workloads.get(workload.id))
         if workload.state is WorkloadState.RUNNING:
             await self.send_envelope(POLICY_UPDATES.name, learned_group_name(workload), env)
         else:  # gone: so is its process state
@@ -468,6 +484,7 @@ class Handlers:
                                          key=msg.key, value=msg.value)
 
     async def _on_update(self, msg: RawMessage) -> None:
+        self.provenance.from_streams(msg.topic, msg.key, msg.value, msg.headers)
         env = decode_envelope(msg.value or b"")
         await self.ready.wait()
         try:

@@ -35,6 +35,7 @@ from schemas import (
 from schemas.connections import KafkaConnection
 from schemas.topics import POLICY, PROCESS_STATE, WORKLOADS
 from streams.kafka_options import aiokafka_options
+from streams.provenance import Provenance, RawHeaders
 from transport import DlqLimits, MessageGuard, Refused
 
 _MIRRORED = (POLICY, WORKLOADS, PROCESS_STATE)
@@ -58,8 +59,13 @@ class PolicyMirror:
                  on_workload: Callable[[Envelope | None, str], None],
                  on_process_state: Callable[[str, ProcessSnapshot | None], None],
                  dead_letter: Callable[[DlqEntry], Awaitable[None]] = _no_dead_letters,
-                 limits: DlqLimits | None = None) -> None:
+                 limits: DlqLimits | None = None, provenance: Provenance | None = None,
+                 known_workload: Callable[[str], Workload | None] = lambda _: None) -> None:
         self.kafka = kafka
+        # Who may write each compacted topic (streams/provenance.py); the default believes
+        # unsigned records (unit tests of other concerns).
+        self.provenance = provenance or Provenance(None, accept_unsigned=True)
+        self.known_workload = known_workload
         self.on_policy = on_policy
         self.on_workload = on_workload
         self.on_process_state = on_process_state
@@ -127,7 +133,7 @@ class PolicyMirror:
             for tp, records in batches.items():
                 for record in records:
                     await self.apply(tp.topic, tp.partition, record.offset, record.key,
-                                     record.value)
+                                     record.value, record.headers)
                 if tp in pending and records and records[-1].offset + 1 >= ends[tp]:
                     pending.discard(tp)
             if pending and all(await self._positions_reached(consumer, pending, ends)):
@@ -142,22 +148,33 @@ class PolicyMirror:
         return [await consumer.position(tp) >= ends[tp] for tp in pending]
 
     async def apply(self, topic: str, partition: int, offset: int, key: bytes | None,
-                    value: bytes | None) -> None:
+                    value: bytes | None, headers: RawHeaders = None) -> None:
         """Apply one record; one that cannot be is skipped, counted and dead-lettered."""
         refused = self.guard.refused
-        await self.guard.run_async(lambda: self._apply_now(topic, key, value), topic=topic,
-                                   partition=partition, offset=offset, key=key, value=value)
+        await self.guard.run_async(lambda: self._apply_now(topic, key, value, headers),
+                                   topic=topic, partition=partition, offset=offset, key=key,
+                                   value=value)
         if self.guard.refused != refused:
             self.invalid += 1
             SKIPPED.labels(topic).inc()
 
-    async def _apply_now(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        self._apply(topic, key, value)
+    async def _apply_now(self, topic: str, key: bytes | None, value: bytes | None,
+                         headers: RawHeaders) -> None:
+        self._apply(topic, key, value, headers)
 
-    def _apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+    def _apply(self, topic: str, key: bytes | None, value: bytes | None,
+               headers: RawHeaders = None) -> None:
         name = key.decode(errors="replace") if key else ""
         is_policy = topic == self.kafka.topic(POLICY.name)
         is_state = topic == self.kafka.topic(PROCESS_STATE.name)
+        node: str | None = None
+        if is_policy or is_state:  # only the stream app writes these
+            self.provenance.from_streams(topic, key, value, headers)
+        else:  # a node's collector, for its own workloads
+            node = self.provenance.node_of(topic, key, value, headers)
+            known = self.known_workload(name)
+            if value is None and node is not None and known is not None:
+                self.provenance.check_workload(node, known, None)
         if value is None:  # a tombstone: the group or workload is gone
             if is_policy:
                 self.on_policy(name, None)
@@ -172,6 +189,8 @@ class PolicyMirror:
         elif is_state and isinstance(env.payload, ProcessSnapshot):
             self.on_process_state(env.payload.workload_id, env.payload)
         elif not is_policy and not is_state and isinstance(env.payload, Workload):
+            self.provenance.check_speaker(node, env)
+            self.provenance.check_workload(node, env.payload, self.known_workload(env.payload.id))
             self.on_workload(env, env.payload.id)
         else:
             raise Refused(f"a {env.kind.value} message does not belong on {topic}")

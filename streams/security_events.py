@@ -8,6 +8,7 @@ comes from `PROCWARDEN_CLICKHOUSE_*`; when it cannot be reached the answer is a 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -79,10 +80,7 @@ class SecurityEvents:
             args[key] = value
         for key, op in (("since", ">="), ("until", "<=")):
             if key in params:
-                try:
-                    args[key] = int(float(params[key]))
-                except ValueError:
-                    raise SecurityEventsError(400, f"{key}: expected epoch seconds") from None
+                args[key] = _epoch(key, params[key])
                 where.append(f"ts {op} toDateTime(%({key})s)")
         try:
             limit = min(1000, max(1, int(params.get("limit", "100"))))
@@ -92,6 +90,19 @@ class SecurityEvents:
         sql = (f"SELECT {', '.join(COLUMNS)} FROM {self.conn.database}.security_events FINAL "
                f"{clause}ORDER BY ts DESC, id LIMIT {limit}")
         return sql, args
+
+
+_MAX_EPOCH = 2**32 - 1  # ClickHouse's DateTime ends in 2106
+
+
+def _epoch(key: str, text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= _MAX_EPOCH:  # NaN too
+        raise SecurityEventsError(400, f"{key}: expected epoch seconds from 0 to {_MAX_EPOCH}")
+    return int(value)
 
 
 def _row(row: tuple[Any, ...]) -> dict[str, Any]:

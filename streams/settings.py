@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import Baseline, Mode
@@ -22,8 +22,17 @@ class StreamSettings(BaseSettings):
     app_id: str = Field("procwarden-streams", description="Kafka consumer group of the workers")
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
-    api_token: SecretStr | None = Field(None, description="bearer token for API writes")
-    open_reads: bool = Field(False, description="serve API reads without the token")
+    web_tls_cert: Path | None = Field(None, description="PEM certificate chain: serve HTTPS")
+    web_tls_key: Path | None = Field(None, description="PEM private key of web_tls_cert")
+    api_token: SecretStr | None = Field(None, description="an admin bearer token named 'env' "
+                                        "(the single token of earlier versions)")
+    api_tokens_file: Path | None = Field(None, description="named tokens with roles "
+                                         "(`procwarden token add`); default "
+                                         "<data_dir>/api-tokens.json")
+    open_reads: bool = Field(False, description="serve API reads without a token")
+    api_allowed_hosts: str = Field("", description="comma-separated Host names the API "
+                                   "answers when reads are open (against DNS rebinding); "
+                                   "127.0.0.1, localhost, ::1 and web_host always")
     new_group_mode: str = "Discover"
     new_group_baseline: str = "zero-drift"
     full_cmdline: bool = False
@@ -51,6 +60,12 @@ class StreamSettings(BaseSettings):
     max_policy_bytes: int = Field(900_000, ge=10_000, le=1_000_000,
                                   description="a group's policy record after any edit")
     max_crd_bytes: int = Field(1024 * 1024, ge=1024, description="one CRD import's text (413)")
+    # Signatures (streams/provenance.py): the keyring file (default: the local one, made on
+    # first use), how long a verdict may be acted on, and an insecure switch that believes
+    # unsigned records (for a rollout where some collectors do not sign yet).
+    signing_keyring_file: Path | None = None
+    verdict_ttl_s: float = Field(60.0, ge=1, le=3600, description="a verdict's validity")
+    accept_unsigned: bool = Field(False, description="INSECURE: believe unsigned records")
     data_dir: Path = Path("var/streams")
     log_level: str = "info"
 
@@ -63,6 +78,19 @@ class StreamSettings(BaseSettings):
     @classmethod
     def _baseline(cls, value: str) -> str:
         return parse_baseline(value).value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> StreamSettings:
+        if (self.web_tls_cert is None) != (self.web_tls_key is None):
+            raise ValueError("STREAMS_WEB_TLS_CERT and STREAMS_WEB_TLS_KEY go together")
+        return self
+
+    def tokens_path(self) -> Path:
+        return self.api_tokens_file or self.data_dir / "api-tokens.json"
+
+    def allowed_hosts(self) -> frozenset[str]:
+        given = {h.strip().lower() for h in self.api_allowed_hosts.split(",") if h.strip()}
+        return frozenset({"127.0.0.1", "localhost", "::1", self.web_host.lower()} | given)
 
     def engine(self) -> EngineSettings:
         caps = {name: getattr(self, name) for name in _CAPS}

@@ -1,5 +1,6 @@
 """Plumbing every stage shares the same way, beside `schemas`: the per-message guard with its
-bounded dead letters, and the health a role reports. It imports `schemas` and nothing of
+bounded dead letters, the health a role reports, and the signatures of records
+(`transport.signing`). It imports `schemas` and nothing of
 `collectors`, `streams` or `sinks`."""
 
 from transport.guard import (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,11 @@ class StackSettings(BaseSettings):
     clickhouse_tcp_port: int = Field(9000, ge=1, le=65535)
     clickhouse_http_port: int = Field(8123, ge=1, le=65535)
     clickhouse_interserver_port: int = Field(9009, ge=1, le=65535)
+    insecure_plaintext: bool = Field(
+        False, description="INSECURE, development only: Kafka with no TLS, no SASL and no ACLs "
+                           "(anyone on this host can make a collector kill)")
+    node: str = Field(default_factory=socket.gethostname,
+                      description="the local collector node given Kafka credentials at `up`")
 
 
 @dataclass(frozen=True)

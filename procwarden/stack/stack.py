@@ -5,9 +5,12 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 
+from procwarden.stack.acls import Groups, acl_set, add_node, apply_acls, ensure_users
 from procwarden.stack.clickhouse import ClickHouseServer
+from procwarden.stack.credentials import ADMIN, ROLE_PRINCIPALS, node_principal
 from procwarden.stack.kafka import KafkaServer
 from procwarden.stack.layout import ProgressFn, StackLayout, StackSettings
+from procwarden.stack.processes import StackError
 from procwarden.stack.topics import ensure_topics
 from schemas.connections import ClickHouseConnection, KafkaConnection
 from sinks.clickhouse.migrations import apply_migrations, connect
@@ -32,7 +35,9 @@ class StackStatus:
             state = "ready" if ready else ("starting or unhealthy" if pid else "stopped")
             return f"{name:11} {state:22} {('pid ' + str(pid)) if pid else '':10} {where}"
         return [
-            row("kafka", self.kafka_pid, self.kafka_ready, stack.kafka.bootstrap),
+            row("kafka", self.kafka_pid, self.kafka_ready,
+                stack.kafka.bootstrap + (" (SASL_SSL, SCRAM-SHA-512, ACLs)" if stack.kafka.secure
+                                         else " (PLAINTEXT: insecure, development only)")),
             row("clickhouse", self.clickhouse_pid, self.clickhouse_ready,
                 f"127.0.0.1:{stack.clickhouse.tcp_port} (http {stack.clickhouse.http_port}, "
                 f"server {self.clickhouse_version})" if self.clickhouse_ready else
@@ -47,13 +52,52 @@ class Stack:
         self.layout = StackLayout.from_settings(self.settings)
         s = self.settings
         self.kafka = KafkaServer(self.layout, s.kafka_port, s.kafka_controller_port,
-                                 s.kafka_heap_mb)
+                                 s.kafka_heap_mb, secure=not s.insecure_plaintext)
         self.clickhouse = ClickHouseServer(self.layout, s.clickhouse_tcp_port,
                                            s.clickhouse_http_port, s.clickhouse_interserver_port)
 
     @property
     def kafka_connection(self) -> KafkaConnection:
-        return KafkaConnection(bootstrap_servers=self.kafka.bootstrap)
+        """The stack's own (admin, super user) connection."""
+        return self.kafka.connection(ADMIN)
+
+    def nodes(self) -> list[str]:
+        """The collector nodes with credentials: the local one and every one added."""
+        return sorted({self.settings.node, *self.kafka.credentials.nodes()})
+
+    def ensure_identities(self, say: ProgressFn = print, prefix: str = "") -> None:
+        """Every role's and node's SCRAM user and the ACL set (idempotent). Secure mode only."""
+        if not self.kafka.secure:
+            return
+        c = self.kafka.credentials
+        users = {p: c.password(p) for p in ROLE_PRINCIPALS if p != ADMIN}
+        users |= {node_principal(n): c.password(node_principal(n)) for n in self.nodes()}
+        made = ensure_users(self.kafka_connection, users)
+        plan = apply_acls(self.kafka_connection, acl_set(prefix, self.nodes(), self.groups()))
+        say(f"kafka identities: {len(made)} SCRAM user(s) made, {len(users) - len(made)} there; "
+            f"ACLs: {len(plan.created)} created, {len(plan.present)} there"
+            + (f", {len(plan.extra)} others on the cluster left alone" if plan.extra else ""))
+
+    @staticmethod
+    def groups() -> Groups:
+        """The roles' consumer groups from their settings (what the ACLs must name)."""
+        from sinks.settings import SiemSettings, SinkSettings
+        from streams.settings import StreamSettings
+        return Groups(streams_app_id=StreamSettings().app_id,
+                      sink_clickhouse=SinkSettings().group_id, siem=SiemSettings().group_id)
+
+    def add_node(self, node: str, say: ProgressFn = print) -> KafkaConnection:
+        """A collector node's SCRAM user and ACLs on the running stack; its connection."""
+        if not self.kafka.secure:
+            raise StackError("the stack runs Kafka in plaintext (PROCWARDEN_STACK_INSECURE_"
+                             "PLAINTEXT): it has no users or ACLs to add")
+        principal = node_principal(node)
+        plan = add_node(self.kafka_connection, node, self.kafka.credentials.password(principal),
+                        self.kafka_connection.topic_prefix, )
+        say(f"node {node}: user {principal}, {len(plan.created)} ACL(s) created, "
+            f"{len(plan.present)} there; password in "
+            f"{self.kafka.credentials.password_file(principal)}")
+        return self.kafka.connection(principal)
 
     @property
     def clickhouse_connection(self) -> ClickHouseConnection:
@@ -67,6 +111,7 @@ class Stack:
             say(f"kafka already running on {self.kafka.bootstrap}")
         if not self.clickhouse.start(say):
             say(f"clickhouse already running on 127.0.0.1:{self.clickhouse.tcp_port}")
+        self.ensure_identities(say)
         report = ensure_topics(self.kafka_connection)
         say(f"topics: {len(report.created)} created, {len(report.existing)} already there"
             + (f", {len(report.grown)} given more partitions" if report.grown else ""))

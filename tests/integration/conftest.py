@@ -7,6 +7,7 @@ database. A service that cannot be started is a test error, never a skip.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,10 +34,27 @@ def stack() -> Iterator[Stack]:
     stack = Stack()
     was_up = stack.status().up
     stack.up(say=lambda message: None)
-    yield stack
+    # Every role process a test starts inherits the stack's admin identity (topics under a
+    # test's own prefix have no role ACLs); test_kafka_acls.py runs the roles' own identities.
+    saved = {k: os.environ.get(k) for k in _KAFKA_ENV}
+    os.environ.update(stack.kafka.environment())
+    try:
+        yield stack
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     _delete_test_topics(stack.kafka_connection)
     if not was_up:
         stack.down(say=lambda message: None)
+
+
+_KAFKA_ENV = ("PROCWARDEN_KAFKA_BOOTSTRAP_SERVERS", "PROCWARDEN_KAFKA_SECURITY_PROTOCOL",
+              "PROCWARDEN_KAFKA_SASL_MECHANISM", "PROCWARDEN_KAFKA_SASL_USERNAME",
+              "PROCWARDEN_KAFKA_SASL_PASSWORD", "PROCWARDEN_KAFKA_SASL_PASSWORD_FILE",
+              "PROCWARDEN_KAFKA_SSL_CA_LOCATION")
 
 
 def _delete_test_topics(kafka: KafkaConnection) -> None:
@@ -63,7 +81,7 @@ def kafka(stack: Stack) -> KafkaConnection:
 @pytest.fixture
 def topic_factory(kafka: KafkaConnection) -> Iterator[Callable[..., str]]:
     """Creates uniquely named topics for one test and deletes them afterwards."""
-    admin = AdminClient(kafka.confluent_config())
+    admin = AdminClient(dict(kafka.confluent_config()))
     made: list[str] = []
 
     def make(partitions: int = 1, **config: str) -> str:

@@ -11,22 +11,33 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from procwarden.keys import local_keyring
 from procwarden.stack.topics import ensure_topics
 from schemas import DecodeError, Envelope, decode_envelope, encode
 from schemas.connections import KafkaConnection
-from schemas.topics import ALL_TOPICS, DLQ, EXEC
+from schemas.topics import (
+    ALL_TOPICS,
+    DLQ,
+    EXEC,
+    POLICY,
+    POLICY_UPDATES,
+    PROCESS_STATE,
+    VERDICTS,
+)
+from transport.signing import Signer
 
 ROOT = Path(__file__).resolve().parents[2]
 # Topic prefixes the pipelines of this test session made; the session deletes their topics at
 # the end, so a developer's broker does not pile up thousands of partitions run after run.
 PREFIXES: list[str] = []
 NODE = "node-1"
+STREAMS_WRITES = frozenset({POLICY.name, POLICY_UPDATES.name, PROCESS_STATE.name})
 WORKDIR = ROOT / "var" / "testbed"  # the runc containers' image and bundles
 
 
@@ -60,8 +71,8 @@ class Pipeline:
     def __post_init__(self) -> None:
         if self.prefix:
             PREFIXES.append(self.prefix)
-        self.kafka = KafkaConnection(bootstrap_servers=self.base.bootstrap_servers,
-                                     topic_prefix=self.prefix)
+        # The base's identity and TLS, on this pipeline's own topics.
+        self.kafka = replace(self.base, topic_prefix=self.prefix)
         ensure_topics(self.kafka, ALL_TOPICS)
         self.producer = Producer({**self.kafka.confluent_config(), "enable.idempotence": True,
                                   "partitioner": "murmur2_random"})
@@ -114,15 +125,25 @@ class Pipeline:
     # -- messages -------------------------------------------------------------------------------
 
     def send(self, topic: str, key: str, payload: Any, ts: float | None = None) -> Envelope:
+        """Produce a record as its real writer would: signed as the stream app on the topics
+        only it writes, else as the collector of node `NODE`."""
         self.seq += 1
         env = Envelope.wrap(payload, event_id=f"{self.prefix}{self.seq}", node=NODE,
                             ts=ts or time.time(), cluster="test")
-        self.producer.produce(self.topic(topic), key=key.encode(), value=encode(env))
-        assert self.producer.flush(30) == 0
+        self.send_raw(topic, key, encode(env))
         return env
 
     def send_raw(self, topic: str, key: str, value: bytes) -> None:
-        self.producer.produce(self.topic(topic), key=key.encode(), value=value)
+        full = self.topic(topic)
+        ring = local_keyring()  # the worker's: the local one
+        if topic == VERDICTS.name:  # for the node it is keyed by, as the stream app signs it
+            headers = Signer.for_streams(ring).headers(full, key.encode(), value, to_node=key,
+                                                       expires=int(time.time()) + 60)
+        else:
+            signer = (Signer.for_streams(ring) if topic in STREAMS_WRITES
+                      else Signer.for_node(ring.node_keys(NODE)))
+            headers = signer.headers(full, key.encode(), value)
+        self.producer.produce(full, key=key.encode(), value=value, headers=headers)
         assert self.producer.flush(30) == 0
 
     def consumer(self, topic: str, partitions: list[int] | None = None) -> Iterator[Any]:

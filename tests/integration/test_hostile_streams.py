@@ -18,6 +18,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from procwarden.keys import local_keyring
 from schemas import (
     Decision,
     DlqEntry,
@@ -34,6 +35,7 @@ from schemas import (
 from schemas.connections import KafkaConnection
 from schemas.topics import DLQ, EXEC, POLICY, POLICY_UPDATES, PROCESS_STATE, VERDICTS, WORKLOADS
 from tests.integration.streamkit import NODE, ROOT, Pipeline
+from transport.signing import Signer
 
 WEB = "nv.web.demo"
 WORKLOAD = Workload(id="c-web-1", kind=WorkloadKind.CONTAINER, node=NODE, name="web",
@@ -176,8 +178,12 @@ def test_an_output_over_the_producers_limit_is_dead_lettered_and_the_worker_goes
                         event_id=f"{p.prefix}big", node=NODE, ts=time.time(), cluster="test")
     producer = Producer({**p.kafka.confluent_config(), "message.max.bytes": 32 << 20,
                          "compression.type": "lz4", "partitioner": "murmur2_random"})
+    value = encode(big)
+    headers = Signer.for_node(local_keyring().node_keys(NODE)).headers(
+        p.topic(EXEC.name), WORKLOAD.id.encode(), value)  # as node-1's collector signs it
     for _ in range(2):  # twice: a worker that crash-loops would meet it at every start
-        producer.produce(p.topic(EXEC.name), key=WORKLOAD.id.encode(), value=encode(big))
+        producer.produce(p.topic(EXEC.name), key=WORKLOAD.id.encode(), value=value,
+                         headers=headers)
     assert producer.flush(30) == 0
     after = [p.send(EXEC.name, WORKLOAD.id, exec_event(f"/bin/after{i}", 70 + i)).event_id
              for i in range(5)]
@@ -249,6 +255,7 @@ import faust
 
 from schemas.connections import KafkaConnection
 from streams import handlers
+from procwarden.keys import local_keyring
 from streams.app import build_app
 from streams.settings import StreamSettings
 
@@ -258,7 +265,7 @@ async def broken_end_batch(self):
 
 
 handlers.Handlers.end_batch = broken_end_batch
-app, _ = build_app(StreamSettings(), KafkaConnection.from_env())
+app, _ = build_app(StreamSettings(), KafkaConnection.from_env(), local_keyring())
 worker = faust.Worker(app, loglevel="INFO")
 worker.spinner = None
 worker.execute_from_commandline()

@@ -18,7 +18,7 @@ import pytest
 from schemas import Decision, Verdict, to_plain
 from schemas.connections import KafkaConnection
 from schemas.records import replace
-from schemas.topics import EXEC, WORKLOADS
+from schemas.topics import EXEC, PROFILE_CHANGES, WORKLOADS
 from tests.integration.streamkit import ROOT, Pipeline
 from tests.integration.test_streams import WEB, WORKLOAD, decision_for, exec_event
 
@@ -249,4 +249,49 @@ def test_decisions_are_plain_json(api: Pipeline) -> None:
     env, msg = api.wait_for(VERDICTS.name, lambda e: isinstance(e.payload, Decision))
     raw = json.loads(msg.value())
     assert raw["kind"] == "verdict" and raw["payload"]["event_id"] == env.payload.event_id
-    assert msg.headers() is None  # no Faust framing
+    # no Faust framing: the only headers are the signature's (transport/signing.py)
+    assert {name for name, _ in msg.headers() or ()} <= {"pw-signer", "pw-kid", "pw-exp",
+                                                          "pw-sig"}
+
+
+def _token(p: Pipeline, name: str, role: str) -> str:
+    """`procwarden token add`, into the token file the worker reads (its data dir's)."""
+    env = {**os.environ, "STREAMS_API_TOKENS_FILE": str(p.tmp / "streams" / "api-tokens.json")}
+    done = subprocess.run([sys.executable, "-m", "procwarden.cli", "token", "add", name,
+                           "--role", role], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60, check=True)
+    return done.stdout.strip()
+
+
+def test_roles_headers_and_the_listener_on_the_real_worker(api: Pipeline) -> None:
+    """Issue 22: each role gets what it may, a change carries its token's name, every answer
+    carries the security headers, Faust's own views are closed and the worker listens on
+    127.0.0.1 only."""
+    viewer, operator = _token(api, "ro-1", "viewer"), _token(api, "ops-1", "operator")
+    was = http(api, "GET", f"/v1/process_profile/{WEB}")[1]["process_profile"]["mode"]
+    mode = {"config": {"services": ["web.demo"],
+                       "profile_mode": "Protect" if was == "Monitor" else "Monitor"}}
+    group = {"config": {"name": "by-viewer", "criteria": [
+        {"key": "namespace", "op": "=", "value": "demo"}]}}
+    assert http(api, "GET", "/v1/process_profile", token=viewer)[0] == 200
+    assert http(api, "PATCH", "/v1/service/config", mode, token=viewer)[0] == 403
+    assert http(api, "POST", "/v1/group", group, token=operator)[0] == 403
+    assert http(api, "POST", "/v1/group", group, token=viewer)[0] == 403
+    assert http(api, "PATCH", "/v1/service/config", mode, token=operator)[0] == 200
+    change, _ = api.wait_for(PROFILE_CHANGES.name,
+                             lambda e: getattr(e.payload, "actor", "") == "ops-1")
+    assert change.payload.group == WEB
+    status, _, headers = http_with_headers(api, "GET", "/v1/process_profile", token=viewer)
+    assert status == 200 and headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert (headers["X-Content-Type-Options"], headers["Cache-Control"]) == ("nosniff",
+                                                                            "no-store")
+    for path in ("/router/", "/table/", "/", "/graph/"):
+        status, _, headers = http_with_headers(api, "GET", path)
+        assert status == 404 and headers["Referrer-Policy"] == "no-referrer", path
+    listening = subprocess.run(["ss", "-Hltn", f"sport = :{api.web_port}"], capture_output=True,
+                               text=True, check=True).stdout.split()
+    local = [w for w in listening if w.endswith(f":{api.web_port}")]
+    assert local == [f"127.0.0.1:{api.web_port}"], listening
+    assert http(api, "PATCH", "/v1/service/config",
+                {"config": {"services": ["web.demo"], "profile_mode": was}})[0] == 200

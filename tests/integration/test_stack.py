@@ -76,17 +76,19 @@ def test_confluent_kafka_round_trip(kafka: KafkaConnection,
 def test_aiokafka_round_trip(kafka: KafkaConnection, topic_factory: Callable[..., str]) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+    from streams.kafka_options import aiokafka_options
+
     topic = topic_factory()
 
     async def run() -> list[bytes]:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+        producer = AIOKafkaProducer(**aiokafka_options(kafka))
         await producer.start()
         try:
             for i in range(20):
                 await producer.send_and_wait(topic, f"m{i}".encode(), key=b"k")
         finally:
             await producer.stop()
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka.bootstrap_servers,
+        consumer = AIOKafkaConsumer(topic, **aiokafka_options(kafka),
                                     auto_offset_reset="earliest",
                                     group_id=f"t-{uuid.uuid4().hex}")
         await consumer.start()

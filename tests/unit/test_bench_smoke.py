@@ -15,6 +15,7 @@ from schemas import (
     Decision,
     Envelope,
     EventKind,
+    ExecEvent,
     Incident,
     Verdict,
     decode_envelope,
@@ -36,6 +37,17 @@ def test_decide_benchmark_reports_every_profile() -> None:
         assert "'block'" in line and "'allow'" in line
     assert "target: 100-rule decide >= 200,000/s" in out
     assert "target: 1000-rule at most 2x slower" in out
+
+
+def test_signing_benchmark_reports_both_sides_beside_its_baseline() -> None:
+    result = subprocess.run([sys.executable, "bench/signing.py", "--events", "2000"],
+                            check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "2,000 exec events" in out
+    for line in ("baseline: decode + decide", "worker side:", "collector side:", "target:"):
+        assert line in out, out
+    assert re.search(r"worker side: .* = [\d.]+% of the baseline", out), out
 
 
 # -- bench/fuzz.py: CI's short run, and proof that it catches what it is for -------------------
@@ -132,8 +144,13 @@ def test_the_fuzzed_collector_records_kills_and_makes_none(tmp_path: Path) -> No
     victim = subprocess.Popen(["sleep", "60"])
     try:
         consumers = fuzz.Consumers(tmp_path)
+        # a verdict acted on answers an exec this collector published (issue 22)
+        start = 4242
+        consumers.enforcer.published("e1", ExecEvent(workload_id="c-web-1", pid=victim.pid,
+                                                     path="/bin/sleep", start_time=start))
         block = Decision(event_id="e1", event_kind=EventKind.EXEC, workload_id="c-web-1",
-                         node=fuzz.NODE, verdict=Verdict.BLOCK, reason="fuzz", pid=victim.pid)
+                         node=fuzz.NODE, verdict=Verdict.BLOCK, reason="fuzz", pid=victim.pid,
+                         start_time=start)
         value = encode(Envelope.wrap(block, event_id="v1", node=fuzz.NODE, ts=1.0))
         asyncio.run(consumers.paths[fuzz.COLLECTOR](fuzz.Input(value, b"k", "verdict", "valid"),
                                                     1))

@@ -11,6 +11,7 @@ from collectors.agent import Collector
 from collectors.container_files import DEFAULT_MAX_BYTES
 from collectors.settings import CollectorSettings
 from schemas.connections import KafkaConnection
+from transport.signing import Keyring
 
 
 def test_the_workload_file_cap_is_a_setting_with_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,8 +29,9 @@ def test_the_collector_reads_workload_files_up_to_the_setting(
     monkeypatch.setenv("COLLECTOR_WORKLOAD_FILE_MAX_BYTES", "8192")
     monkeypatch.setenv("COLLECTOR_ORIGIN_DIGEST_MAX_BYTES", "12345")
     monkeypatch.setenv("COLLECTOR_MAX_ARGS", "17")
-    collector = Collector(KafkaConnection(bootstrap_servers="127.0.0.1:9"),
-                          CollectorSettings(state_dir=tmp_path, dry_run=True))
+    settings = CollectorSettings(state_dir=tmp_path, dry_run=True)
+    collector = Collector(KafkaConnection(bootstrap_servers="127.0.0.1:9"), settings,
+                          keys=Keyring.generate().node_keys(settings.node))
     try:
         assert collector.resolver.max_file_bytes == 8192
         # copied-up files are hashed (exe_origin) up to COLLECTOR_ORIGIN_DIGEST_MAX_BYTES

@@ -315,7 +315,7 @@ def test_a_dead_letter_of_a_refused_output_is_bounded() -> None:
     captured: list[bytes] = []
 
     class Capture:
-        def produce(self, topic: str, value: bytes, key: bytes) -> None:
+        def produce(self, topic: str, value: bytes, key: bytes, headers: Any = None) -> None:
             captured.append(value)
 
     real, output._producer = output._producer, Capture()  # type: ignore[assignment]

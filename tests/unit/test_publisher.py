@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from collectors.publisher import Publisher
 from collectors.spool import Spool
 from schemas.connections import KafkaConnection
+from transport.signing import Keyring, Signer, Verifier
 
 TOPIC = "t.procwarden.exec"
 OURS = KafkaConnection(bootstrap_servers="127.0.0.1:9", topic_prefix="unit.")
@@ -27,11 +28,13 @@ class FakeProducer:
 
     refuse: BaseException | None = None
     sent: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    headers: list[Any] = field(default_factory=list)  # of each record sent
 
-    def produce(self, topic: str, value: bytes, key: bytes) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes, headers: Any = None) -> None:
         if self.refuse is not None:
             raise self.refuse
         self.sent.append((topic, key, value))
+        self.headers.append(headers)
 
     def poll(self, timeout: float = 0) -> int:
         return 0
@@ -124,10 +127,10 @@ def test_a_spooled_record_refused_at_replay_is_dropped_and_the_rest_goes(
     assert pub.spooling
     produce = fake.produce
 
-    def refuse_one(topic: str, value: bytes, key: bytes) -> None:
+    def refuse_one(topic: str, value: bytes, key: bytes, headers: Any = None) -> None:
         if value == b"refused by the client":
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
-        produce(topic, value, key)
+        produce(topic, value, key, headers)
 
     fake.produce = refuse_one  # type: ignore[method-assign]
     pub.poll()
@@ -213,10 +216,10 @@ def test_a_topic_of_ours_gone_during_replay_is_retried_not_dropped(tmp_path: Pat
     produce = fake.produce
     refusals = [KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC))]
 
-    def gone_once(topic: str, value: bytes, key: bytes) -> None:
+    def gone_once(topic: str, value: bytes, key: bytes, headers: Any = None) -> None:
         if value == b"2" and refusals:
             raise refusals.pop()
-        produce(topic, value, key)
+        produce(topic, value, key, headers)
 
     fake.produce = gone_once  # type: ignore[method-assign]
     pub.poll()  # deleted (or re-created) between the metadata and the produce: transient
@@ -225,3 +228,21 @@ def test_a_topic_of_ours_gone_during_replay_is_retried_not_dropped(tmp_path: Pat
     # the segment goes again whole (a repeat is harmless: idempotent ids), nothing lost
     assert [v for _, _, v in fake.sent] == [b"1", b"1", b"2"] and not lost and not pub.spool
     pub.close()
+
+
+def test_every_record_is_signed_as_this_node_spooled_ones_at_replay(tmp_path: Path) -> None:
+    """The stream app believes only what a node signed (issue 22): a record produced at once
+    and one spooled during an outage (the spool keeps no headers) both go out signed."""
+    ring = Keyring.generate()
+    keys = ring.node_keys("node-a")
+    _spooled(tmp_path, (TOPIC, b"spooled"))
+    fake = FakeProducer()
+    pub, _ = _publisher(tmp_path, fake, signer=Signer.for_node(keys))
+    pub.poll()  # the replay
+    pub.poll()  # the spool is empty: straight to Kafka again
+    assert not pub.spooling
+    assert pub.send(TOPIC, b"w", b"direct")
+    verifier = Verifier.for_streams(ring)
+    for (topic, key, value), headers in zip(fake.sent, fake.headers, strict=True):
+        assert verifier.verify(topic, key, value, headers, now=0).node == "node-a"
+    assert [v for _, _, v in fake.sent] == [b"spooled", b"direct"]

@@ -17,6 +17,7 @@ from collectors.settings import CollectorSettings
 from collectors.workloads import WorkloadResolver
 from schemas.connections import KafkaConnection
 from transport import Health
+from transport.signing import Keyring
 
 
 @pytest.fixture
@@ -36,7 +37,8 @@ def _enforcer(state_dir: Path) -> Enforcer:
     settings = CollectorSettings(node="node-unit", state_dir=state_dir, dry_run=True)
     return Enforcer(settings, KafkaConnection(), WorkloadResolver(node="node-unit"),
                     lambda *a, **k: "", health=Health("unit-collector"),
-                    cannot_go_on=lambda why: None)
+                    cannot_go_on=lambda why: None,
+                    keys=Keyring.generate().node_keys("node-unit"))
 
 
 @pytest.mark.usefixtures("permissive_umask")
@@ -81,8 +83,9 @@ def test_a_state_folder_and_holds_left_readable_are_made_private(tmp_path: Path)
 @pytest.mark.usefixtures("permissive_umask")
 def test_the_collector_makes_its_state_folder_private_at_start(tmp_path: Path) -> None:
     state = tmp_path / "var" / "collector"
-    collector = Collector(KafkaConnection(bootstrap_servers="127.0.0.1:9"),
-                          CollectorSettings(state_dir=state, dry_run=True))
+    settings = CollectorSettings(state_dir=state, dry_run=True)
+    collector = Collector(KafkaConnection(bootstrap_servers="127.0.0.1:9"), settings,
+                          keys=Keyring.generate().node_keys(settings.node))
     try:
         assert _mode(state) == 0o700 and _mode(state / "spool") == 0o700
     finally:

@@ -1,0 +1,227 @@
+"""Record signatures (transport/signing.py): who may sign what, and what a forger cannot do."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from transport.signing import (
+    STREAMS,
+    BadSignature,
+    Keyring,
+    NodeKeys,
+    Signer,
+    Verifier,
+    node_signer,
+)
+
+RING = Keyring.generate("k1")
+NOW = 1_800_000_000.0
+V, E = "procwarden.verdicts", "procwarden.exec"
+
+
+def _verdict(ring: Keyring = RING, node: str = "node-a", value: bytes = b'{"v":1}',
+             expires: int = int(NOW) + 60) -> list[tuple[str, bytes]]:
+    return Signer.for_streams(ring).headers(V, node.encode(), value, to_node=node,
+                                            expires=expires)
+
+
+def _refused(reason: str, verifier: Verifier, topic: str, key: bytes | None,
+             value: bytes | None, headers: object, **kw: object) -> None:
+    with pytest.raises(BadSignature) as err:
+        verifier.verify(topic, key, value, headers, now=NOW, **kw)  # type: ignore[arg-type]
+    assert err.value.reason == reason, err.value
+
+
+def test_a_verdict_signed_for_a_node_is_accepted_by_that_node_only() -> None:
+    node_a, node_b = Verifier.for_node(RING.node_keys("node-a")), \
+        Verifier.for_node(RING.node_keys("node-b"))
+    signed = node_a.verify(V, b"node-a", b'{"v":1}', _verdict(), now=NOW)
+    assert (signed.signer, signed.kid, signed.expires) == (STREAMS, "k1", int(NOW) + 60)
+    _refused("mismatch", node_b, V, b"node-a", b'{"v":1}', _verdict())
+
+
+def test_a_node_cannot_forge_a_verdict_for_another_node_nor_for_itself_as_the_stream_app(
+        ) -> None:
+    # node-a holds only its own keys: what it signs is its own records.
+    forger = Signer.for_node(RING.node_keys("node-a"))
+    forged = forger.headers(V, b"node-b", b'{"v":1}')
+    _refused("signer", Verifier.for_node(RING.node_keys("node-b")), V, b"node-b", b'{"v":1}',
+             forged)
+    # ...and it cannot relabel its signature as the stream app's.
+    relabelled = [(n, STREAMS.encode() if n == "pw-signer" else v) for n, v in forged]
+    relabelled.append(("pw-exp", str(int(NOW) + 60).encode()))
+    _refused("mismatch", Verifier.for_node(RING.node_keys("node-b")), V, b"node-b",
+             b'{"v":1}', relabelled)
+
+
+@pytest.mark.parametrize("change", ["value", "key", "topic", "expiry", "kid", "signature"])
+def test_any_change_to_a_signed_verdict_is_refused(change: str) -> None:
+    node_a = Verifier.for_node(RING.node_keys("node-a"))
+    headers = dict(_verdict())
+    topic, key, value = V, b"node-a", b'{"v":1}'
+    if change == "value":
+        value = b'{"v":2}'
+    elif change == "key":
+        key = b"node-b"
+    elif change == "topic":
+        topic = "procwarden.policy"
+    elif change == "expiry":
+        headers["pw-exp"] = str(int(NOW) + 3600).encode()
+    elif change == "kid":
+        headers["pw-kid"] = b"k0"
+    else:
+        headers["pw-sig"] = b"0" * 64
+    reason = "key" if change == "kid" else "mismatch"
+    _refused(reason, node_a, topic, key, value, list(headers.items()))
+
+
+def test_unsigned_expired_and_malformed_verdicts_are_refused() -> None:
+    node_a = Verifier.for_node(RING.node_keys("node-a"))
+    _refused("unsigned", node_a, V, b"node-a", b"{}", None)
+    _refused("unsigned", node_a, V, b"node-a", b"{}", [("other", b"x")])
+    _refused("expired", node_a, V, b"node-a", b"{}", _verdict(value=b"{}",
+                                                             expires=int(NOW) - 1))
+    no_expiry = Signer.for_streams(RING).headers(V, b"node-a", b"{}", to_node="node-a")
+    _refused("expiry", node_a, V, b"node-a", b"{}", no_expiry)
+    twice = [*_verdict(value=b"{}"), ("pw-sig", b"00")]
+    _refused("headers", node_a, V, b"node-a", b"{}", twice)
+    _refused("headers", node_a, V, b"node-a", b"{}",
+             [(n, b"\xff" if n == "pw-kid" else v) for n, v in _verdict(value=b"{}")])
+    _refused("headers", node_a, V, b"node-a", b"{}",
+             [(n, None if n == "pw-sig" else v) for n, v in _verdict(value=b"{}")])
+    _refused("expiry", node_a, V, b"node-a", b"{}",
+             [(n, b"1e99" if n == "pw-exp" else v) for n, v in _verdict(value=b"{}")])
+
+
+@given(st.lists(st.tuples(st.sampled_from(["pw-signer", "pw-kid", "pw-exp", "pw-sig", "x"]),
+                          st.none() | st.binary(max_size=300)), max_size=6),
+       st.none() | st.binary(max_size=50))
+def test_any_headers_raise_only_bad_signature(headers: list[tuple[str, bytes | None]],
+                                              value: bytes | None) -> None:
+    for verifier in (Verifier.for_node(RING.node_keys("node-a")), Verifier.for_streams(RING)):
+        for from_streams in (False, True):
+            with contextlib.suppress(BadSignature):
+                verifier.verify(V, b"k", value, headers, now=NOW, from_streams=from_streams)
+
+
+def test_the_stream_app_knows_which_node_signed_and_its_own_records_only_from_itself() -> None:
+    streams = Verifier.for_streams(RING)
+    event = Signer.for_node(RING.node_keys("node-a")).headers(E, b"c1", b"{}")
+    assert streams.verify(E, b"c1", b"{}", event, now=NOW).node == "node-a"
+    _refused("signer", streams, E, b"c1", b"{}", event, from_streams=True)
+    own = Signer.for_streams(RING).headers("procwarden.policy", b"g", b"{}")
+    assert streams.verify("procwarden.policy", b"g", b"{}", own, now=NOW,
+                          from_streams=True).signer == STREAMS
+    _refused("signer", streams, "procwarden.policy", b"g", b"{}", own)  # not a node's
+    # A node's name in the signer header is bound into the signature: no renaming.
+    renamed = [(n, node_signer("node-b").encode() if n == "pw-signer" else v) for n, v in event]
+    _refused("mismatch", streams, E, b"c1", b"{}", renamed)
+    # A tombstone is signed as one: it is not the same record as an empty value.
+    tomb = Signer.for_node(RING.node_keys("node-a")).headers(E, b"c1", None)
+    assert streams.verify(E, b"c1", None, tomb, now=NOW).node == "node-a"
+    _refused("mismatch", streams, E, b"c1", b"", tomb)
+
+
+def test_rotation_refuses_no_legitimate_record_at_any_step() -> None:
+    # 1. A new key is added: everyone still signs with k1, and whoever has the new keyring
+    #    (or node file) verifies k1 and k2.
+    added = RING.rotated("k2")
+    assert added.current == "k1" and set(added.keys) == {"k1", "k2"}
+    assert Signer.for_node(added.node_keys("node-a")).kid == "k1"
+    # 2. Once every holder has it, it signs: a node that has the new file takes both the
+    #    stream app's old and new verdicts, and the stream app takes the node's old and new
+    #    events; a node still on the old file is the only one to refuse the new key.
+    active = added.activated("k2")
+    old, new = _verdict(RING), _verdict(active)
+    node_a = Verifier.for_node(added.node_keys("node-a"))
+    assert node_a.verify(V, b"node-a", b'{"v":1}', old, now=NOW).kid == "k1"
+    assert node_a.verify(V, b"node-a", b'{"v":1}', new, now=NOW).kid == "k2"
+    streams = Verifier.for_streams(active)
+    for ring in (RING, active):
+        event = Signer.for_node(ring.node_keys("node-a")).headers(E, b"c1", b"{}")
+        assert streams.verify(E, b"c1", b"{}", event, now=NOW).node == "node-a"
+    _refused("key", Verifier.for_node(RING.node_keys("node-a")), V, b"node-a", b'{"v":1}', new)
+    # 3. The next rotation drops k1.
+    later = active.rotated("k3")
+    assert set(later.keys) == {"k2", "k3"} and later.current == "k2"
+    _refused("key", Verifier.for_node(later.node_keys("node-a")), V, b"node-a", b'{"v":1}',
+             old)
+
+
+def test_key_files_are_private_from_the_first_byte_and_refused_when_not(
+        tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        RING.save(tmp_path / "keys" / "ring.json")
+        RING.node_keys("node-a").save(tmp_path / "keys" / "node-a.json")
+    finally:
+        os.umask(old)
+    for name in ("ring.json", "node-a.json"):
+        assert stat.S_IMODE((tmp_path / "keys" / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+    assert Keyring.load(tmp_path / "keys" / "ring.json").keys == RING.keys
+    loaded = NodeKeys.load(tmp_path / "keys" / "node-a.json")
+    assert loaded.keys == RING.node_keys("node-a").keys
+    (tmp_path / "keys" / "ring.json").chmod(0o644)
+    with pytest.raises(ValueError, match="readable by others"):
+        Keyring.load(tmp_path / "keys" / "ring.json")
+    (tmp_path / "bad.json").write_text("[1]")
+    (tmp_path / "bad.json").chmod(0o600)
+    with pytest.raises(ValueError, match="not a procwarden keyring"):
+        Keyring.load(tmp_path / "bad.json")
+
+
+def test_a_keyring_refuses_weak_keys_and_odd_key_ids() -> None:
+    with pytest.raises(ValueError, match="shorter than 32"):
+        Keyring({"k1": b"short"}, "k1")
+    with pytest.raises(ValueError, match="bad key id"):
+        Keyring({"K 1": b"x" * 32}, "K 1")
+    with pytest.raises(ValueError, match="current key id"):
+        Keyring({"k1": b"x" * 32}, "k2")
+    assert RING.keys["k1"].hex() not in repr(RING)
+
+
+@given(st.binary(min_size=32, max_size=64), st.binary(max_size=2000))
+def test_the_cached_pad_hmac_is_rfc_2104_hmac_sha256(secret: bytes, message: bytes) -> None:
+    import hashlib
+    import hmac
+
+    from transport.signing import _HmacKey
+
+    assert _HmacKey(secret).digest(message) == hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def test_a_signer_name_with_a_nul_is_refused() -> None:
+    event = Signer.for_node(RING.node_keys("node-a")).headers(E, b"c1", b"{}")
+    odd = [(n, b"node:node-a\0k1" if n == "pw-signer" else v) for n, v in event]
+    _refused("signer", Verifier.for_streams(RING), E, b"c1", b"{}", odd)
+
+
+def test_the_keys_commands_rotate_in_two_steps(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PROCWARDEN_KEYS_DIR": str(tmp_path / "keys")}
+
+    def keys(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "procwarden.cli", "keys", *args],
+                              env=env, capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parents[2])
+        return done.stdout
+
+    keys("init")
+    assert "k2 added" in keys("rotate")
+    ring = Keyring.load(tmp_path / "keys" / "keyring.json")
+    assert (sorted(ring.keys), ring.current) == (["k1", "k2"], "k1")
+    keys("activate", "k2")
+    keys("node", "node-a", "--out", str(tmp_path / "node-a.json"))
+    node = NodeKeys.load(tmp_path / "node-a.json")
+    assert (node.node, node.current, sorted(node.keys)) == ("node-a", "k2", ["k1", "k2"])
+    assert node.keys == Keyring.load(tmp_path / "keys" / "keyring.json").node_keys("node-a").keys
