@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -429,6 +431,18 @@ def _stack(action: str) -> Stack:
         _bad_setting(f"stack {action}", "PROCWARDEN_STACK_", exc)
 
 
+@contextlib.contextmanager
+def _stack_errors(command: str) -> Iterator[None]:
+    """A StackError inside is one line on stderr and exit status 1, not a traceback."""
+    from procwarden.stack import StackError
+
+    try:
+        yield
+    except StackError as exc:
+        typer.echo(f"procwarden {command}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 def _say(message: str) -> None:
     typer.echo(f"[stack] {message}", err=True)
 
@@ -488,18 +502,24 @@ def stack_add_node(
 ) -> None:
     """Give a collector node its Kafka identity on the running stack: a SCRAM user node-NAME
     (password kept in the stack's state folder) and its ACLs. Prints the settings it runs with."""
-    from procwarden.stack import StackError
-
     stack = _stack("add-node")
-    try:
+    with _stack_errors("stack add-node"):
         stack.add_node(name, _say)
-    except StackError as exc:
-        typer.echo(f"procwarden stack add-node: {exc}", err=True)
-        raise typer.Exit(1) from None
     from procwarden.stack.credentials import node_principal
 
     for key, value in stack.kafka.environment(node_principal(name)).items():
         typer.echo(f"{key}={value}")
+
+
+@stack_app.command("remove-node")
+def stack_remove_node(
+    name: Annotated[str, typer.Argument(help="The collector node's name (its --node)")],
+) -> None:
+    """Revoke a collector node's Kafka identity on the running stack: its ACLs are deleted and
+    its SCRAM password replaced by one nobody is told, so it can no longer log in."""
+    stack = _stack("remove-node")
+    with _stack_errors("stack remove-node"):
+        stack.remove_node(name, _say)
 
 
 kafka_app = typer.Typer(help="Kafka identities and ACLs, for the local stack or an existing "

@@ -19,6 +19,7 @@ imply DESCRIBE; an idempotent producer needs nothing more than WRITE on a topic 
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ from schemas.topics import (
 )
 
 __all__ = ["AclPlan", "acl_set", "add_node", "apply_acls", "describe_binding", "ensure_users",
-           "existing_acls"]
+           "existing_acls", "remove_node", "retire_users"]
 
 COLLECTOR_WRITES = (EXEC, FILE, WORKLOADS, COLLECTOR_REPORTS)
 COLLECTOR_READS = (VERDICTS,)
@@ -214,6 +215,35 @@ def _upsert(admin: AdminClient, passwords: dict[str, str], timeout: float) -> li
 
 def add_node(conn: KafkaConnection, node: str, password: str, prefix: str = "",
              timeout: float = 15.0) -> AclPlan:
-    """A collector node's SCRAM user and its ACLs (idempotent)."""
-    ensure_users(conn, {node_principal(node): password}, timeout)
+    """A collector node's SCRAM user and its ACLs (idempotent). The password is always set:
+    a node removed before (its user locked out, not deleted) gets back in with this one."""
+    _upsert(_admin(conn), {node_principal(node): password}, timeout)
     return apply_acls(conn, collector_acls(node, prefix), timeout)
+
+
+def retire_users(conn: KafkaConnection, users: Iterable[str], timeout: float = 15.0) -> None:
+    """Lock users out for good: each gets a fresh random password nobody is told.
+
+    Never a SCRAM deletion: on Kafka 4.4.0 (KRaft), once any SCRAM user has been deleted the
+    broker loses every SCRAM credential at its next restart (measured: admin and all roles then
+    fail with "invalid credentials", so nothing can log in again short of reformatting).
+    Replacing the password refuses the user just as surely and survives a restart."""
+    _upsert(_admin(conn), {u: secrets.token_urlsafe(48) for u in users}, timeout)
+
+
+def remove_node(conn: KafkaConnection, node: str, timeout: float = 15.0) -> int:
+    """Revoke a collector node: delete every ACL naming its principal and retire its user.
+    The number of ACLs deleted."""
+    anything: Any = None
+    principal = node_principal(node)
+    admin = _admin(conn)
+    deleted = 0
+    for future in admin.delete_acls([AclBindingFilter(
+            ResourceType.ANY, anything, ResourcePatternType.ANY, f"User:{principal}", anything,
+            AclOperation.ANY, AclPermissionType.ANY)]).values():
+        try:
+            deleted += len(future.result(timeout))
+        except KafkaException as exc:
+            raise StackError(f"deleting the ACLs of {principal} failed: {exc}") from None
+    retire_users(conn, [principal], timeout)
+    return deleted

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 
-from procwarden.stack.acls import Groups, acl_set, add_node, apply_acls, ensure_users
+from procwarden.stack.acls import Groups, acl_set, add_node, apply_acls, ensure_users, remove_node
 from procwarden.stack.clickhouse import ClickHouseServer
 from procwarden.stack.credentials import ADMIN, ROLE_PRINCIPALS, node_principal
 from procwarden.stack.kafka import KafkaServer
@@ -98,6 +98,18 @@ class Stack:
             f"{len(plan.present)} there; password in "
             f"{self.kafka.credentials.password_file(principal)}")
         return self.kafka.connection(principal)
+
+    def remove_node(self, node: str, say: ProgressFn = print) -> None:
+        """Revoke a collector node on the running stack: its ACLs deleted, its password
+        replaced by one nobody knows, its password file removed (so no later `stack up`
+        gives it ACLs again)."""
+        if not self.kafka.secure:
+            raise StackError("the stack runs Kafka in plaintext (PROCWARDEN_STACK_INSECURE_"
+                             "PLAINTEXT): it has no users or ACLs to remove")
+        principal = node_principal(node)
+        deleted = remove_node(self.kafka_connection, node)
+        self.kafka.credentials.password_file(principal).unlink(missing_ok=True)
+        say(f"node {node}: {deleted} ACL(s) deleted, user {principal} locked out")
 
     @property
     def clickhouse_connection(self) -> ClickHouseConnection:

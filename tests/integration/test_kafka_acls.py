@@ -20,12 +20,19 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     ResourcePatternType,
     ResourceType,
-    ScramMechanism,
-    UserScramCredentialDeletion,
 )
 
 from procwarden.stack import Stack
-from procwarden.stack.acls import Groups, acl_set, apply_acls, ensure_users
+from procwarden.stack.acls import (
+    Groups,
+    acl_set,
+    add_node,
+    apply_acls,
+    collector_acls,
+    ensure_users,
+    remove_node,
+    retire_users,
+)
 from procwarden.stack.credentials import STREAMS, node_principal
 from procwarden.stack.topics import ensure_topics
 from procwarden.testbed.containers import run_container
@@ -79,10 +86,7 @@ def deployment(stack: Stack) -> Iterator[Deployment]:
             f"User:{user}", None, AclOperation.ANY,  # type: ignore[arg-type]
             AclPermissionType.ANY) for user in passwords]).values():
         future.result(15)
-    for future in client.alter_user_scram_credentials([
-            UserScramCredentialDeletion(user, ScramMechanism.SCRAM_SHA_512)
-            for user in passwords]).values():
-        future.result(15)
+    retire_users(admin, passwords)
 
 
 def produce(conn: KafkaConnection, topic: str, partition: int = -1,
@@ -174,6 +178,26 @@ def test_no_or_wrong_credentials_are_refused(deployment: Deployment) -> None:
     for conn in (tls_only, plain):
         err, _ = produce(conn, EXEC.name)
         assert err is not None, conn.security_protocol
+
+
+def test_a_removed_node_is_locked_out_and_can_be_added_back(deployment: Deployment) -> None:
+    admin = deployment.stack.kafka_connection
+    prefix = deployment.prefix
+    name = f"acl-r-{uuid.uuid4().hex[:6]}"
+    first, second = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    conn = replace(admin, sasl_username=node_principal(name), sasl_password_file="",
+                   sasl_password=first, topic_prefix=prefix)
+    try:
+        add_node(admin, name, first, prefix)
+        assert produce(conn, EXEC.name)[0] is None
+        assert remove_node(admin, name) == len(collector_acls(name, prefix))
+        err, errors = produce(conn, EXEC.name)
+        assert err is not None
+        assert any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
+        add_node(admin, name, second, prefix)
+        assert produce(replace(conn, sasl_password=second), EXEC.name)[0] is None
+    finally:
+        remove_node(admin, name)
 
 
 def _kafka_answers_plaintext(port: int) -> bool:

@@ -10,13 +10,15 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from procwarden.stack import Stack, StackError, StackSettings
+from procwarden.stack.kafka import quiet_logger
 from schemas.connections import ClickHouseConnection, KafkaConnection
 from schemas.topics import ALL_TOPICS
 from sinks.clickhouse.migrations import MIGRATIONS, applied_versions, apply_migrations, connect
@@ -126,6 +128,15 @@ def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def _lists_topics(conn: KafkaConnection) -> bool:
+    """Whether `conn` logs in (a metadata answer within a few seconds)."""
+    config = {**conn.confluent_config(), "socket.timeout.ms": 3000, "logger": quiet_logger()}
+    try:
+        return bool(AdminClient(config).list_topics(timeout=5).brokers)
+    except KafkaException:
+        return False
+
+
 def test_data_survives_down_and_up(stack: Stack, kafka: KafkaConnection,
                                    topic_factory: Callable[..., str],
                                    clickhouse_db: tuple[ClickHouseConnection, str]) -> None:
@@ -145,6 +156,20 @@ def test_data_survives_down_and_up(stack: Stack, kafka: KafkaConnection,
                    [(datetime(2026, 1, 1), "kept")])
     client.disconnect()
 
+    # A node added and then removed: on Kafka 4.4.0 deleting a SCRAM user made the broker
+    # lose every SCRAM credential (admin's too) at its next start; removal must survive it.
+    node = f"gone-{uuid.uuid4().hex[:6]}"
+    added = _cli("stack", "add-node", node)
+    assert added.returncode == 0, added.stderr
+    node_env = dict(line.split("=", 1) for line in added.stdout.splitlines())
+    node_conn = replace(kafka, sasl_username=node_env["PROCWARDEN_KAFKA_SASL_USERNAME"],
+                        sasl_password_file="", sasl_password=Path(
+                            node_env["PROCWARDEN_KAFKA_SASL_PASSWORD_FILE"]).read_text().strip())
+    assert _lists_topics(node_conn)
+    removed = _cli("stack", "remove-node", node)
+    assert removed.returncode == 0, removed.stderr
+    assert "ACL(s) deleted" in removed.stderr and not _lists_topics(node_conn)
+
     down = _cli("stack", "down")
     assert down.returncode == 0, down.stderr
     assert "kafka: stopped" in down.stderr and not stack.status().kafka_ready
@@ -152,6 +177,7 @@ def test_data_survives_down_and_up(stack: Stack, kafka: KafkaConnection,
     assert up.returncode == 0, up.stderr
     assert "already there" in up.stderr and "schema up to date" in up.stderr
 
+    assert not _lists_topics(node_conn)
     latest = {}
     for key, value in consume_all(kafka, topic, 1, timeout=30) + consume_all(
             kafka, topic, 31, timeout=10):
