@@ -15,6 +15,7 @@ from procwarden.runtime import tune_gc
 
 if TYPE_CHECKING:
     from procwarden.stack import Stack
+    from schemas.connections import KafkaConnection
     from transport import Health
 
 app = typer.Typer(
@@ -36,6 +37,20 @@ def _bad_setting(command: str, prefix: str, exc: Exception) -> NoReturn:
         text = str(exc)
     typer.echo(f"procwarden {command}: bad setting: {text}", err=True)
     raise typer.Exit(2)
+
+
+def _check_access(command: str, kafka: KafkaConnection, role: str,
+                  groups: list[str]) -> None:
+    """Exit 1 with one line per problem if the role's identity surely lacks an ACL it needs
+    (transport/preflight.py): better than a role that waits forever, looking alive."""
+    from procwarden.stack.acls import ROLE_TOPICS
+    from transport.preflight import access_problems
+
+    problems = access_problems(kafka, [kafka.topic(t.name) for t in ROLE_TOPICS[role]], groups)
+    for problem in problems:
+        typer.echo(f"procwarden {command}: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
 
 
 def _role_process(log_level: str, metrics_port: int) -> threading.Event:
@@ -154,6 +169,7 @@ def streams() -> None:
                f"api http://{settings.web_host}:{settings.web_port}, signing key "
                f"{ring.current}" + (" (INSECURE: unsigned records believed)"
                                     if settings.accept_unsigned else ""), err=True)
+    _check_access("streams", kafka, "streams", [settings.app_id, f"{settings.app_id}-events"])
     tune_gc()
     run_worker(settings, kafka, ring)
 
@@ -253,6 +269,7 @@ def sink_clickhouse() -> None:
         kafka, clickhouse = KafkaConnection.from_env(), ClickHouseConnection.from_env()
     except (ValidationError, ConfigError) as exc:
         _bad_setting("sink-clickhouse", "SINKS_", exc)
+    _check_access("sink-clickhouse", kafka, "sink-clickhouse", [settings.group_id])
     stopping = _role_process(settings.log_level, settings.metrics_port)
     writer = ClickHouseWriter(kafka, clickhouse, group_id=settings.group_id,
                               batch_size=settings.batch_size,
@@ -300,6 +317,7 @@ def siem() -> None:
         _bad_setting("siem", "SIEM_", exc)
     if not destinations:
         _bad_setting("siem", "SIEM_", ValueError("set SIEM_SYSLOG_URL and/or SIEM_WEBHOOK_URL"))
+    _check_access("siem", kafka, "siem", [settings.group_id])
     stopping = _role_process(settings.log_level, settings.metrics_port)
     groups = frozenset(g.strip() for g in settings.groups.split(",") if g.strip())
     forwarder = SiemForwarder(kafka, destinations, group_id=settings.group_id,

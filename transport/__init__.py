@@ -1,6 +1,7 @@
 """Plumbing every stage shares the same way, beside `schemas`: the per-message guard with its
-bounded dead letters, the health a role reports, and the signatures of records
-(`transport.signing`). It imports `schemas` and nothing of
+bounded dead letters, the health a role reports, the signatures of records
+(`transport.signing`) and the start-up check of a role's Kafka access (`transport.preflight`).
+It imports `schemas` and nothing of
 `collectors`, `streams` or `sinks`."""
 
 from transport.guard import (

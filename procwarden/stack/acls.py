@@ -59,8 +59,8 @@ from schemas.topics import (
     TopicSpec,
 )
 
-__all__ = ["AclPlan", "acl_set", "add_node", "apply_acls", "describe_binding", "ensure_users",
-           "existing_acls", "remove_node", "retire_users"]
+__all__ = ["ROLE_TOPICS", "AclPlan", "acl_set", "add_node", "apply_acls", "describe_binding",
+           "ensure_users", "existing_acls", "remove_node", "retire_users"]
 
 COLLECTOR_WRITES = (EXEC, FILE, WORKLOADS, COLLECTOR_REPORTS)
 COLLECTOR_READS = (VERDICTS,)
@@ -69,6 +69,12 @@ STREAMS_WRITES = (VERDICTS, POLICY, POLICY_UPDATES, PROFILE_CHANGES, PROCESS_STA
                   SECURITY_EVENTS, DLQ)
 SINK_READS = (VERDICTS, SECURITY_EVENTS, PROFILE_CHANGES, WORKLOADS, COLLECTOR_REPORTS)
 SIEM_READS = (SECURITY_EVENTS,)
+# What each role's identity must reach, by its principal (the roles' start-up access check).
+ROLE_TOPICS: dict[str, tuple[TopicSpec, ...]] = {
+    STREAMS: (*STREAMS_READS, *(t for t in STREAMS_WRITES if t not in STREAMS_READS)),
+    SINK_CLICKHOUSE: (*SINK_READS, DLQ),
+    SIEM: (*SIEM_READS, DLQ),
+}
 SCRAM_ITERATIONS = 8192
 
 

@@ -304,10 +304,12 @@ class KafkaServer(LocalServer):
         if self.secure and not self.credentials.password_file(ADMIN).exists():
             return False
         try:
+            # 3 s: a TLS handshake and a SCRAM login on a broker still replaying its log
+            # (thousands of test partitions) can take over one.
             config: dict[str, Any] = {**self.connection().confluent_config(),
-                                      "logger": quiet_logger(), "socket.timeout.ms": 1000}
+                                      "logger": quiet_logger(), "socket.timeout.ms": 3000}
             admin = AdminClient(config)
-            metadata = admin.list_topics(timeout=1.0)
+            metadata = admin.list_topics(timeout=3.0)
         except Exception:
             return False
         return bool(metadata.brokers)

@@ -3,8 +3,11 @@ credentials cannot do, what no or wrong credentials get, and that no plaintext d
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -33,12 +36,12 @@ from procwarden.stack.acls import (
     remove_node,
     retire_users,
 )
-from procwarden.stack.credentials import STREAMS, node_principal
+from procwarden.stack.credentials import SIEM, SINK_CLICKHOUSE, STREAMS, node_principal
 from procwarden.stack.topics import ensure_topics
 from procwarden.testbed.containers import run_container
 from schemas.connections import KafkaConnection
 from schemas.topics import ALL_TOPICS, EXEC, POLICY, PROCESS_STATE, VERDICTS, WORKLOADS
-from tests.integration.streamkit import PREFIXES, WORKDIR, Pipeline, running_collector
+from tests.integration.streamkit import PREFIXES, ROOT, WORKDIR, Pipeline, running_collector
 
 
 @dataclass
@@ -258,3 +261,32 @@ def test_the_pipeline_runs_under_the_roles_own_identities(deployment: Deployment
         assert "AUTHORIZATION_FAILED" not in pipe.logs()
     finally:
         pipe.stop_workers()
+
+
+def _role(command: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "procwarden.cli", command], cwd=ROOT,
+                          env={**os.environ, **env, "STREAMS_DATA_DIR": str(tmp_path),
+                               "STREAMS_WEB_PORT": "6999", "SIEM_WEBHOOK_URL": "http://127.0.0.1:9/"},
+                          capture_output=True, text=True, timeout=90, check=False)
+
+
+def test_a_role_missing_an_acl_says_which_and_exits(deployment: Deployment,
+                                                    tmp_path: Path) -> None:
+    """Before: the stream worker under an app id the ACLs do not name waited forever for a
+    group coordinator it may not use, looking alive; the sink and the SIEM forwarder retried
+    in a loop. Now each exits 1 at start, naming the group or topic and the principal."""
+    kafka = deployment.stack.kafka
+    prefix = {"PROCWARDEN_KAFKA_TOPIC_PREFIX": deployment.prefix}
+    worker = _role("streams", {**kafka.environment(STREAMS), **prefix,
+                               "STREAMS_APP_ID": "not-granted-app"}, tmp_path)
+    assert worker.returncode == 1, worker.stderr[-2000:]
+    assert "group not-granted-app: User:streams may not use it" in worker.stderr
+    sink = _role("sink-clickhouse", {**kafka.environment(SINK_CLICKHOUSE), **prefix,
+                                     "SINKS_GROUP_ID": "not-granted-sink"}, tmp_path)
+    assert sink.returncode == 1, sink.stderr[-2000:]
+    assert "group not-granted-sink: User:sink-clickhouse may not use it" in sink.stderr
+    elsewhere = _role("siem", {**kafka.environment(SIEM),
+                               "PROCWARDEN_KAFKA_TOPIC_PREFIX": "nothing-here."}, tmp_path)
+    assert elsewhere.returncode == 1, elsewhere.stderr[-2000:]
+    assert "topic nothing-here.procwarden.security-events: not visible to User:siem" in \
+        elsewhere.stderr
