@@ -35,9 +35,19 @@ One run, same machine, same loop (`posix_spawn` + `waitpid` of /usr/bin/true):
    static timer (bench/exec_timer.c) the container's own shell runs, both let go by the kernel
    once it remembers /bin/busybox.
 Targets (issue 5): rate on >= 80% of off; zero lost at 1,000 execs/s; p99 added latency of a
-cached answer < 200 us. Needs root and the local stack (`procwarden stack up`).
+cached answer < 200 us. Needs root and the local stack (`procwarden stack up`; the bench runs
+its roles as the stack's admin identity).
 
-    python bench/collector.py [--execs N] [--held-execs H] [--rounds R]
+`--signing both` runs only the cached held-exec phase ("held, collector's cache, basic"), in
+rounds of signing on and off (the order alternating; issue 22's target: within 5%). ON: the
+real `procwarden collector` and `procwarden streams` (the collector signs what it publishes and
+checks every verdict; the worker checks every event and signs every verdict). OFF: the same
+code started by launchers of this bench, with no production switch: the collector's publisher
+given no signer and COLLECTOR_ACCEPT_UNSIGNED_VERDICTS=true, the worker `run_worker(settings,
+kafka, None)` with STREAMS_ACCEPT_UNSIGNED=true. Both restart at each switch, on the same
+topics, consumer group and collector state (which workloads are held survives a restart).
+
+    python bench/collector.py [--execs N] [--held-execs H] [--rounds R] [--signing on|both]
 """
 
 from __future__ import annotations
@@ -61,12 +71,14 @@ from typing import Literal, NamedTuple
 
 from exec_trace import ExecTrace
 from prometheus_client.parser import text_string_to_metric_families
+from stream import UNSIGNED_WORKER
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from collectors.fanotify import PermissionGroup  # noqa: E402
 from collectors.procfs import read_cgroup, read_stat  # noqa: E402
+from procwarden.stack import Stack  # noqa: E402
 from procwarden.stack.topics import delete_prefixed_topics  # noqa: E402
 from procwarden.testbed.containers import APP_LOOP, Container, run_container  # noqa: E402
 from schemas import (  # noqa: E402
@@ -362,6 +374,139 @@ def answer_floor(n: int, reads: Literal["none", "path", "key"], native: Path | N
     return Timed((times["held"], times["free"]), traced(trace, paths["held"], paths["free"], n))
 
 
+# The collector with signing off: what `procwarden collector` runs, its publisher given no
+# signer (it still holds its keys: the verdict reader's verifier needs them, and finds each
+# unsigned verdict unsigned before any HMAC).
+UNSIGNED_COLLECTOR = """
+import sys
+from collectors.agent import Collector
+from collectors.settings import CollectorSettings
+from procwarden.cli import _health, _role_process
+from procwarden.keys import local_node_keys
+from schemas.connections import KafkaConnection
+
+settings = CollectorSettings.model_validate({"node": sys.argv[1]})
+assert settings.accept_unsigned_verdicts, "needs COLLECTOR_ACCEPT_UNSIGNED_VERDICTS=true"
+stopping = _role_process(settings.log_level, settings.metrics_port)
+agent = Collector(KafkaConnection.from_env(), settings, health=_health("collector"),
+                  keys=local_node_keys(settings.node))
+agent.publisher.signer = None
+print("procwarden collector: signing OFF (bench launcher)", file=sys.stderr, flush=True)
+agent.run(stopping.is_set)
+"""
+
+
+def start_unsigned_worker(pipe: Pipeline) -> subprocess.Popen[bytes]:
+    """The pipeline's worker (same group, topics and data) with signing off; stopped by
+    `pipe.stop_workers`."""
+    log = pipe.tmp / f"worker-{len(pipe.workers)}.log"
+    env = {**os.environ, "PROCWARDEN_KAFKA_TOPIC_PREFIX": pipe.prefix,
+           "STREAMS_APP_ID": f"streams-{pipe.prefix.rstrip('.')}",
+           "STREAMS_WEB_PORT": str(pipe.web_port), "STREAMS_DATA_DIR": str(pipe.tmp / "streams"),
+           "STREAMS_API_TOKEN": "test-token", "STREAMS_ACCEPT_UNSIGNED": "true"}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-c", UNSIGNED_WORKER], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    pipe.workers.append(proc)
+    wait_for_line(log, "[^Worker]: Ready", proc, timeout=60)
+    return proc
+
+
+@contextlib.contextmanager
+def unsigned_collector(pipe: Pipeline, tmp: Path, **env: str) -> Iterator[Path]:
+    """As streamkit's `running_collector` (the same state folder), with signing off."""
+    environ = {**os.environ, "PROCWARDEN_KAFKA_TOPIC_PREFIX": pipe.prefix,
+               "COLLECTOR_STATE_DIR": str(tmp / f"collector-{NODE}"),
+               "COLLECTOR_ACCEPT_UNSIGNED_VERDICTS": "true", **env}
+    log_path = tmp / f"collector-unsigned-{time.monotonic_ns()}.log"
+    with open(log_path, "ab") as log:
+        agent = subprocess.Popen([sys.executable, "-c", UNSIGNED_COLLECTOR, NODE], cwd=ROOT,
+                                 env=environ, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_line(log_path, "reading verdicts from", agent)
+        yield log_path
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        rc = agent.wait(30)
+        assert rc == 0, f"the unsigned collector exited with {rc}:\n" + \
+            log_path.read_text(errors="replace")[-3000:]
+
+
+def signing_rounds(pipe: Pipeline, tmp: Path, held_n: int, rounds: int) -> int:
+    """The cached held-exec phase (basic, kernel cache off, the helper's execs) with signing
+    on and off, in rounds; each mode's added latency against the same unheld phase."""
+    collector_env = {"COLLECTOR_METRICS_PORT": str(METRICS_PORT),
+                     "COLLECTOR_KERNEL_CACHE": "false"}
+    print(f"collector benchmark, signing on/off: {held_n:,} held execs per phase, {rounds} "
+          f"round(s)")
+    results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    with contextlib.ExitStack() as stack:
+        stack.callback(pipe.stop_workers)
+        pipe.start_worker()
+        box = stack.enter_context(run_container(
+            ROOT / "var" / "testbed", "bench", namespace="bench", command=APP_LOOP))
+        root = f"/proc/{box.init_pid}/root"
+        shutil.copy(f"{root}/bin/busybox", f"{root}{UNHELD_COPY}")
+        with running_collector(pipe, NODE, tmp, **collector_env) as log:
+            box.app("sleep 1")  # seen and announced: its group is created
+            pipe.wait_for(POLICY.name, lambda e: isinstance(e.payload, GroupPolicy)
+                          and e.payload.name == "nv.bench.bench", timeout=120)
+            free = time_in_container(box, held_n)
+            # allowed by rules (a tool run through `kubectl exec`), Protect, the exec hold alone
+            pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ProfilePatch(
+                "nv.bench.bench", process_change_list=(
+                    RuleChange("true", "/bin/busybox", "allow"),
+                    RuleChange("true", UNHELD_COPY, "allow"))))
+            pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ServiceConfig(
+                services=("bench.bench",), profile_mode="Protect", baseline_profile="basic"))
+            pipe.wait_for(VERDICTS.name, lambda e: isinstance(e.payload, Decision)
+                          and e.payload.event_kind is EventKind.POLICY
+                          and e.payload.workload_id == box.id and e.payload.pre_exec
+                          and not e.payload.pre_write, timeout=60)
+            wait_for_line(log, f"holding execs of {box.id}")
+        base = differences(free.exec)
+        print(f"not held: exec p50 {percentile(free.exec[0], 0.5):5.0f} us, p99 "
+              f"{percentile(free.exec[0], 0.99):5.0f} us (beside the copy on /dev: p50 "
+              f"{base[0]:+4.0f}, p99 {base[1]:+4.0f})", flush=True)
+        for r in range(rounds):
+            for signed in (True, False) if r % 2 == 0 else (False, True):
+                pipe.stop_workers()
+                if signed:
+                    pipe.start_worker()
+                    running = running_collector(pipe, NODE, tmp, **collector_env)
+                else:
+                    start_unsigned_worker(pipe)
+                    running = unsigned_collector(pipe, tmp, **collector_env)
+                with running as log:
+                    wait_for_line(log, f"holding execs of {box.id}")
+                    time_in_container(box, 50)  # the first is a miss: warm the cache
+                    answered = counter_total(ANSWERED)
+                    held = time_in_container(box, held_n)
+                    count = counter_total(ANSWERED) - answered
+                e50, e99 = (d - b for d, b in zip(differences(held.exec), base, strict=True))
+                results[signed].append((e50, e99))
+                print(f"round {r + 1}, signing {'ON ' if signed else 'OFF'}: {CACHED}: exec "
+                      f"p50 {percentile(held.exec[0], 0.5):5.0f} us, p99 "
+                      f"{percentile(held.exec[0], 0.99):5.0f} us (added: p50 {e50:4.0f}, p99 "
+                      f"{e99:4.0f}); held by the collector: {count:,.0f} of {held_n:,}",
+                      flush=True)
+    for q, name in ((0, "p50"), (1, "p99")):
+        on = statistics.median(x[q] for x in results[True])
+        off = statistics.median(x[q] for x in results[False])
+        diffs = [a[q] - b[q] for a, b in zip(results[True], results[False], strict=True)]
+        print(f"added {name}, median of {rounds}: signing on {on:.0f} us, off {off:.0f} us; "
+              f"on - off per round: {', '.join(f'{d:+.0f}' for d in diffs)} us")
+    on99 = statistics.median(x[1] for x in results[True])
+    off99 = statistics.median(x[1] for x in results[False])
+    on50 = statistics.median(x[0] for x in results[True])
+    off50 = statistics.median(x[0] for x in results[False])
+    for name, on_v, off_v in (("p50", on50, off50), ("p99", on99, off99)):
+        ratio = on_v / off_v if off_v > 0 else float("inf")
+        print(f"target: signing on within 5% of off, added {name} of a cached answer -> on/off "
+              f"{ratio:.2f} ({on_v - off_v:+.0f} us) {'MET' if ratio <= 1.05 else 'MISSED'}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--execs", type=int, default=3000, help="execs per rate/floor phase")
@@ -369,11 +514,21 @@ def main() -> int:
                         help="pairs per held-exec phase (the p99 of 3,000 moved by hundreds "
                              "of us from run to run here)")
     parser.add_argument("--rounds", type=int, default=3, help="off/on rounds for the rate")
+    parser.add_argument("--signing", choices=("on", "both"), default="on",
+                        help="both: only the cached held-exec phase, signing on and off in "
+                             "--rounds rounds")
     args = parser.parse_args()
     n, held_n = args.execs, args.held_execs
+    # the roles this bench starts inherit the stack's admin identity (a super user)
+    os.environ.update(Stack().kafka.environment())
     kafka = KafkaConnection.from_env()
     tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
     pipe = Pipeline(kafka, tmp)
+    if args.signing == "both":
+        try:
+            return signing_rounds(pipe, tmp, held_n, args.rounds)
+        finally:
+            delete_prefixed_topics(kafka, [pipe.prefix])
     timer = build(tmp, "exec_timer.c", static=True)
     native = build(tmp, "native_answerer.c")
     print(f"collector benchmark: {n:,} execs of {TRUE} per phase")
