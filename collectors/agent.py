@@ -40,6 +40,7 @@ from schemas.connections import KafkaConnection
 from schemas.records import replace
 from schemas.topics import COLLECTOR_REPORTS, EXEC, FILE, WORKLOADS
 from transport import Health, exit_unless_stopped
+from transport.keyfile import KeyFile, keys_now
 from transport.signing import NodeKeys, Signer
 
 __all__ = ["CannotGoOn", "Collector"]
@@ -68,8 +69,8 @@ class Collector:
     settings: CollectorSettings = field(default_factory=CollectorSettings)
     health: Health = field(default_factory=lambda: Health("collector"))
     # What it signs its records with and checks verdicts by; None: COLLECTOR_SIGNING_KEYS_FILE
-    # or the local keyring (collectors.enforcer.node_keys).
-    keys: NodeKeys | None = None
+    # or the local keyring (collectors.enforcer.node_keys). A KeyFile is followed as it rotates.
+    keys: NodeKeys | KeyFile[NodeKeys] | None = None
     resolver: WorkloadResolver = field(init=False)
     sensor: Sensor = field(init=False)
     enforcer: Enforcer | None = field(init=False, default=None)
@@ -115,7 +116,10 @@ class Collector:
         private_folder(self.settings.state_dir)  # which workloads are held, the spool
         self.publisher = Publisher(self.kafka, self.settings.state_dir / "spool",
                                    self.settings.spool_max_bytes, lose=self._lose,
-                                   signer=Signer.for_node(self.keys))
+                                   signer=Signer.for_node(keys_now(self.keys, self._new_keys)))
+
+    def _new_keys(self, keys: NodeKeys) -> None:
+        self.publisher.signer = Signer.for_node(keys)
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         # A first-seen held exec waits while its question (the answerer link's thread) and its

@@ -70,6 +70,7 @@ from schemas import (
 from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, FILE, VERDICTS, verdict_partition
 from transport import Health, MessageGuard, Refused
+from transport.keyfile import KeyFile, keys_now
 from transport.signing import SIGNER, BadSignature, Headers, NodeKeys, Verifier
 
 __all__ = ["Enforcer", "kill_if_same", "node_keys"]
@@ -139,7 +140,8 @@ class Enforcer:
 
     def __init__(self, settings: CollectorSettings, kafka: KafkaConnection,
                  resolver: WorkloadResolver, publish: Publish, *, health: Health,
-                 cannot_go_on: Callable[[str], None], keys: NodeKeys | None = None) -> None:
+                 cannot_go_on: Callable[[str], None],
+                 keys: NodeKeys | KeyFile[NodeKeys] | None = None) -> None:
         self.settings = settings
         self.kafka = kafka
         self.resolver = resolver
@@ -156,11 +158,16 @@ class Enforcer:
         self._threads: list[threading.Thread] = []
         self.answerer: AnswererLink | None = None
         self.assigned = threading.Event()
-        self.verifier = Verifier.for_node(keys if keys is not None else node_keys(settings))
+        # A reloaded node key file swaps in a whole new verifier (transport/keyfile.py).
+        self.verifier = Verifier.for_node(keys_now(keys if keys is not None
+                                                   else node_keys(settings), self._new_keys))
         self.recent = RecentEvents(settings.verdict_events_max,
                                    settings.verdict_events_max_age_s)
         self.acted = ActedOn(settings.verdicts_acted_max)
         self.refusals = RefusalLog()
+
+    def _new_keys(self, keys: NodeKeys) -> None:
+        self.verifier = Verifier.for_node(keys)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -104,6 +104,9 @@ class CollectorSettings(BaseSettings):
     signing_keys_file: Path | None = Field(
         None, description="this node's signing keys (procwarden keys node NAME --out FILE); "
                           "unset: derived from the local keyring (var/keys)")
+    keys_check_interval_s: float = Field(
+        5.0, ge=0.05, le=3600, description="how often the key file is looked at for a "
+                                           "rotation (transport/keyfile.py)")
     accept_unsigned_verdicts: bool = Field(
         False, description="insecure, for mixed-version rollouts only: act on verdicts that "
                            "carry no signature (still only on the collector's own events; an "

@@ -152,23 +152,26 @@ def streams() -> None:
     policies. Settings: STREAMS_* and PROCWARDEN_KAFKA_* variables."""
     from pydantic import ValidationError
 
-    from procwarden.keys import local_keyring
+    from procwarden.keys import local_keyring, local_keyring_path
     from schemas.connections import ConfigError, KafkaConnection
     from streams.app import run_worker
     from streams.settings import StreamSettings
-    from transport.signing import Keyring
+    from transport.keyfile import KeyFile
 
     try:
         settings = StreamSettings()
         kafka = KafkaConnection.from_env()
-        ring = (Keyring.load(settings.signing_keyring_file) if settings.signing_keyring_file
-                else local_keyring())
+        if settings.signing_keyring_file is None:
+            local_keyring()  # made on first use
+        # Re-read as it is rotated, without a restart (docs/keys.md).
+        ring = KeyFile.keyring(settings.signing_keyring_file or local_keyring_path(),
+                               interval_s=settings.keys_check_interval_s).start()
     except (ValidationError, ConfigError, ValueError, OSError) as exc:
         _bad_setting("streams", "STREAMS_", exc)
     typer.echo(f"procwarden streams: {kafka.describe()}, group {settings.app_id}, "
                f"api http://{settings.web_host}:{settings.web_port}, signing key "
-               f"{ring.current}" + (" (INSECURE: unsigned records believed)"
-                                    if settings.accept_unsigned else ""), err=True)
+               f"{ring.value.current}" + (" (INSECURE: unsigned records believed)"
+                                          if settings.accept_unsigned else ""), err=True)
     _check_access("streams", kafka, "streams", [settings.app_id, f"{settings.app_id}-events"])
     tune_gc()
     run_worker(settings, kafka, ring)
@@ -353,15 +356,22 @@ def collector(
 
     overrides: dict[str, Any] = {k: v for k, v in {
         "node": node, "with_hash": with_hash, "dry_run": dry_run}.items() if v is not None}
-    from collectors.enforcer import node_keys
-    from procwarden.keys import local_node_keys
+    from procwarden.keys import local_keyring, local_keyring_path
+    from transport.keyfile import KeyFile
 
     try:
         settings = CollectorSettings.model_validate(overrides)
         kafka = KafkaConnection.from_env()
-        # One machine: the node's keys from the keyring beside the stream app's.
-        keys = (node_keys(settings) if settings.signing_keys_file is not None
-                else local_node_keys(settings.node))
+        # Re-read as it is rotated, without a restart (docs/keys.md). One machine: the node's
+        # keys from the keyring beside the stream app's.
+        every = settings.keys_check_interval_s
+        if settings.signing_keys_file is not None:
+            keys = KeyFile.node_file(settings.signing_keys_file, settings.node,
+                                     interval_s=every).start()
+        else:
+            local_keyring()  # made on first use
+            keys = KeyFile.node_from_keyring(local_keyring_path(), settings.node,
+                                             interval_s=every).start()
     except (ValidationError, ConfigError, ValueError, OSError) as exc:
         _bad_setting("collector", "COLLECTOR_", exc)
     stopping = _role_process(settings.log_level, settings.metrics_port)

@@ -5,7 +5,8 @@ keys, derived from it. On one machine (the local stack, the tests) both read the
 `var/keys/keyring.json` (or `PROCWARDEN_KEYS_DIR`), made on first use, 0600 in a 0700 folder.
 For a fleet: `procwarden keys init` once, the keyring to the stream app (a Secret), and
 `procwarden keys node NAME --out FILE` to each node; `procwarden keys rotate` adds a key
-generation (the previous one stays valid), then the nodes' files are handed out again.
+generation (the previous one stays valid), then the nodes' files are handed out again. Running
+roles re-read their files (transport/keyfile.py): no restart (docs/keys.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from transport.signing import Keyring, NodeKeys, write_secret
 
-__all__ = ["KEYS_DIR_ENV", "keys_dir", "local_keyring", "local_node_keys"]
+__all__ = ["KEYS_DIR_ENV", "keys_dir", "local_keyring", "local_keyring_path", "local_node_keys"]
 
 KEYS_DIR_ENV = "PROCWARDEN_KEYS_DIR"
 _ROOT = Path(__file__).resolve().parents[1]
@@ -26,10 +27,14 @@ def keys_dir() -> Path:
     return Path(os.environ.get(KEYS_DIR_ENV) or _ROOT / "var" / "keys")
 
 
+def local_keyring_path() -> Path:
+    return keys_dir() / "keyring.json"
+
+
 def local_keyring(create: bool = True) -> Keyring:
     """The local keyring; made on first use (by whichever role starts first: the file is
     created once, exclusively, and every other reader gets that one)."""
-    path = keys_dir() / "keyring.json"
+    path = local_keyring_path()
     if not path.exists() and create:
         fresh = path.with_name(f"keyring.{os.getpid()}.new")
         write_secret(fresh, Keyring.generate().to_json())

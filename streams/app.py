@@ -44,6 +44,7 @@ from streams.session import DecisionSession
 from streams.settings import StreamSettings
 from streams.web import install_routes, web_options
 from transport import HEALTH_FILE_ENV, DlqLimits, Health, describe, exit_unless_stopped
+from transport.keyfile import KeyFile
 from transport.signing import Keyring
 
 __all__ = ["FaustPublisher", "Readiness", "build_app", "run_worker"]
@@ -176,9 +177,10 @@ def _credentials(kafka: KafkaConnection) -> Any:
 
 
 def build_app(settings: StreamSettings, kafka: KafkaConnection,
-              ring: Keyring | None = None) -> tuple[faust.App, Handlers]:
+              ring: Keyring | KeyFile[Keyring] | None = None) -> tuple[faust.App, Handlers]:
     """The worker; `ring` signs what it writes and checks who wrote what it reads (without
-    one, nothing is signed and unsigned records are believed: STREAMS_ACCEPT_UNSIGNED)."""
+    one, nothing is signed and unsigned records are believed: STREAMS_ACCEPT_UNSIGNED; a
+    KeyFile is followed as it is rotated)."""
     (settings.data_dir / settings.app_id).mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
@@ -275,7 +277,7 @@ def wait_for_topics(kafka: KafkaConnection, timeout: float = 60.0) -> None:
 
 
 def run_worker(settings: StreamSettings, kafka: KafkaConnection,
-               ring: Keyring | None = None) -> None:
+               ring: Keyring | KeyFile[Keyring] | None = None) -> None:
     """Run one stream worker until SIGTERM/SIGINT (a clean stop commits what was decided)."""
     wait_for_topics(kafka)
     app, _ = build_app(settings, kafka, ring)

@@ -13,6 +13,10 @@ Each refusal is a `BadSignature` (a `Refused`: the guard dead-letters it and the
 counted in `procwarden_streams_refused_senders_total{reason}` and logged once per reason and
 signer (bounded). `accept_unsigned` (an insecure setting for mixed-version rollouts) lets
 unsigned records through; a record that is signed is checked all the same.
+
+Given a `KeyFile` (transport/keyfile.py), both follow the keyring file as it is rotated: each
+new version swaps in a whole new verifier or signer, so a record is checked or signed with one
+version of the keys, and never waits on the file.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from prometheus_client import Counter
 
 from schemas import Envelope, Workload, WorkloadState
+from transport.keyfile import KeyFile, keys_now
 from transport.signing import BadSignature, Header, Keyring, Signer, Verifier
 
 __all__ = ["Provenance", "RecordSigner"]
@@ -49,14 +54,19 @@ def _pairs(headers: RawHeaders) -> Sequence[tuple[str, str | bytes | None]]:
 class Provenance:
     """Checks who sent each input record."""
 
-    def __init__(self, ring: Keyring | None, *, accept_unsigned: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, ring: Keyring | KeyFile[Keyring] | None, *,
+                 accept_unsigned: bool = False, clock: Callable[[], float] = time.time) -> None:
         if ring is None and not accept_unsigned:
             raise ValueError("a keyring is needed unless unsigned records are accepted")
-        self._verifier = Verifier.for_streams(ring) if ring is not None else None
+        self._verifier: Verifier | None = None
+        if ring is not None:  # a reloaded keyring swaps in a whole new verifier
+            self._verifier = Verifier.for_streams(keys_now(ring, self._new_keys))
         self.accept_unsigned = accept_unsigned
         self._clock = clock
         self._logged: set[tuple[str, str]] = set()
+
+    def _new_keys(self, ring: Keyring) -> None:
+        self._verifier = Verifier.for_streams(ring)
 
     def node_of(self, topic: str, key: bytes | None, value: bytes | None,
                 headers: RawHeaders) -> str | None:
@@ -71,12 +81,13 @@ class Provenance:
     def _verify(self, topic: str, key: bytes | None, value: bytes | None,
                 headers: RawHeaders, *, from_streams: bool) -> str | None:
         pairs = _pairs(headers)
+        verifier = self._verifier
         try:
-            if self._verifier is None or (self.accept_unsigned and
-                                          not any(n == "pw-sig" for n, _ in pairs)):
+            if verifier is None or (self.accept_unsigned and
+                                    not any(n == "pw-sig" for n, _ in pairs)):
                 return None
-            return self._verifier.verify(topic, key, value, pairs, now=self._clock(),
-                                         from_streams=from_streams).node
+            return verifier.verify(topic, key, value, pairs, now=self._clock(),
+                                   from_streams=from_streams).node
         except BadSignature as exc:
             signer = next((v[:80] if isinstance(v, str) else v[:80].decode("ascii", "replace")
                            for n, v in pairs if n == "pw-signer" and v), "-")
@@ -120,17 +131,21 @@ class RecordSigner:
     """The headers that sign what the stream app writes: a verdict for its node, with an
     expiry; anything else as the stream app."""
 
-    def __init__(self, ring: Keyring, verdicts_topic: str, verdict_ttl_s: float,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._signer = Signer.for_streams(ring)
+    def __init__(self, ring: Keyring | KeyFile[Keyring], verdicts_topic: str,
+                 verdict_ttl_s: float, clock: Callable[[], float] = time.time) -> None:
+        self._signer = Signer.for_streams(keys_now(ring, self._new_keys))
         self._verdicts = verdicts_topic
         self._ttl = verdict_ttl_s
         self._clock = clock
 
+    def _new_keys(self, ring: Keyring) -> None:
+        self._signer = Signer.for_streams(ring)
+
     def __call__(self, topic: str, key: bytes | None, value: bytes | None) -> list[Header]:
+        signer = self._signer  # one version of the keys for the whole record
         if topic == self._verdicts:
             node = (key or b"").decode("utf-8", "replace")
-            return self._signer.headers(topic, key, value, to_node=node,
-                                        expires=int(self._clock() + self._ttl) + 1)
-        return self._signer.headers(topic, key, value)
+            return signer.headers(topic, key, value, to_node=node,
+                                  expires=int(self._clock() + self._ttl) + 1)
+        return signer.headers(topic, key, value)
 

@@ -64,6 +64,9 @@ class StreamSettings(BaseSettings):
     # first use), how long a verdict may be acted on, and an insecure switch that believes
     # unsigned records (for a rollout where some collectors do not sign yet).
     signing_keyring_file: Path | None = None
+    keys_check_interval_s: float = Field(
+        5.0, ge=0.05, le=3600, description="how often the keyring file is looked at for a "
+                                           "rotation (transport/keyfile.py)")
     verdict_ttl_s: float = Field(60.0, ge=1, le=3600, description="a verdict's validity")
     accept_unsigned: bool = Field(False, description="INSECURE: believe unsigned records")
     data_dir: Path = Path("var/streams")

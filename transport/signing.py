@@ -86,11 +86,8 @@ class Keyring:
     current: str
 
     def __post_init__(self) -> None:
-        if self.current not in self.keys:
-            raise ValueError(f"the current key id {self.current!r} is not in the keyring")
+        _check_keys(self.keys, self.current, "keyring")
         for kid, key in self.keys.items():
-            if not kid or not set(kid) <= _KID_CHARS or len(kid) > 64:
-                raise ValueError(f"bad key id {kid[:64]!r} (letters, digits, - _ .)")
             if len(key) < 32:
                 raise ValueError(f"key {kid!r} is shorter than 32 bytes")
 
@@ -146,6 +143,14 @@ class NodeKeys:
     keys: Mapping[str, tuple[bytes, bytes]] = field(repr=False)
     current: str
 
+    def __post_init__(self) -> None:
+        # Checked when loaded: a file without its signing key would load, and the collector's
+        # first publish would then fail (nothing to sign with).
+        _check_keys(self.keys, self.current, "node key file")
+        for kid, pair in self.keys.items():
+            if len(pair) != 2 or any(len(k) != 32 for k in pair):
+                raise ValueError(f"key {kid!r} is not a pair of 32-byte keys")
+
     def to_json(self) -> str:
         return json.dumps({"node": self.node, "current": self.current,
                            "keys": {k: [a.hex(), b.hex()] for k, (a, b) in self.keys.items()}})
@@ -166,6 +171,14 @@ class NodeKeys:
     @classmethod
     def load(cls, path: Path) -> NodeKeys:
         return cls.from_json(read_secret(path))
+
+
+def _check_keys(keys: Mapping[str, object], current: str, what: str) -> None:
+    if current not in keys:
+        raise ValueError(f"the current key id {current[:64]!r} is not in the {what}")
+    for kid in keys:
+        if not kid or not set(kid) <= _KID_CHARS or len(kid) > 64:
+            raise ValueError(f"bad key id {kid[:64]!r} (letters, digits, - _ .)")
 
 
 def _load(text: str, what: str) -> dict[str, Any]:
