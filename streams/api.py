@@ -49,6 +49,7 @@ from streams.engine import (
     learned_group_name,
     order_group_rules,
     parse_crd_documents,
+    trim_space,
 )
 from streams.handlers import Handlers
 from streams.session import edit_result
@@ -284,7 +285,7 @@ class PolicyApi:
 
     async def create_group(self, body: Any, actor: str) -> Answer:
         cfg = _decode(GroupConfig, body, "config")
-        if cfg.name.strip() in self._policies():
+        if trim_space(cfg.name) in self._policies():
             raise ApiError(409, f"group {cfg.name!r} already exists")
         return await self.patch_group(cfg.name, body, actor)
 
@@ -324,7 +325,8 @@ class PolicyApi:
         result = await self._checked(
             lambda policies: apply_crd_documents(policies, docs, settings, ts, actor))
         for doc in docs:
-            group = str(doc["spec"]["target"]["selector"]["name"]).strip()  # validated above
+            # validated above, and trimmed as the engine trims it: the key names the group's writer
+            group = trim_space(str(doc["spec"]["target"]["selector"]["name"]))
             await self._publish(group, CrdImport(text=orjson.dumps(doc).decode(), actor=actor),
                                 result)
         return 200, {"groups": sorted(result.updated), "changes": to_plain(result.changes)}

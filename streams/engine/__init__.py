@@ -29,7 +29,13 @@ from streams.engine.policies import (
 from streams.engine.pre_exec import PreExecAnswer, pre_exec_decide
 from streams.engine.probes import probe_commands, probe_rules
 from streams.engine.state import ProcessState, StateEffect
-from streams.engine.validation import PolicyError, parse_baseline, parse_mode, validate_rule
+from streams.engine.validation import (
+    PolicyError,
+    parse_baseline,
+    parse_mode,
+    trim_space,
+    validate_rule,
+)
 from streams.engine.view import EngineSettings, MissingGroup, PolicyView, build_view
 
 __all__ = [
@@ -41,5 +47,6 @@ __all__ = [
     "criteria_match", "custom_groups_of", "decide", "effective_rules", "ensure_workload_groups",
     "learned_group_name", "match_rule", "merge", "nodes_group", "order_group_rules",
     "parse_baseline", "parse_crd_documents", "parse_mode", "policy_state", "pre_exec_decide",
-    "probe_commands", "probe_rules", "process_name", "service_name", "validate_rule",
+    "probe_commands", "probe_rules", "process_name", "service_name", "trim_space",
+    "validate_rule",
 ]

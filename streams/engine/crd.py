@@ -35,6 +35,7 @@ from streams.engine.validation import (
     PolicyError,
     parse_baseline,
     parse_mode,
+    trim_space,
     validate_criteria,
     validate_custom_group_name,
     validate_rule,
@@ -150,7 +151,7 @@ def _parse(doc: Any, where: str) -> _GroupImport:
     spec = _field(doc, "spec", where, dict, {})
     target = _field(spec, "target", f"{where}.spec", dict, {})
     selector = _field(target, "selector", f"{where}.spec.target", dict, {})
-    group = str(_field(selector, "name", f"{where}.spec.target.selector", str, "")).strip()
+    group = trim_space(str(_field(selector, "name", f"{where}.spec.target.selector", str, "")))
     if not group:
         raise PolicyError("must name the group", field=f"{where}.spec.target.selector.name")
     if group.startswith("nv.ip.") or group.startswith("fed."):

@@ -38,6 +38,7 @@ from streams.engine.validation import (
     parse_baseline,
     parse_fail_mode,
     parse_mode,
+    trim_space,
     validate_criteria,
     validate_custom_group_name,
     validate_rule,
@@ -302,8 +303,8 @@ def apply_learn(policies: Mapping[str, GroupPolicy], req: LearnRequest,
 
 
 def _normalise_key(name: str, path: str) -> tuple[str, str]:
-    path = path.strip()
-    return name.strip(), clean_path(path) if path.startswith("/") else path
+    path = trim_space(path)
+    return trim_space(name), clean_path(path) if path.startswith("/") else path
 
 
 def apply_profile_patch(policies: Mapping[str, GroupPolicy], patch: ProfilePatch, ts: float,
@@ -402,7 +403,7 @@ def apply_service_config(policies: Mapping[str, GroupPolicy], cfg: ServiceConfig
     if not cfg.services:
         raise PolicyError("name at least one service", field="services")
     for i, service in enumerate(cfg.services):
-        name = _learned_name(service.strip())
+        name = _learned_name(trim_space(service))
         policy = edit.get(name)
         if policy is None or policy.kind is GroupKind.CUSTOM:
             raise PolicyError(f"service {service!r} does not exist", status=404,
@@ -429,7 +430,7 @@ def apply_group_config(policies: Mapping[str, GroupPolicy], cfg: GroupConfig,
                        ts: float) -> EditResult:
     """Create a custom group, or change its criteria."""
     edit = _Edit(policies, ts, cfg.actor)
-    name = validate_custom_group_name(cfg.name.strip())
+    name = validate_custom_group_name(trim_space(cfg.name))
     criteria = validate_criteria(cfg.criteria)
     policy = edit.get(name)
     if policy is None:

@@ -17,6 +17,7 @@ __all__ = [
     "compile_regex",
     "parse_baseline",
     "parse_mode",
+    "trim_space",
     "validate_criteria",
     "validate_custom_group_name",
     "validate_rule",
@@ -52,6 +53,18 @@ def compile_regex(pattern: str) -> Any:
                           "no backreferences or lookaround") from None
 
 
+# Go's unicode.IsSpace, what NeuVector's strings.TrimSpace removes (checked over every rune with
+# Go 1.26). str.strip() would also remove U+001C..U+001F, so "\x1e/bin/ls" became absolute.
+_GO_SPACE = ("\t\n\v\f\r \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+             "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+
+
+def trim_space(text: str) -> str:
+    """`text` without the leading and trailing white space Go's `strings.TrimSpace` removes:
+    every rule name and path, and every group name, is trimmed by this and nothing else."""
+    return text.strip(_GO_SPACE)
+
+
 def clean_path(path: str) -> str:
     """Lexical cleaning like Go's path.Clean (`/bin/../sbin/ws` → `/sbin/ws`)."""
     cleaned = posixpath.normpath(path)
@@ -61,7 +74,7 @@ def clean_path(path: str) -> str:
 
 
 def _validate_path(path: str, field: str) -> str:
-    path = path.strip()
+    path = trim_space(path)
     if path in ("", "*"):
         return path
     if not path.startswith("/"):
@@ -82,16 +95,16 @@ def validate_rule(name: str, path: str, action: str, *,
                   crd: bool = False) -> tuple[str, str, Action]:
     """Validate and normalise one rule's `name`, `path` and `action`.
 
-    `crd`: the CRD importer's extra rule — an empty name with a concrete path becomes the
-    path's basename.
+    `crd`: the CRD importer's rules — the action is trimmed (a REST action is taken as sent,
+    as NeuVector's REST handler takes it: `"deny "` is refused), and an empty name with a
+    concrete path becomes the path's basename.
     """
-    act_text = action.strip()
     try:
-        act = Action(act_text)
+        act = Action(trim_space(action) if crd else action)
     except ValueError:
         raise PolicyError(f"unknown action {action!r} (allowed: allow, deny)",
                           field="action") from None
-    name = name.strip()
+    name = trim_space(name)
     norm_path = _validate_path(path, "path")
     if not name:
         if crd and norm_path not in ("", "*", "/*"):

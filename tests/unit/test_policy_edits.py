@@ -311,3 +311,149 @@ def test_crd_import_is_all_or_nothing() -> None:
     bad = CRD + "---\n" + CRD_ERRORS["deny all"][0]
     with pytest.raises(PolicyError):
         apply_crd({}, bad, EngineSettings(), 0.0)
+
+
+# Fidelity with NeuVector's own validation (issue 23), found by running both on generated edits.
+
+# What Go's strings.TrimSpace removes (unicode.IsSpace), printed by Go 1.26 over every rune.
+# Python's str.strip removes these and U+001C..U+001F too.
+GO_TRIMSPACE = frozenset(chr(c) for c in (
+    0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
+    0x2028, 0x2029, 0x202F, 0x205F, 0x3000))
+
+
+def test_trim_space_removes_exactly_what_gos_strings_trimspace_removes() -> None:
+    from streams.engine import trim_space
+
+    trimmed = {chr(c) for c in range(0x110000) if trim_space(f"{chr(c)}a{chr(c)}") == "a"}
+    assert trimmed == GO_TRIMSPACE
+    assert trim_space("\u3000\t ls \u00a0\n") == "ls" and trim_space("\x1cls\x1f") == "\x1cls\x1f"
+    assert trim_space("a \u2028 b") == "a \u2028 b"  # only the ends
+
+
+@pytest.mark.parametrize("action", ["\tdeny", "deny ", " allow", "allow\n", "\u00a0deny"])
+def test_a_rest_action_with_surrounding_whitespace_is_refused(action: str) -> None:
+    # It was trimmed and accepted; NeuVector's REST handler compares the action as sent.
+    with pytest.raises(PolicyError) as err:
+        validate_rule("ls", "/bin/ls", action)
+    assert (err.value.field, err.value.status) == ("action", 400)
+    world = World(groups=[group(rules=(learned_rule("ls", "/bin/ls"),))])
+    before = world.policy()
+    answer = world.send(ProfilePatch(group=WEB, process_change_list=(
+        RuleChange("cat", "/bin/cat", action),)))
+    assert "process_change_list[0].action" in _reject(answer)
+    assert world.policy() == before
+
+
+def test_a_rest_action_with_whitespace_is_a_400_from_the_api() -> None:
+    import asyncio
+
+    from streams.api import ApiError
+    from tests.unit.test_policy_import import _api
+
+    api, _ = _api()
+    body = {"process_profile_config": {"process_change_list": [
+        {"name": "ls", "path": "/bin/ls", "action": "deny "}]}}
+    with pytest.raises(ApiError) as err:
+        asyncio.run(api.patch_profile("nodes", body, "test"))
+    assert err.value.status == 400 and err.value.field == "process_change_list[0].action"
+    assert not [r for r in api.handlers.published["nodes"].rules if r.name == "ls"]
+
+
+def test_the_crd_path_still_trims_the_action() -> None:
+    from schemas import Action
+
+    assert validate_rule("ls", "/bin/ls", "\tdeny ", crd=True)[2] is Action.DENY
+    text = ("apiVersion: neuvector.com/v1\nkind: NvSecurityRule\nspec: {target: {selector: "
+            "{name: nv.a.b}}, process: [{name: ls, path: /bin/ls, action: \"deny\\t\"}]}")
+    result = apply_crd({}, text, EngineSettings(), 0.0)
+    assert [(r.name, r.action) for r in result.updated["nv.a.b"].rules] == [("ls", Action.DENY)]
+
+
+TRIMMED_AS_GO = {
+    "unicode spaces go": ("\u00a0ls\u3000", "\u2028 /bin/ls\u0085", ("ls", "/bin/ls")),
+    "separators stay in a name": ("\x1cls\x1f", "/bin/ls", ("\x1cls\x1f", "/bin/ls")),
+    "a separator stays at a path's end": ("ls", "/bin/ls\x1d", ("ls", "/bin/ls\x1d")),
+    "zero width space stays": ("ls\u200b", "/bin/ls", ("ls\u200b", "/bin/ls")),
+}
+
+
+@pytest.mark.parametrize("case", TRIMMED_AS_GO.values(), ids=TRIMMED_AS_GO.keys())
+def test_names_and_paths_are_trimmed_as_go_trims_them(
+        case: tuple[str, str, tuple[str, str]]) -> None:
+    name, path, expected = case
+    assert validate_rule(name, path, "allow")[:2] == expected
+    assert validate_rule(name, path, "allow", crd=True)[:2] == expected
+
+
+def test_a_separator_before_a_path_leaves_it_relative() -> None:
+    # str.strip made "\x1e/bin/ls" the absolute /bin/ls; NeuVector refuses it.
+    with pytest.raises(PolicyError) as err:
+        validate_rule("ls", "\x1e/bin/ls", "allow")
+    assert err.value.field == "path"
+    with pytest.raises(PolicyError):
+        validate_rule("\x1f", "\x1e/bin/ls", "allow", crd=True)
+
+
+def test_a_delete_key_is_trimmed_as_go_trims_it() -> None:
+    world = World(groups=[group(rules=(rule("ls", "/bin/ls"), rule("cat", "/bin/cat")))])
+    assert "not in the profile" in _reject(world.send(ProfilePatch(
+        group=WEB, process_delete_list=(RuleKey("ls\x1c", "/bin/ls"),))))
+    ok = world.send(ProfilePatch(group=WEB, process_delete_list=(
+        RuleKey("\u00a0cat", "/bin/cat\u3000"),)))
+    assert isinstance(ok, EditOutcome) and ok.verdict is Verdict.ACCEPT
+    assert [r.name for r in world.policy().rules] == ["ls"]
+
+
+def test_group_names_are_trimmed_as_go_trims_them() -> None:
+    crit = (Criterion(CriteriaKey.NAMESPACE, CriteriaOp.EQ, "demo"),)
+    world = World(groups=[group()])
+    assert "name" in _reject(world.send(GroupConfig(name="\x1ctools", criteria=crit)))
+    ok = world.send(GroupConfig(name="\u3000tools\u00a0", criteria=crit))
+    assert isinstance(ok, EditOutcome) and ok.verdict is Verdict.ACCEPT
+    assert world.policy("tools").kind is GroupKind.CUSTOM
+    assert _reject(world.send(ServiceConfig(services=("web.demo\x1f",), profile_mode="Monitor")),
+                   404)
+    ok = world.send(ServiceConfig(services=("\u2003web.demo",), profile_mode="Monitor"))
+    assert isinstance(ok, EditOutcome) and world.policy().mode is Mode.MONITOR
+
+
+def test_a_crd_groups_writer_is_the_group_the_engine_named() -> None:
+    # The API publishes each document under its group's name; it must trim that name as the
+    # engine does, or a document lands with another group's writer.
+    import asyncio
+
+    from schemas.topics import POLICY_UPDATES
+    from tests.unit.test_policy_import import _api
+
+    api, out = _api()
+    text = ("apiVersion: neuvector.com/v1\nkind: NvSecurityRule\nspec: {target: {selector: "
+            "{name: \"nv.a.b\\x1c\"}}, process: [{name: ls, path: /bin/ls, action: allow}]}")
+    answer = asyncio.run(api.import_policy(text, "test"))
+    assert answer[1]["groups"] == ["nv.a.b\x1c"]
+    assert {key for topic, key, _ in out.sent if topic == POLICY_UPDATES.name} == {b"nv.a.b\x1c"}
+
+
+EMPTY_NAME_SLASH_STAR = {
+    "as written": ("", "/*"), "blank name": ("  ", " /* "), "unicode blanks": ("\u3000", "/*\u00a0"),
+    "double slash": ("", "//*"), "dot": ("", "/./*"),
+}
+
+
+@pytest.mark.parametrize("case", EMPTY_NAME_SLASH_STAR.values(), ids=EMPTY_NAME_SLASH_STAR.keys())
+def test_a_crd_rule_with_an_empty_name_and_path_slash_star_stays_refused(
+        case: tuple[str, str]) -> None:
+    # NeuVector names it after the path's basename, `*`, and so imports `allow *:/*`: a rule
+    # that allows every process. procwarden refuses it (a deliberate difference).
+    import json
+
+    name, path = case
+    with pytest.raises(PolicyError) as err:
+        validate_rule(name, path, "allow", crd=True)
+    assert (err.value.field, err.value.status) == ("name", 400)
+    text = json.dumps({"apiVersion": "neuvector.com/v1", "kind": "NvSecurityRule", "spec": {
+        "target": {"selector": {"name": "nv.a.b"}},
+        "process": [{"name": name, "path": path, "action": "allow"}]}})
+    with pytest.raises(PolicyError) as err:
+        apply_crd({}, text, EngineSettings(), 0.0)
+    assert err.value.field == "document[0].spec.process[0].name"
