@@ -1,4 +1,5 @@
-"""Root-escalation facts (spec §9.3): a process whose real uid became 0, checked 100 ms later.
+"""Root-escalation facts (docs/behaviour.md §9.3): a process whose real uid became 0, checked
+100 ms later.
 
 The process connector reports each uid change. Only a change to real uid 0 away from a non-root
 parent can be an escalation, so only those are followed: 100 ms later the process, its parent

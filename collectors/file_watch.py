@@ -1,4 +1,5 @@
-"""File changes in a container's root filesystem (spec §6): fanotify with file ids and names.
+"""File changes in a container's root filesystem (docs/behaviour.md §6): fanotify with file ids
+and names.
 
 One notification group per container, with a filesystem mark on its overlay root (which needs
 the overlay mounted with `index=on,nfs_export=on`). Each event names the directory (a file

@@ -1,4 +1,4 @@
-"""Reverse-shell facts (spec §9.2): a new process's stdin and stdout on one TCP socket.
+"""Reverse-shell facts (docs/behaviour.md §9.2): a new process's stdin and stdout on one TCP socket.
 
 A new process is inspected a few times over its first seconds. Only a process whose fd 0 and
 fd 1 are the same socket is reported (the engine marks the first sighting and confirms on the

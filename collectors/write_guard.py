@@ -1,4 +1,5 @@
-"""Zero-drift Protect: writes that would be drift are denied before they happen (spec §6).
+"""Zero-drift Protect: writes that would be drift are denied before they happen
+(docs/behaviour.md §6).
 
 A fanotify group with `FAN_OPEN_PERM` on the root mounts of guarded containers holds every open
 of a file in them. The caller is blocked inside its open system call, so /proc/<tid>/syscall

@@ -1,6 +1,6 @@
 """What the collectors observe: workloads, execs, exits, file changes and detector facts.
 
-Field names follow `spec/semantics.md` §13. Defaults are the common case so that scenario files stay
+Field names follow `docs/behaviour.md` §13. Defaults are the common case so that scenario files stay
 short; every default is listed in `docs/decide.md`.
 """
 

@@ -1,5 +1,5 @@
-"""Masking secrets in command lines (spec §11): what the collector publishes and what incidents
-say.
+"""Masking secrets in command lines (docs/behaviour.md §11): what the collector publishes and what
+incidents say.
 
 One left-to-right pass over the arguments, and over the words of an argument that holds
 whitespace (a `sh -c` script, a `-H "Authorization: Bearer …"` header): no backtracking regex,

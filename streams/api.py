@@ -1,4 +1,4 @@
-"""The policy API (NeuVector-compatible shapes, spec §12), free of any web framework.
+"""The policy API (NeuVector-compatible shapes, docs/behaviour.md §12), free of any web framework.
 
 Reads answer from the worker's copy of the policies. Writes are validated here against the
 published policies (a refused edit answers 400/404/409 at once; an edit of a group the worker

@@ -1,4 +1,4 @@
-"""The decision procedure (spec §6, §7, §8, §9): one event in, one decision out.
+"""The decision procedure (docs/behaviour.md §6, §7, §8, §9): one event in, one decision out.
 
 Pure: no I/O, no clock, no randomness, no mutation of inputs. Matching first (what does the
 profile say), then the mode decides the verdict. The Faust agents, `procwarden decide` and policy

@@ -1,4 +1,5 @@
-"""Built-in detectors and exemptions (spec §7.1 steps 1 and 3, §9): pure predicates on facts."""
+"""Built-in detectors and exemptions (docs/behaviour.md §7.1 steps 1 and 3, §9): pure predicates on
+facts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Rule matching (spec §4.2–§4.4): one rule against one process, and the process name."""
+"""Rule matching (docs/behaviour.md §4.2–§4.4): one rule against one process, and the process
+name."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Which groups a workload belongs to (spec §2): its learned group, custom groups, or `nodes`."""
+"""Which groups a workload belongs to (docs/behaviour.md §2): its learned group, custom groups, or
+`nodes`."""
 
 from __future__ import annotations
 

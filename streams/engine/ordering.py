@@ -1,4 +1,4 @@
-"""Canonical rule order and the effective list of a workload (spec §5).
+"""Canonical rule order and the effective list of a workload (docs/behaviour.md §5).
 
 The order is the match order: first match wins. It is also the order the API returns.
 """

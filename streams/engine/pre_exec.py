@@ -1,4 +1,4 @@
-"""The answer to a held exec before it runs (spec §14).
+"""The answer to a held exec before it runs (docs/behaviour.md §14).
 
 Before exec only the file, the caller and its credentials are known: no argv, no final process
 name. The answer must never deny what the post-exec decision (§7) would allow, so it denies only

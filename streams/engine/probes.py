@@ -1,4 +1,5 @@
-"""Kubernetes exec probes (spec §7.3): probe rules for the learned group, and probe commands."""
+"""Kubernetes exec probes (docs/behaviour.md §7.3): probe rules for the learned group, and probe
+commands."""
 
 from __future__ import annotations
 
