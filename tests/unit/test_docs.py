@@ -109,3 +109,30 @@ def test_connection_variables_are_the_ones_the_reader_reads() -> None:
     documented = {r.variable for r in docs_config.rows()}
     assert named - documented == set()
     assert {"PROCWARDEN_KAFKA_BOOTSTRAP_SERVERS", "PROCWARDEN_CLICKHOUSE_SECURE"} <= documented
+
+
+def test_architecture_md_lists_every_topic_as_schemas_defines_it() -> None:
+    from schemas.topics import ALL_TOPICS
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([a-z.-]+)` \|.*$", text,
+                                                          re.MULTILINE)}
+    for spec in ALL_TOPICS:
+        compacted = "yes" if spec.compacted else "no"
+        days = spec.retention_ms // (24 * 3600 * 1000)
+        expected = f"| `{spec.name}` | {spec.key} | {spec.partitions} | {compacted} | {days} d |"
+        assert spec.name in rows, f"docs/architecture.md has no row for {spec.name}"
+        assert rows[spec.name].startswith(expected), (
+            f"docs/architecture.md's row for {spec.name} should start {expected!r}")
+
+
+def test_every_procwarden_variable_the_code_reads_is_documented() -> None:
+    # Variables named outright in the code (the CLI, the runner, the codec, the stack), beside
+    # those the settings classes and connection readers derive from field names.
+    documented = {r.variable for r in docs_config.rows()}
+    named: dict[str, str] = {}
+    for top in ("schemas", "transport", "collectors", "streams", "sinks", "procwarden"):
+        for path in (ROOT / top).rglob("*.py"):
+            for name in re.findall(r"[\"'](PROCWARDEN_[A-Z][A-Z_]*[A-Z])[\"']", path.read_text()):
+                named.setdefault(name, str(path.relative_to(ROOT)))
+    assert {n: p for n, p in named.items() if n not in documented} == {}
