@@ -155,14 +155,14 @@ class KeyFile(Generic[K]):
     def _watch(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self.poll()
+                self.poll(due=True)  # (a wait may end a hair early: it is due all the same)
             except Exception:  # a bug here must not end the watching (the keys held stay)
                 log.exception("%s %s: checking it failed", self._what, self.path)
 
-    def poll(self) -> bool:
+    def poll(self, due: bool = False) -> bool:
         """Whether a new version was taken (at most one look per `interval_s`)."""
         now = self._clock()
-        if now < self._due or not self._lock.acquire(blocking=False):
+        if (now < self._due and not due) or not self._lock.acquire(blocking=False):
             return False
         try:
             self._due = now + self._interval
