@@ -218,7 +218,9 @@ def keys_rotate(ring_file: Annotated[Path | None, typer.Option(
     except (OSError, ValueError) as exc:
         typer.echo(f"procwarden keys rotate: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"keyring {path}: key {kid} added (verifies), {ring.current} still signs")
+    typer.echo(f"keyring {path}: key {kid} added (verifies), {ring.current} still signs; hand "
+               f"each node its file (keys node NAME --out FILE), wait until every role holds "
+               f"{kid} (procwarden_*_keys, docs/keys.md), then `keys activate {kid}`")
 
 
 @keys_app.command("activate")
@@ -236,7 +238,8 @@ def keys_activate(kid: Annotated[str, typer.Argument(help="The key id that signs
     except (OSError, ValueError) as exc:
         typer.echo(f"procwarden keys activate: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"keyring {path}: {kid} signs")
+    typer.echo(f"keyring {path}: {kid} signs (the stream app from its next look at the "
+               "file); hand each node its file again")
 
 
 @keys_app.command("node")
