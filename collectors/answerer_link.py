@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import orjson
+import msgspec
 from prometheus_client.core import (
     REGISTRY,
     CounterMetricFamily,
@@ -29,6 +29,16 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from collectors.answerer_protocol import (
+    Ask,
+    Drift,
+    Metrics,
+    ProtocolError,
+    Stop,
+    ToAnswerer,
+    decode_to_collector,
+    encode,
+)
 from collectors.exec_answerer import CACHED_BUCKETS, VERDICT_BUCKETS
 from collectors.settings import CollectorSettings
 
@@ -162,7 +172,7 @@ class AnswererLink:
     held); `cannot_go_on` when no answerer can be started again."""
 
     def __init__(self, settings: CollectorSettings, on_start: Callable[[], None],
-                 on_message: Callable[[list[Any]], None], *,
+                 on_message: Callable[[Ask | Drift], None], *,
                  on_gone: Callable[[], None] = lambda: None,
                  cannot_go_on: Callable[[str], None] = lambda why: None) -> None:
         self.settings = settings
@@ -181,20 +191,20 @@ class AnswererLink:
         self._thread = threading.Thread(target=self._run, name="exec-answerer", daemon=True)
         self._thread.start()
 
-    def send(self, message: list[Any]) -> None:
+    def send(self, message: ToAnswerer) -> None:
         """From any thread. Lost while no answerer runs: the next one is told the state anew."""
         link = self._socket
         if link is None:
             return
         try:
-            link.send(orjson.dumps(message))
+            link.send(encode(message))
         except OSError as exc:
-            log.debug("the exec answerer did not take %s: %s", message[0], exc)
+            log.debug("the exec answerer did not take %s: %s", type(message).__name__, exc)
 
     def stop(self) -> None:
         with self._restart:  # no answerer is started after this one is told to stop
             self._stopping.set()
-        self.send(["stop"])
+        self.send(Stop())
         process = self.process
         if process is not None:
             try:
@@ -276,12 +286,14 @@ class AnswererLink:
             if not data:
                 return
             try:
-                message = orjson.loads(data)
-                if message[0] in ("ask", "drift"):
-                    self.on_message(message)
-                elif message[0] == "metrics":
-                    ANSWERER_METRICS.update(message[1])
+                message = decode_to_collector(data)
+            except ProtocolError as exc:  # the same code sent it: a bug, not an attack
+                log.error("refused from the exec answerer: %s", exc)
+                continue
+            try:
+                if isinstance(message, Metrics):
+                    ANSWERER_METRICS.update(msgspec.structs.asdict(message.counts))
                 else:
-                    log.error("unknown message from the exec answerer: %r", message[0])
+                    self.on_message(message)
             except Exception:
                 log.exception("a message from the exec answerer failed")

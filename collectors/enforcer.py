@@ -30,12 +30,13 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import Counter
 
 from collectors.answerer_link import AnswererLink
+from collectors.answerer_protocol import Ask, Drift, Forget, ToAnswerer, VerdictMessage
 from collectors.exec_answerer import Hold
 from collectors.procfs import read_proc, read_stat
 from collectors.settings import CollectorSettings
@@ -58,14 +59,11 @@ from schemas import (
     EventKind,
     ExecCheck,
     ExecEvent,
-    FileEvent,
-    Origin,
     Payload,
     StdioEvent,
     UidChangeEvent,
     Verdict,
     decode_envelope,
-    decode_record,
 )
 from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, FILE, VERDICTS, verdict_partition
@@ -223,7 +221,7 @@ class Enforcer:
                 self._send(hold.message(workload_id))
         self.health.part(_ANSWERER)
 
-    def _send(self, message: list[Any]) -> None:
+    def _send(self, message: ToAnswerer) -> None:
         if self.answerer is not None:
             self.answerer.send(message)
 
@@ -409,25 +407,25 @@ class Enforcer:
     def forget(self, workload_id: str) -> None:
         with self._lock:
             hold = self._holds.pop(workload_id, None)
-            self._send(["forget", workload_id])
+            self._send(Forget(workload_id))
             if hold is not None:
                 self._save_holds()
 
     def _released(self, d: Decision) -> None:
         allow = d.verdict is not Verdict.BLOCK or self.settings.dry_run
-        self._send(["verdict", d.event_id, allow, d.policy_stamp, d.any_caller])
+        self._send(VerdictMessage(d.event_id, allow, d.policy_stamp, d.any_caller))
         if not allow:
             log.warning("denied before exec: %s in %s (%s)", d.path, d.workload_id, d.reason)
 
-    def _heard(self, message: list[Any]) -> None:
+    def _heard(self, message: Ask | Drift) -> None:
         """Publish what the exec answerer says: a question for a held exec, or a write it
         denied."""
-        if message[0] == "drift":  # built and judged by the answerer's write guard
-            write = decode_record(FileEvent, message[1], "drift")
-            self.publish(FILE.name, write.workload_id, write)
+        if isinstance(message, Drift):  # built and judged by the answerer's write guard
+            self.publish(FILE.name, message.write.workload_id, message.write)
             return
         # A question: the exec is held meanwhile, so its process is still there to read.
-        _, event_id, pid, workload_id, path, injected, origin, netcat = message
+        event_id, pid, workload_id, path = (message.event_id, message.pid, message.workload,
+                                            message.path)
         info = self.resolver.container(workload_id)
         proc = read_proc(pid)
         euid = proc.euid if proc is not None else 0
@@ -436,7 +434,7 @@ class Enforcer:
             start_time=proc.start_time if proc is not None else 0, euid=euid,
             user=self.resolver.user_name(info, euid),
             name=proc.comm if proc is not None else path.rsplit("/", 1)[-1][:15],
-            runtime_injected=injected, origin=Origin(origin), netcat=netcat),
+            runtime_injected=message.injected, origin=message.origin, netcat=message.netcat),
             event_id=event_id)
 
 

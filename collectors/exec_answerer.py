@@ -20,22 +20,15 @@ Python, and while execs are held the process runs at a real-time priority (`real
 
 Its wait and its common case, a held exec answered from the cache, are compiled
 (`fast_answer.c`): the interpreter waking up cold cost a cached answer more than its work did.
-That code reads this object's own tables and builds the key as `_key_of` does; whatever it does
-not answer comes back to `on_permission`. With `fast_answers` off, this code answers everything.
+That code reads this object's own tables, laid out as `cache_key.py` says, and builds the key as
+`_key_of` does (`cache_key.cache_key`); whatever it does not answer comes back to
+`on_permission`. With `fast_answers` off, this code answers everything.
 
-The collector and this process talk over a socket pair, one JSON list per datagram:
-
-    collector -> answerer
-      ["hold", workload, pre_exec, policy_stamp, drift_writes_held, fail_mode | null]
-      ["verdict", exec_check_event_id, allow, policy_stamp, any_caller]
-      ["forget", workload]                      (its container is gone)
-      ["stop"]
-    answerer -> collector
-      ["ask", event_id, pid, workload, path, runtime_injected, origin, netcat]
-                                                (publish an exec_check under that event id)
-      ["drift", {the held modify, as its plain record}]
-                                                (a write denied: publish it)
-      ["metrics", {cumulative counters}]        (every METRICS_EVERY_S, when they changed)
+The collector and this process talk over a socket pair, one typed message per datagram
+(`answerer_protocol.py`): the collector says how each workload is held (hold, forget), each
+verdict asked for, and stop; this process asks for an exec_check per first-seen held exec (ask),
+hands over each write it denied (drift), and its counters every METRICS_EVERY_S when they changed
+(metrics).
 
 If it dies, its fanotify groups close with it and the kernel lets everything held go ahead; the
 collector starts it again and tells it the held workloads anew.
@@ -57,8 +50,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from collectors.answerer_protocol import (
+    Ask,
+    Counts,
+    Drift,
+    Forget,
+    Hold,
+    HoldMessage,
+    Metrics,
+    ProtocolError,
+    Stop,
+    ToAnswerer,
+    ToCollector,
+    VerdictMessage,
+    decode_to_answerer,
+    encode,
+)
+from collectors.cache_key import CacheKey, FastHold, cache_key, fast_hold
 from collectors.connector import EXIT, FORK, ProcConnector
 from collectors.fanotify import Permission, PermissionGroup, answer_until
 from collectors.fast_answer import FastAnswerLike, fast_answer
@@ -69,7 +77,7 @@ from collectors.sensing import Sensor, exe_origin
 from collectors.settings import CollectorSettings
 from collectors.workloads import ContainerInfo, WorkloadResolver
 from collectors.write_guard import WriteGuard
-from schemas import FailMode, FileEvent, Origin, to_plain
+from schemas import FailMode, FileEvent, Origin
 
 __all__ = ["CACHED_BUCKETS", "VERDICT_BUCKETS", "ExecAnswerer", "Hold", "main"]
 
@@ -84,10 +92,6 @@ _NETCATS = ("nc", "ncat", "netcat")
 _OVER_BUDGET_REPORTED = 100  # workloads named in the metrics (the most denied first)
 _OVER_BUDGET_LOG_S = 10.0  # a workload over its budget is logged at most this often
 _BIN_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin")
-
-# Everything pre_exec_decide reads from the collector, plus the policies it was answered under.
-CacheKey = tuple[str, str, str, bool, Origin, bool]  # workload, stamp, path, injected, origin, nc
-
 
 class _Histogram:
     """Bucket counts (not cumulative) and the sum, as the collector's /metrics shows them."""
@@ -126,38 +130,6 @@ class _Metrics:
                 "cached_answer": [*self.cached_answer.counts, self.cached_answer.sum]}
 
 
-@dataclass(frozen=True)
-class Hold:
-    """How a workload is held, as its latest `policy` verdict says: kept by the collector (and
-    across its restarts), told to the answerer."""
-
-    pre_exec: bool  # its execs are held before they run
-    stamp: str  # the policies its cached answers were given under
-    writes: bool = False  # drift writes denied before they happen (zero-drift, held)
-    fail_mode: FailMode | None = None  # the group's; None: the collector's setting
-
-    def fields(self) -> list[Any]:
-        """As plain JSON: in the message to the answerer, and in the collector's holds.json."""
-        return [self.pre_exec, self.stamp, self.writes,
-                self.fail_mode.value if self.fail_mode else None]
-
-    @staticmethod
-    def of_fields(fields: list[Any]) -> Hold:
-        """The reverse of `fields`; also of a holds.json saved before writes and fail modes
-        were held (two fields), or with "" for no fail mode."""
-        pre_exec, stamp, *rest = fields
-        writes = bool(rest and rest[0])
-        fail_mode = FailMode(rest[1]) if len(rest) > 1 and rest[1] else None
-        return Hold(bool(pre_exec), str(stamp), writes, fail_mode)
-
-    def message(self, workload_id: str) -> list[Any]:
-        return ["hold", workload_id, *self.fields()]
-
-    @staticmethod
-    def of_message(message: list[Any]) -> tuple[str, Hold]:
-        return message[1], Hold.of_fields(message[2:])
-
-
 @dataclass
 class _Pending:
     key: CacheKey
@@ -191,9 +163,9 @@ class ExecAnswerer:
         self._netcats: dict[str, frozenset[str]] = {}
         self._families: dict[tuple[int, int], bool] = {}  # (parent pid, its start) -> family
         self._lineage = Lineage()
-        # Workload held before exec -> (stamp, its upper layer, its netcats): what the compiled
-        # wait needs to build a cache key as `_key_of` does.
-        self._fast_holds: dict[str, tuple[str, bytes | None, frozenset[str]]] = {}
+        # Workload held before exec -> what the compiled wait needs to build a cache key as
+        # `_key_of` does.
+        self._fast_holds: dict[str, FastHold] = {}
         self._fast: FastAnswerLike | None = None
         if settings.fast_answers:
             self._fast = fast_answer(self.group.fd, self._lineage, self._fast_holds,
@@ -284,7 +256,7 @@ class ExecAnswerer:
     def _shut_down(self) -> None:
         for pending in self._pending.values():
             for event in pending.events:
-                self._answer(event, self._fails_open(pending.key[0]), "shutdown")
+                self._answer(event, self._fails_open(pending.key.workload), "shutdown")
         self._pending.clear()
         self._pending_keys.clear()
         self._held_by.clear()
@@ -315,28 +287,31 @@ class ExecAnswerer:
             if not data:  # the collector is gone: nobody would publish or release anything
                 self._stop.set()
                 return
-            self.on_message(orjson.loads(data))
+            try:
+                message = decode_to_answerer(data)
+            except ProtocolError as exc:  # the same code sent it: a bug, not an attack
+                log.error("refused from the collector: %s", exc)
+                continue
+            self.on_message(message)
 
-    def on_message(self, message: list[Any]) -> None:
-        kind = message[0]
-        if kind == "hold":
-            self.set_hold(*Hold.of_message(message))
-        elif kind == "verdict":
-            _, event_id, allow, stamp, any_caller = message
-            self.released(event_id, allow, stamp, any_caller)
-        elif kind == "forget":
-            self.forget(message[1])
-        elif kind == "stop":
-            self._stop.set()
-        else:
-            raise ValueError(f"unknown message from the collector: {kind!r}")
+    def on_message(self, message: ToAnswerer) -> None:
+        match message:
+            case HoldMessage():
+                self.set_hold(message.workload, message.hold)
+            case VerdictMessage(event_id=event_id, allow=allow, stamp=stamp,
+                                any_caller=any_caller):
+                self.released(event_id, allow, stamp, any_caller)
+            case Forget(workload=workload):
+                self.forget(workload)
+            case Stop():
+                self._stop.set()
 
     def set_hold(self, workload_id: str, hold: Hold) -> None:
         if self.writes is not None:
             self.writes.guard(workload_id, hold.writes)
         if self._holds.get(workload_id) != hold:
             self._holds[workload_id] = hold
-            for key in [k for k in self._cache if k[0] == workload_id]:
+            for key in [k for k in self._cache if k.workload == workload_id]:
                 del self._cache[key]
             if self.group is not None:
                 # the kernel's answers were given under the old policies too
@@ -368,8 +343,8 @@ class ExecAnswerer:
         self._fast_holds.pop(workload_id, None)
         info = self.resolver.container(workload_id) if hold.pre_exec else None
         if info is not None and info.init_pid:
-            upper = str(info.upperdir).encode() if info.upperdir is not None else None
-            self._fast_holds[workload_id] = (hold.stamp, upper, self._netcat_paths(info))
+            self._fast_holds[workload_id] = fast_hold(hold.stamp, info.upperdir,
+                                                      self._netcat_paths(info))
 
     def forget(self, workload_id: str) -> None:
         self._holds.pop(workload_id, None)
@@ -388,8 +363,8 @@ class ExecAnswerer:
             return  # answered by the fail mode already, or not ours
         self._pending_keys.pop(pending.key, None)
         self._unhold(pending)
-        hold = self._holds.get(pending.key[0])
-        current = hold is not None and hold.stamp == stamp == pending.key[1]
+        hold = self._holds.get(pending.key.workload)
+        current = hold is not None and hold.stamp == stamp == pending.key.stamp
         if current:
             self._remember(pending.key, allow)
         self.metrics.verdict_wait.observe(time.monotonic() - pending.since)
@@ -450,7 +425,7 @@ class ExecAnswerer:
             self._answer(event, cached, "cache", self._kernel_may_remember(key, cached))
             self.metrics.cached_answer.observe(time.perf_counter() - started)
             return
-        workload_id = key[0]
+        workload_id = key.workload
         if self._held_by[workload_id] >= self.settings.max_held_per_workload:
             self._over_budget(event, workload_id)
             return
@@ -460,12 +435,12 @@ class ExecAnswerer:
             self._held_by[workload_id] += 1
             return
         if len(self._pending) >= self.settings.max_held:
-            self._answer(event, self._fails_open(key[0]), "overload")
+            self._answer(event, self._fails_open(workload_id), "overload")
             return
         self._seq += 1
         event_id = f"{self.settings.node}:{time.time_ns()}:held-{os.getpid()}-{self._seq}"
-        if not self._send(["ask", event_id, event.pid, *key[:1], *key[2:]]):
-            self._answer(event, self._fails_open(key[0]), "overload")
+        if not self._send(Ask.held(event_id, event.pid, key)):
+            self._answer(event, self._fails_open(workload_id), "overload")
             return
         now = time.monotonic()
         self._pending[event_id] = _Pending(key, now + self.settings.hold_timeout_ms / 1000, now,
@@ -490,7 +465,7 @@ class ExecAnswerer:
 
     def _unhold(self, pending: _Pending) -> None:
         """`pending`'s execs are answered: they count against their workload no more."""
-        workload_id = pending.key[0]
+        workload_id = pending.key.workload
         left = self._held_by[workload_id] - len(pending.events)
         if left > 0:
             self._held_by[workload_id] = left
@@ -518,8 +493,8 @@ class ExecAnswerer:
             return None
         path = event.path()
         origin = exe_origin(info, path, max_digest_bytes=self.settings.origin_digest_max_bytes)
-        return (info.id, hold.stamp, path, not placement.family, origin,
-                path in self._netcat_paths(info))
+        return cache_key(info.id, hold.stamp, path, placement.family, origin,
+                         self._netcat_paths(info))
 
     def _place(self, pid: int) -> Placement | None:
         """Read where `pid` is from /proc, and remember it and its creator for what they make
@@ -591,11 +566,11 @@ class ExecAnswerer:
             pending = self._pending.pop(eid)
             self._pending_keys.pop(pending.key, None)
             self._unhold(pending)
-            fails_open = self._fails_open(pending.key[0])
+            fails_open = self._fails_open(pending.key.workload)
             for event in pending.events:
                 self._answer(event, fails_open, "timeout")
             log.warning("no verdict for %s in %s within %d ms: %s by fail mode",
-                        pending.key[2], pending.key[0], self.settings.hold_timeout_ms,
+                        pending.key.path, pending.key.workload, self.settings.hold_timeout_ms,
                         "allowed" if fails_open else "denied")
         if late:
             self.metrics.held = len(self._pending)
@@ -613,9 +588,8 @@ class ExecAnswerer:
         allowed for a process of the container's own, or for any caller as its verdict says (a
         runtime-injected one is allowed before exec whatever the file), and a file from the
         image (a write to it makes the kernel forget it). The key's policies are current."""
-        _, _, _, injected, origin, _ = key
-        return (allow and self.settings.kernel_cache and (not injected or any_caller)
-                and origin is Origin.IMAGE)
+        return (allow and self.settings.kernel_cache and (not key.injected or any_caller)
+                and key.origin is Origin.IMAGE)
 
     def _answer(self, event: Permission, allow: bool, source: str,
                 remember: bool = False) -> None:
@@ -635,11 +609,11 @@ class ExecAnswerer:
 
     # -- what goes to the collector ---------------------------------------------------------------
 
-    def _send(self, message: list[Any]) -> bool:
+    def _send(self, message: ToCollector) -> bool:
         """Never blocks (held execs wait on this process); False when the collector cannot
         take it now or is gone."""
         try:
-            self.link.send(orjson.dumps(message))
+            self.link.send(encode(message))
         except BlockingIOError:
             log.warning("the collector is not reading what this process sends")
             return False
@@ -670,7 +644,7 @@ class ExecAnswerer:
                         os.strerror(fast["ignore_errno"]))
 
     def _report_drift(self, write: FileEvent) -> None:
-        self._send(["drift", to_plain(write)])
+        self._send(Drift(write))
 
     def _send_metrics(self) -> None:
         snapshot = self.metrics.snapshot()
@@ -678,7 +652,7 @@ class ExecAnswerer:
         snapshot["overflows"] = sum(group.overflows for group in self._groups)
         if self._fast is not None:
             self._add_fast_counts(snapshot)
-        if snapshot != self._sent_metrics and self._send(["metrics", snapshot]):
+        if snapshot != self._sent_metrics and self._send(Metrics(Counts(**snapshot))):
             self._sent_metrics = snapshot
 
 

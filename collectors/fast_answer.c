@@ -12,10 +12,13 @@
  * Nothing is decided here that Python did not decide first. The lineage, the held workloads
  * and the cache are the answerer's own Python dicts, read (and the lineage fed) under the GIL:
  *   creators  {pid: creator pid}           fed here from the process connector (FORK/EXIT)
- *   placed    {pid: Placement}             (container, family); filled by Python's /proc reads
- *   holds     {container: (stamp, upper, netcats)}  workloads held before exec (Python's)
- *   cache     OrderedDict {(container, stamp, path, injected, origin, netcat): allow}
- * A key is built exactly as Python builds it, so an answer cached by either is found by both.
+ *   placed    {pid: Placement}             filled by Python's /proc reads
+ *   holds     {container: FastHold}        workloads held before exec (Python's)
+ *   cache     OrderedDict {CacheKey: allow}
+ * Their layouts are collectors/cache_key.py's, handed over by name when this object is made
+ * (key_fields, hold_fields, placement_fields): a key is built in the order of its fields there,
+ * so an answer cached by either side is found by both. What the names cannot say is
+ * LAYOUT_VERSION, which must be cache_key.py's KEY_LAYOUT_VERSION (fast_answer.py checks it).
  * The GIL is released only while waiting.
  */
 #define PY_SSIZE_T_CLEAN
@@ -31,6 +34,18 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+/* The meaning of the key's fields, as collectors/cache_key.py's KEY_LAYOUT_VERSION says it. */
+#define LAYOUT_VERSION 1
+
+/* The fields this code knows how to fill or read, by name; their positions are Python's. */
+enum { K_WORKLOAD, K_STAMP, K_PATH, K_INJECTED, K_ORIGIN, K_NETCAT, N_KEY };
+static const char *const KEY_NAMES[N_KEY] = {"workload", "stamp",  "path",
+                                             "injected", "origin", "netcat"};
+enum { H_STAMP, H_UPPER, H_NETCATS, N_HOLD };
+static const char *const HOLD_NAMES[N_HOLD] = {"stamp", "upper", "netcats"};
+enum { P_CONTAINER, P_FAMILY, N_PLACEMENT };
+static const char *const PLACEMENT_NAMES[N_PLACEMENT] = {"container", "family"};
 
 #define MAX_FDS 8
 #define EVENTS_BUFFER (64 * 1024)
@@ -48,6 +63,9 @@ typedef struct {
     Py_ssize_t lineage_limit;
     PyObject *creators, *placed, *holds, *cache, *image; /* image: Origin.IMAGE */
     PyObject *move_to_end;                               /* "move_to_end" */
+    Py_ssize_t key_order[N_KEY];      /* the K_ field at each position of a key */
+    Py_ssize_t hold_at[N_HOLD];       /* the position of each H_ field in a FastHold */
+    Py_ssize_t placement_at[N_PLACEMENT]; /* ... and of each P_ field in a Placement */
     double *bounds;                                      /* the histogram's, in seconds */
     Py_ssize_t n_bounds;
     unsigned long long *counts; /* n_bounds + 1 */
@@ -177,55 +195,84 @@ static void observe(FastAnswer *self, double seconds) {
     self->sum += seconds;
 }
 
-/* 1: answered from the cache; 0: Python's to answer; -1: a Python error. */
-static int try_cached(FastAnswer *self, int fd, int pid_value, double started) {
+/* The cache key of the held exec `fd` of `pid`, built as cache_key.py's cache_key builds it (a
+ * new reference), with *family set; NULL without an error: Python's to answer (the caller not
+ * placed, its workload not held, the file in the upper layer, an odd path or table entry). */
+static PyObject *key_of(FastAnswer *self, int fd, int pid_value, int *family) {
     PyObject *pid = PyLong_FromLong(pid_value);
     if (pid == NULL)
-        return -1;
+        return NULL;
     PyObject *placement = placement_of(self, pid);
     Py_DECREF(pid);
     if (placement == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    if (!PyTuple_Check(placement) || PyTuple_GET_SIZE(placement) != 2)
-        return 0;
-    PyObject *container = PyTuple_GET_ITEM(placement, 0);
-    int family = PyObject_IsTrue(PyTuple_GET_ITEM(placement, 1));
-    if (family < 0)
-        return -1;
+        return NULL;
+    if (!PyTuple_Check(placement) || PyTuple_GET_SIZE(placement) != N_PLACEMENT)
+        return NULL;
+    PyObject *container = PyTuple_GET_ITEM(placement, self->placement_at[P_CONTAINER]);
+    *family = PyObject_IsTrue(PyTuple_GET_ITEM(placement, self->placement_at[P_FAMILY]));
+    if (*family < 0)
+        return NULL;
     PyObject *hold = PyDict_GetItemWithError(self->holds, container);
     if (hold == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    if (!PyTuple_Check(hold) || PyTuple_GET_SIZE(hold) != 3)
-        return 0;
-    PyObject *stamp = PyTuple_GET_ITEM(hold, 0), *upper = PyTuple_GET_ITEM(hold, 1),
-             *netcats = PyTuple_GET_ITEM(hold, 2);
+        return NULL;
+    if (!PyTuple_Check(hold) || PyTuple_GET_SIZE(hold) != N_HOLD)
+        return NULL;
+    PyObject *stamp = PyTuple_GET_ITEM(hold, self->hold_at[H_STAMP]),
+             *upper = PyTuple_GET_ITEM(hold, self->hold_at[H_UPPER]),
+             *netcats = PyTuple_GET_ITEM(hold, self->hold_at[H_NETCATS]);
 
     char link[64], path[PATH_MAX];
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(link, path, sizeof path - 1);
-    if (n <= 0 || path[0] != '/')
-        return 0;
+    if (n <= 0 || n >= (ssize_t)sizeof path - 1 || path[0] != '/')
+        return NULL; /* (a link that fills the buffer may have been cut: Python reads it whole) */
     path[n] = '\0';
     if (upper != Py_None) { /* exe_origin's common case: not in the upper layer */
         char in_upper[PATH_MAX * 2];
         if (!PyBytes_Check(upper))
-            return 0;
-        snprintf(in_upper, sizeof in_upper, "%s%s", PyBytes_AS_STRING(upper), path);
+            return NULL;
+        int length = snprintf(in_upper, sizeof in_upper, "%s%s", PyBytes_AS_STRING(upper), path);
+        if (length < 0 || length >= (int)sizeof in_upper)
+            return NULL;
         if (access(in_upper, F_OK) == 0 || errno != ENOENT)
-            return 0; /* new, modified or a copy-up: Python compares the layers */
+            return NULL; /* new, modified or a copy-up: Python compares the layers */
     }
     PyObject *text = PyUnicode_DecodeFSDefaultAndSize(path, n);
     if (text == NULL)
-        return -1;
+        return NULL;
     int netcat = PySequence_Contains(netcats, text);
     if (netcat < 0) {
         Py_DECREF(text);
-        return -1;
+        return NULL;
     }
-    PyObject *key = Py_BuildValue("(OONOOO)", container, stamp, text, family ? Py_False : Py_True,
-                                  self->image, netcat ? Py_True : Py_False);
+    PyObject *key = PyTuple_New(N_KEY);
+    if (key == NULL) {
+        Py_DECREF(text);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < N_KEY; i++) {
+        PyObject *value = NULL;
+        switch (self->key_order[i]) {
+        case K_WORKLOAD: value = container; break;
+        case K_STAMP: value = stamp; break;
+        case K_PATH: value = text; break;
+        case K_INJECTED: value = *family ? Py_False : Py_True; break;
+        case K_ORIGIN: value = self->image; break; /* the only origin answered here */
+        case K_NETCAT: value = netcat ? Py_True : Py_False; break;
+        }
+        Py_INCREF(value);
+        PyTuple_SET_ITEM(key, i, value);
+    }
+    Py_DECREF(text);
+    return key;
+}
+
+/* 1: answered from the cache; 0: Python's to answer; -1: a Python error. */
+static int try_cached(FastAnswer *self, int fd, int pid_value, double started) {
+    int family = 0;
+    PyObject *key = key_of(self, fd, pid_value, &family);
     if (key == NULL)
-        return -1;
+        return PyErr_Occurred() ? -1 : 0;
     PyObject *cached = PyDict_GetItemWithError(self->cache, key);
     if (cached == NULL) {
         Py_DECREF(key);
@@ -420,6 +467,19 @@ fail:
     return NULL;
 }
 
+/* key_for(fd, pid) -> the key a held exec of that descriptor by that pid is looked up by, or
+ * None when it is Python's to answer (tests/unit/test_fast_answer_keys.py sets it beside
+ * Python's). */
+static PyObject *FastAnswer_key_for(FastAnswer *self, PyObject *args) {
+    int fd, pid, family = 0;
+    if (!PyArg_ParseTuple(args, "ii", &fd, &pid))
+        return NULL;
+    PyObject *key = key_of(self, fd, pid, &family);
+    if (key == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return key;
+}
+
 static PyObject *FastAnswer_counts(FastAnswer *self, PyObject *Py_UNUSED(ignored)) {
     PyObject *histogram = PyList_New(self->n_bounds + 2);
     if (histogram == NULL)
@@ -433,15 +493,53 @@ static PyObject *FastAnswer_counts(FastAnswer *self, PyObject *Py_UNUSED(ignored
                          "cached_answer", histogram);
 }
 
+/* Where each of `known` is in `names` (a tuple of str, Python's layout of one table): at[k] its
+ * position, order[i] (if not NULL) the one at position i. Every name known, each exactly once. */
+static int layout(PyObject *names, const char *const *known, Py_ssize_t n_known, const char *what,
+                  Py_ssize_t *at, Py_ssize_t *order) {
+    if (PyTuple_GET_SIZE(names) != n_known) {
+        PyErr_Format(PyExc_ValueError, "%s: %R has %zd fields, this build knows %zd (rebuild it: "
+                     "pip install -e .)", what, names, PyTuple_GET_SIZE(names), n_known);
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < n_known; k++)
+        at[k] = -1;
+    for (Py_ssize_t i = 0; i < n_known; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        Py_ssize_t k = 0;
+        while (k < n_known && !(PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(
+                                                             name, known[k]) == 0))
+            k++;
+        if (k == n_known || at[k] >= 0) {
+            PyErr_Format(PyExc_ValueError, "%s: field %R is not one this build knows, or twice "
+                         "(rebuild it: pip install -e .)", what, name);
+            return -1;
+        }
+        at[k] = i;
+        if (order != NULL)
+            order[i] = k;
+    }
+    return 0;
+}
+
 static int FastAnswer_init(FastAnswer *self, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"group_fd", "creators", "placed", "holds", "cache", "image",
-                            "buckets", "kernel_cache", "lineage_limit", NULL};
-    PyObject *buckets;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iO!O!O!O!OO!pn", names, &self->group,
+                            "buckets", "kernel_cache", "lineage_limit", "key_fields",
+                            "hold_fields", "placement_fields", NULL};
+    PyObject *buckets, *key_fields, *hold_fields, *placement_fields;
+    Py_ssize_t key_at[N_KEY];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iO!O!O!O!OO!pnO!O!O!", names, &self->group,
                                      &PyDict_Type, &self->creators, &PyDict_Type, &self->placed,
                                      &PyDict_Type, &self->holds, &PyDict_Type, &self->cache,
                                      &self->image, &PyTuple_Type, &buckets, &self->kernel_cache,
-                                     &self->lineage_limit))
+                                     &self->lineage_limit, &PyTuple_Type, &key_fields,
+                                     &PyTuple_Type, &hold_fields, &PyTuple_Type,
+                                     &placement_fields))
+        return -1;
+    if (layout(key_fields, KEY_NAMES, N_KEY, "the cache key", key_at, self->key_order) < 0
+        || layout(hold_fields, HOLD_NAMES, N_HOLD, "a held workload", self->hold_at, NULL) < 0
+        || layout(placement_fields, PLACEMENT_NAMES, N_PLACEMENT, "a placement",
+                  self->placement_at, NULL) < 0)
         return -1;
     Py_INCREF(self->creators);
     Py_INCREF(self->placed);
@@ -480,6 +578,8 @@ static PyMethodDef FastAnswer_methods[] = {
     {"wait", (PyCFunction)FastAnswer_wait, METH_VARARGS,
      "wait(connector_fd, others, timeout) -> (ready, [(fd, pid)], connector_errno)"},
     {"counts", (PyCFunction)FastAnswer_counts, METH_NOARGS, "what was answered here, cumulative"},
+    {"key_for", (PyCFunction)FastAnswer_key_for, METH_VARARGS,
+     "key_for(fd, pid) -> the cache key of a held exec, or None (Python's to answer)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -506,6 +606,10 @@ PyMODINIT_FUNC PyInit__fast_answer(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    if (PyModule_AddIntConstant(m, "LAYOUT_VERSION", LAYOUT_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&FastAnswerType);
     if (PyModule_AddObject(m, "FastAnswer", (PyObject *)&FastAnswerType) < 0) {
         Py_DECREF(&FastAnswerType);

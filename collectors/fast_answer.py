@@ -2,6 +2,9 @@
 `collectors._fast_answer`): it waits on the answerer's descriptors, feeds the lineage from the
 process connector and answers each held exec whose answer is cached, reading and updating the
 answerer's own tables; everything else it hands back to the Python code.
+
+The tables' layouts are `cache_key.py`'s: handed to the C code by name, and its build's
+LAYOUT_VERSION checked against KEY_LAYOUT_VERSION before it is used.
 """
 
 from __future__ import annotations
@@ -11,6 +14,14 @@ import logging
 from collections import OrderedDict
 from typing import Any, Protocol
 
+from collectors.cache_key import (
+    HOLD_FIELDS,
+    KEY_FIELDS,
+    KEY_LAYOUT_VERSION,
+    PLACEMENT_FIELDS,
+    CacheKey,
+    FastHold,
+)
 from collectors.lineage import Lineage
 from schemas import Origin
 
@@ -33,21 +44,33 @@ class FastAnswerLike(Protocol):
         ignore_errno (the first failure to set an ignore mark), cached_answer (histogram
         counts, then their sum)."""
 
+    def key_for(self, fd: int, pid: int) -> CacheKey | None:
+        """The key a held exec of `fd` by `pid` is looked up by (a plain tuple, equal to the
+        CacheKey Python builds), or None when it is Python's to answer."""
 
-def fast_answer(group_fd: int, lineage: Lineage,
-                holds: dict[str, tuple[str, bytes | None, frozenset[str]]],
-                cache: OrderedDict[Any, bool], buckets: tuple[float, ...], kernel_cache: bool
+
+def fast_answer(group_fd: int, lineage: Lineage, holds: dict[str, FastHold],
+                cache: OrderedDict[CacheKey, bool], buckets: tuple[float, ...], kernel_cache: bool
                 ) -> FastAnswerLike | None:
-    """The compiled wait over these tables; None (said once) when it was not built."""
+    """The compiled wait over these tables; None (said once) when it was not built, or built
+    from another layout than this code's (then every held exec is answered in Python, by the
+    same rules)."""
     try:
         module = importlib.import_module("collectors._fast_answer")
     except ImportError as exc:
         log.warning("no compiled wait (%s): every held exec is answered in Python; "
                     "`pip install -e .` builds it", exc)
         return None
+    built = getattr(module, "LAYOUT_VERSION", None)
+    if built != KEY_LAYOUT_VERSION:
+        log.error("the compiled wait was built for cache key layout %s, this code's is %d: "
+                  "every held exec is answered in Python; `pip install -e .` rebuilds it",
+                  built, KEY_LAYOUT_VERSION)
+        return None
     creators, placed = lineage.tables()
     fast: FastAnswerLike = module.FastAnswer(
         group_fd=group_fd, creators=creators, placed=placed, holds=holds, cache=cache,
         image=Origin.IMAGE, buckets=buckets, kernel_cache=kernel_cache,
-        lineage_limit=lineage.limit)
+        lineage_limit=lineage.limit, key_fields=KEY_FIELDS, hold_fields=HOLD_FIELDS,
+        placement_fields=PLACEMENT_FIELDS)
     return fast

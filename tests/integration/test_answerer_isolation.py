@@ -13,6 +13,7 @@ from tests.integration.streamkit import ROOT
 _HARNESS = """
 import resource, sys, time
 from collectors.answerer_link import AnswererLink
+from collectors.answerer_protocol import Stop
 from collectors.settings import CollectorSettings
 inherited, target, hard = (int(arg) for arg in sys.argv[1:4])
 resource.setrlimit(resource.RLIMIT_NOFILE, (inherited, hard))  # root may raise its hard limit
@@ -22,7 +23,7 @@ link._spawn()
 assert link.process is not None
 soft_now, hard_now = resource.prlimit(link.process.pid, resource.RLIMIT_NOFILE)
 time.sleep(0.5)  # it runs (it did not exit on the limit)
-link.send(["stop"])
+link.send(Stop())
 print(soft_now, hard_now, link.process.wait(10))
 """
 

@@ -17,11 +17,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 
+from collectors.answerer_protocol import Ask, Stop, VerdictMessage, decode_to_collector, encode
+from collectors.cache_key import CacheKey, FastHold
 from collectors.connector import EXIT, FORK, ProcConnector
 from collectors.exec_answerer import CACHED_BUCKETS, ExecAnswerer, Hold
 from collectors.fanotify import Permission, PermissionGroup
@@ -48,8 +48,8 @@ class Held:
         self.group.watch(str(self.mount))
         self.connector = ProcConnector(events=FORK | EXIT)
         self.lineage = Lineage()
-        self.holds: dict[str, tuple[str, bytes | None, frozenset[str]]] = {}
-        self.cache: OrderedDict[Any, bool] = OrderedDict()
+        self.holds: dict[str, FastHold] = {}
+        self.cache: OrderedDict[CacheKey, bool] = OrderedDict()
         fast = fast_answer(self.group.fd, self.lineage, self.holds, self.cache, CACHED_BUCKETS,
                            kernel_cache)
         assert fast is not None, "the compiled wait is not built (pip install -e .)"
@@ -81,10 +81,9 @@ class Held:
         shutil.copy("/usr/bin/true", path)
         return str(path)
 
-    def key(self, path: str, *, injected: bool = False, netcat: bool = False
-            ) -> tuple[Any, ...]:
+    def key(self, path: str, *, injected: bool = False, netcat: bool = False) -> CacheKey:
         """As the answerer's `_key_of` builds it; the path as the kernel shows it."""
-        return (CONTAINER, STAMP, path, injected, Origin.IMAGE, netcat)
+        return CacheKey(CONTAINER, STAMP, path, injected, Origin.IMAGE, netcat)
 
     def close(self) -> None:
         self._stop.set()
@@ -101,7 +100,7 @@ def held(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Held]:
     # This test process is the container's, and so is every child it makes (the lineage
     # follows its forks from the connector): the caller of each exec below.
     h.lineage.place(os.getpid(), Placement(CONTAINER, True))
-    h.holds[CONTAINER] = (STAMP, None, frozenset())
+    h.holds[CONTAINER] = FastHold(STAMP, None, frozenset())
     try:
         yield h
     finally:
@@ -140,7 +139,7 @@ def test_what_is_not_cached_exactly_is_handed_back(held: Held, tmp_path: Path) -
     upper = tmp_path / "upper"
     (upper / path.lstrip("/")).parent.mkdir(parents=True)
     (upper / path.lstrip("/")).write_bytes(b"x")
-    held.holds[CONTAINER] = (STAMP, str(upper).encode(), frozenset())
+    held.holds[CONTAINER] = FastHold(STAMP, str(upper).encode(), frozenset())
     held.cache[held.key(path)] = True
     assert run(path) == 0
     assert len(held.handed_back) == 2
@@ -148,7 +147,7 @@ def test_what_is_not_cached_exactly_is_handed_back(held: Held, tmp_path: Path) -
     # a workload not held before exec (none in `holds`), and a caller never placed
     held.holds.clear()
     assert run(path) == 0
-    held.holds[CONTAINER] = (STAMP, None, frozenset())
+    held.holds[CONTAINER] = FastHold(STAMP, None, frozenset())
     held.lineage.forget()
     assert run(path) == 0
     assert len(held.handed_back) == 4
@@ -168,7 +167,7 @@ def test_without_the_connector_the_lineage_is_not_trusted(held: Held) -> None:
 
 def test_a_netcat_path_is_its_own_key(held: Held) -> None:
     path = held.program("nc")
-    held.holds[CONTAINER] = (STAMP, None, frozenset({path}))
+    held.holds[CONTAINER] = FastHold(STAMP, None, frozenset({path}))
     held.cache[held.key(path)] = True  # cached as not netcat: must not answer a netcat
     held.hand_back_allows = False
     with pytest.raises(PermissionError):
@@ -237,7 +236,7 @@ def test_what_the_python_code_caches_the_compiled_wait_answers(tmp_path: Path) -
     settings = CollectorSettings(node="test", state_dir=tmp_path, kernel_cache=False,
                                  hold_realtime=False)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    asks: list[list[Any]] = []
+    asks: list[Ask] = []
 
     def collector() -> None:  # the collector's side: every question is allowed
         while True:
@@ -247,10 +246,10 @@ def test_what_the_python_code_caches_the_compiled_wait_answers(tmp_path: Path) -
                 return
             if not data:
                 return
-            message = orjson.loads(data)
-            if message[0] == "ask":
+            message = decode_to_collector(data)
+            if isinstance(message, Ask):
                 asks.append(message)
-                ours.send(orjson.dumps(["verdict", message[1], True, "s1", False]))
+                ours.send(encode(VerdictMessage(message.event_id, True, "s1", False)))
 
     with run_container(WORKDIR, "fast", namespace="fa", command=APP_LOOP) as box:
         answerer = ExecAnswerer(settings, theirs)
@@ -259,7 +258,7 @@ def test_what_the_python_code_caches_the_compiled_wait_answers(tmp_path: Path) -
         for thread in threads:
             thread.start()
         try:
-            ours.send(orjson.dumps(Hold(True, "s1").message(box.id)))
+            ours.send(encode(Hold(True, "s1").message(box.id)))
             deadline = time.monotonic() + 10
             while box.id not in answerer._watched:  # its mount marked: execs held from now
                 assert time.monotonic() < deadline
@@ -269,7 +268,7 @@ def test_what_the_python_code_caches_the_compiled_wait_answers(tmp_path: Path) -
             # the explicit path always execs.)
             line = "/bin/busybox true; /bin/busybox true; /bin/busybox true; echo ok"
             assert box.app(line) == (0, "ok\n")
-            assert [(a[3], a[4], a[5], a[6]) for a in asks] == [
+            assert [(a.workload, a.path, a.injected, a.origin.value) for a in asks] == [
                 (box.id, "/bin/busybox", False, "image")]
             # the Python code answered the first one, by its verdict, and nothing else
             assert answerer.metrics.snapshot()["answered"] == {"verdict allow": 1}
@@ -279,7 +278,7 @@ def test_what_the_python_code_caches_the_compiled_wait_answers(tmp_path: Path) -
             answerer._add_fast_counts(snapshot)
             assert snapshot["placed"]["lineage"] >= 2 and snapshot["compiled"] >= 2
         finally:
-            ours.send(orjson.dumps(["stop"]))
+            ours.send(encode(Stop()))
             threads[0].join(10)
             theirs.close()  # the collector's side reads the end of it
             threads[1].join(10)

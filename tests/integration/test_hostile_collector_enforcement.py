@@ -355,13 +355,14 @@ def test_a_package_planted_in_the_working_directory_is_not_run(tmp_path: Path) -
     harness = (
         "import os, sys, time\n"
         "from collectors.answerer_link import AnswererLink\n"
+        "from collectors.answerer_protocol import Stop\n"
         "from collectors.settings import CollectorSettings\n"
         "os.chdir(sys.argv[1])\n"
         "link = AnswererLink(CollectorSettings(node='planted', fast_answers=False), "
         "lambda: None, lambda m: None)\n"
         "link._spawn()\n"
         "time.sleep(1.5)\n"
-        "link.send(['stop'])\n"
+        "link.send(Stop())\n"
         "sys.exit(link.process.wait(10))\n")
     # -I: the harness itself imports the real package, whatever its working directory; and
     # the real answerer ran (it exits 0 when told to stop), not merely nothing

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from collectors.answerer_protocol import ToAnswerer, VerdictMessage
 from collectors.enforcer import Enforcer, kill_if_same
 from collectors.exec_answerer import Hold
 from collectors.procfs import read_stat
@@ -333,8 +334,8 @@ def test_an_aged_out_event_is_not_answered(tmp_path: Path, child: subprocess.Pop
     assert _refused("unknown_event") == before + 1 and tried == []
 
 
-def _sent(e: Enforcer) -> list[list[Any]]:
-    sent: list[list[Any]] = []
+def _sent(e: Enforcer) -> list[ToAnswerer]:
+    sent: list[ToAnswerer] = []
     e._send = sent.append  # type: ignore[method-assign, assignment]
     return sent
 
@@ -359,7 +360,8 @@ def test_a_release_must_name_an_exec_this_collector_holds(tmp_path: Path) -> Non
     assert _refused("no_hold") == before + 1 and sent == []
     value = release(event_id="held-1")
     _feed(e, value)
-    assert [m[:3] for m in sent] == [["verdict", "held-1", True]]
+    assert [(type(m), m.event_id, m.allow) for m in sent  # type: ignore[union-attr]
+            ] == [(VerdictMessage, "held-1", True)]
     before = _refused("replayed")
     _feed(e, value)
     assert _refused("replayed") == before + 1 and len(sent) == 1
