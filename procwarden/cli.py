@@ -391,15 +391,19 @@ def collector(
 
 @app.command()
 def demo(
-    down: Annotated[bool, typer.Option("--down", help="Tear everything down at the end")] = False,
+    down: Annotated[bool, typer.Option(
+        "--down", help="Only stop what earlier demos started (the demo is not run)")] = False,
     pace: Annotated[float, typer.Option(help="Seconds to pause between steps")] = 1.0,
 ) -> None:
     """The main job: bring up the local stack and every role, start a runc "web" container
     and walk Discover -> Monitor -> Protect, then show what ClickHouse and the SIEM got."""
-    from procwarden.demo import DemoError, run_demo
+    from procwarden.demo import DemoError, run_demo, tear_down
 
     try:
-        run_demo(typer.echo, pace=pace, down=down)
+        if down:
+            tear_down(typer.echo)
+        else:
+            run_demo(typer.echo, pace=pace)
     except DemoError as exc:
         typer.echo(f"\nprocwarden demo failed: {exc}", err=True)
         raise typer.Exit(1) from None

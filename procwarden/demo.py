@@ -5,10 +5,16 @@ local rsyslog, collector), starts a BusyBox "web" container under runc with Kube
 annotations, and walks the story: Discover learns, Monitor alerts, Protect blocks (before exec,
 by killing after exec, and a reverse shell), then what the SOC sees in ClickHouse and what the
 SIEM received. Every step checks its outcome and says where to look when it is not there.
+
+What the demo starts (the stack's servers and the roles that were not running before it, and the
+web container a failed step leaves up to look into) is recorded in `var/demo-started.json`;
+`procwarden demo --down` stops exactly that, and runs nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import socket
@@ -18,23 +24,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from procwarden.policy_cli import ApiCallError, call
 from procwarden.roles import API_PORT, ROOT, Roles
 from procwarden.stack import Stack
 from procwarden.stack.processes import StackError
-from procwarden.testbed.containers import APP_LOOP, Container, run_container
+from procwarden.testbed.containers import APP_LOOP, Container, ContainerError, run_container
 from schemas.connections import ClickHouseConnection
 from sinks.clickhouse.migrations import connect
 from sinks.clickhouse.queries import QUERIES
 
-__all__ = ["DemoError", "run_demo"]
+__all__ = ["DemoError", "LocalParts", "Started", "run_demo", "tear_down"]
 
 GROUP = "nv.web.demo"
 SERVICE = "web.demo"
 WEB_PORT = 18080
 NORMAL = ("sleep 1", f"httpd -f -p 127.0.0.1:{WEB_PORT} -h /var/www &", "sleep 1")
+STARTED_FILE = "demo-started.json"  # in the roles' var/
 
 
 class DemoError(RuntimeError):
@@ -123,6 +130,19 @@ class Demo:
             {"g": GROUP, "t": int(since)})
 
     # -- the story ------------------------------------------------------------------------------
+
+    def steps(self) -> list[Callable[[], None]]:
+        return [self.setup, self.discover, self.monitor, self.protect, self.soc]
+
+    def web_saved(self) -> dict[str, Any] | None:
+        """The web container as `--down` can stop it from another process."""
+        return None if self.web is None else json.loads(json.dumps(
+            dataclasses.asdict(self.web), default=str))
+
+    def stop_web(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
 
     def setup(self) -> None:
         self.step("Setting up: Kafka (KRaft) and ClickHouse, then procwarden's roles")
@@ -258,8 +278,7 @@ class Demo:
             "curl 'http://127.0.0.1:8123/?query=SELECT+name,action,proc_path+FROM+"
             "procwarden.security_events+ORDER+BY+ts+DESC+LIMIT+10'",
             "docs/soc.md                             # the tables and the SOC's queries",
-            "procwarden down                         # stop the roles",
-            "procwarden stack down                   # stop Kafka and ClickHouse (data stays)",
+            "procwarden demo --down                  # stop what the demo started (data stays)",
         ):
             self.say(f"   {line}")
 
@@ -321,25 +340,165 @@ def _at_least(n: int, rows: list[Any]) -> list[Any] | None:
     return rows if len(rows) >= n else None
 
 
+@dataclass
+class Started:
+    """What demos started and left running (`var/demo-started.json`): all that `procwarden demo
+    --down` stops. A server or role that ran before the demo is never in it."""
+
+    servers: list[str] = field(default_factory=list)  # the stack's: kafka, clickhouse
+    roles: list[str] = field(default_factory=list)
+    container: dict[str, Any] | None = None  # the web container a failed step left up
+
+    @classmethod
+    def load(cls, path: Path) -> Started:
+        try:
+            data = json.loads(path.read_text())
+            return cls(servers=[str(n) for n in data["servers"]],
+                       roles=[str(n) for n in data["roles"]], container=data["container"])
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DemoError(f"{path} is unreadable ({exc!r}): `procwarden down` and "
+                            "`procwarden stack down` stop the roles and the stack") from None
+
+    def save(self, path: Path) -> None:
+        if not (self.servers or self.roles or self.container):
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    def add(self, servers: set[str], roles: set[str]) -> None:
+        self.servers = sorted(set(self.servers) | servers)
+        self.roles = sorted(set(self.roles) | roles)
+
+    def describe(self) -> str:
+        parts = [", ".join(self.servers) if self.servers else "",
+                 f"roles {', '.join(self.roles)}" if self.roles else "",
+                 f"the web container {self.container['id']}" if self.container else ""]
+        return "; ".join(p for p in parts if p) or "nothing"
+
+
+class Story(Protocol):
+    """The demo's steps, as `run_demo` walks them (`Demo`; a fake in the unit tests)."""
+
+    results: dict[str, Any]
+
+    def steps(self) -> list[Callable[[], None]]: ...
+    def web_saved(self) -> dict[str, Any] | None: ...
+    def stop_web(self) -> None: ...
+    def explore(self) -> None: ...
+
+
+class Parts(Protocol):
+    """What the demo starts, and how each is stopped (`LocalParts`; a fake in the unit tests)."""
+
+    def running(self) -> tuple[set[str], set[str]]:
+        """(the stack's servers, the roles) running now."""
+    def stop_servers(self, names: set[str], say: Callable[[str], None]) -> None: ...
+    def stop_roles(self, names: set[str], say: Callable[[str], None]) -> None: ...
+    def stop_container(self, saved: dict[str, Any]) -> None: ...
+
+
+class LocalParts:
+    """This node's stack, roles and test containers."""
+
+    def __init__(self, roles: Roles | None = None, stack: Stack | None = None) -> None:
+        self.roles = roles or Roles()
+        self.stack = stack or Stack()
+
+    def _servers(self) -> dict[str, Any]:
+        return {"kafka": self.stack.kafka, "clickhouse": self.stack.clickhouse}
+
+    def running(self) -> tuple[set[str], set[str]]:
+        servers = {name for name, server in self._servers().items()
+                   if server.process.running()}
+        return servers, {r.name for r in self.roles.roles if self.roles.process(r).running()}
+
+    def stop_servers(self, names: set[str], say: Callable[[str], None]) -> None:
+        for name, server in self._servers().items():
+            if name in names:
+                say(f"{name}: stopped" if server.stop() else f"{name}: was not running")
+
+    def stop_roles(self, names: set[str], say: Callable[[str], None]) -> None:
+        # the collector first, as `procwarden down`: it lets every held exec go when it stops
+        for role in reversed(self.roles.roles):
+            if role.name in names:
+                say(f"{role.name}: stopped" if self.roles.process(role).stop()
+                    else f"{role.name}: was not running")
+
+    def stop_container(self, saved: dict[str, Any]) -> None:
+        Container(id=str(saved["id"]), name=str(saved["name"]), bundle=Path(saved["bundle"]),
+                  rootfs=Path(saved["rootfs"]), upperdir=Path(saved["upperdir"]),
+                  lowerdir=Path(saved["lowerdir"]), init_pid=int(saved["init_pid"])).stop()
+
+
+def _left_up(started: Started, record: Path, roles_log: Path) -> str:
+    lines = [f"Left running to look into (recorded in {record}): {started.describe()}.",
+             "  procwarden status         # what runs, and each role's health",
+             f"  {roles_log}/<role>.log    # each role's log"]
+    if started.container:
+        lines.append(f"  runc exec {started.container['id']} sh    # inside the web container")
+    lines.append("  procwarden demo --down    # then stop what the demo started")
+    return "\n".join(lines)
+
+
 def run_demo(say: Callable[[str], None] = print, *, pace: float = 1.0,
-             down: bool = False) -> dict[str, Any]:
-    """The whole story; returns what each step observed (the end-to-end test reads it)."""
-    demo = Demo(say, pace)
+             story: Story | None = None, parts: Parts | None = None,
+             record: Path | None = None) -> dict[str, Any]:
+    """The whole story; returns what each step observed (the end-to-end test reads it). What it
+    started is recorded for `tear_down`; when a step fails everything is left up, and the
+    DemoError says how to look into it and how to tear it down."""
+    demo = Demo(say, pace) if story is None else None
+    story = story or demo
+    assert story is not None
+    roles = demo.roles if demo is not None else Roles()
+    parts = parts or LocalParts(roles)
+    record = record or roles.var / STARTED_FILE
+    started = Started.load(record)
+    if started.container:  # a failed demo's: this one starts its own
+        with suppress(ContainerError):
+            parts.stop_container(started.container)
+        started.container = None
+    servers_before, roles_before = parts.running()
     try:
-        demo.setup()
-        demo.discover()
-        demo.monitor()
-        demo.protect()
-        demo.soc()
-    except StackError as exc:
-        raise DemoError(str(exc)) from None
-    finally:
-        if demo.web is not None:
-            demo.web.stop()
-    if down:
-        demo.step("Tearing down (--down)")
-        demo.roles.down(lambda m: say(f"   [roles] {m}"))
-        Stack().down(lambda m: say(f"   [stack] {m}"))
-    else:
-        demo.explore()
-    return demo.results
+        for step in story.steps():
+            step()
+    except BaseException as exc:
+        servers_now, roles_now = parts.running()
+        started.add(servers_now - servers_before, roles_now - roles_before)
+        started.container = story.web_saved()
+        started.save(record)
+        guidance = _left_up(started, record, roles.home)
+        if isinstance(exc, DemoError | StackError | ContainerError):
+            raise DemoError(f"{exc}\n\n{guidance}") from None
+        say(guidance)
+        raise
+    story.stop_web()
+    servers_now, roles_now = parts.running()
+    started.add(servers_now - servers_before, roles_now - roles_before)
+    started.save(record)
+    story.explore()
+    return story.results
+
+
+def tear_down(say: Callable[[str], None] = print, *, parts: Parts | None = None,
+              record: Path | None = None) -> Started:
+    """`procwarden demo --down`: stop what demos started (and nothing that ran before them);
+    the demo itself is not run. Returns what was stopped."""
+    record = record or Roles().var / STARTED_FILE
+    started = Started.load(record)
+    if not (started.servers or started.roles or started.container):
+        say(f"Nothing the demo started is running ({record} lists nothing): "
+            "`procwarden down` and `procwarden stack down` stop the roles and the stack")
+        return started
+    parts = parts or LocalParts()
+    say(f"Tearing down what the demo started: {started.describe()}")
+    if started.container:
+        with suppress(ContainerError):
+            parts.stop_container(started.container)
+        say(f"   web container {started.container['id']}: stopped")
+    parts.stop_roles(set(started.roles), lambda m: say(f"   [roles] {m}"))
+    parts.stop_servers(set(started.servers), lambda m: say(f"   [stack] {m}"))
+    record.unlink(missing_ok=True)
+    return started

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from procwarden.demo import LocalParts
 from procwarden.roles import Roles
 from procwarden.stack import Stack
 from schemas import Decision, EventKind, Incident, Verdict
@@ -21,6 +22,7 @@ GROUP = "nv.web.demo"
 
 def test_the_demo_story(stack: Stack, tmp_path: Path) -> None:
     started = time.time() - 1
+    _, roles_before = LocalParts().running()
     try:
         run = subprocess.run([sys.executable, "-m", "procwarden.cli", "demo", "--pace", "0"],
                              cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -72,5 +74,15 @@ def test_the_demo_story(stack: Stack, tmp_path: Path) -> None:
                                   and e.ts >= started and e.payload.path == "/tmp/top"
                                   and e.payload.event_kind is EventKind.EXEC_CHECK)
         assert isinstance(denied.payload, Decision) and denied.payload.verdict is Verdict.BLOCK
+
+        # --down stops the roles the demo started, not the stack it found running, and runs
+        # no step of the demo again
+        down = subprocess.run([sys.executable, "-m", "procwarden.cli", "demo", "--down"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert down.returncode == 0, f"{down.stdout}\n{down.stderr}"
+        assert "== " not in down.stdout and "collector: stopped" in down.stdout, down.stdout
+        assert stack.status().up
+        assert LocalParts().running()[1] == roles_before
     finally:
         Roles().down(lambda message: None)

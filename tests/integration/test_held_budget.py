@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors.exec_answerer import CacheKey, ExecAnswerer, Hold
+from collectors.cache_key import CacheKey
+from collectors.exec_answerer import ExecAnswerer, Hold
 from collectors.fanotify import Permission
 from collectors.settings import CollectorSettings
 from schemas import FailMode, Origin
@@ -49,7 +50,7 @@ def answerer(tmp_path: Path) -> Iterator[tuple[ExecAnswerer, Answered]]:
 
 def _key(fd: int) -> CacheKey:
     workload = FLOOD if fd < 1000 else NEIGHBOUR
-    return (workload, "s1", f"/tmp/f{fd % 100}", False, Origin.NEW, False)
+    return CacheKey(workload, "s1", f"/tmp/f{fd % 100}", False, Origin.NEW, False)
 
 
 def test_a_workload_over_its_budget_is_denied_and_its_neighbour_still_held(
