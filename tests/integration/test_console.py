@@ -88,6 +88,7 @@ def console(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory,
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1366,900",
                 "--disable-dev-shm-usage"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP reports land there
     browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     try:
         for name in ("shop", "cart"):
@@ -265,3 +266,16 @@ def test_a_rule_is_changed_then_deleted(console: Console) -> None:
     c.wait(ec.text_to_be_present_in_element((By.ID, "status"), "Deleted rule wget"))
     assert not [r for r in c.api(f"/v1/process_profile/{CART}")["process_profile"]
                 ["process_list"] if r["name"] == "wget"]
+
+
+def test_the_browser_refused_nothing_under_the_csp(console: Console) -> None:
+    """Last in this file: every page the tests above drove ran under the worker's
+    Content-Security-Policy, and Chromium reported no violation (an inline script or style,
+    or a load from elsewhere, would be refused and logged)."""
+    with urllib.request.urlopen(console.url + "/console", timeout=10) as resp:
+        assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+    console.browser.get(console.url + "/console#/groups")
+    console.wait(ec.presence_of_element_located((By.CSS_SELECTOR, f'input[value="{SHOP}"]')))
+    logs = console.browser.get_log("browser")  # type: ignore[no-untyped-call]
+    refused = [e["message"] for e in logs if "Content Security Policy" in e["message"]]
+    assert refused == []

@@ -65,9 +65,14 @@ def node(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory) -> It
         # The reader's start position is resolved at its first fetch: until a record it reads
         # is counted, a verdict sent now could fall before it and never be read at all.
         deadline = time.monotonic() + 30
+        # The probe: a well-formed, unsigned allow verdict for this node (a record the
+        # reader cannot decode goes to the DLQ before any signature is looked at).
+        probe = Decision(event_id=f"{NODE}:probe", event_kind=EventKind.EXEC,
+                         workload_id="probe", node=NODE, verdict=Verdict.ALLOW, reason="probe",
+                         pid=0, start_time=0, name="probe", path="/probe")
         while n.refused("unsigned") < 1:
             assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-            _produce(n, b"{}", [])
+            _send(n, probe, ring=None)
             time.sleep(1)
         yield n
 
