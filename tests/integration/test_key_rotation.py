@@ -165,6 +165,10 @@ def test_a_rotation_refuses_no_legitimate_record_and_restarts_nothing(
             assert _total(metrics, "procwarden_collector_key_file_refused_total") == 0
             assert pipe.read_all(DLQ.name, settle=1.0) == []
             assert worker.poll() is None and pipe.workers == [worker]
-            assert "reloaded" in Path(collector_log).read_text()
+            # Each role said each step once, with the key ids it then held.
+            for log in (tmp_path / "worker-0.log", Path(collector_log)):
+                text = log.read_text(errors="replace")
+                for held in ("keys k1, k2 verify, k1 signs", "keys k1, k2 verify, k2 signs"):
+                    assert text.count(f"reloaded: {held}") == 1, (log.name, held, text[-3000:])
     finally:
         pipe.stop_workers()
