@@ -227,7 +227,7 @@ def test_a_pid_reused_is_a_new_process_of_its_own_workload(collector: Collector)
         ("ExecEvent", WEB.id, 700), ("ExitEvent", WEB.id, 700),
         ("ExecEvent", API.id, 700), ("ExitEvent", API.id, 700)]
     assert [r.start_time for r in out.records() if isinstance(r, ExecEvent)] == [10, 99, 150]
-    assert 700 in collector.sensor.forgotten  # type: ignore[attr-defined]
+    assert 700 in collector.sensor.forgotten
 
 
 def test_a_pid_reused_after_its_exit_was_lost_is_still_a_new_process(
@@ -258,7 +258,7 @@ def test_an_exec_gone_from_proc_is_told_by_its_notice_with_its_forks_parent(
         collector: Collector) -> None:
     out, notifier = collector.publisher, FakeNotifier()
     assert isinstance(out, ListPublisher)
-    collector.notifier = notifier  # type: ignore[assignment]
+    collector.notifier = notifier
     parent = os.getpid()  # a parent that runs: the gone child's credentials come from it
     notifier.queue.append(ExecNotice(pid=NEVER, path="/usr/bin/short", dev=0, ino=1))
     play(collector, [fork(NEVER, parent), exec_(NEVER), exit_(NEVER)])
@@ -275,7 +275,7 @@ def test_an_exit_that_overtakes_the_notice_is_reported_after_the_exec(
         collector: Collector) -> None:
     proc, out, notifier = collector.sensor, collector.publisher, FakeNotifier()
     assert isinstance(proc, FakeProc) and isinstance(out, ListPublisher)
-    collector.notifier = notifier  # type: ignore[assignment]
+    collector.notifier = notifier
     play(collector, [fork(NEVER, 1), exec_(NEVER), exit_(NEVER)])
     assert out.sent == []  # its notice is still on its way: nothing to say yet
     # the notice comes in behind a burst; the next gone exec's read of notices brings it
@@ -291,7 +291,7 @@ def test_an_exit_that_overtakes_the_notice_is_reported_after_the_exec(
 def test_a_gone_busybox_applet_is_lost_as_applet_unknown(collector: Collector) -> None:
     out, notifier = collector.publisher, FakeNotifier()
     assert isinstance(out, ListPublisher)
-    collector.notifier = notifier  # type: ignore[assignment]
+    collector.notifier = notifier
     before = lost("applet_unknown")
     notifier.queue.append(ExecNotice(pid=NEVER, path="/bin/busybox", dev=0, ino=3))
     play(collector, [exec_(NEVER)])
