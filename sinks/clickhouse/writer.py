@@ -46,7 +46,7 @@ from sinks.clickhouse.migrations import apply_migrations, connect
 from sinks.clickhouse.retention import drop_expired_partitions
 from sinks.clickhouse.rows import Table, table_for
 from sinks.dead_letters import DeadLetters
-from sinks.offsets import commit_batch
+from transport.batch_loop import BatchLoop
 from transport.guard import DlqLimits, MessageGuard, Refused
 from transport.health import Health
 
@@ -98,6 +98,8 @@ class ClickHouseWriter:
         self.consumer.subscribe([self.kafka.topic(t.name) for t in self.topics])
         self.dead_letters = DeadLetters(self.kafka, STAGE)
         self.guard = MessageGuard(STAGE, self._dead_letter, limits=self.dlq_limits)
+        self.loop = BatchLoop(self.consumer, self.guard, LAG, batch_size=self.batch_size,
+                              batch_seconds=self.batch_seconds, max_backoff=self.max_backoff)
         self.db = self.clickhouse.database
 
     # -- the loop -------------------------------------------------------------------------------
@@ -108,13 +110,13 @@ class ClickHouseWriter:
         self._ensure_schema()
         self.health.part(_CLICKHOUSE)
         next_retention = 0.0
-        while not should_stop():
-            batch = self._poll_batch(should_stop)
-            if batch:
-                self._store_with_retry(batch, should_stop)
+
+        def housekeeping() -> None:
+            nonlocal next_retention
             if self.retention_days and time.monotonic() >= next_retention:
                 next_retention = time.monotonic() + 3600
                 self.apply_retention()
+        self.loop.run(self._store_with_retry, should_stop, between=housekeeping)
 
     def apply_retention(self) -> list[tuple[str, str]]:
         """Drop the partitions past the retention (hourly from `run`); failures wait an hour."""
@@ -132,46 +134,20 @@ class ClickHouseWriter:
         if self._client is not None:
             self._client.disconnect()
 
-    def _poll_batch(self, should_stop: Callable[[], bool]) -> list[Message]:
-        batch: list[Message] = []
-        deadline = time.monotonic() + self.batch_seconds
-        while len(batch) < self.batch_size and time.monotonic() < deadline and not should_stop():
-            msgs = self.consumer.consume(min(10_000, self.batch_size - len(batch)), 0.1)
-            for msg in msgs:
-                if msg.error():
-                    log.warning("kafka: %s", msg.error())
-                    continue
-                batch.append(msg)
-        return batch
-
-    def _store_with_retry(self, batch: list[Message], should_stop: Callable[[], bool]) -> None:
-        delay = 0.2
-        paused = False
-        while True:
-            try:
-                self.store(batch)
-                break
-            except (ClickHouseError, OSError, EOFError) as exc:
-                FAILURES.inc()
-                self.health.part(_CLICKHOUSE, f"storing failed ({exc}), retrying"[:300])
-                self._client = None
-                if not paused:
-                    self.consumer.pause(self.consumer.assignment())
-                    paused = True
-                log.warning("storing %d messages failed (%s); retrying in %.1f s", len(batch),
-                            exc, delay)
-                end = time.monotonic() + delay
-                while time.monotonic() < end:
-                    self.consumer.poll(0.1)  # stay in the group while paused
-                if should_stop():
-                    return  # uncommitted: the next run stores the batch again
-                delay = min(delay * 2, self.max_backoff)
-        if paused:
-            self.consumer.resume(self.consumer.assignment())
-            self.health.part(_CLICKHOUSE)
+    def _store_with_retry(self, batch: list[Message], should_stop: Callable[[], bool]) -> bool:
+        def failed(exc: BaseException, delay: float) -> None:
+            FAILURES.inc()
+            self.health.part(_CLICKHOUSE, f"storing failed ({exc}), retrying"[:300])
+            self._client = None
+            log.warning("storing %d messages failed (%s); retrying in %.1f s", len(batch),
+                        exc, delay)
+        if not self.loop.retry(partial(self.store, batch), (ClickHouseError, OSError, EOFError),
+                               should_stop, failed,
+                               on_recovery=lambda: self.health.part(_CLICKHOUSE)):
+            return False  # uncommitted: the next run stores the batch again
         if self.after_insert is not None:
             self.after_insert(len(batch))
-        self._commit(batch)
+        return True
 
     # -- storing --------------------------------------------------------------------------------
 
@@ -192,7 +168,7 @@ class ClickHouseWriter:
             value = msg.value()
             if value is None:
                 continue  # a tombstone on a compacted topic
-            placed = self._guarded(msg, partial(self._place, msg, value))
+            placed = self.loop.guarded(msg, partial(self._place, msg, value))
             if placed is not None:
                 by_table[placed[0]].append((msg, placed[1]))
         client = self._clickhouse()
@@ -222,7 +198,7 @@ class ClickHouseWriter:
                 raise  # ClickHouse or the network: the caller retries the whole batch
             # (the driver has closed its connection and opens a new one for the next query)
             if len(columns[1]) == 1:
-                self._refuse(columns[1][0][0], exc)
+                self.loop.refuse(columns[1][0][0], exc)
                 return
             if isinstance(exc, TypeMismatchError) and not checked:
                 # Values out of their columns' ranges are found here in one pass; splitting
@@ -248,7 +224,7 @@ class ClickHouseWriter:
             return table.values([env for _, env in items]), items
         except Exception:  # one row could not be built: find it
             kept = [(m, e) for m, e in items
-                    if self._guarded(m, partial(table.values, [e])) is not None]
+                    if self.loop.guarded(m, partial(table.values, [e])) is not None]
             if not kept:
                 return None
             return table.values([env for _, env in kept]), kept
@@ -266,7 +242,7 @@ class ClickHouseWriter:
             if bad is None:
                 kept.append((msg, env))
             else:
-                self._refuse(msg, Refused(f"not storable in {table.name}: {bad}"))
+                self.loop.refuse(msg, Refused(f"not storable in {table.name}: {bad}"))
         return kept
 
     def _column_types(self, table: Table) -> dict[str, str]:
@@ -275,20 +251,9 @@ class ClickHouseWriter:
             self._types[table.name] = {str(r[0]): str(r[1]) for r in rows}
         return self._types[table.name]
 
-    def _refuse(self, msg: Message, exc: Exception) -> None:
-        self.guard.refuse(exc, topic=msg.topic() or "", partition=msg.partition() or 0,
-                          offset=msg.offset() or 0, key=msg.key(), value=msg.value())
-
-    def _guarded(self, msg: Message, handle: Callable[[], Any]) -> Any:
-        return self.guard.run(handle, topic=msg.topic() or "", partition=msg.partition() or 0,
-                              offset=msg.offset() or 0, key=msg.key(), value=msg.value())
-
     def _dead_letter(self, entry: DlqEntry) -> None:
         INVALID.inc()
         self.dead_letters(entry)
-
-    def _commit(self, batch: Sequence[Message]) -> None:
-        LAG.set(commit_batch(self.consumer, batch))
 
 
 _PARTITIONS_PER_INSERT = "partitions for single insert block"

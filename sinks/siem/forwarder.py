@@ -15,11 +15,9 @@ middle and misreads the ones after it.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 from confluent_kafka import Consumer, Message
 from prometheus_client import Counter, Gauge
@@ -28,10 +26,10 @@ from schemas import Incident, Level, decode_envelope
 from schemas.connections import KafkaConnection
 from schemas.topics import SECURITY_EVENTS
 from sinks.dead_letters import DeadLetters
-from sinks.offsets import commit_batch
 from sinks.siem.aggregation import aggregate
 from sinks.siem.formats import MIN_MAX_BYTES, bounded, cef, incident_json, syslog_5424
 from sinks.siem.transports import Transport
+from transport.batch_loop import BatchLoop
 from transport.guard import DlqLimits, MessageGuard, Refused
 from transport.health import Health
 
@@ -106,6 +104,11 @@ class SiemForwarder:
         self._consumer.subscribe([self.kafka.topic(SECURITY_EVENTS.name)])
         self.dead_letters = DeadLetters(self.kafka, STAGE)
         self.guard = MessageGuard(STAGE, self.dead_letters, limits=self.dlq_limits)
+        # With aggregation on, a batch is everything that arrives within the window after its
+        # first message, so repeats fold together (the offsets are committed after sending).
+        self.loop = BatchLoop(self._consumer, self.guard, LAG, batch_size=self.batch_size,
+                              batch_seconds=self.batch_seconds, max_backoff=self.max_backoff,
+                              linger_s=self.aggregate_seconds)
 
     def wanted(self, incident: Incident) -> bool:
         return (_RANK[incident.level] >= _RANK[self.min_level]
@@ -116,23 +119,7 @@ class SiemForwarder:
         for destination in self.destinations:
             self.health.part(destination.name)
         self.health.start_heartbeat()
-        while not should_stop():
-            batch = self._poll(should_stop)
-            if batch and self._forward(batch, should_stop):
-                self._commit(batch)
-
-    def _poll(self, should_stop: Callable[[], bool]) -> list[Message]:
-        """One batch; with aggregation on, everything that arrives within the window after the
-        first message, so repeats fold together (the offsets are committed after sending)."""
-        batch = [m for m in self._consumer.consume(self.batch_size, self.batch_seconds)
-                 if not m.error()]
-        if batch and self.aggregate_seconds > 0:
-            deadline = time.monotonic() + self.aggregate_seconds
-            while time.monotonic() < deadline and not should_stop():
-                batch += [m for m in self._consumer.consume(
-                    self.batch_size, max(0.0, min(0.2, deadline - time.monotonic())))
-                    if not m.error()]
-        return batch
+        self.loop.run(self._forward, should_stop)
 
     def close(self) -> None:
         self.health.stop()
@@ -144,7 +131,7 @@ class SiemForwarder:
     def _forward(self, batch: Sequence[Message], should_stop: Callable[[], bool]) -> bool:
         kept: list[tuple[Incident, Message]] = []
         for msg in batch:
-            incident = self._guarded(msg, partial(self._incident, msg))
+            incident = self.loop.guarded(msg, partial(self._incident, msg))
             if incident is None:
                 continue
             if self.wanted(incident):
@@ -161,7 +148,7 @@ class SiemForwarder:
             kept = [(i, first[i.id]) for i in folded]
         for destination in self.destinations:
             lines = [line for incident, msg in kept
-                     if (line := self._guarded(msg, partial(destination.render, incident)))
+                     if (line := self.loop.guarded(msg, partial(destination.render, incident)))
                      is not None]
             if lines and not self._send(destination, lines, should_stop):
                 return False
@@ -175,37 +162,16 @@ class SiemForwarder:
             raise Refused(f"{env.kind.value} does not belong on {msg.topic()}")
         return env.payload
 
-    def _guarded(self, msg: Message, handle: Callable[[], Any]) -> Any:
-        return self.guard.run(handle, topic=msg.topic() or "", partition=msg.partition() or 0,
-                              offset=msg.offset() or 0, key=msg.key(), value=msg.value())
-
     def _send(self, destination: Destination, lines: list[bytes],
               should_stop: Callable[[], bool]) -> bool:
-        delay, paused = 0.2, False
-        while True:
-            try:
-                destination.transport.send(lines)
-                SENT.labels(destination.name).inc(len(lines))
-                if paused:
-                    self.health.part(destination.name)
-                break
-            except OSError as exc:
-                FAILED.labels(destination.name).inc()
-                self.health.part(destination.name, f"sending failed ({exc}), retrying"[:300])
-                if not paused:
-                    self._consumer.pause(self._consumer.assignment())
-                    paused = True
-                log.warning("%s: sending %d incidents failed (%s); retrying in %.1f s",
-                            destination.name, len(lines), exc, delay)
-                end = time.monotonic() + delay
-                while time.monotonic() < end:
-                    self._consumer.poll(0.1)
-                if should_stop():
-                    return False
-                delay = min(delay * 2, self.max_backoff)
-        if paused:
-            self._consumer.resume(self._consumer.assignment())
-        return True
+        def failed(exc: BaseException, delay: float) -> None:
+            FAILED.labels(destination.name).inc()
+            self.health.part(destination.name, f"sending failed ({exc}), retrying"[:300])
+            log.warning("%s: sending %d incidents failed (%s); retrying in %.1f s",
+                        destination.name, len(lines), exc, delay)
 
-    def _commit(self, batch: Sequence[Message]) -> None:
-        LAG.set(commit_batch(self._consumer, batch))
+        def send() -> None:
+            destination.transport.send(lines)
+            SENT.labels(destination.name).inc(len(lines))
+        return self.loop.retry(send, (OSError,), should_stop, failed,
+                               on_recovery=lambda: self.health.part(destination.name))
