@@ -35,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from schemas.connections import ClickHouseConnection, ConfigError
 from streams.api import Answer, ApiError, PolicyApi, error_body
 from streams.api_tokens import Token, TokenStore, role_allows
+from streams.openapi import document as openapi_document
 from streams.security_events import SecurityEvents, SecurityEventsError
 from streams.settings import StreamSettings
 
@@ -271,6 +272,12 @@ def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings, *,
     class Workloads(View):
         async def get(self, request: Request) -> Response:
             return await run(self, request, "viewer", api.list_workloads)
+
+    # This API described (streams/openapi.py, docs/api.md): readable as the other reads are.
+    @app.page("/v1/openapi.json")
+    class OpenApi(View):
+        async def get(self, request: Request) -> Response:
+            return await run(self, request, "viewer", lambda: (200, openapi_document()))
 
     try:
         events: SecurityEvents | None = SecurityEvents(ClickHouseConnection.from_env())
