@@ -124,6 +124,11 @@ ENUM_FIELDS = {"kind", "verdict", "mode", "baseline", "origin", "op", "level", "
                "baseline_profile", "key"}
 
 
+REASON_POOL = ("rule", "learn", "probe", "violation:R0", "violation:R5", "parent-rule:sh/*",
+               "suspicious:nc", "drift:create", "pre-exec:deny-rule:r1", "none:exit",
+               "policy-state")
+
+
 # -- valid records, from the schema's own types -------------------------------------------------
 
 
@@ -138,6 +143,8 @@ def _string(rng: random.Random, name: str) -> str:
         return rng.choice(NAME_POOL)
     if name in ("group", "rule_group"):
         return rng.choice(GROUPS)
+    if name == "reason":  # a closed vocabulary (schemas/reasons.py): a word is refused
+        return rng.choice(REASON_POOL)
     if name.endswith("event_id") or name.endswith("uuid") or name == "policy_stamp":
         return f"{name[:1]}{rng.randrange(10**6)}"
     return rng.choice(WORDS)

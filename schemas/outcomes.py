@@ -13,6 +13,7 @@ from schemas.enums import (
     Verdict,
 )
 from schemas.policy import LearnRequest, Rule
+from schemas.reasons import Reason, check, parse
 from schemas.records import Record, field
 
 __all__ = [
@@ -75,13 +76,11 @@ class Incident(Record, frozen=True):
 class Decision(Record, frozen=True):
     """The engine's answer for one event; also the record on the verdicts topic.
 
-    `reason` is a stable code: `rule:<uuid>`, `learn`, `user-learn`, `hash-learn`, `probe`,
-    `parent-rule:<name>`, `parent-rule:pgid`, `exception:nc-healthcheck`, `ignored:runtime`,
-    `violation:R0|RD|RS|R5|R6|R7|RU|RH`, `suspicious:<name>`, `drift:<op>`, `reverse-shell`,
-    `escalation`, `docker-cp`, `pre-exec:<why>` for held execs (`exec_check`), or `none:<why>`
-    for events that decide nothing. A `policy` decision (verdict `none`, reason `policy-state`)
-    tells a workload's collector its `pre_exec`, `pre_write` and `policy_stamp` after a policy
-    change.
+    `reason` is a reason's wire string (schemas/reasons.py: `rule`, `learn`, `violation:R5`,
+    `pre-exec:deny-rule:<uuid>`, ...), checked as the record is built or decoded: an unknown
+    code is a decode error. `why` is the same reason as code and detail. A `policy` decision
+    (verdict `none`, reason `policy-state`) tells a workload's collector its `pre_exec`,
+    `pre_write` and `policy_stamp` after a policy change.
     """
 
     event_id: str
@@ -121,6 +120,13 @@ class Decision(Record, frozen=True):
     # is hit for the workload or group, the incident that says so (published like `incident`).
     capped: str = ""
     overflow: Incident | None = None
+
+    def __post_init__(self) -> None:
+        check(self.reason)
+
+    @property
+    def why(self) -> Reason:
+        return parse(self.reason)
 
 
 class ProfileChange(Record, frozen=True):

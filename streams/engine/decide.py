@@ -35,6 +35,7 @@ from schemas import (
     Verdict,
     reserved_rule_id,
 )
+from schemas.reasons import PreExecReason, ReasonCode, ViolationCode, render
 from schemas.records import replace
 from streams.engine.compiled import is_user_update_rule
 from streams.engine.detectors import (
@@ -82,12 +83,32 @@ Result = tuple[Decision, StateEffect | None]
 DECIDED_KINDS = frozenset({EventKind.EXEC, EventKind.EXEC_CHECK, EventKind.FILE, EventKind.STDIO,
                            EventKind.UID_CHANGE, EventKind.DOCKER_CP, EventKind.EXIT})
 
+_R0, _RD, _RS, _R5, _R6, _R7, _RU, _RH = (
+    ViolationCode.R0, ViolationCode.RD, ViolationCode.RS, ViolationCode.R5, ViolationCode.R6,
+    ViolationCode.R7, ViolationCode.RU, ViolationCode.RH)
+
+# Reasons as their wire strings (schemas/reasons.py), rendered once: most decisions carry one.
+_RULE, _LEARN_R, _USER_LEARN, _HASH_LEARN, _LEARN_CAPPED, _PROBE, _NO_DRIFT, _REVERSE_SHELL, \
+    _ESCALATION, _DOCKER_CP, _POLICY_STATE = (render(c) for c in (
+        ReasonCode.RULE, ReasonCode.LEARN, ReasonCode.USER_LEARN, ReasonCode.HASH_LEARN,
+        ReasonCode.LEARN_CAPPED, ReasonCode.PROBE, ReasonCode.NO_DRIFT, ReasonCode.REVERSE_SHELL,
+        ReasonCode.ESCALATION, ReasonCode.DOCKER_CP, ReasonCode.POLICY_STATE))
+_VIOLATION = {v: render(ReasonCode.VIOLATION, v) for v in ViolationCode}
+_NONE_R = {d: render(ReasonCode.NONE, d) for d in (
+    "exit", "not-judged", "no-tunnel", "tunnel-sighted", "tunnel-reported", "no-escalation",
+    "not-this-container")}
+_IGNORED_R = {d: render(ReasonCode.IGNORED, d) for d in ("no-exe", "runtime")}
+_NC_HEALTHCHECK = render(ReasonCode.EXCEPTION, "nc-healthcheck")
+_PARENT_PGID = render(ReasonCode.PARENT_RULE, "pgid")
+_DRIFT_R = {op: render(ReasonCode.DRIFT, op.value)
+            for op in (FileOp.CREATE, FileOp.MODIFY, FileOp.ATTRIB)}
+
 _BASE_MESSAGE = "Process profile violation"
 _SUFFIX = {
-    "R5": ", not from an image file",
-    "R6": ", not from its root process",
-    "R7": ", not a listed family process",
-    "RU": ", started by a different user",
+    _R5: ", not from an image file",
+    _R6: ", not from its root process",
+    _R7: ", not a listed family process",
+    _RU: ", started by a different user",
 }
 _ALLOWED, _DENIED, _UNLISTED = 0, 1, 2
 
@@ -108,7 +129,7 @@ def decide(view: PolicyView, state: ProcessState, env: Envelope) -> Result:
     if type(payload) is DockerCpEvent:
         return _decide_docker_cp(view, env, payload)
     if type(payload) is ExitEvent:
-        return _decision(view, env, _NONE, "none:exit", pid=payload.pid), \
+        return _decision(view, env, _NONE, _NONE_R["exit"], pid=payload.pid), \
             StateEffect(forget_pid=payload.pid)
     raise ValueError(f"the engine decides events, not {env.kind.value} messages")
 
@@ -193,7 +214,7 @@ def policy_state(view: PolicyView, event_id: str, ts: float) -> Decision:
     wl = view.workload
     return Decision(
         event_id=event_id, event_kind=EventKind.POLICY, workload_id=wl.id, node=wl.node,
-        verdict=_NONE, reason="policy-state", group=view.learned.name, mode=view.mode,
+        verdict=_NONE, reason=_POLICY_STATE, group=view.learned.name, mode=view.mode,
         baseline=view.baseline, ts=ts, policy_version=view.learned.version,
         pre_exec=view.pre_exec, pre_write=view.pre_write, fail_mode=view.fail_mode,
         policy_stamp=view.stamp)
@@ -222,11 +243,11 @@ def _decide_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEven
     exe = ev.path
     pid, start = ev.pid, ev.start_time
     if not exe or exe == "/":
-        return _decision(view, env, _NONE, "ignored:no-exe", pid=pid, start_time=start,
+        return _decision(view, env, _NONE, _IGNORED_R["no-exe"], pid=pid, start_time=start,
                          name=ev.name), None
     exe_bin = exe[exe.rfind("/") + 1:]
     if (view.is_host or ev.exe_on_host) and is_runtime_process(exe_bin, ev.argv):  # step 1
-        return _decision(view, env, _NONE, "ignored:runtime", pid=pid, start_time=start,
+        return _decision(view, env, _NONE, _IGNORED_R["runtime"], pid=pid, start_time=start,
                          name=ev.name, path=exe), None
     pname = process_name(ev.name, exe_bin, ev.argv)  # step 2
     verdict, reason, rule, group, found, learn, effect = _judge_exec(view, st, env, ev, pname)
@@ -242,7 +263,7 @@ def _decide_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEven
             # workload, not per group: the writer may have capped the group itself (learns of
             # one burst overtake the policy they fill), and then no decision was a group's first.
             first = LEARNING not in st.overflow and overflow is None
-            verdict, reason, capped = _ALLOW, "learn-capped", capped or why
+            verdict, reason, capped = _ALLOW, _LEARN_CAPPED, capped or why
             learn = replace(learn, capped=why) if first else None
             if first:
                 overflow = _overflow_incident(
@@ -287,7 +308,7 @@ def _judge_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent
 
     # Step 3: netcat health checks of image files.
     if not is_host and pname in NETCATS and image_file and is_nc_healthcheck(ev.argv):
-        return _ALLOW, "exception:nc-healthcheck", None, "", None, None, None
+        return _ALLOW, _NC_HEALTHCHECK, None, "", None, None, None
 
     # Step 4: Kubernetes exec probes.
     if (view.probe_argvs and (ev.runtime_injected or ev.ppid in st.probe_shells)
@@ -324,14 +345,14 @@ def _judge_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent
     if finding == _DENIED or (finding == _UNLISTED and not discover):
         parent_rule = rules.parent_admission(pname, ev.parent_name, ev.parent_path)
         if parent_rule is not None:
-            admitted = f"parent-rule:{parent_rule.name}"
+            admitted = render(ReasonCode.PARENT_RULE, parent_rule.name)
             if ev.pgid:
                 if _room(st.admitted_pgids, ev.pgid, limits.max_tracked_pids):
                     admit_pgid = ev.pgid
                 elif overflow is None:
                     overflow = (ADMITTED_PGIDS, "")
         elif ev.pgid and ev.pgid in st.admitted_pgids:
-            admitted = "parent-rule:pgid"
+            admitted = _PARENT_PGID
     effect = (StateEffect(risk=risky_pid, admit_pgid=admit_pgid, overflow=overflow)
               if risky_pid or admit_pgid or overflow else None)
 
@@ -341,39 +362,39 @@ def _judge_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent
     if risk and not admitted and not (finding == _ALLOWED and rules.explicitly_allows(risk)):
         if eff_mode is _DISCOVER:
             if finding == _UNLISTED and rules.explicitly_allows(risk):
-                return _violation(view, env, ev, pname, "R0", m, None, effect)
+                return _violation(view, env, ev, pname, _R0, m, None, effect)
             entry = SUSPICIOUS[risk]
             found = incident(
                 view, env, kind="suspicious", level=Level.WARNING, action=IncidentAction.VIOLATE,
                 group=view.learned.name, rule_id=reserved_rule_id(1),
                 message=f"Risky application: {entry.reported}", proc=_proc(ev, pname),
                 conn_ingress=entry.incoming)
-            return _ALERT, f"suspicious:{risk}", m, "", found, None, effect
-        return _violation(view, env, ev, pname, "RS", m, m, effect)
+            return _ALERT, render(ReasonCode.SUSPICIOUS, risk), m, "", found, None, effect
+        return _violation(view, env, ev, pname, _RS, m, m, effect)
 
     # Step 9: deny rules.
     if finding == _DENIED and not admitted:
-        return _violation(view, env, ev, pname, "RD", m, m, effect)
+        return _violation(view, env, ev, pname, _RD, m, m, effect)
 
     # Step 10: zero-drift.
     if view.zero_drift:
         if not image_file and not (finding == _ALLOWED and is_user_update_rule(m)):
-            return _violation(view, env, ev, pname, "R5", m, None, effect)
+            return _violation(view, env, ev, pname, _R5, m, None, effect)
         if not ev.family:
             if finding == _ALLOWED and m is not None and m.cfg_type is _LEARNED:
-                return _violation(view, env, ev, pname, "R6", m, None, effect)
+                return _violation(view, env, ev, pname, _R6, m, None, effect)
             if finding == _UNLISTED and not admitted:
-                reason = "R0" if eff_mode is _MONITOR else "R6"
-                return _violation(view, env, ev, pname, reason, m, None, effect)
+                code = _R0 if eff_mode is _MONITOR else _R6
+                return _violation(view, env, ev, pname, code, m, None, effect)
         elif finding == _UNLISTED and not admitted and eff_mode is not _DISCOVER:
-            return _violation(view, env, ev, pname, "R7", m, None, effect)
+            return _violation(view, env, ev, pname, _R7, m, None, effect)
 
     # Step 11: unlisted.
     if finding == _UNLISTED and not admitted:
         if eff_mode is _DISCOVER:
-            return _LEARN, "learn", None, "", None, _learn_rule(view, env, ev, pname), \
+            return _LEARN, _LEARN_R, None, "", None, _learn_rule(view, env, ev, pname), \
                 effect
-        return _violation(view, env, ev, pname, "R0", m, None, effect)
+        return _violation(view, env, ev, pname, _R0, m, None, effect)
 
     # Step 12: admitted by a parent rule.
     if admitted:
@@ -386,8 +407,8 @@ def _judge_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent
             learn = LearnRequest(group=m.group, name=m.name, path=m.path, user=ev.user,
                                  rule_uuid=m.uuid, cause_event_id=env.event_id, ts=env.ts,
                                  add_rule=False)
-            return _LEARN, "user-learn", m, "", None, learn, effect
-        return _violation(view, env, ev, pname, "RU", m, m, effect)
+            return _LEARN, _USER_LEARN, m, "", None, learn, effect
+        return _violation(view, env, ev, pname, _RU, m, m, effect)
 
     # Step 15's condition (custom-allowed learning); step 14 needs it too.
     custom_learn = (eff_mode is _DISCOVER and pos < rules.learned_start and not risk
@@ -400,26 +421,26 @@ def _judge_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent
         pin = view.learned.hash_pins.get(exe)
         if pin is None:
             if custom_learn:  # learning the rule pins the hash too
-                return _LEARN, "learn", m, "", None, _learn_rule(view, env, ev, pname), \
+                return _LEARN, _LEARN_R, m, "", None, _learn_rule(view, env, ev, pname), \
                     effect
             learn = LearnRequest(group=view.learned.name, name=pname, path=exe, hash=ev.hash,
                                  cause_event_id=env.event_id, ts=env.ts, add_rule=False)
-            return _LEARN, "hash-learn", m, "", None, learn, effect
+            return _LEARN, _HASH_LEARN, m, "", None, learn, effect
         if pin != ev.hash:
-            return _violation(view, env, ev, pname, "RH", m, m, effect)
+            return _violation(view, env, ev, pname, _RH, m, m, effect)
 
     # Step 15: learn what only a custom group's rule allowed.
     if custom_learn:
-        return _LEARN, "learn", m, "", None, _learn_rule(view, env, ev, pname), effect
+        return _LEARN, _LEARN_R, m, "", None, _learn_rule(view, env, ev, pname), effect
 
     # Step 16.
-    return _ALLOW, "rule", m, m.group, None, None, effect
+    return _ALLOW, _RULE, m, m.group, None, None, effect
 
 
-def _violation(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str, reason: str,
+def _violation(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str, code: ViolationCode,
                m: Rule | None, rule: Rule | None, effect: StateEffect | None) -> _Outcome:
-    found, verdict, group = _process_violation(view, env, ev, pname, reason, rule)
-    return verdict, f"violation:{reason}", m, group, found, None, effect
+    found, verdict, group = _process_violation(view, env, ev, pname, code, rule)
+    return verdict, _VIOLATION[code], m, group, found, None, effect
 
 
 def _judge_probe(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent,
@@ -436,16 +457,16 @@ def _judge_probe(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEven
     m = rules.rules[pos] if pos >= 0 else None
     probe_rule = _first_probe_rule(view, pname, exe)
     if view.zero_drift and not image_file and not is_user_update_rule(m):
-        return _violation(view, env, ev, pname, "R5", m, None, effect)
+        return _violation(view, env, ev, pname, _R5, m, None, effect)
     if view.learned.hash_enabled and ev.hash:
         pin = view.learned.hash_pins.get(exe)
         if pin is None:
             learn = LearnRequest(group=view.learned.name, name=pname, path=exe, hash=ev.hash,
                                  cause_event_id=env.event_id, ts=env.ts, add_rule=False)
-            return _LEARN, "hash-learn", probe_rule, "", None, learn, effect
+            return _LEARN, _HASH_LEARN, probe_rule, "", None, learn, effect
         if pin != ev.hash:
-            return _violation(view, env, ev, pname, "RH", probe_rule, probe_rule, effect)
-    return _ALLOW, "probe", probe_rule, "", None, None, effect
+            return _violation(view, env, ev, pname, _RH, probe_rule, probe_rule, effect)
+    return _ALLOW, _PROBE, probe_rule, "", None, None, effect
 
 
 def _first_probe_rule(view: PolicyView, pname: str, exe: str) -> Rule | None:
@@ -465,22 +486,22 @@ def _learn_rule(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str) -> L
                         cause_event_id=env.event_id, ts=env.ts)
 
 
-def _process_violation(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str, reason: str,
-                       rule: Rule | None) -> tuple[Incident, Verdict, str]:
+def _process_violation(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str,
+                       code: ViolationCode, rule: Rule | None) -> tuple[Incident, Verdict, str]:
     """The incident, verdict and attributed group of a profile violation (§7.4)."""
     block = view.effective_mode is _PROTECT
     learned = view.learned.name
-    family_code = "R7" if ev.family else "R6"
-    if reason in ("RD", "RS") and block and view.zero_drift:
+    family_code = _R7 if ev.family else _R6
+    if code in (_RD, _RS) and block and view.zero_drift:
         rule_id = reserved_rule_id(7 if ev.family else 6)
         suffix, group = _SUFFIX[family_code], learned
-    elif reason in ("RD", "RU", "RH") or (reason == "RS" and rule is not None):
+    elif code in (_RD, _RU, _RH) or (code is _RS and rule is not None):
         assert rule is not None
-        rule_id, suffix, group = rule.uuid, _SUFFIX.get(reason, ""), rule.group
-    elif reason in ("R0", "RS"):
+        rule_id, suffix, group = rule.uuid, _SUFFIX.get(code, ""), rule.group
+    elif code in (_R0, _RS):
         rule_id, suffix, group = reserved_rule_id(0), "", learned
-    else:
-        rule_id, suffix, group = reserved_rule_id(int(reason[1])), _SUFFIX[reason], learned
+    else:  # R5, R6, R7: the reserved rule id of the same number
+        rule_id, suffix, group = reserved_rule_id(int(code[1])), _SUFFIX[code], learned
     message = _BASE_MESSAGE + suffix + (": execution denied" if block else "")
     found = incident(view, env, kind="process", level=Level.WARNING,
                      action=IncidentAction.DENY if block else IncidentAction.VIOLATE,
@@ -490,7 +511,8 @@ def _process_violation(view: PolicyView, env: Envelope, ev: ExecEvent, pname: st
 
 # ---- before exec (§14) -----------------------------------------------------------------------
 
-_PRE_EXEC_CODES = {"not-in-profile": "R0", "not-from-image": "R5"}
+# The violation a denied held exec would be after exec (the deny rule's is RD).
+_PRE_EXEC_CODES = {PreExecReason.NOT_IN_PROFILE: _R0, PreExecReason.NOT_FROM_IMAGE: _R5}
 
 
 def _decide_exec_check(view: PolicyView, st: ProcessState, env: Envelope,
@@ -502,7 +524,7 @@ def _decide_exec_check(view: PolicyView, st: ProcessState, env: Envelope,
                              image_file=image_file, exe_on_host=ev.exe_on_host,
                              netcat_paths=netcat_paths)
     pname = ev.path[ev.path.rfind("/") + 1:]  # the best name there is before exec
-    reason = f"pre-exec:{answer.reason}"
+    reason = render(ReasonCode.PRE_EXEC, answer.reason)
     if answer.allow:
         # A runtime-injected caller is allowed whatever the file: would the container's own be?
         any_caller = not ev.runtime_injected or pre_exec_decide(
@@ -515,12 +537,11 @@ def _decide_exec_check(view: PolicyView, st: ProcessState, env: Envelope,
                       argv=(ev.path,), start_time=ev.start_time, euid=ev.euid, user=ev.user,
                       parent_name=ev.name, family=not ev.runtime_injected,
                       runtime_injected=ev.runtime_injected, origin=ev.origin)
-    code, rule = _PRE_EXEC_CODES.get(answer.reason, "RD"), None
-    if code == "RD":
-        uuid = answer.reason.partition(":")[2]
-        rule = next(r for r in view.rules.rules if r.uuid == uuid)
-    elif code == "R0" and view.zero_drift:
-        code = "R7"  # pre-exec denies only non-injected callers: the exec is a family one
+    code, rule = _PRE_EXEC_CODES.get(answer.why, _RD), None
+    if code is _RD:
+        rule = next(r for r in view.rules.rules if r.uuid == answer.rule_uuid)
+    elif code is _R0 and view.zero_drift:
+        code = _R7  # pre-exec denies only non-injected callers: the exec is a family one
     found, verdict, group = _process_violation(view, env, facts, pname, code, rule)
     return _decision(view, env, verdict, reason, group=group, rule=rule, pid=ev.pid,
                      start_time=ev.start_time, name=pname, path=ev.path, user=ev.user,
@@ -538,17 +559,17 @@ _DRIFT_MESSAGES = {
 
 def _decide_file(view: PolicyView, st: ProcessState, env: Envelope, ev: FileEvent) -> Result:
     if not view.zero_drift or not ev.in_container_fs:
-        return _decision(view, env, _NONE, "none:not-judged", pid=ev.pid,
+        return _decision(view, env, _NONE, _NONE_R["not-judged"], pid=ev.pid,
                          name=ev.proc_name, path=ev.path), None
     limits = view.settings
     if not ev.is_drift:
         effect = (StateEffect(clean_path=drift_key(ev.path, limits.max_drift_path_bytes))
                   if ev.op is FileOp.DELETE and st.drift else None)
-        return _decision(view, env, _ALLOW, "no-drift", pid=ev.pid, name=ev.proc_name,
+        return _decision(view, env, _ALLOW, _NO_DRIFT, pid=ev.pid, name=ev.proc_name,
                          path=ev.path), effect
     decision = _detected(view, env, "file", Level.WARNING, 5, _DRIFT_MESSAGES[ev.op],
                          ProcFacts(name=ev.proc_name, path=ev.proc_path),
-                         f"drift:{ev.op.value}", pid=ev.pid, name=ev.proc_name, path=ev.path,
+                         _DRIFT_R[ev.op], pid=ev.pid, name=ev.proc_name, path=ev.path,
                          denied_suffix=": access denied", file_path=ev.path)
     # A held write that is denied never happens; everything else leaves a drifted file.
     held_and_denied = decision.verdict is _BLOCK and ev.held and ev.op is FileOp.MODIFY
@@ -581,16 +602,16 @@ def _detected(view: PolicyView, env: Envelope, kind: str, level: Level, rule_no:
 def _decide_stdio(view: PolicyView, st: ProcessState, env: Envelope, ev: StdioEvent) -> Result:
     key = (ev.pid, ev.start_time)
     if ev.name == "sshd" or not is_tunnel(ev):
-        return _decision(view, env, _NONE, "none:no-tunnel", pid=ev.pid,
+        return _decision(view, env, _NONE, _NONE_R["no-tunnel"], pid=ev.pid,
                          start_time=ev.start_time, name=ev.name, path=ev.path), None
     seen = st.tunnels.get(key)
     room = seen is not None or len(st.tunnels) < view.settings.max_tracked_pids
     if seen is None and room:  # first sighting: mark only
-        return _decision(view, env, _NONE, "none:tunnel-sighted", pid=ev.pid,
+        return _decision(view, env, _NONE, _NONE_R["tunnel-sighted"], pid=ev.pid,
                          start_time=ev.start_time, name=ev.name, path=ev.path), \
             StateEffect(tunnel_sighting=key)
     if seen:
-        return _decision(view, env, _NONE, "none:tunnel-reported", pid=ev.pid,
+        return _decision(view, env, _NONE, _NONE_R["tunnel-reported"], pid=ev.pid,
                          start_time=ev.start_time, name=ev.name, path=ev.path), None
     proc = ProcFacts(name=ev.name, path=ev.path, argv=ev.argv, ruid=ev.ruid, euid=ev.euid,
                      user=ev.user, parent_name=ev.parent_name, parent_path=ev.parent_path)
@@ -598,13 +619,13 @@ def _decide_stdio(view: PolicyView, st: ProcessState, env: Envelope, ev: StdioEv
     effect = (StateEffect(tunnel_reported=key) if room
               else StateEffect(overflow=(TUNNEL_SIGHTINGS, "")))
     return _detected(view, env, "tunnel", Level.CRITICAL, 2, "Tunnel detected: reverse shell",
-                     proc, "reverse-shell", pid=ev.pid, start_time=ev.start_time, name=ev.name,
+                     proc, _REVERSE_SHELL, pid=ev.pid, start_time=ev.start_time, name=ev.name,
                      path=ev.path, user=ev.user), effect
 
 
 def _decide_uid_change(view: PolicyView, env: Envelope, ev: UidChangeEvent) -> Result:
     if not is_escalation(ev):
-        return _decision(view, env, _NONE, "none:no-escalation", pid=ev.pid,
+        return _decision(view, env, _NONE, _NONE_R["no-escalation"], pid=ev.pid,
                          start_time=ev.start_time, name=ev.name, path=ev.path), None
     # proc_* describe the user's process (the parent), proc_parent_* the grandparent.
     proc = ProcFacts(name=ev.parent_name, path=ev.parent_path, argv=ev.argv,
@@ -612,7 +633,7 @@ def _decide_uid_change(view: PolicyView, env: Envelope, ev: UidChangeEvent) -> R
                      user=ev.parent_user, parent_name=ev.grandparent_name,
                      parent_path=ev.grandparent_path)
     return _detected(view, env, "escalation", Level.CRITICAL, 3,
-                     "Unauthorized root privilege escalation!", proc, "escalation", pid=ev.pid,
+                     "Unauthorized root privilege escalation!", proc, _ESCALATION, pid=ev.pid,
                      start_time=ev.start_time, name=ev.name, path=ev.path), None
 
 
@@ -620,7 +641,7 @@ def _decide_docker_cp(view: PolicyView, env: Envelope, ev: DockerCpEvent) -> Res
     wl = view.workload
     target = None if view.is_host else docker_cp_target(ev, wl.name, wl.id)
     if target is None:
-        return _decision(view, env, _NONE, "none:not-this-container"), None
+        return _decision(view, env, _NONE, _NONE_R["not-this-container"]), None
     direction, inside = target
     message = ("docker copy to container" if direction is CopyDirection.TO_CONTAINER
                else "docker copy from container")
@@ -628,6 +649,6 @@ def _decide_docker_cp(view: PolicyView, env: Envelope, ev: DockerCpEvent) -> Res
         view, env, kind="suspicious", level=Level.WARNING, action=IncidentAction.VIOLATE,
         group=view.learned.name, rule_id=reserved_rule_id(4), message=message,
         proc=ProcFacts(name="docker cp", path=inside, argv=ev.client_argv))
-    return _decision(view, env, _ALERT, "docker-cp", name="docker cp", path=inside,
+    return _decision(view, env, _ALERT, _DOCKER_CP, name="docker cp", path=inside,
                      found=found), None
 

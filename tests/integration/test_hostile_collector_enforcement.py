@@ -170,7 +170,7 @@ def test_a_poisoned_verdict_is_dead_lettered_and_the_next_one_enforced(node: Nod
     # Well formed, but a pid no process can have (before, its kill raised out of the reader).
     crash = Envelope.wrap(Decision(event_id="e-crash", event_kind=EventKind.EXEC,
                                    workload_id="nobody", node=NODE, verdict=Verdict.BLOCK,
-                                   reason="test", pid=2**40), event_id="v-crash", node=NODE,
+                                   reason="violation:R0", pid=2**40), event_id="v-crash", node=NODE,
                           ts=time.time(), cluster="test")
     for value in (nested, encode(crash)):
         n.pipe.producer.produce(topic, key=NODE.encode(), value=value, partition=partition)

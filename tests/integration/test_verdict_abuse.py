@@ -108,7 +108,7 @@ def sleep(node: Node) -> Iterator[Sleep]:
 def _block(s: Sleep, **changes: object) -> Decision:
     fields: dict[str, object] = dict(
         event_id=s.event.event_id, event_kind=EventKind.EXEC, workload_id=s.exec.workload_id,
-        node=NODE, verdict=Verdict.BLOCK, reason="hand-written", pid=s.exec.pid,
+        node=NODE, verdict=Verdict.BLOCK, reason="violation:R0", pid=s.exec.pid,
         start_time=s.exec.start_time, name="sleep", path=s.exec.path)
     fields.update(changes)
     return Decision(**fields)  # type: ignore[arg-type]

@@ -149,7 +149,7 @@ def test_the_fuzzed_collector_records_kills_and_makes_none(tmp_path: Path) -> No
         consumers.enforcer.published("e1", ExecEvent(workload_id="c-web-1", pid=victim.pid,
                                                      path="/bin/sleep", start_time=start))
         block = Decision(event_id="e1", event_kind=EventKind.EXEC, workload_id="c-web-1",
-                         node=fuzz.NODE, verdict=Verdict.BLOCK, reason="fuzz", pid=victim.pid,
+                         node=fuzz.NODE, verdict=Verdict.BLOCK, reason="violation:R0", pid=victim.pid,
                          start_time=start)
         value = encode(Envelope.wrap(block, event_id="v1", node=fuzz.NODE, ts=1.0))
         asyncio.run(consumers.paths[fuzz.COLLECTOR](fuzz.Input(value, b"k", "verdict", "valid"),

@@ -61,7 +61,7 @@ def _wire(payload: object) -> bytes:
 
 def _block(pid: int) -> Decision:
     return Decision(event_id="e1", event_kind=EventKind.EXEC, workload_id="w", node=NODE,
-                    verdict=Verdict.BLOCK, reason="test", pid=pid)
+                    verdict=Verdict.BLOCK, reason="violation:R0", pid=pid)
 
 
 def _count(reason: str) -> float:
@@ -119,7 +119,7 @@ def test_another_nodes_verdict_is_ignored(tmp_path: Path) -> None:
     acted: list[Decision] = []
     e.on_verdict = acted.append  # type: ignore[method-assign, assignment]
     other = Decision(event_id="e2", event_kind=EventKind.EXEC, workload_id="w", node="elsewhere",
-                     verdict=Verdict.BLOCK, reason="test", pid=4242)
+                     verdict=Verdict.BLOCK, reason="violation:R0", pid=4242)
     _feed(e, _wire(other))
     assert acted == [] and e.dead_letters == 0
 
@@ -161,7 +161,7 @@ def _verdict(ev: Any, event_id: str = "ev-1", kind: EventKind = EventKind.EXEC,
              **changes: Any) -> bytes:
     fields: dict[str, Any] = dict(event_id=event_id, event_kind=kind,
                                   workload_id=ev.workload_id, node=NODE, verdict=Verdict.BLOCK,
-                                  reason="test", pid=ev.pid, start_time=ev.start_time)
+                                  reason="violation:R0", pid=ev.pid, start_time=ev.start_time)
     fields.update(changes)
     return _wire(Decision(**fields))
 
@@ -389,7 +389,7 @@ def test_a_policy_verdict_needs_a_signature_and_a_workload_of_this_node(tmp_path
     assert "no-such-container" not in e._holds and _refused("foreign_workload") == before + 1
     # the piggyback too (any verdict tells the policy state after a restart)
     _feed(e, _wire(Decision(event_id="x", event_kind=EventKind.EXEC, workload_id="nowhere",
-                            node=NODE, verdict=Verdict.ALLOW, reason="t", pre_exec=True,
+                            node=NODE, verdict=Verdict.ALLOW, reason="rule", pre_exec=True,
                             policy_stamp="s9")))
     assert "nowhere" not in e._holds
     _feed(e, _policy(HOST, False))
