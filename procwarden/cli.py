@@ -267,7 +267,7 @@ def sink_clickhouse() -> None:
     from pydantic import ValidationError
 
     from schemas.connections import ClickHouseConnection, ConfigError, KafkaConnection
-    from sinks.clickhouse.writer import ClickHouseWriter
+    from sinks.clickhouse import compose
     from sinks.settings import SinkSettings
 
     try:
@@ -277,12 +277,7 @@ def sink_clickhouse() -> None:
         _bad_setting("sink-clickhouse", "SINKS_", exc)
     _check_access("sink-clickhouse", kafka, "sink-clickhouse", [settings.group_id])
     stopping = _role_process(settings.log_level, settings.metrics_port)
-    writer = ClickHouseWriter(kafka, clickhouse, group_id=settings.group_id,
-                              batch_size=settings.batch_size,
-                              batch_seconds=settings.batch_seconds,
-                              max_backoff=settings.max_backoff_seconds,
-                              retention_days=settings.retention_days,
-                              health=_health("sink-clickhouse"))
+    writer = compose.writer(settings, kafka, clickhouse, _health("sink-clickhouse"))
     typer.echo(f"procwarden sink-clickhouse: {kafka.describe()} -> {clickhouse.describe()}",
                err=True)
     try:
@@ -298,38 +293,19 @@ def siem() -> None:
 
     from pydantic import ValidationError
 
-    from schemas import Level
     from schemas.connections import ConfigError, KafkaConnection
     from sinks.settings import SiemSettings
-    from sinks.siem.forwarder import Destination, SiemForwarder
-    from sinks.siem.transports import WebhookTransport, default_max_bytes, syslog_transport
+    from sinks.siem import compose
 
     try:
         settings = SiemSettings()
         kafka = KafkaConnection.from_env()
-        destinations = []
-        if settings.syslog_url:
-            destinations.append(Destination(
-                "syslog", syslog_transport(settings.syslog_url, ca_file=settings.ca_file,
-                                           cert_file=settings.cert_file,
-                                           key_file=settings.key_file),
-                settings.syslog_format, hostname=settings.hostname,
-                max_bytes=settings.syslog_max_bytes or default_max_bytes(settings.syslog_url)))
-        if settings.webhook_url:
-            destinations.append(Destination(
-                "webhook", WebhookTransport(settings.webhook_url, token=settings.webhook_token),
-                "json", syslog=False, max_bytes=settings.webhook_max_bytes))
+        destinations = compose.destinations(settings)
     except (ValidationError, ConfigError, ValueError) as exc:
         _bad_setting("siem", "SIEM_", exc)
-    if not destinations:
-        _bad_setting("siem", "SIEM_", ValueError("set SIEM_SYSLOG_URL and/or SIEM_WEBHOOK_URL"))
     _check_access("siem", kafka, "siem", [settings.group_id])
     stopping = _role_process(settings.log_level, settings.metrics_port)
-    groups = frozenset(g.strip() for g in settings.groups.split(",") if g.strip())
-    forwarder = SiemForwarder(kafka, destinations, group_id=settings.group_id,
-                              min_level=Level(settings.min_level), groups=groups,
-                              aggregate_seconds=settings.aggregate_seconds,
-                              health=_health("siem"))
+    forwarder = compose.forwarder(settings, kafka, destinations, _health("siem"))
     typer.echo(f"procwarden siem: {kafka.describe()} -> "
                f"{', '.join(d.name for d in destinations)} (min level {settings.min_level})",
                err=True)

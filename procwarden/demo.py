@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from procwarden.policy_cli import ApiCallError, call
-from procwarden.roles import API_PORT, ROOT, Roles
+from procwarden.roles import ROOT, Roles
 from procwarden.stack import Stack
 from procwarden.stack.processes import StackError
 from procwarden.testbed.containers import APP_LOOP, Container, ContainerError, run_container
@@ -150,7 +150,7 @@ class Demo:
         stack.up(lambda m: self.say(f"   [stack] {m}"))
         self.roles.up(lambda m: self.say(f"   [roles] {m}"))
         os.environ["PROCWARDEN_API_TOKEN"] = self.roles.api_token
-        os.environ.setdefault("PROCWARDEN_API_URL", f"http://127.0.0.1:{API_PORT}")
+        os.environ.setdefault("PROCWARDEN_API_URL", f"http://127.0.0.1:{self.roles.api_port}")
         existing = self._existing_profile()
         if existing is not None:  # a previous demo left its group: start from a clean one
             self.api("PATCH", "/v1/service/config", {"config": {
@@ -272,7 +272,7 @@ class Demo:
         token_file = self.roles.var / "api-token"
         self.step("Everything keeps running. To explore:")
         for line in (
-            f"http://127.0.0.1:{API_PORT}/console   # the console (token: {token_file})",
+            f"http://127.0.0.1:{self.roles.api_port}/console   # the console (token: {token_file})",
             f"procwarden policy get {GROUP}        # (PROCWARDEN_API_TOKEN=$(cat {token_file}))",
             "procwarden status                       # roles, lag, recent decisions",
             "curl 'http://127.0.0.1:8123/?query=SELECT+name,action,proc_path+FROM+"

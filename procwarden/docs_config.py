@@ -32,7 +32,7 @@ from collectors.settings import CollectorSettings
 from procwarden.keys import KEYS_DIR_ENV
 from procwarden.stack.layout import StackSettings
 from schemas import codec
-from schemas.connections import ClickHouseConnection, KafkaConnection
+from schemas.connections import ClickHouseSettings, KafkaSettings
 from sinks.settings import SiemSettings, SinkSettings
 from streams.settings import StreamSettings
 from transport.health import HEALTH_FILE_ENV
@@ -59,30 +59,10 @@ _ROLES: tuple[tuple[str, str, type[BaseSettings]], ...] = (
      "(procwarden/stack/layout.py)", StackSettings),
 )
 
-# schemas/connections.py reads its dataclasses' fields by hand (prefix + field name); it has no
-# descriptions of its own, so they are written here, one per field (a missing one fails render).
-_CONNECTIONS: tuple[tuple[str, str, type[Any], dict[str, str]], ...] = (
-    ("PROCWARDEN_KAFKA_", "Kafka", KafkaConnection, {
-        "bootstrap_servers": "host:port list of brokers",
-        "security_protocol": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
-        "sasl_mechanism": "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; needed with a SASL protocol",
-        "sasl_username": "the role's or node's principal",
-        "sasl_password": "its password (or use the _FILE variable, not both)",
-        "sasl_password_file": "a file holding the password, read once at start (at most 4096 "
-                              "bytes)",
-        "ssl_ca_location": "PEM CA that signed the brokers' certificates",
-        "ssl_cert_location": "PEM client certificate (mutual TLS)",
-        "ssl_key_location": "PEM key of the client certificate",
-        "topic_prefix": "prepended to every topic name",
-    }),
-    ("PROCWARDEN_CLICKHOUSE_", "ClickHouse", ClickHouseConnection, {
-        "host": "server host (native protocol)",
-        "port": "native protocol port",
-        "user": "user name",
-        "password": "its password",
-        "database": "database of the procwarden tables (letters, digits and _)",
-        "secure": "TLS to the server",
-    }),
+# schemas/connections.py: read by every role, beside its own.
+_CONNECTIONS: tuple[tuple[str, type[BaseSettings]], ...] = (
+    ("Kafka", KafkaSettings),
+    ("ClickHouse", ClickHouseSettings),
 )
 
 # Read with os.environ by the CLI and the role runner rather than through a settings class.
@@ -191,15 +171,6 @@ def _settings_rows(cls: type[BaseSettings]) -> Iterator[Row]:
         yield Row(f"{prefix}{name.upper()}", _cell(kind), default, _cell(description), secret)
 
 
-def _connection_rows(prefix: str, cls: type[Any], notes: dict[str, str]) -> Iterator[Row]:
-    for f in dataclasses.fields(cls):
-        secret = f.repr is False
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
-        default = "" if secret else _show(f.default)
-        yield Row(f"{prefix}{f.name.upper()}", kind + (" (secret)" if secret else ""), default,
-                  _cell(notes[f.name]), secret)
-
-
 def _codec_rows() -> Iterator[Row]:
     defaults = {f.name: f.default for f in dataclasses.fields(codec.CodecLimits)}
     what = {"max_message_bytes": "largest message any role decodes (refused before parsing)",
@@ -213,8 +184,8 @@ def rows() -> list[Row]:
     out: list[Row] = []
     for _, _, cls in _ROLES:
         out += _settings_rows(cls)
-    for prefix, _, conn, notes in _CONNECTIONS:
-        out += _connection_rows(prefix, conn, notes)
+    for _, conn in _CONNECTIONS:
+        out += _settings_rows(conn)
     out += _codec_rows()
     out += [Row(v, t, _show(d) if d else "", w, "secret" in t) for v, t, d, w in _OTHERS]
     return out
@@ -240,18 +211,22 @@ def render() -> str:
         "(each role's Kafka identity, the API token file, the state folders); the variables",
         "below change what it sets. Secrets show no default and never appear in logs.",
         "",
+        "examples/config/procwarden.env is a commented example for running the roles against",
+        "an existing Kafka and ClickHouse (tests/unit/test_example_config.py loads it).",
+        "",
     ]
     for title, reader, cls in _ROLES:
         out += [f"## {title}", "", f"Read by {reader}.", ""]
         out += _table(list(_settings_rows(cls)))
         out.append("")
     out += ["## Connections", "",
-            "Read by every role (schemas/connections.py). The local stack's defaults are "
+            "Read by every role (schemas/connections.py: `KafkaSettings`, "
+            "`ClickHouseSettings`). The local stack's defaults are "
             "loopback; docs/kafka-security.md describes the identities `procwarden up` gives "
             "each role.", ""]
-    for prefix, title, conn, notes in _CONNECTIONS:
+    for title, conn in _CONNECTIONS:
         out += [f"### {title}", ""]
-        out += _table(list(_connection_rows(prefix, conn, notes)))
+        out += _table(list(_settings_rows(conn)))
         out.append("")
     out += ["## Message limits", "", "Read by every role as it starts (schemas/codec.py).", ""]
     out += _table(list(_codec_rows()))

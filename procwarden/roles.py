@@ -24,12 +24,12 @@ from pathlib import Path
 from procwarden.stack.layout import ProgressFn
 from procwarden.stack.processes import ManagedProcess, StackError, port_in_use, tail
 from streams.api_tokens import write_private
+from streams.settings import StreamSettings
 from transport.health import HEALTH_FILE_ENV, read_health
 
 __all__ = ["Role", "Roles"]
 
 ROOT = Path(__file__).resolve().parents[1]
-API_PORT = int(os.environ.get("STREAMS_WEB_PORT", "6066"))  # where `streams` serves the API
 SYSLOG_PORT = 5514
 # The role -> its Kafka principal on the local stack (the collector's is node-<its node>).
 _PRINCIPALS = {"streams": "streams", "sink-clickhouse": "sink-clickhouse", "siem": "siem"}
@@ -48,11 +48,13 @@ class Roles:
         self.var = (var or ROOT / "var").resolve()
         self.home = self.var / "roles"
         self.siem_log = self.home / "siem-received.log"
+        # Where `streams` serves the API: its own setting, read as the command runs.
+        self.api_port = StreamSettings().web_port
         external_siem = os.environ.get("SIEM_SYSLOG_URL", "")
         py = sys.executable
         roles = [
             Role("streams", (py, "-m", "procwarden.cli", "streams"), "[^Worker]: Ready",
-                 f"decisions, learning, policy API on http://127.0.0.1:{API_PORT}"),
+                 f"decisions, learning, policy API on http://127.0.0.1:{self.api_port}"),
             Role("sink-clickhouse", (py, "-m", "procwarden.cli", "sink-clickhouse"),
                  "procwarden sink-clickhouse:", "events, verdicts, incidents -> ClickHouse"),
             Role("siem", (py, "-m", "procwarden.cli", "siem"), "procwarden siem",
@@ -162,7 +164,7 @@ class Roles:
             context = ssl.create_default_context(cafile=cert)
             context.check_hostname = False
         request = urllib.request.Request(
-            f"{'https' if cert else 'http'}://127.0.0.1:{API_PORT}/v1/process_profile",
+            f"{'https' if cert else 'http'}://127.0.0.1:{self.api_port}/v1/process_profile",
             headers={"Authorization": f"Bearer {self.api_token}"})
         try:
             with urllib.request.urlopen(request, timeout=2, context=context) as resp:

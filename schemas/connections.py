@@ -1,31 +1,35 @@
 """Where Kafka and ClickHouse are, shared by every role, read from `PROCWARDEN_*` variables.
 
-The local stack is the default (loopback, SASL_SSL with SCRAM-SHA-512; `procwarden up` gives each
-role its own identity); set these to run the same roles against an existing cluster. Secrets never
-appear in `repr` or in `describe()`.
+`KafkaSettings` (`PROCWARDEN_KAFKA_*`) and `ClickHouseSettings` (`PROCWARDEN_CLICKHOUSE_*`) are
+pydantic-settings classes, like every role's own settings; docs/configuration.md lists their
+variables. Each builds the frozen value the rest of the code passes around (`KafkaConnection`,
+`ClickHouseConnection`), checked as it is made, so a copy (`dataclasses.replace`) is checked too.
 
-| variable | default |
-|---|---|
-| `PROCWARDEN_KAFKA_BOOTSTRAP_SERVERS` | `127.0.0.1:9092` |
-| `PROCWARDEN_KAFKA_SECURITY_PROTOCOL` | `PLAINTEXT` (`SSL`, `SASL_PLAINTEXT`, `SASL_SSL`) |
-| `PROCWARDEN_KAFKA_SASL_MECHANISM` | `` (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`) |
-| `PROCWARDEN_KAFKA_SASL_USERNAME` / `_SASL_PASSWORD` | `` |
-| `PROCWARDEN_KAFKA_SASL_PASSWORD_FILE` | `` (read once; not with `_SASL_PASSWORD`) |
-| `PROCWARDEN_KAFKA_SSL_CA_LOCATION` / `_SSL_CERT_LOCATION` / `_SSL_KEY_LOCATION` | `` |
-| `PROCWARDEN_KAFKA_TOPIC_PREFIX` | `` (prepended to every topic name) |
-| `PROCWARDEN_CLICKHOUSE_HOST` / `_PORT` | `127.0.0.1` / `9000` (native protocol) |
-| `PROCWARDEN_CLICKHOUSE_USER` / `_PASSWORD` / `_DATABASE` | `default` / `` / `procwarden` |
-| `PROCWARDEN_CLICKHOUSE_SECURE` | `false` (TLS) |
+The local stack is the default (loopback; `procwarden up` gives each role its own SASL_SSL
+identity); set these to run the same roles against an existing cluster. A bad value is a
+`ConfigError` of one line naming the variable. Secrets are `SecretStr` in the settings; the
+values hold them in plain form only because the Kafka and ClickHouse clients take them so, and
+keep them out of `repr` and `describe()`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Self
 
-__all__ = ["ClickHouseConnection", "ConfigError", "KafkaConnection"]
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+__all__ = ["ClickHouseConnection", "ClickHouseSettings", "ConfigError", "KafkaConnection",
+           "KafkaSettings"]
 
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -37,26 +41,72 @@ class ConfigError(ValueError):
     """A setting with a bad value; the message names the variable."""
 
 
-def _read(env: Mapping[str, str], prefix: str, cls: type) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        name = f"{prefix}{f.name.upper()}"
-        raw = env.get(name)
-        if raw is None:
-            continue
-        raw = raw.strip()
-        if f.type in ("int", int):
+# The variables `read(env=...)` was handed, in place of the process environment, for the
+# duration of that one read (a settings class cannot take them as an argument).
+_GIVEN: ContextVar[Mapping[str, str] | None] = ContextVar("_GIVEN", default=None)
+
+
+class _GivenEnvironment(EnvSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], given: Mapping[str, str]) -> None:
+        self._given = given
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k if self.case_sensitive else k.lower(): v for k, v in self._given.items()}
+
+
+@contextmanager
+def _reading(env: Mapping[str, str] | None) -> Iterator[None]:
+    token = _GIVEN.set(env)
+    try:
+        yield
+    finally:
+        _GIVEN.reset(token)
+
+
+class _Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        given = _GIVEN.get()
+        return (init_settings,
+                env_settings if given is None else _GivenEnvironment(settings_cls, given))
+
+    # Values pasted into an environment file often carry a stray space or newline.
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+    @classmethod
+    def read(cls, env: Mapping[str, str] | None = None) -> Self:
+        """The settings from `env` (default: the process environment), or a ConfigError of
+        one line naming each bad variable."""
+        with _reading(env):
             try:
-                values[f.name] = int(raw)
-            except ValueError:
-                raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
-        elif f.type in ("bool", bool):
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ConfigError(f"{name}: expected true or false, got {raw!r}")
-            values[f.name] = raw.lower() in ("1", "true", "yes")
-        else:
-            values[f.name] = raw
-    return values
+                return cls()
+            except ValidationError as exc:
+                raise ConfigError(_one_line(cls, exc)) from None
+
+    @classmethod
+    def variable(cls, name: str) -> str:
+        return f"{cls.model_config.get('env_prefix', '')}{name.upper()}"
+
+
+def _one_line(cls: type[_Settings], exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        name = str(error["loc"][0]) if error["loc"] else ""
+        info = cls.model_fields.get(name)
+        secret = info is not None and info.annotation is SecretStr
+        got = "" if secret or "input" not in error else f", got {error['input']!r}"
+        problems.append(f"{cls.variable(name)}: {error['msg']}{got}")
+    return "; ".join(problems)
 
 
 def _read_secret(path: str) -> str:
@@ -75,6 +125,53 @@ def _read_secret(path: str) -> str:
     if not secret:
         raise ConfigError(f"{name}: {path} is empty")
     return secret
+
+
+class KafkaSettings(_Settings):
+    """`PROCWARDEN_KAFKA_*`: the brokers and this role's identity on them."""
+
+    model_config = SettingsConfigDict(env_prefix="PROCWARDEN_KAFKA_")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="host:port list of brokers")
+    security_protocol: str = Field("PLAINTEXT",
+                                   description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: str = Field("", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; needed "
+                                                "with a SASL protocol")
+    sasl_username: str = Field("", description="the role's or node's principal")
+    sasl_password: SecretStr = Field(SecretStr(""), description="its password (or use the _FILE "
+                                                                "variable, not both)")
+    sasl_password_file: str = Field("", description="a file holding the password, read once at "
+                                                    "start (at most 4096 bytes)")
+    ssl_ca_location: str = Field("", description="PEM CA that signed the brokers' certificates")
+    ssl_cert_location: str = Field("", description="PEM client certificate (mutual TLS)")
+    ssl_key_location: str = Field("", description="PEM key of the client certificate")
+    topic_prefix: str = Field("", description="prepended to every topic name")
+
+    def connection(self) -> KafkaConnection:
+        password = self.sasl_password.get_secret_value()
+        if password and self.sasl_password_file:
+            raise ConfigError("PROCWARDEN_KAFKA_SASL_PASSWORD_FILE: set it or "
+                              "PROCWARDEN_KAFKA_SASL_PASSWORD, not both")
+        values = self.model_dump(exclude={"sasl_password"})
+        return KafkaConnection(**values, sasl_password=password)
+
+
+class ClickHouseSettings(_Settings):
+    """`PROCWARDEN_CLICKHOUSE_*`: the server the sink writes to and the API reads from."""
+
+    model_config = SettingsConfigDict(env_prefix="PROCWARDEN_CLICKHOUSE_")
+
+    host: str = Field("127.0.0.1", description="server host (native protocol)")
+    port: int = Field(9000, description="native protocol port")
+    user: str = Field("default", description="user name")
+    password: SecretStr = Field(SecretStr(""), description="its password")
+    database: str = Field("procwarden", description="database of the procwarden tables "
+                                                    "(letters, digits and _)")
+    secure: bool = Field(False, description="TLS to the server")
+
+    def connection(self) -> ClickHouseConnection:
+        values = self.model_dump(exclude={"password"})
+        return ClickHouseConnection(**values, password=self.password.get_secret_value())
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +205,8 @@ class KafkaConnection:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaConnection:
-        values = _read(os.environ if env is None else env, "PROCWARDEN_KAFKA_", cls)
-        if values.get("sasl_password") and values.get("sasl_password_file"):
-            raise ConfigError("PROCWARDEN_KAFKA_SASL_PASSWORD_FILE: set it or "
-                              "PROCWARDEN_KAFKA_SASL_PASSWORD, not both")
-        return cls(**values)
+        """Through `KafkaSettings` from `env` (default: the process environment)."""
+        return KafkaSettings.read(env).connection()
 
     def topic(self, name: str) -> str:
         return self.topic_prefix + name
@@ -156,7 +250,8 @@ class ClickHouseConnection:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ClickHouseConnection:
-        return cls(**_read(os.environ if env is None else env, "PROCWARDEN_CLICKHOUSE_", cls))
+        """Through `ClickHouseSettings` from `env` (default: the process environment)."""
+        return ClickHouseSettings.read(env).connection()
 
     def describe(self) -> str:
         return f"clickhouse {self.user}@{self.host}:{self.port}/{self.database}" + \

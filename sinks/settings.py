@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["SiemSettings", "SinkSettings"]
@@ -33,7 +33,7 @@ class SiemSettings(BaseSettings):
     syslog_max_bytes: int = Field(0, ge=0, description=(
         "largest incident sent; 0: 65536 over tcp/tls (rsyslog's maxMessageSize), 8192 over udp"))
     webhook_url: str = ""
-    webhook_token: str = Field("", repr=False)
+    webhook_token: SecretStr = Field(SecretStr(""), description="bearer token sent to the webhook")
     webhook_max_bytes: int = Field(64 * 1024, ge=4096, description="largest incident posted")
     min_level: str = Field("WARNING", pattern="^(INFO|WARNING|CRITICAL)$")
     groups: str = Field("", description="comma-separated groups; empty for all")
@@ -43,6 +43,11 @@ class SiemSettings(BaseSettings):
     group_id: str = "procwarden-siem"
     metrics_port: int = Field(9465, ge=0, le=65535)
     log_level: str = "info"
+
+    @property
+    def group_set(self) -> frozenset[str]:
+        """`groups` as a set; empty: every group."""
+        return frozenset(g.strip() for g in self.groups.split(",") if g.strip())
 
     @field_validator("syslog_max_bytes")
     @classmethod
