@@ -193,8 +193,9 @@ def start_worker(kafka_env: dict[str, str], kafka: KafkaConnection, tmp: Path, a
         command = ["-c", UNSIGNED_WORKER]
     log = open(tmp / f"worker-{app_id}.log", "wb")  # noqa: SIM115 - lives as long as the worker
     prefix = os.environ.get("BENCH_WORKER_PREFIX", "").split()  # e.g. a profiler
+    # A process group of its own: stopping it stops a profiler's child too.
     return subprocess.Popen([*prefix, sys.executable, *command], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def verdict_consumer(kafka: KafkaConnection, at_end: bool) -> Consumer:
@@ -386,11 +387,11 @@ def measure(kafka: KafkaConnection, kafka_env: dict[str, str], tmp: Path,
                        check=signing.check_verdict, on_message=on_verdict, consumer=reader)
         pacer.join()
     finally:
-        worker.send_signal(signal.SIGTERM)
+        os.killpg(worker.pid, signal.SIGTERM)
         try:
             worker.wait(60)
         except subprocess.TimeoutExpired:
-            worker.kill()
+            os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
     if len(latencies) < 2:
         raise SystemExit("latency: no verdicts received")
