@@ -11,7 +11,6 @@ field's `description`, else the comment lines right above the field in the sourc
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import inspect
 import re
@@ -31,8 +30,8 @@ from pydantic_settings import BaseSettings
 from collectors.settings import CollectorSettings
 from procwarden.keys import KEYS_DIR_ENV
 from procwarden.stack.layout import StackSettings
-from schemas import codec
 from schemas.connections import ClickHouseSettings, KafkaSettings
+from schemas.env_settings import MessageLimitSettings
 from sinks.settings import SiemSettings, SinkSettings
 from streams.settings import StreamSettings
 from transport.health import HEALTH_FILE_ENV
@@ -171,14 +170,6 @@ def _settings_rows(cls: type[BaseSettings]) -> Iterator[Row]:
         yield Row(f"{prefix}{name.upper()}", _cell(kind), default, _cell(description), secret)
 
 
-def _codec_rows() -> Iterator[Row]:
-    defaults = {f.name: f.default for f in dataclasses.fields(codec.CodecLimits)}
-    what = {"max_message_bytes": "largest message any role decodes (refused before parsing)",
-            "max_depth": "deepest nesting the codec parses"}
-    for name, variable in codec._ENV.items():
-        yield Row(variable, "int", _show(defaults[name]), what[name], False)
-
-
 def rows() -> list[Row]:
     """Every documented variable, in the order the page lists them."""
     out: list[Row] = []
@@ -186,7 +177,7 @@ def rows() -> list[Row]:
         out += _settings_rows(cls)
     for _, conn in _CONNECTIONS:
         out += _settings_rows(conn)
-    out += _codec_rows()
+    out += _settings_rows(MessageLimitSettings)
     out += [Row(v, t, _show(d) if d else "", w, "secret" in t) for v, t, d, w in _OTHERS]
     return out
 
@@ -228,8 +219,9 @@ def render() -> str:
         out += [f"### {title}", ""]
         out += _table(list(_settings_rows(conn)))
         out.append("")
-    out += ["## Message limits", "", "Read by every role as it starts (schemas/codec.py).", ""]
-    out += _table(list(_codec_rows()))
+    out += ["## Message limits", "", "Read by every role as it starts (schemas/env_settings.py; "
+            "the codec applies them).", ""]
+    out += _table(list(_settings_rows(MessageLimitSettings)))
     out += ["", "## Command-line tools and the role runner", ""]
     out += _table([Row(v, t, _show(d) if d else "", w, "secret" in t) for v, t, d, w in _OTHERS])
     out.append("")

@@ -17,7 +17,6 @@ already parsed elsewhere) walks for depth.
 
 from __future__ import annotations
 
-import os
 import re
 import types
 import typing
@@ -60,25 +59,15 @@ class CodecLimits:
 
 
 _MIN_DEPTH = 3
-_ENV = {"max_message_bytes": "PROCWARDEN_MAX_MESSAGE_BYTES",
-        "max_depth": "PROCWARDEN_MAX_NESTING"}
 
 
 def limits_from_env(env: Mapping[str, str] | None = None) -> CodecLimits:
-    """The bounds `PROCWARDEN_MAX_*` name (defaults for the unset); ValueError naming the
-    variable for a bad value."""
-    values: dict[str, int] = {}
-    for name, variable in _ENV.items():
-        raw = (os.environ if env is None else env).get(variable, "").strip()
-        if raw:
-            try:
-                values[name] = int(raw)
-            except ValueError:
-                raise ValueError(f"{variable}: expected an integer, got {raw!r}") from None
-    try:
-        return CodecLimits(**values)
-    except ValueError as exc:
-        raise ValueError(f"{' / '.join(_ENV.values())}: {exc}") from None
+    """The bounds `PROCWARDEN_MAX_*` name (defaults for the unset), read through
+    `schemas.env_settings.MessageLimitSettings`; a ValueError naming the variable for a bad
+    value."""
+    from schemas.env_settings import MessageLimitSettings  # pydantic only where it is needed
+
+    return MessageLimitSettings.read(env).limits()
 
 
 _limits = CodecLimits()

@@ -14,19 +14,13 @@ keep them out of `repr` and `describe()`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from schemas.env_settings import ConfigError, EnvSettings
 
 __all__ = ["ClickHouseConnection", "ClickHouseSettings", "ConfigError", "KafkaConnection",
            "KafkaSettings"]
@@ -35,78 +29,6 @@ _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 # A password file is a secret, not a document: anything longer is the wrong file.
 _MAX_PASSWORD_FILE_BYTES = 4096
-
-
-class ConfigError(ValueError):
-    """A setting with a bad value; the message names the variable."""
-
-
-# The variables `read(env=...)` was handed, in place of the process environment, for the
-# duration of that one read (a settings class cannot take them as an argument).
-_GIVEN: ContextVar[Mapping[str, str] | None] = ContextVar("_GIVEN", default=None)
-
-
-class _GivenEnvironment(EnvSettingsSource):
-    def __init__(self, settings_cls: type[BaseSettings], given: Mapping[str, str]) -> None:
-        self._given = given
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {k if self.case_sensitive else k.lower(): v for k, v in self._given.items()}
-
-
-@contextmanager
-def _reading(env: Mapping[str, str] | None) -> Iterator[None]:
-    token = _GIVEN.set(env)
-    try:
-        yield
-    finally:
-        _GIVEN.reset(token)
-
-
-class _Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="forbid", frozen=True)
-
-    @classmethod
-    def settings_customise_sources(
-            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        given = _GIVEN.get()
-        return (init_settings,
-                env_settings if given is None else _GivenEnvironment(settings_cls, given))
-
-    # Values pasted into an environment file often carry a stray space or newline.
-    @field_validator("*", mode="before")
-    @classmethod
-    def _strip(cls, value: Any) -> Any:
-        return value.strip() if isinstance(value, str) else value
-
-    @classmethod
-    def read(cls, env: Mapping[str, str] | None = None) -> Self:
-        """The settings from `env` (default: the process environment), or a ConfigError of
-        one line naming each bad variable."""
-        with _reading(env):
-            try:
-                return cls()
-            except ValidationError as exc:
-                raise ConfigError(_one_line(cls, exc)) from None
-
-    @classmethod
-    def variable(cls, name: str) -> str:
-        return f"{cls.model_config.get('env_prefix', '')}{name.upper()}"
-
-
-def _one_line(cls: type[_Settings], exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors(include_url=False):
-        name = str(error["loc"][0]) if error["loc"] else ""
-        info = cls.model_fields.get(name)
-        secret = info is not None and info.annotation is SecretStr
-        got = "" if secret or "input" not in error else f", got {error['input']!r}"
-        problems.append(f"{cls.variable(name)}: {error['msg']}{got}")
-    return "; ".join(problems)
 
 
 def _read_secret(path: str) -> str:
@@ -127,7 +49,7 @@ def _read_secret(path: str) -> str:
     return secret
 
 
-class KafkaSettings(_Settings):
+class KafkaSettings(EnvSettings):
     """`PROCWARDEN_KAFKA_*`: the brokers and this role's identity on them."""
 
     model_config = SettingsConfigDict(env_prefix="PROCWARDEN_KAFKA_")
@@ -156,7 +78,7 @@ class KafkaSettings(_Settings):
         return KafkaConnection(**values, sasl_password=password)
 
 
-class ClickHouseSettings(_Settings):
+class ClickHouseSettings(EnvSettings):
     """`PROCWARDEN_CLICKHOUSE_*`: the server the sink writes to and the API reads from."""
 
     model_config = SettingsConfigDict(env_prefix="PROCWARDEN_CLICKHOUSE_")

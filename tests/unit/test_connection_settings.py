@@ -178,8 +178,8 @@ def test_the_cli_reports_a_bad_connection_in_one_line() -> None:
                          capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().splitlines() == [
-        "procwarden sink-clickhouse: bad setting: PROCWARDEN_CLICKHOUSE_PORT: Input should be "
-        "a valid integer, unable to parse string as an integer, got 'nine'"]
+        "procwarden sink-clickhouse: bad setting: PROCWARDEN_CLICKHOUSE_PORT: expected an "
+        "integer, got 'nine'"]
 
 
 def _module_level_environment_reads(path: Path) -> list[int]:
@@ -204,6 +204,28 @@ def test_no_module_reads_the_environment_as_it_is_imported() -> None:
             if lines:
                 offenders[str(path.relative_to(ROOT))] = lines
     assert offenders == {}
+
+
+def test_schemas_reads_no_environment_by_hand() -> None:
+    """schemas/ reads settings through pydantic-settings only (schemas/env_settings.py)."""
+    by_hand = {}
+    for path in (ROOT / "schemas").rglob("*.py"):
+        lines = [n.lineno for n in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(n, ast.Attribute) and n.attr in ("environ", "getenv")]
+        if lines:
+            by_hand[path.name] = lines
+    assert by_hand == {}
+
+
+def test_the_codec_bounds_are_settings_too() -> None:
+    from schemas import codec
+    from schemas.env_settings import MessageLimitSettings
+
+    assert codec.limits_from_env({"PROCWARDEN_MAX_NESTING": " 20 "}).max_depth == 20
+    assert set(MessageLimitSettings.model_fields) == {"max_message_bytes", "max_nesting"}
+    with pytest.raises(ConfigError, match=r"^PROCWARDEN_MAX_MESSAGE_BYTES / "
+                                          r"PROCWARDEN_MAX_NESTING: max_message_bytes must"):
+        codec.limits_from_env({"PROCWARDEN_MAX_MESSAGE_BYTES": "10"})
 
 
 def test_the_detector_sees_an_import_time_read(tmp_path: Path) -> None:
