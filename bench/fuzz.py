@@ -582,7 +582,7 @@ class Consumers:
                                      cannot_go_on=lambda why: None, keys=ring.node_keys(NODE))
         self.enforcer.kills = []
         self._rows_refused = False
-        refuse_row = self.writer._refuse
+        refuse_row = self.writer.loop.refuse
 
         def refusing_row(msg: Any, exc: Exception) -> None:
             # A row ClickHouse's client or server refused for its values is dead-lettered by
@@ -593,7 +593,7 @@ class Consumers:
             finally:
                 self._rows_refused = False
 
-        self.writer._refuse = refusing_row  # type: ignore[method-assign]
+        self.writer.loop.refuse = refusing_row  # type: ignore[method-assign]
         for guard in (self.handlers.guard, self.handlers.agent_guard, self.mirror.guard,
                       self.writer.guard, self.forwarder.guard, self.enforcer.guard):
             self._spy(guard)
