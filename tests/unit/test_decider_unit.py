@@ -174,10 +174,7 @@ def run_world(monkeypatch: pytest.MonkeyPatch,
         try:
             await script(world)
         finally:
-            if not decider.should_stop:
-                await decider.stop()
-            else:
-                decider._kafka_thread.shutdown()
+            await decider.stop()
 
     asyncio.run(go())
 
