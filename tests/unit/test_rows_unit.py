@@ -109,6 +109,19 @@ def test_a_verdict_is_one_events_row() -> None:
         INCIDENT.name, "WARNING", "inc-1", INCIDENT.message)
 
 
+@pytest.mark.parametrize(("ts", "stored"), [
+    (1_700_000_000.9996, (1_700_000_001, 0)),  # before: (1_700_000_000, 0), a second early
+    (1_700_000_000.0004, (1_700_000_000, 0)),
+    (1_700_000_000.9994, (1_700_000_000, 999)),
+    (1_700_000_000.125, (1_700_000_000, 125)),
+])
+def test_a_times_second_and_millisecond_columns_are_cut_from_one_rounding(
+        ts: float, stored: tuple[int, int]) -> None:
+    for payload in (replace(DECISION, ts=ts), replace(CHANGE, ts=ts)):
+        r = row(payload)
+        assert (r["ts"], r["ts_ms"]) == stored, payload
+
+
 def test_a_verdict_without_mode_baseline_or_incident_has_empty_strings() -> None:
     r = row(replace(DECISION, mode=None, baseline=None, incident=None))
     assert (r["mode"], r["baseline"]) == ("", "")
