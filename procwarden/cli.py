@@ -407,7 +407,8 @@ def down(
     """Stop the roles `procwarden up` started (and with --stack, Kafka and ClickHouse)."""
     from procwarden.roles import Roles
 
-    Roles().down(lambda m: typer.echo(f"[roles] {m}", err=True))
+    with _stack_errors("down"):
+        Roles().down(lambda m: typer.echo(f"[roles] {m}", err=True))
     if stack:
         _run_stack("down")
 
@@ -417,7 +418,8 @@ def status() -> None:
     """The stack, the roles, consumer lag and the latest decisions."""
     from procwarden.status import report
 
-    typer.echo(report())
+    with _stack_errors("status"):
+        typer.echo(report())
 
 
 from procwarden.policy_cli import policy_app, token_app  # noqa: E402 - light: stdlib, typer

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from procwarden.stack.layout import ProgressFn
 from procwarden.stack.processes import ManagedProcess, StackError, port_in_use, tail
 from streams.api_tokens import write_private
@@ -49,7 +51,12 @@ class Roles:
         self.home = self.var / "roles"
         self.siem_log = self.home / "siem-received.log"
         # Where `streams` serves the API: its own setting, read as the command runs.
-        self.api_port = StreamSettings().web_port
+        try:
+            self.api_port = StreamSettings().web_port
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            name = "STREAMS_" + "_".join(str(p) for p in first["loc"]).upper()
+            raise StackError(f"{name}: {first['msg']}") from None
         external_siem = os.environ.get("SIEM_SYSLOG_URL", "")
         py = sys.executable
         roles = [

@@ -1,0 +1,24 @@
+"""`procwarden up/down/status` read the stream worker's settings for its API port: a bad one is
+one line naming the variable and exit 1, not a pydantic traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("command", ["down", "status"])
+def test_a_bad_stream_setting_is_one_line(command: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "procwarden.cli", command], cwd=ROOT,
+                          env={**os.environ, "STREAMS_WEB_PORT": "nope"}, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines == [f"procwarden {command}: STREAMS_WEB_PORT: Input should be a valid integer, "
+                     "unable to parse string as an integer"], done.stderr
