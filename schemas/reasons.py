@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 from schemas.codec import DecodeError
 
-__all__ = ["PreExecReason", "Reason", "ReasonCode", "ViolationCode", "check", "parse", "render"]
+__all__ = ["WHOLE_REASONS", "PreExecReason", "Reason", "ReasonCode", "ViolationCode", "check",
+           "parse", "render"]
 
 
 class ReasonCode(StrEnum):
@@ -115,7 +116,7 @@ _DETAIL = {
 }
 _CODES = {c.value: c for c in ReasonCode}
 # Every reason without a free detail, written out: most decisions' reasons, checked by one lookup.
-_FIXED = frozenset(
+WHOLE_REASONS = frozenset(
     [c.value for c in ReasonCode if c not in _DETAIL]
     + [f"{code.value}:{d}" for code, details in (
         (ReasonCode.EXCEPTION, EXCEPTION_DETAILS), (ReasonCode.IGNORED, IGNORED_DETAILS),
@@ -134,7 +135,7 @@ class Reason(NamedTuple):
 
 def check(text: str) -> None:
     """`parse`, for a caller that needs only the refusal (a `Decision` as it is built)."""
-    if text not in _FIXED:
+    if text not in WHOLE_REASONS:
         parse(text)
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection
+from enum import IntEnum
+
+import msgspec
 
 from schemas import Action as RuleAction
 from schemas import (
@@ -110,7 +113,6 @@ _SUFFIX = {
     _R7: ", not a listed family process",
     _RU: ", started by a different user",
 }
-_ALLOWED, _DENIED, _UNLISTED = 0, 1, 2
 
 
 def decide(view: PolicyView, state: ProcessState, env: Envelope) -> Result:
@@ -297,25 +299,169 @@ _LEARN_CAPS = {
 }
 
 
+# ---- the exec judgement: matching (what the rules and checks found), then one table ---------
+
+class FindingKind(IntEnum):
+    """What §7.1's steps 3 and 5 to 16 find for an exec, before the mode makes it a verdict.
+    (An IntEnum: its members hash as ints, and the table below is read once per exec.)"""
+
+    EXEMPT = 0  # step 3: a netcat health check of an image file
+    RISKY = 1  # step 8: a risk, not admitted, not both allowed and explicitly allowed
+    RISKY_NAMED = 2  # step 8: the same, unlisted although a rule names the risk
+    DENIED = 3  # step 9: denied by m, not admitted
+    NOT_IMAGE = 4  # step 10a: zero-drift, not an image file, no allow_update rule
+    NOT_FAMILY_LEARNED = 5  # step 10b: zero-drift, not family, allowed by a learned rule
+    NOT_FAMILY_UNLISTED = 6  # step 10b: zero-drift, not family, unlisted
+    FAMILY_UNLISTED = 7  # step 10c: zero-drift, family, unlisted
+    UNLISTED = 8  # step 11
+    ADMITTED = 9  # step 12: admitted by a parent rule (or its process group)
+    OTHER_USER = 10  # step 13: a learned rule's users do not hold the exec's user
+    HASH_UNPINNED = 11  # step 14: no pin for the executable yet
+    HASH_DIFFERS = 12  # step 14: the hash differs from the pin
+    CUSTOM_ONLY = 13  # step 15: only a custom group's rule allows it, and it could be learned
+    ALLOWED = 14  # step 16
+
+
+class Finding(msgspec.Struct, frozen=True, gc=False):
+    """What matching found (a Struct: built once per exec, five times faster than a
+    NamedTuple)."""
+
+    kind: FindingKind
+    rule: Rule | None  # m, the first rule that matched (step 6)
+    detail: str = ""  # RISKY, RISKY_NAMED: the risk; ADMITTED: the parent-rule reason
+    effect: StateEffect | None = None  # what the exec leaves in the workload's state (5, 7)
+
+
+_K = FindingKind
+_V, _C = ViolationCode, ReasonCode
+# (effective mode M', finding) -> (verdict, reason): §3's table, row by row. A ViolationCode is a
+# violation (§7.4: alert, block in Protect, with that code's incident); a ReasonCode is not.
+# M' is Monitor for a system container in Protect (D14), so such a container never blocks.
+_TABLE_ROWS: dict[FindingKind, tuple[tuple[Verdict, ReasonCode | ViolationCode], ...]] = {
+    #                       Discover                  Monitor              Protect
+    _K.EXEMPT:              ((_ALLOW, _C.EXCEPTION),  (_ALLOW, _C.EXCEPTION),
+                             (_ALLOW, _C.EXCEPTION)),
+    _K.RISKY:               ((_ALERT, _C.SUSPICIOUS), (_ALERT, _V.RS),       (_BLOCK, _V.RS)),
+    _K.RISKY_NAMED:         ((_ALERT, _V.R0),         (_ALERT, _V.RS),       (_BLOCK, _V.RS)),
+    _K.DENIED:              ((_ALERT, _V.RD),         (_ALERT, _V.RD),       (_BLOCK, _V.RD)),
+    _K.NOT_IMAGE:           ((_ALERT, _V.R5),         (_ALERT, _V.R5),       (_BLOCK, _V.R5)),
+    _K.NOT_FAMILY_LEARNED:  ((_ALERT, _V.R6),         (_ALERT, _V.R6),       (_BLOCK, _V.R6)),
+    _K.NOT_FAMILY_UNLISTED: ((_ALERT, _V.R6),         (_ALERT, _V.R0),       (_BLOCK, _V.R6)),
+    _K.FAMILY_UNLISTED:     ((_LEARN, _C.LEARN),      (_ALERT, _V.R7),       (_BLOCK, _V.R7)),
+    _K.UNLISTED:            ((_LEARN, _C.LEARN),      (_ALERT, _V.R0),       (_BLOCK, _V.R0)),
+    _K.ADMITTED:            ((_ALLOW, _C.PARENT_RULE), (_ALLOW, _C.PARENT_RULE),
+                             (_ALLOW, _C.PARENT_RULE)),
+    _K.OTHER_USER:          ((_LEARN, _C.USER_LEARN), (_ALERT, _V.RU),       (_BLOCK, _V.RU)),
+    # A first hash is pinned in every mode (§8.2).
+    _K.HASH_UNPINNED:       ((_LEARN, _C.HASH_LEARN), (_LEARN, _C.HASH_LEARN),
+                             (_LEARN, _C.HASH_LEARN)),
+    _K.HASH_DIFFERS:        ((_ALERT, _V.RH),         (_ALERT, _V.RH),       (_BLOCK, _V.RH)),
+    # Step 15 is Discover's: outside it the matching never finds CUSTOM_ONLY (allowed: §3).
+    _K.CUSTOM_ONLY:         ((_LEARN, _C.LEARN),      (_ALLOW, _C.RULE),     (_ALLOW, _C.RULE)),
+    _K.ALLOWED:             ((_ALLOW, _C.RULE),       (_ALLOW, _C.RULE),     (_ALLOW, _C.RULE)),
+}
+_EXEMPT = Finding(_K.EXEMPT, None)
+_NO_RISK: tuple[str, tuple[int, str] | None, tuple[str, str] | None] = ("", None, None)
+# Members bound once (see _ALLOW above): the exec path reads them per event.
+_F_ADMITTED = FindingKind.ADMITTED
+_F_ALLOWED = FindingKind.ALLOWED
+_F_CUSTOM_ONLY = FindingKind.CUSTOM_ONLY
+_F_DENIED = FindingKind.DENIED
+_F_FAMILY_UNLISTED = FindingKind.FAMILY_UNLISTED
+_F_HASH_DIFFERS = FindingKind.HASH_DIFFERS
+_F_HASH_UNPINNED = FindingKind.HASH_UNPINNED
+_F_NOT_FAMILY_LEARNED = FindingKind.NOT_FAMILY_LEARNED
+_F_NOT_FAMILY_UNLISTED = FindingKind.NOT_FAMILY_UNLISTED
+_F_NOT_IMAGE = FindingKind.NOT_IMAGE
+_F_OTHER_USER = FindingKind.OTHER_USER
+_F_RISKY = FindingKind.RISKY
+_F_RISKY_NAMED = FindingKind.RISKY_NAMED
+_F_UNLISTED = FindingKind.UNLISTED
+_RC_EXCEPTION = ReasonCode.EXCEPTION
+_RC_HASH_LEARN = ReasonCode.HASH_LEARN
+_RC_LEARN = ReasonCode.LEARN
+_RC_PARENT_RULE = ReasonCode.PARENT_RULE
+_RC_RULE = ReasonCode.RULE
+_RC_SUSPICIOUS = ReasonCode.SUSPICIOUS
+_RC_USER_LEARN = ReasonCode.USER_LEARN
+assert list(_TABLE_ROWS) == list(FindingKind)  # every finding has its row, in order
+# The table read as _VERDICTS[mode][finding]: one lookup and an index per exec.
+_VERDICTS = {mode: tuple(row[i] for row in _TABLE_ROWS.values())
+             for i, mode in enumerate((_DISCOVER, _MONITOR, _PROTECT))}
+# The violations whose incident names m (§7.4); the others name a reserved rule id.
+_NAMES_THE_RULE = frozenset({_V.RD, _V.RS, _V.RU, _V.RH})
+
+
 def _judge_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent,
                 pname: str) -> _Outcome:
-    """§7.1 steps 3 to 16."""
-    exe = ev.path
-    is_host = view.is_host
-    limits = view.settings
-    image_file = ev.origin is _IMAGE and not st.is_drift(exe, limits.max_drift_path_bytes)
-    rules = view.rules
-
-    # Step 3: netcat health checks of image files.
-    if not is_host and pname in NETCATS and image_file and is_nc_healthcheck(ev.argv):
-        return _ALLOW, _NC_HEALTHCHECK, None, "", None, None, None
-
-    # Step 4: Kubernetes exec probes.
-    if (view.probe_argvs and (ev.runtime_injected or ev.ppid in st.probe_shells)
+    """§7.1 steps 3 to 16: what the exec is (matching), then what the mode makes of it."""
+    image_file = ev.origin is _IMAGE and not st.is_drift(ev.path,
+                                                         view.settings.max_drift_path_bytes)
+    if not view.is_host and pname in NETCATS and image_file and is_nc_healthcheck(ev.argv):
+        found = _EXEMPT  # step 3
+    elif (view.probe_argvs and (ev.runtime_injected or ev.ppid in st.probe_shells)
             and ev.argv in view.probe_argvs):
+        # Step 4 is no row of the table: a probe gets the executable checks only, attributed
+        # to its probe rule, never a violation of rules, family or user (§7.3, D13).
         return _judge_probe(view, st, env, ev, pname, image_file)
+    else:
+        found = _match_exec(view, st, ev, pname, image_file)
+    verdict, why = _VERDICTS[view.effective_mode][found.kind]
+    if why is _RC_RULE:  # most execs: allowed by m (step 16), nothing more to build
+        m = found.rule
+        assert m is not None
+        return verdict, _RULE, m, m.group, None, None, found.effect
+    return _outcome(view, env, ev, pname, found, verdict, why)
 
-    # Step 5: risk, inherited from a risky parent.
+
+def _match_exec(view: PolicyView, st: ProcessState, ev: ExecEvent, pname: str,
+                image_file: bool) -> Finding:
+    """Steps 5 to 16 as a finding. Matching reads the mode only where §7.1 makes it part of
+    what is found: step 6 (Discover skips probe rules), step 7 (outside Discover an unlisted
+    exec may be admitted) and step 15 (Discover's alone, and it comes before step 14's pin);
+    everything else the mode decides is the table's."""
+    rules = view.rules
+    # Step 5 (the call only when a risk can be there: most execs carry none).
+    risk, risky_pid, overflow = (
+        _risk(view, st, ev, pname)
+        if (pname in SUSPICIOUS or ev.ppid in st.risk or ev.parent_name in SUSPICIOUS
+            or RISKY_PIDS in st.overflow) else _NO_RISK)
+    discover = view.mode is _DISCOVER
+    pos = rules.first_match(pname, ev.path, skip_probe=discover)  # step 6
+    m = rules.rules[pos] if pos >= 0 else None
+    denied = m is not None and m.action is not _RULE_ALLOW
+    admitted, admit_pgid = "", None
+    if denied or (m is None and not discover):  # step 7
+        admitted, admit_pgid, overflow = _admission(view, st, ev, pname, overflow)
+    effect = (StateEffect(risk=risky_pid, admit_pgid=admit_pgid, overflow=overflow)
+              if risky_pid or admit_pgid or overflow else None)
+    if risk and not admitted and not (m is not None and not denied
+                                      and rules.explicitly_allows(risk)):  # step 8
+        named = m is None and rules.explicitly_allows(risk)
+        return Finding(_F_RISKY_NAMED if named else _F_RISKY, m, risk, effect)
+    if denied and not admitted:  # step 9
+        return Finding(_F_DENIED, m, "", effect)
+    if view.zero_drift and not (image_file and ev.family and m is not None):  # step 10
+        # (a family exec of an image file that a rule matched passes step 10 whatever it is)
+        kind = _zero_drift_finding(ev, m, denied, image_file, admitted)
+        if kind is not None:
+            return Finding(kind, m, "", effect)
+    if m is None and not admitted:  # step 11
+        return Finding(_F_UNLISTED, None, "", effect)
+    if admitted:  # step 12
+        return Finding(_F_ADMITTED, m, admitted, effect)
+    assert m is not None  # allowed from here on
+    if m.cfg_type is _LEARNED and m.users and ev.user not in m.users:  # step 13
+        return Finding(_F_OTHER_USER, m, "", effect)
+    if view.effective_mode is _DISCOVER or (view.learned.hash_enabled and ev.hash):
+        return Finding(_pin_or_learn(view, ev, pname, m, pos, risk, image_file), m, "", effect)
+    return Finding(_F_ALLOWED, m, "", effect)  # step 16: 14 pins hashes, 15 is Discover's
+
+
+def _risk(view: PolicyView, st: ProcessState, ev: ExecEvent,
+          pname: str) -> tuple[str, tuple[int, str] | None, tuple[str, str] | None]:
+    """Step 5: the exec's risk, the pid to remember it by, or the cap that could not."""
+    is_host = view.is_host
     risk_entry = None if (is_host and pname == "sshd") else SUSPICIOUS.get(pname)
     risk = pname if risk_entry is not None else st.risk.get(ev.ppid, "")
     if not risk and ev.ppid not in st.risk and ev.parent_name in SUSPICIOUS \
@@ -325,122 +471,111 @@ def _judge_exec(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent
     all_risky = not is_host and RISKY_PIDS in st.overflow
     if not risk and all_risky:
         risk = st.overflow[RISKY_PIDS]
-    overflow: tuple[str, str] | None = None
-    risky_pid: tuple[int, str] | None = None
-    if risk:
-        if not all_risky and _room(st.risk, ev.pid, limits.max_tracked_pids):
-            risky_pid = (ev.pid, risk)
-        else:
-            overflow = (RISKY_PIDS, risk)
+    if not risk:
+        return "", None, None
+    if not all_risky and _room(st.risk, ev.pid, view.settings.max_tracked_pids):
+        return risk, (ev.pid, risk), None
+    return risk, None, (RISKY_PIDS, risk)
 
-    # Step 6: match.
-    discover = view.mode is _DISCOVER
-    pos = rules.first_match(pname, exe, skip_probe=discover)
-    m = rules.rules[pos] if pos >= 0 else None
-    finding = _UNLISTED if m is None else (_ALLOWED if m.action is _RULE_ALLOW else _DENIED)
 
-    # Step 7: parent rules.
-    admitted = ""
-    admit_pgid: int | None = None
-    if finding == _DENIED or (finding == _UNLISTED and not discover):
-        parent_rule = rules.parent_admission(pname, ev.parent_name, ev.parent_path)
-        if parent_rule is not None:
-            admitted = render(ReasonCode.PARENT_RULE, parent_rule.name)
-            if ev.pgid:
-                if _room(st.admitted_pgids, ev.pgid, limits.max_tracked_pids):
-                    admit_pgid = ev.pgid
-                elif overflow is None:
-                    overflow = (ADMITTED_PGIDS, "")
-        elif ev.pgid and ev.pgid in st.admitted_pgids:
-            admitted = _PARENT_PGID
-    effect = (StateEffect(risk=risky_pid, admit_pgid=admit_pgid, overflow=overflow)
-              if risky_pid or admit_pgid or overflow else None)
+def _admission(view: PolicyView, st: ProcessState, ev: ExecEvent, pname: str,
+               overflow: tuple[str, str] | None
+               ) -> tuple[str, int | None, tuple[str, str] | None]:
+    """Step 7: the reason a parent rule admits the exec (or ""), the process group to remember,
+    and the overflow (a risk's, which comes first, or the admitted groups')."""
+    parent_rule = view.rules.parent_admission(pname, ev.parent_name, ev.parent_path)
+    if parent_rule is None:
+        if ev.pgid and ev.pgid in st.admitted_pgids:
+            return _PARENT_PGID, None, overflow
+        return "", None, overflow
+    admitted = render(ReasonCode.PARENT_RULE, parent_rule.name)
+    if not ev.pgid:
+        return admitted, None, overflow
+    if _room(st.admitted_pgids, ev.pgid, view.settings.max_tracked_pids):
+        return admitted, ev.pgid, overflow
+    return admitted, None, overflow or (ADMITTED_PGIDS, "")
 
-    eff_mode = view.effective_mode
 
-    # Step 8: suspicious programs.
-    if risk and not admitted and not (finding == _ALLOWED and rules.explicitly_allows(risk)):
-        if eff_mode is _DISCOVER:
-            if finding == _UNLISTED and rules.explicitly_allows(risk):
-                return _violation(view, env, ev, pname, _R0, m, None, effect)
-            entry = SUSPICIOUS[risk]
-            found = incident(
-                view, env, kind="suspicious", level=Level.WARNING, action=IncidentAction.VIOLATE,
-                group=view.learned.name, rule_id=reserved_rule_id(1),
-                message=f"Risky application: {entry.reported}", proc=_proc(ev, pname),
-                conn_ingress=entry.incoming)
-            return _ALERT, render(ReasonCode.SUSPICIOUS, risk), m, "", found, None, effect
-        return _violation(view, env, ev, pname, _RS, m, m, effect)
+def _zero_drift_finding(ev: ExecEvent, m: Rule | None, denied: bool,
+                        image_file: bool, admitted: str) -> FindingKind | None:
+    """Step 10 (zero-drift containers), or None when it finds nothing."""
+    allowed = m is not None and not denied
+    if not image_file and not (allowed and is_user_update_rule(m)):
+        return _F_NOT_IMAGE
+    if not ev.family:
+        if allowed and m is not None and m.cfg_type is _LEARNED:
+            return _F_NOT_FAMILY_LEARNED
+        if m is None and not admitted:
+            return _F_NOT_FAMILY_UNLISTED
+    elif m is None and not admitted:
+        return _F_FAMILY_UNLISTED  # (outside Discover: in Discover step 11's learning, its row)
+    return None
 
-    # Step 9: deny rules.
-    if finding == _DENIED and not admitted:
-        return _violation(view, env, ev, pname, _RD, m, m, effect)
 
-    # Step 10: zero-drift.
-    if view.zero_drift:
-        if not image_file and not (finding == _ALLOWED and is_user_update_rule(m)):
-            return _violation(view, env, ev, pname, _R5, m, None, effect)
-        if not ev.family:
-            if finding == _ALLOWED and m is not None and m.cfg_type is _LEARNED:
-                return _violation(view, env, ev, pname, _R6, m, None, effect)
-            if finding == _UNLISTED and not admitted:
-                code = _R0 if eff_mode is _MONITOR else _R6
-                return _violation(view, env, ev, pname, code, m, None, effect)
-        elif finding == _UNLISTED and not admitted and eff_mode is not _DISCOVER:
-            return _violation(view, env, ev, pname, _R7, m, None, effect)
-
-    # Step 11: unlisted.
-    if finding == _UNLISTED and not admitted:
-        if eff_mode is _DISCOVER:
-            return _LEARN, _LEARN_R, None, "", None, _learn_rule(view, env, ev, pname), \
-                effect
-        return _violation(view, env, ev, pname, _R0, m, None, effect)
-
-    # Step 12: admitted by a parent rule.
-    if admitted:
-        return _ALLOW, admitted, None, "", None, None, effect
-
-    assert m is not None  # allowed from here on
-    # Step 13: users of learned rules.
-    if m.cfg_type is _LEARNED and m.users and ev.user not in m.users:
-        if eff_mode is _DISCOVER:
-            learn = LearnRequest(group=m.group, name=m.name, path=m.path, user=ev.user,
-                                 rule_uuid=m.uuid, cause_event_id=env.event_id, ts=env.ts,
-                                 add_rule=False)
-            return _LEARN, _USER_LEARN, m, "", None, learn, effect
-        return _violation(view, env, ev, pname, _RU, m, m, effect)
-
+def _pin_or_learn(view: PolicyView, ev: ExecEvent, pname: str, m: Rule, pos: int, risk: str,
+                  image_file: bool) -> FindingKind:
+    """Steps 14 to 16, for an exec m allows, when the group pins hashes or is in Discover."""
+    rules = view.rules
     # Step 15's condition (custom-allowed learning); step 14 needs it too.
-    custom_learn = (eff_mode is _DISCOVER and pos < rules.learned_start and not risk
-                    and rules.first_match(pname, exe, skip_probe=True,
+    custom_learn = (view.effective_mode is _DISCOVER and pos < rules.learned_start and not risk
+                    and rules.first_match(pname, ev.path, skip_probe=True,
                                           start=rules.learned_start) < 0
                     and (not view.zero_drift or (ev.family and image_file)))
-
-    # Step 14: hash pinning.
-    if view.learned.hash_enabled and ev.hash:
-        pin = view.learned.hash_pins.get(exe)
-        if pin is None:
-            if custom_learn:  # learning the rule pins the hash too
-                return _LEARN, _LEARN_R, m, "", None, _learn_rule(view, env, ev, pname), \
-                    effect
-            learn = LearnRequest(group=view.learned.name, name=pname, path=exe, hash=ev.hash,
-                                 cause_event_id=env.event_id, ts=env.ts, add_rule=False)
-            return _LEARN, _HASH_LEARN, m, "", None, learn, effect
+    if view.learned.hash_enabled and ev.hash:  # step 14
+        pin = view.learned.hash_pins.get(ev.path)
+        if pin is None:  # learning the rule pins the hash too
+            return _F_CUSTOM_ONLY if custom_learn else _F_HASH_UNPINNED
         if pin != ev.hash:
-            return _violation(view, env, ev, pname, _RH, m, m, effect)
+            return _F_HASH_DIFFERS
+    return _F_CUSTOM_ONLY if custom_learn else _F_ALLOWED  # steps 15, 16
 
-    # Step 15: learn what only a custom group's rule allowed.
-    if custom_learn:
-        return _LEARN, _LEARN_R, m, "", None, _learn_rule(view, env, ev, pname), effect
 
-    # Step 16.
-    return _ALLOW, _RULE, m, m.group, None, None, effect
+def _outcome(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str, found: Finding,
+             verdict: Verdict, why: ReasonCode | ViolationCode) -> _Outcome:
+    """What the table's (verdict, reason) means for the decision: its incident, the rule and
+    group it names, and what it asks the writer to learn."""
+    m, effect = found.rule, found.effect
+    if type(why) is ViolationCode:
+        incident_rule = m if why in _NAMES_THE_RULE else None
+        return _violation(view, env, ev, pname, why, m, incident_rule, effect,
+                          block=verdict is _BLOCK)
+    if why is _RC_RULE:
+        assert m is not None
+        return verdict, _RULE, m, m.group, None, None, effect
+    if why is _RC_LEARN:
+        return verdict, _LEARN_R, m, "", None, _learn_rule(view, env, ev, pname), effect
+    if why is _RC_USER_LEARN:
+        assert m is not None
+        learn = LearnRequest(group=m.group, name=m.name, path=m.path, user=ev.user,
+                             rule_uuid=m.uuid, cause_event_id=env.event_id, ts=env.ts,
+                             add_rule=False)
+        return verdict, _USER_LEARN, m, "", None, learn, effect
+    if why is _RC_HASH_LEARN:
+        return verdict, _HASH_LEARN, m, "", None, _hash_learn(view, env, ev, pname), effect
+    if why is _RC_PARENT_RULE:
+        return verdict, found.detail, None, "", None, None, effect
+    if why is _RC_EXCEPTION:
+        return verdict, _NC_HEALTHCHECK, None, "", None, None, None
+    assert why is _RC_SUSPICIOUS
+    entry = SUSPICIOUS[found.detail]
+    suspicious = incident(
+        view, env, kind="suspicious", level=Level.WARNING, action=IncidentAction.VIOLATE,
+        group=view.learned.name, rule_id=reserved_rule_id(1),
+        message=f"Risky application: {entry.reported}", proc=_proc(ev, pname),
+        conn_ingress=entry.incoming)
+    return verdict, render(_RC_SUSPICIOUS, found.detail), m, "", suspicious, None, effect
 
 
 def _violation(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str, code: ViolationCode,
-               m: Rule | None, rule: Rule | None, effect: StateEffect | None) -> _Outcome:
-    found, verdict, group = _process_violation(view, env, ev, pname, code, rule)
+               m: Rule | None, rule: Rule | None, effect: StateEffect | None, *,
+               block: bool) -> _Outcome:
+    found, verdict, group = _process_violation(view, env, ev, pname, code, rule, block=block)
     return verdict, _VIOLATION[code], m, group, found, None, effect
+
+
+def _hash_learn(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str) -> LearnRequest:
+    return LearnRequest(group=view.learned.name, name=pname, path=ev.path, hash=ev.hash,
+                        cause_event_id=env.event_id, ts=env.ts, add_rule=False)
 
 
 def _judge_probe(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEvent,
@@ -456,16 +591,17 @@ def _judge_probe(view: PolicyView, st: ProcessState, env: Envelope, ev: ExecEven
     pos = rules.first_match(pname, exe)
     m = rules.rules[pos] if pos >= 0 else None
     probe_rule = _first_probe_rule(view, pname, exe)
+    block = view.effective_mode is _PROTECT
     if view.zero_drift and not image_file and not is_user_update_rule(m):
-        return _violation(view, env, ev, pname, _R5, m, None, effect)
+        return _violation(view, env, ev, pname, _R5, m, None, effect, block=block)
     if view.learned.hash_enabled and ev.hash:
         pin = view.learned.hash_pins.get(exe)
         if pin is None:
-            learn = LearnRequest(group=view.learned.name, name=pname, path=exe, hash=ev.hash,
-                                 cause_event_id=env.event_id, ts=env.ts, add_rule=False)
+            learn = _hash_learn(view, env, ev, pname)
             return _LEARN, _HASH_LEARN, probe_rule, "", None, learn, effect
         if pin != ev.hash:
-            return _violation(view, env, ev, pname, _RH, probe_rule, probe_rule, effect)
+            return _violation(view, env, ev, pname, _RH, probe_rule, probe_rule, effect,
+                              block=block)
     return _ALLOW, _PROBE, probe_rule, "", None, None, effect
 
 
@@ -487,9 +623,10 @@ def _learn_rule(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str) -> L
 
 
 def _process_violation(view: PolicyView, env: Envelope, ev: ExecEvent, pname: str,
-                       code: ViolationCode, rule: Rule | None) -> tuple[Incident, Verdict, str]:
-    """The incident, verdict and attributed group of a profile violation (§7.4)."""
-    block = view.effective_mode is _PROTECT
+                       code: ViolationCode, rule: Rule | None, *,
+                       block: bool) -> tuple[Incident, Verdict, str]:
+    """The incident, verdict and attributed group of a profile violation (§7.4); `block`: in
+    Protect (M')."""
     learned = view.learned.name
     family_code = _R7 if ev.family else _R6
     if code in (_RD, _RS) and block and view.zero_drift:
@@ -542,7 +679,8 @@ def _decide_exec_check(view: PolicyView, st: ProcessState, env: Envelope,
         rule = next(r for r in view.rules.rules if r.uuid == answer.rule_uuid)
     elif code is _R0 and view.zero_drift:
         code = _R7  # pre-exec denies only non-injected callers: the exec is a family one
-    found, verdict, group = _process_violation(view, env, facts, pname, code, rule)
+    found, verdict, group = _process_violation(view, env, facts, pname, code, rule,
+                                               block=view.effective_mode is _PROTECT)
     return _decision(view, env, verdict, reason, group=group, rule=rule, pid=ev.pid,
                      start_time=ev.start_time, name=pname, path=ev.path, user=ev.user,
                      found=found)
