@@ -186,8 +186,8 @@ _WHY = {
     "404": "no such group, rule, workload or file",
     "409": "conflict: the group exists already, or is of another kind",
     "412": "If-Match names a version the group is no longer at",
-    "413": "the body is over the limit (1 MiB as read by the server, text/plain answer; "
-           "`STREAMS_MAX_CRD_BYTES` for an import, JSON answer)",
+    "413": "the body is over the limit (4 x `STREAMS_MAX_CRD_BYTES` + 64 KiB read at all; "
+           "`STREAMS_MAX_CRD_BYTES` for an import's text)",
     "500": "unexpected error: a generic message with an error id",
     "503": "not available now (ClickHouse not configured or unreachable; /ready: not "
            "deciding)",
@@ -335,9 +335,6 @@ def _operation(op: Operation) -> dict[str, Any]:
         if op.path == "/ready" and code == "503":
             responses[code] = {"description": "not deciding: the reason says why",
                                "content": _content("Ready")}
-        elif code == "413":
-            responses[code] = {"description": _WHY[code], "content": {
-                _JSON: {"schema": _ref("Error")}, "text/plain": {"schema": _STR}}}
         else:
             responses[code] = {"description": _WHY[code], "content": _content("Error")}
     out: dict[str, Any] = {

@@ -7,6 +7,7 @@ nothing of the inside, and the server listens where and how the settings say (is
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import socket
 import ssl
@@ -269,3 +270,28 @@ def test_tls_serves_https(tmp_path: Path) -> None:
     asyncio.run(main())
     with pytest.raises(ValueError):
         StreamSettings(web_tls_cert=cert)
+
+
+def test_a_body_over_the_limit_is_a_json_413_and_the_api_reads_past_aiohttps_cap(
+        tmp_path: Path) -> None:
+    """Before: aiohttp's own 1 MiB cap answered a text/plain 413 before the API's checks, so
+    STREAMS_MAX_CRD_BYTES above 1 MiB had no effect and the answer was not the API's."""
+    from streams.web import body_limit
+
+    settings = _settings(tmp_path, api_token="t")
+
+    async def test(c: Client, out: Any) -> None:
+        # 1.5 MiB: over aiohttp's default cap, under the body limit: read, and answered by the
+        # API's own CRD check (the test's API has the default 1 MiB max_crd_bytes).
+        text = b"#" * (3 * 512 * 1024)
+        r = await c.post("/v1/policy/import", data=io.BytesIO(text), headers=_bearer("t"))
+        assert r.status == 413 and r.content_type == "application/json", await r.text()
+        assert "the documents are over the 1048576-byte limit" in (await r.json())["message"]
+        huge = b"#" * (body_limit(settings) + 1)
+        r = await c.post("/v1/policy/import", data=io.BytesIO(huge), headers=_bearer("t"))
+        assert r.status == 413 and r.content_type == "application/json"
+        body = await r.json()
+        assert body["code"] == 413 and str(body_limit(settings)) in body["message"]
+        r = await c.post("/v1/dry-run", data=io.BytesIO(huge), headers=_bearer("t"))
+        assert r.status == 413 and (await r.json())["code"] == 413
+    _serve(settings, test)
