@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from procwarden.keys import local_keyring
 from procwarden.stack.topics import ensure_topics
@@ -209,6 +209,59 @@ class Pipeline:
             elif time.monotonic() - quiet_since > settle:
                 return out
         return out
+
+    def read_to_end(self, topic: str, timeout: float = 60.0) -> list[Envelope]:
+        """Everything on a topic up to its end offsets as they stand now (each partition's
+        high watermark, taken once): unlike `read_all`, done while something keeps writing to
+        it, as a host's own execs keep doing to the exec topic. TimeoutError past `timeout`
+        seconds, naming the partitions short of their end."""
+        name = self.topic(topic)
+        consumer = Consumer({**self.kafka.confluent_config(),
+                             "group.id": f"reader-{uuid.uuid4().hex}",
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                             "enable.partition.eof": True})
+        deadline = time.monotonic() + timeout
+        try:
+            meta = consumer.list_topics(name, timeout=timeout).topics[name]
+            ends: dict[int, int] = {}
+            starts: list[TopicPartition] = []
+            for p in sorted(meta.partitions):
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(name, p), timeout=max(0.1, deadline - time.monotonic()))
+                if high > low:
+                    ends[p] = high
+                    starts.append(TopicPartition(name, p, low))
+            at = {tp.partition: tp.offset for tp in starts}
+            out: list[Envelope] = []
+            if starts:
+                consumer.assign(starts)
+            while any(at[p] < end for p, end in ends.items()):
+                if time.monotonic() > deadline:
+                    short = ", ".join(f"partition {p} at {at[p]} of {end}"
+                                      for p, end in ends.items() if at[p] < end)
+                    raise TimeoutError(f"read_to_end({name}): not at its end offsets within "
+                                       f"{timeout} s: {short}")
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    continue
+                p, offset, value, error = msg.partition(), msg.offset(), msg.value(), msg.error()
+                if p is None or offset is None or p not in ends:
+                    continue
+                if error is not None:
+                    # Past the last record (a control record's offset included): the end as
+                    # it is now, at or past the one recorded.
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at[p] = max(at[p], offset)
+                    continue
+                if offset >= ends[p]:  # written after the call: not what it reads
+                    at[p] = ends[p]
+                    continue
+                at[p] = offset + 1
+                if value is not None:
+                    out.append(decode_envelope(value))
+            return out
+        finally:
+            consumer.close()
 
 
 @contextmanager
