@@ -159,12 +159,34 @@ def collector_pid(log: Path) -> int:
     return int(out[0])
 
 
+REPORTED_WAIT_S = 60.0  # at most, for the collector to publish what it sensed
+REPORTED_SETTLE_S = 5.0  # none more of these execs on the topic for this long: the rest are lost
+
+
 def reported(pipe: Pipeline, pids: set[int], since: float) -> int:
     """How many of these execs (made after `since`) are on the exec topic. Pids wrap at 32768
-    here: an earlier phase's exec with a reused pid must not count."""
-    seen = {e.payload.pid for e in pipe.read_all(EXEC.name, settle=3)
-            if isinstance(e.payload, ExecEvent) and e.payload.path == TRUE and e.ts >= since}
-    return len(pids & seen)
+    here: an earlier phase's exec with a reused pid must not count.
+
+    The collector publishes asynchronously and says nothing of what is on the topic (its
+    published counter counts what it handed to its producer; it has delivery reports for
+    errors only), so the topic is read up to its end, again, until every one of these execs
+    is there or none more came for a while. Each read stops at the end offsets as they stood
+    when it started: the host's other execs, which the collector publishes too, never let the
+    topic go quiet."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + REPORTED_WAIT_S
+    last_new = time.monotonic()
+    while True:
+        found = {e.payload.pid for e in pipe.read_to_end(EXEC.name, timeout=REPORTED_WAIT_S)
+                 if isinstance(e.payload, ExecEvent) and e.payload.path == TRUE
+                 and e.ts >= since} & pids
+        if found - seen:
+            seen |= found
+            last_new = time.monotonic()
+        now = time.monotonic()
+        if seen == pids or now - last_new > REPORTED_SETTLE_S or now > deadline:
+            return len(seen)
+        time.sleep(0.5)
 
 
 def percentile(values: list[int], q: float) -> float:
