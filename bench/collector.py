@@ -434,24 +434,12 @@ def start_unsigned_worker(pipe: Pipeline) -> subprocess.Popen[bytes]:
     return proc
 
 
-@contextlib.contextmanager
-def unsigned_collector(pipe: Pipeline, tmp: Path, **env: str) -> Iterator[Path]:
-    """As streamkit's `running_collector` (the same state folder), with signing off."""
-    environ = {**os.environ, "PROCWARDEN_KAFKA_TOPIC_PREFIX": pipe.prefix,
-               "COLLECTOR_STATE_DIR": str(tmp / f"collector-{NODE}"),
-               "COLLECTOR_ACCEPT_UNSIGNED_VERDICTS": "true", **env}
-    log_path = tmp / f"collector-unsigned-{time.monotonic_ns()}.log"
-    with open(log_path, "ab") as log:
-        agent = subprocess.Popen([sys.executable, "-c", UNSIGNED_COLLECTOR, NODE], cwd=ROOT,
-                                 env=environ, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_line(log_path, "reading verdicts from", agent)
-        yield log_path
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        rc = agent.wait(30)
-        assert rc == 0, f"the unsigned collector exited with {rc}:\n" + \
-            log_path.read_text(errors="replace")[-3000:]
+def unsigned_collector(pipe: Pipeline, tmp: Path,
+                       **env: str) -> contextlib._GeneratorContextManager[Path]:
+    """streamkit's `running_collector` (the same state folder), with signing off."""
+    return running_collector(pipe, NODE, tmp, command=(sys.executable, "-c", UNSIGNED_COLLECTOR,
+                                                       NODE),
+                             COLLECTOR_ACCEPT_UNSIGNED_VERDICTS="true", **env)
 
 
 def signing_rounds(pipe: Pipeline, tmp: Path, held_n: int, rounds: int) -> int:

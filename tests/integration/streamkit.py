@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -266,9 +266,10 @@ class Pipeline:
 
 @contextmanager
 def running_collector(pipe: Pipeline, node: str, tmp_path: Path, *args: str,
-                      **env: str) -> Iterator[Path]:
+                      command: Sequence[str] = (), **env: str) -> Iterator[Path]:
     """The real `procwarden collector` on this node, on the pipeline's topics; yields its log.
-    It must stop cleanly (exit 0) on SIGTERM."""
+    It must stop cleanly (exit 0) on SIGTERM. `command`: another launcher of the same
+    collector (a benchmark's), instead of `procwarden collector --node NODE ARGS`."""
     environ = {**os.environ, "PROCWARDEN_KAFKA_TOPIC_PREFIX": pipe.prefix,
                "COLLECTOR_STATE_DIR": str(tmp_path / f"collector-{node}"), **env}
     log_path = tmp_path / "collector.log"
@@ -277,8 +278,9 @@ def running_collector(pipe: Pipeline, node: str, tmp_path: Path, *args: str,
         runs += 1
         log_path = tmp_path / f"collector-{runs}.log"
     with open(log_path, "ab") as log:
-        agent = subprocess.Popen([sys.executable, "-m", "procwarden.cli", "collector",
-                                  "--node", node, *args], cwd=ROOT, env=environ, stdout=log,
+        argv = list(command) or [sys.executable, "-m", "procwarden.cli", "collector",
+                                 "--node", node, *args]
+        agent = subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=log,
                                  stderr=subprocess.STDOUT)
     try:
         wait_for_line(log_path, "reading verdicts from", agent)
