@@ -30,7 +30,13 @@ from procwarden.policy_cli import ApiCallError, call
 from procwarden.roles import ROOT, Roles
 from procwarden.stack import Stack
 from procwarden.stack.processes import StackError
-from procwarden.testbed.containers import APP_LOOP, Container, ContainerError, run_container
+from procwarden.testbed.containers import (
+    APP_LOOP,
+    Container,
+    ContainerError,
+    remove_leftovers,
+    run_container,
+)
 from schemas.connections import ClickHouseConnection
 from sinks.clickhouse.migrations import connect
 from sinks.clickhouse.queries import QUERIES
@@ -173,6 +179,8 @@ class Demo:
 
     def discover(self) -> None:
         self.step("1. Discover: the web container runs its normal processes; procwarden learns")
+        for gone in remove_leftovers(ROOT / "var" / "testbed"):
+            self.say(f"   removed {gone}, a container an interrupted run left behind")
         self.web = run_container(ROOT / "var" / "testbed", "web", namespace="demo",
                                  labels={"app": "web"}, command=APP_LOOP)
         self.say(f"   started container {self.web.id} (namespace demo, pod {self.web.name})")

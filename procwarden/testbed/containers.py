@@ -239,6 +239,27 @@ def _mount_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
         _run(["mount", "-t", "overlay", "overlay", "-o", base, str(merged)])
 
 
+def remove_leftovers(workdir: Path) -> list[str]:
+    """Delete the stopped containers, and unmount the roots, that a killed run left in
+    `workdir`'s bundles (its `stop` never ran); running ones belong to a run still going and
+    are left alone. Returns the ids removed."""
+    bundles = (workdir.resolve() / "bundles")
+    listed = json.loads(_run(["runc", "list", "--format", "json"]).stdout or "null") or []
+    running = {c["id"] for c in listed if c.get("status") != "stopped"}
+    removed = []
+    for bundle in sorted(bundles.iterdir()) if bundles.is_dir() else ():
+        if bundle.name in running:
+            continue
+        with contextlib.suppress(ContainerError):
+            _run(["runc", "delete", "--force", bundle.name])
+        rootfs = bundle / "rootfs"
+        if os.path.ismount(rootfs):
+            _run(["umount", "-l", str(rootfs)])
+        shutil.rmtree(bundle, ignore_errors=True)
+        removed.append(bundle.name)
+    return removed
+
+
 def run_container(workdir: Path, name: str = "web", *, namespace: str = "demo",
                   pod: str | None = None, owner: str | None = None,
                   labels: Mapping[str, str] | None = None,

@@ -8,6 +8,7 @@ database. A service that cannot be started is a test error, never a skip.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,16 +18,27 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from procwarden.stack import Stack
 from procwarden.stack.topics import delete_prefixed_topics
+from procwarden.testbed.containers import remove_leftovers
 from schemas.connections import ClickHouseConnection, KafkaConnection
 from sinks.clickhouse.migrations import connect
 
 ROOT = Path(__file__).resolve().parents[2]
+TESTBED = ROOT / "var" / "testbed"  # the runc containers' image and bundles
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_containers() -> None:
+    """A run killed mid-test (a CI timeout, a ^C) leaves stopped containers with mounted roots;
+    they go before this run starts its own."""
+    if shutil.which("runc") is not None:
+        for gone in remove_leftovers(TESTBED):
+            print(f"removed {gone}, left behind by an interrupted run")
 
 
 @pytest.fixture(scope="session")

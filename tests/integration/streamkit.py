@@ -192,7 +192,11 @@ class Pipeline:
             fields = ("workload_id", "name", "path", "pid", "verdict", "reason", "error")
             return f"{env.kind.value} " + " ".join(
                 f"{f}={getattr(env.payload, f)!r}" for f in fields if hasattr(env.payload, f))
-        parts = [f"seen instead ({len(seen)}): " + "; ".join(brief(e) for e in seen[-15:])]
+        # The host keeps exec'ing: its verdicts would crowd out the containers' ones.
+        boxes = [e for e in seen if not getattr(e.payload, "workload_id", "").startswith("host:")]
+        parts = [f"seen instead ({len(seen)}): " + "; ".join(brief(e) for e in seen[-15:]),
+                 f"of them not from a host ({len(boxes)}): "
+                 + "; ".join(brief(e) for e in boxes[-15:])]
         for name in (DLQ.name, EXEC.name):
             found = self.read_all(name, settle=1.0)
             parts.append(f"{name} ({len(found)}): " + "; ".join(brief(e) for e in found[-15:]))

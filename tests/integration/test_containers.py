@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from procwarden.testbed.containers import ANNOTATIONS, Container, run_container
+from procwarden.testbed.containers import ANNOTATIONS, Container, remove_leftovers, run_container
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKDIR = ROOT / "var" / "testbed"
@@ -101,3 +101,24 @@ def test_teardown_leaves_nothing(tmp_path: Path) -> None:
     assert container.id not in listed
     with open("/proc/self/mountinfo") as fh:
         assert container.id not in fh.read()
+
+
+def test_a_container_an_interrupted_run_left_behind_is_removed() -> None:
+    box = run_container(WORKDIR, "leftover", namespace="demo")
+    try:
+        subprocess.run(["runc", "kill", box.id, "KILL"], check=True)  # and then the run dies
+        deadline = time.monotonic() + 10
+        while box.state().get("status") != "stopped" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with run_container(WORKDIR, "alive", namespace="demo") as alive:
+            assert os.path.ismount(box.rootfs)
+            removed = remove_leftovers(WORKDIR)
+            assert box.id in removed and alive.id not in removed
+            assert not box.bundle.exists() and not os.path.ismount(box.rootfs)
+            listed = json.loads(subprocess.run(["runc", "list", "--format", "json"], check=True,
+                                               capture_output=True, text=True).stdout or "null")
+            ids = {c["id"] for c in listed or []}
+            assert box.id not in ids and alive.id in ids
+            assert alive.state()["status"] == "running"
+    finally:
+        box.stop()  # when the removal failed
