@@ -53,9 +53,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from collectors.enforcer import Enforcer
+from collectors.enforcement.enforcer import Enforcer
+from collectors.sensing.workloads import WorkloadResolver
 from collectors.settings import CollectorSettings
-from collectors.workloads import WorkloadResolver
 from procwarden.testbed.clickhouse import FakeClickHouse
 from schemas import (
     PAYLOAD_TYPES,

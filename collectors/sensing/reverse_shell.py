@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from collectors.procfs import read_stat
+from collectors.kernel.procfs import read_stat
 from schemas import ExecEvent, StdioEvent
 
 __all__ = ["StdioInspector", "socket_peer", "stdio_targets"]

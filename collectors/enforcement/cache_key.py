@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from collectors.lineage import Placement
+from collectors.enforcement.lineage import Placement
 from schemas import Origin
 
 __all__ = ["HOLD_FIELDS", "KEY_FIELDS", "KEY_LAYOUT_VERSION", "PLACEMENT_FIELDS", "CacheKey",

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from collectors.connector import EXIT, FORK, ProcEvent
+from collectors.kernel.connector import EXIT, FORK, ProcEvent
 
 __all__ = ["Lineage", "Placement"]
 

@@ -4,7 +4,7 @@ runtime's state) or the node itself (`nodes`).
 Finding a container (`WorkloadResolver.container`, the exec answerer's path while every exec
 of the node waits) opens no file inside the container: only the runtime's state.json and the
 bundle's config.json (host paths) and /proc/<pid>/mountinfo. A container's own files (its
-passwd) are read, with `collectors.container_files`, only when a user name is asked for.
+passwd) are read, with `collectors.sensing.container_files`, only when a user name is asked for.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collectors.container_files import DEFAULT_MAX_BYTES, read_container_file
-from collectors.procfs import DEFAULT_LIMITS, ArgvLimits, bound_argv
+from collectors.kernel.procfs import DEFAULT_LIMITS, ArgvLimits, bound_argv
+from collectors.sensing.container_files import DEFAULT_MAX_BYTES, read_container_file
 from schemas import Workload, WorkloadKind
 
 __all__ = ["ContainerInfo", "WorkloadResolver", "container_id_from_cgroup", "host_workload_id"]

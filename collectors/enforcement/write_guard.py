@@ -28,9 +28,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from collectors.fanotify import FAN_OPEN_PERM, Permission, PermissionGroup
-from collectors.procfs import opens_for_writing, read_cgroup, read_exe, read_stat
-from collectors.workloads import WorkloadResolver
+from collectors.kernel.fanotify import FAN_OPEN_PERM, Permission, PermissionGroup
+from collectors.kernel.procfs import opens_for_writing, read_cgroup, read_exe, read_stat
+from collectors.sensing.workloads import WorkloadResolver
 from schemas import FileEvent, FileOp
 
 __all__ = ["WriteGuard"]

@@ -40,7 +40,7 @@ from pathlib import Path
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter, Gauge
 
-from collectors.spool import Spool, SpoolRecord
+from collectors.publishing.spool import Spool, SpoolRecord
 from schemas.connections import KafkaConnection
 from schemas.topics import ALL_TOPICS
 from transport.signing import Signer

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from collectors.cache_key import CacheKey
+from collectors.enforcement.cache_key import CacheKey
 from schemas import FailMode, FileEvent, Origin
 
 __all__ = ["Ask", "Counts", "Drift", "Forget", "Hold", "HoldMessage", "Metrics",

@@ -1,4 +1,4 @@
-"""The collector's side of the exec answerer (`collectors/exec_answerer.py`): starts the process,
+"""The collector's side of the exec answerer (`exec_answerer.py`): starts the process,
 sends it what it must know, publishes its questions, shows its metrics, and starts it again if it
 dies.
 
@@ -29,7 +29,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from collectors.answerer_protocol import (
+from collectors.enforcement.answerer_protocol import (
     Ask,
     Drift,
     Metrics,
@@ -39,7 +39,7 @@ from collectors.answerer_protocol import (
     decode_to_collector,
     encode,
 )
-from collectors.exec_answerer import CACHED_BUCKETS, VERDICT_BUCKETS
+from collectors.enforcement.exec_answerer import CACHED_BUCKETS, VERDICT_BUCKETS
 from collectors.settings import CollectorSettings
 
 __all__ = ["ANSWERER_METRICS", "AnswererLink"]
@@ -226,8 +226,9 @@ class AnswererLink:
             # be started in a directory others can write, with a `collectors/` planted in it.
             # The installed package is still found: site-packages stays on the path.
             self.process = subprocess.Popen(
-                [sys.executable, "-I", "-m", "collectors.exec_answerer", str(theirs.fileno()),
-                 self.settings.model_dump_json()], pass_fds=(theirs.fileno(),), cwd="/")
+                [sys.executable, "-I", "-m", "collectors.enforcement.exec_answerer",
+                 str(theirs.fileno()), self.settings.model_dump_json()],
+                pass_fds=(theirs.fileno(),), cwd="/")
         # Each held exec holds a descriptor of the answerer's. Raised from here rather than
         # in the child (preexec_fn is unsafe with threads): before on_start tells it the first
         # held workload, so before it can hold anything.

@@ -13,10 +13,10 @@ import heapq
 import time
 from dataclasses import dataclass, field
 
-from collectors.container_files import DEFAULT_MAX_BYTES, read_container_file
-from collectors.procfs import DEFAULT_LIMITS, ArgvLimits, ProcInfo, read_proc, read_stat
-from collectors.sensing import cap_path, count_cuts
-from collectors.workloads import ContainerInfo, WorkloadResolver
+from collectors.kernel.procfs import DEFAULT_LIMITS, ArgvLimits, ProcInfo, read_proc, read_stat
+from collectors.sensing.container_files import DEFAULT_MAX_BYTES, read_container_file
+from collectors.sensing.sensor import cap_path, count_cuts
+from collectors.sensing.workloads import ContainerInfo, WorkloadResolver
 from schemas import UidChangeEvent
 
 __all__ = ["EscalationWatch"]

@@ -1,7 +1,7 @@
 """The typed face of the exec answerer's compiled wait (`fast_answer.c`, built by setup.py as
-`collectors._fast_answer`): it waits on the answerer's descriptors, feeds the lineage from the
-process connector and answers each held exec whose answer is cached, reading and updating the
-answerer's own tables; everything else it hands back to the Python code.
+`collectors.enforcement._fast_answer`): it waits on the answerer's descriptors, feeds the lineage
+from the process connector and answers each held exec whose answer is cached, reading and updating
+the answerer's own tables; everything else it hands back to the Python code.
 
 The tables' layouts are `cache_key.py`'s: handed to the C code by name, and its build's
 LAYOUT_VERSION checked against KEY_LAYOUT_VERSION before it is used.
@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict
 from typing import Any, Protocol
 
-from collectors.cache_key import (
+from collectors.enforcement.cache_key import (
     HOLD_FIELDS,
     KEY_FIELDS,
     KEY_LAYOUT_VERSION,
@@ -22,7 +22,7 @@ from collectors.cache_key import (
     CacheKey,
     FastHold,
 )
-from collectors.lineage import Lineage
+from collectors.enforcement.lineage import Lineage
 from schemas import Origin
 
 __all__ = ["FastAnswerLike", "fast_answer"]
@@ -56,7 +56,7 @@ def fast_answer(group_fd: int, lineage: Lineage, holds: dict[str, FastHold],
     from another layout than this code's (then every held exec is answered in Python, by the
     same rules)."""
     try:
-        module = importlib.import_module("collectors._fast_answer")
+        module = importlib.import_module("collectors.enforcement._fast_answer")
     except ImportError as exc:
         log.warning("no compiled wait (%s): every held exec is answered in Python; "
                     "`pip install -e .` builds it", exc)

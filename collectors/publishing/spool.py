@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from collectors.state_files import open_appending, private_folder, write_private
+from collectors.publishing.state_files import open_appending, private_folder, write_private
 
 __all__ = ["Spool", "SpoolRecord"]
 

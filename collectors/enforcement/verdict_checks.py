@@ -29,8 +29,12 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from collectors.procfs import read_stat
-from collectors.workloads import WorkloadResolver, container_id_from_cgroup, host_workload_id
+from collectors.kernel.procfs import read_stat
+from collectors.sensing.workloads import (
+    WorkloadResolver,
+    container_id_from_cgroup,
+    host_workload_id,
+)
 from schemas import Decision, EventKind, FailMode
 
 __all__ = ["REFUSED", "ActedOn", "HoldState", "Published", "RecentEvents", "RefusalLog",
@@ -214,8 +218,8 @@ def check_release(d: Decision, recent: RecentEvents, acted: ActedOn) -> str | No
 
 @dataclass(frozen=True, slots=True)
 class HoldState:
-    """What a policy verdict sets (collectors.exec_answerer.Hold's fields, without its import
-    here)."""
+    """What a policy verdict sets (collectors.enforcement.exec_answerer.Hold's fields, without its
+    import here)."""
 
     pre_exec: bool
     pre_write: bool

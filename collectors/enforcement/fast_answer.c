@@ -1,4 +1,4 @@
-/* collectors._fast_answer: the exec answerer's wait and its cached answers, compiled.
+/* collectors.enforcement._fast_answer: the exec answerer's wait and its cached answers, compiled.
  *
  * The exec answerer (exec_answerer.py) is Python, and every held exec used to pass through its
  * interpreter: on this project's 2-core test VM a cached answer cost an exec ~90-145 us at p50
@@ -15,7 +15,7 @@
  *   placed    {pid: Placement}             filled by Python's /proc reads
  *   holds     {container: FastHold}        workloads held before exec (Python's)
  *   cache     OrderedDict {CacheKey: allow}
- * Their layouts are collectors/cache_key.py's, handed over by name when this object is made
+ * Their layouts are cache_key.py's, handed over by name when this object is made
  * (key_fields, hold_fields, placement_fields): a key is built in the order of its fields there,
  * so an answer cached by either side is found by both. What the names cannot say is
  * LAYOUT_VERSION, which must be cache_key.py's KEY_LAYOUT_VERSION (fast_answer.py checks it).
@@ -35,7 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* The meaning of the key's fields, as collectors/cache_key.py's KEY_LAYOUT_VERSION says it. */
+/* The meaning of the key's fields, as cache_key.py's KEY_LAYOUT_VERSION says it. */
 #define LAYOUT_VERSION 1
 
 /* The fields this code knows how to fill or read, by name; their positions are Python's. */
@@ -51,7 +51,7 @@ static const char *const PLACEMENT_NAMES[N_PLACEMENT] = {"container", "family"};
 #define EVENTS_BUFFER (64 * 1024)
 #define DATAGRAM 256
 
-/* linux/cn_proc.h, as collectors/connector.py reads it */
+/* linux/cn_proc.h, as collectors/kernel/connector.py reads it */
 #define PROC_EVENT_FORK 0x00000001u
 #define PROC_EVENT_EXIT 0x80000000u
 #define CONNECTOR_HEAD (16 + 20 + 16) /* nlmsghdr, cn_msg, proc_event's what/cpu/timestamp */
@@ -72,7 +72,8 @@ typedef struct {
     double sum;
     unsigned long long allowed, denied, remembered; /* every one answered was placed by lineage */
     /* events the kernel could not give us a descriptor for (each dropped; a held exec denied
-     * by the kernel), and reads that found its queue had overflowed: as fanotify.py counts */
+     * by the kernel), and reads that found its queue had overflowed: as kernel/fanotify.py
+     * counts */
     unsigned long long read_errors, overflows;
     int ignore_errno; /* the first failure to set an ignore mark (0: none) */
     char events[EVENTS_BUFFER] __attribute__((aligned(8)));
@@ -584,7 +585,7 @@ static PyMethodDef FastAnswer_methods[] = {
 };
 
 static PyTypeObject FastAnswerType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "collectors._fast_answer.FastAnswer",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "collectors.enforcement._fast_answer.FastAnswer",
     .tp_basicsize = sizeof(FastAnswer),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "The exec answerer's wait, answering cached execs itself",
@@ -596,7 +597,7 @@ static PyTypeObject FastAnswerType = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "collectors._fast_answer",
+    .m_name = "collectors.enforcement._fast_answer",
     .m_size = -1,
 };
 

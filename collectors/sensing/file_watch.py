@@ -18,9 +18,9 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from collectors.fanotify import FAN_Q_OVERFLOW, METADATA, file_id_group, libc
-from collectors.procfs import read_proc
-from collectors.workloads import ContainerInfo
+from collectors.kernel.fanotify import FAN_Q_OVERFLOW, METADATA, file_id_group, libc
+from collectors.kernel.procfs import read_proc
+from collectors.sensing.workloads import ContainerInfo
 from schemas import FileEvent, FileOp
 
 __all__ = ["FileWatch"]

@@ -16,7 +16,7 @@ it, or by the fail mode after a bounded timeout. Which workloads are held surviv
 Nothing on the verdicts topic is believed for being there (issue 22): a verdict must be signed
 by the stream app for this node and unexpired (transport/signing.py), and whatever its
 signature it must answer an event this collector published, for that process and workload
-(collectors/verdict_checks.py says each check). What fails is refused and counted, never raised.
+(`verdict_checks.py` says each check). What fails is refused and counted, never raised.
 """
 
 from __future__ import annotations
@@ -35,13 +35,10 @@ from typing import Protocol, cast
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import Counter
 
-from collectors.answerer_link import AnswererLink
-from collectors.answerer_protocol import Ask, Drift, Forget, ToAnswerer, VerdictMessage
-from collectors.exec_answerer import Hold
-from collectors.procfs import read_proc, read_stat
-from collectors.settings import CollectorSettings
-from collectors.state_files import private_folder, write_private
-from collectors.verdict_checks import (
+from collectors.enforcement.answerer_link import AnswererLink
+from collectors.enforcement.answerer_protocol import Ask, Drift, Forget, ToAnswerer, VerdictMessage
+from collectors.enforcement.exec_answerer import Hold
+from collectors.enforcement.verdict_checks import (
     ActedOn,
     HoldState,
     RecentEvents,
@@ -52,7 +49,10 @@ from collectors.verdict_checks import (
     protected_pids,
     workload_of_pid,
 )
-from collectors.workloads import WorkloadResolver, host_workload_id
+from collectors.kernel.procfs import read_proc, read_stat
+from collectors.publishing.state_files import private_folder, write_private
+from collectors.sensing.workloads import WorkloadResolver, host_workload_id
+from collectors.settings import CollectorSettings
 from schemas import (
     Decision,
     DlqEntry,

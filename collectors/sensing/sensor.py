@@ -10,8 +10,7 @@ from pathlib import Path
 
 from prometheus_client import Counter
 
-from collectors.container_files import NotRead, open_in_root, read_chunks
-from collectors.procfs import (
+from collectors.kernel.procfs import (
     DEFAULT_LIMITS,
     ArgvLimits,
     ProcInfo,
@@ -21,7 +20,8 @@ from collectors.procfs import (
     read_proc,
     read_stat,
 )
-from collectors.workloads import ContainerInfo, WorkloadResolver
+from collectors.sensing.container_files import NotRead, open_in_root, read_chunks
+from collectors.sensing.workloads import ContainerInfo, WorkloadResolver
 from schemas import ExecEvent, Origin, Workload
 
 __all__ = ["DEFAULT_ORIGIN_DIGEST_BYTES", "TRUNCATED", "Sensed", "Sensor", "cap_path",

@@ -1,5 +1,5 @@
-"""The process that answers held execs: `python -m collectors.exec_answerer`, started and fed by
-the collector (`collectors/answerer_link.py`).
+"""The process that answers held execs: `python -m collectors.enforcement.exec_answerer`, started
+and fed by the collector (`answerer_link.py`).
 
 The kernel holds each exec of a file in a Protect workload's root mount (fanotify
 `FAN_OPEN_EXEC_PERM`) until this process answers it: from its cache at once; else it asks the
@@ -16,7 +16,7 @@ would be drift is denied before it happens.
 Why a process of its own: a thread of the collector had to take the GIL from the sensing thread
 for every answer, and that thread shares its CPUs with everything on the node. Near the p99 of a
 cached answer, most of the time went to that wait (bench/collector.py). Here nothing else runs
-Python, and while execs are held the process runs at a real-time priority (`realtime.py`).
+Python, and while execs are held the process runs at a real-time priority (`kernel/realtime.py`).
 
 Its wait and its common case, a held exec answered from the cache, are compiled
 (`fast_answer.c`): the interpreter waking up cold cost a cached answer more than its work did.
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from collectors.answerer_protocol import (
+from collectors.enforcement.answerer_protocol import (
     Ask,
     Counts,
     Drift,
@@ -66,17 +66,17 @@ from collectors.answerer_protocol import (
     decode_to_answerer,
     encode,
 )
-from collectors.cache_key import CacheKey, FastHold, cache_key, fast_hold
-from collectors.connector import EXIT, FORK, ProcConnector
-from collectors.fanotify import Permission, PermissionGroup, answer_until
-from collectors.fast_answer import FastAnswerLike, fast_answer
-from collectors.lineage import Lineage, Placement
-from collectors.procfs import ProcStat, read_cgroup, read_proc, read_stat
-from collectors.realtime import Realtime
-from collectors.sensing import Sensor, exe_origin
+from collectors.enforcement.cache_key import CacheKey, FastHold, cache_key, fast_hold
+from collectors.enforcement.fast_answer import FastAnswerLike, fast_answer
+from collectors.enforcement.lineage import Lineage, Placement
+from collectors.enforcement.write_guard import WriteGuard
+from collectors.kernel.connector import EXIT, FORK, ProcConnector
+from collectors.kernel.fanotify import Permission, PermissionGroup, answer_until
+from collectors.kernel.procfs import ProcStat, read_cgroup, read_proc, read_stat
+from collectors.kernel.realtime import Realtime
+from collectors.sensing.sensor import Sensor, exe_origin
+from collectors.sensing.workloads import ContainerInfo, WorkloadResolver
 from collectors.settings import CollectorSettings
-from collectors.workloads import ContainerInfo, WorkloadResolver
-from collectors.write_guard import WriteGuard
 from schemas import FailMode, FileEvent, Origin
 
 __all__ = ["CACHED_BUCKETS", "VERDICT_BUCKETS", "ExecAnswerer", "Hold", "main"]
@@ -474,7 +474,7 @@ class ExecAnswerer:
 
     def _key_of(self, event: Permission) -> CacheKey | None:
         """The cache key of a held exec; None when this exec is not held. The caller's
-        container and family come from its lineage (`collectors/lineage.py`) when its creator
+        container and family come from its lineage (`lineage.py`) when its creator
         was placed before, else from /proc; the file's path and origin are read each time."""
         pid = event.pid
         placement = self._lineage.placement(pid) if self._connector is not None else None
@@ -657,7 +657,8 @@ class ExecAnswerer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m collectors.exec_answerer FD SETTINGS_JSON`: FD is this end of the socket pair."""
+    """`python -m collectors.enforcement.exec_answerer FD SETTINGS_JSON`: FD is this end of the
+    socket pair."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
         print(__doc__, file=sys.stderr)
