@@ -1,6 +1,6 @@
-"""HTTP for the policy API: thin Faust web views over `streams.api.PolicyApi`.
+"""HTTP for the policy API: thin Faust web views over `streams.web.api.PolicyApi`.
 
-Every call needs `Authorization: Bearer <token>` of a role that allows it (streams/api_tokens.py:
+Every call needs `Authorization: Bearer <token>` of a role that allows it (`api_tokens.py`:
 viewer reads, operator changes modes, baselines, rules and service config, admin changes custom
 groups and imports CRDs); reads need none when `STREAMS_OPEN_READS=true`, and then only the
 Host names of `StreamSettings.allowed_hosts` are answered (a DNS-rebinding page cannot read
@@ -33,11 +33,11 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from schemas.connections import ClickHouseConnection, ConfigError
-from streams.api import Answer, ApiError, PolicyApi, error_body
-from streams.api_tokens import Token, TokenStore, role_allows
-from streams.openapi import document as openapi_document
-from streams.security_events import SecurityEvents, SecurityEventsError
 from streams.settings import StreamSettings
+from streams.web.api import Answer, ApiError, PolicyApi, error_body
+from streams.web.api_tokens import Token, TokenStore, role_allows
+from streams.web.openapi import document as openapi_document
+from streams.web.security_events import SecurityEvents, SecurityEventsError
 
 __all__ = ["SECURITY_HEADERS", "install_routes", "web_options"]
 
@@ -287,7 +287,7 @@ def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings, *,
         async def get(self, request: Request) -> Response:
             return await run(self, request, "viewer", api.list_workloads)
 
-    # This API described (streams/openapi.py, docs/api.md): readable as the other reads are.
+    # This API described (streams/web/openapi.py, docs/api.md): readable as the other reads are.
     @app.page("/v1/openapi.json")
     class OpenApi(View):
         async def get(self, request: Request) -> Response:
@@ -317,7 +317,7 @@ def install_routes(app: faust.App, api: PolicyApi, settings: StreamSettings, *,
                 return 200, {"security_events": found}
             return await run(self, request, "viewer", call)
 
-    # The console: static files that talk only to the API above (streams/console/).
+    # The console: static files that talk only to the API above (streams/web/console/).
     @app.page("/console")
     class Console(View):
         async def get(self, request: Request) -> Response:

@@ -59,7 +59,7 @@ def refused_error(error: KafkaError) -> bool:
     return error.code() in _REFUSED_CODES and not error.fatal()
 
 
-# The headers that sign an output (streams/provenance.py's RecordSigner).
+# The headers that sign an output (streams/worker/provenance.py's RecordSigner).
 Sign = Callable[[str, bytes | None, bytes | None], list[Header]]
 
 

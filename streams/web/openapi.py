@@ -3,10 +3,10 @@
 The request records and the records an answer carries whole (a dry run's `Decision`, an
 import's `ProfileChange`s, a group's `Criterion`s, the enums) are msgspec Structs: their JSON
 schemas come from msgspec, so a field added to a record is in the document at once. The answer
-shapes `streams/api.py` builds by hand (`profile_json`, `entry_json`, the group and workload
+shapes `streams/web/api.py` builds by hand (`profile_json`, `entry_json`, the group and workload
 summaries) are written out below, next to one another; tests/unit/test_openapi.py calls every
 operation through the real web layer and validates each answer against the schema given here,
-and holds the operations to the routes `streams/web.py` installs and to docs/api.md.
+and holds the operations to the routes `streams/web/routes.py` installs and to docs/api.md.
 
 Each operation carries the least role that may call it as `x-procwarden-role` (`viewer`,
 `operator`, `admin`, or `none` for the probe, the scrape and the console's files).
@@ -38,8 +38,8 @@ from schemas import (
 )
 from schemas.envelope import PAYLOAD_TYPES, SCHEMA_VERSION
 from schemas.events import WORKLOAD_EVENT_TYPES
-from streams.api_tokens import ROLES
-from streams.security_events import _FILTERS, _MAX_EPOCH, COLUMNS
+from streams.web.api_tokens import ROLES
+from streams.web.security_events import _FILTERS, _MAX_EPOCH, COLUMNS
 
 __all__ = ["CONSOLE_ASSETS", "OPERATIONS", "Operation", "document"]
 

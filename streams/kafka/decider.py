@@ -9,9 +9,9 @@ producer is flushed and every output's delivery checked, and only then are the b
 committed. An output that could not be delivered because Kafka is not taking outputs stops the
 worker with its batch uncommitted (a restarted worker decides it again) rather than count it as
 done; so does a crash between flush and commit, with the same results and ids. An output Kafka
-refuses for itself (too large) is dead-lettered and the batch goes on (`streams.event_output`).
+refuses for itself (too large) is dead-lettered and the batch goes on (`event_output.py`).
 
-Events that wait aside for their workload's announcement (`streams.handlers.SideBuffer`) hold
+Events that wait aside for their workload's announcement (`streams.worker.handlers.SideBuffer`) hold
 their partition's commit back: for each partition the decider commits the offset after the last
 event it took, or the offset of the oldest event still waiting there, whichever is lower. A
 waiting event is therefore never counted as done before it is decided (or dead-lettered) and
@@ -45,8 +45,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from prometheus_client import Gauge, Histogram
 
 from schemas.connections import KafkaConnection
-from streams.event_output import KafkaOutput
-from streams.handlers import RawMessage
+from streams.kafka.event_output import KafkaOutput
+from streams.worker.handlers import RawMessage
 
 __all__ = ["EventDecider", "commit_points"]
 

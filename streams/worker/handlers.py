@@ -11,7 +11,7 @@ another topic and may be a moment behind) while the rest of the batch is decided
 count and per workload, each waiting event decided once its workload is announced, or
 dead-lettered after `unknown_workload_wait_s`. A workload's events keep their order: one that
 arrives while earlier ones of its workload wait is parked behind them. How the decider keeps a
-waiting event from being lost on a crash is in `streams.decider`.
+waiting event from being lost on a crash is in `streams.kafka.decider`.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ from streams.engine import (
     learned_group_name,
     policy_state,
 )
-from streams.provenance import Provenance, RawHeaders
-from streams.session import DecisionSession, UnknownWorkload, edit_result
+from streams.worker.provenance import Provenance, RawHeaders
+from streams.worker.session import DecisionSession, UnknownWorkload, edit_result
 from transport import DlqLimits, MessageGuard, Refused
 
 __all__ = ["Handlers", "Publisher", "RawMessage", "SideBuffer"]
@@ -99,7 +99,7 @@ class RawMessage:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: RawHeaders = None  # the signature (streams/provenance.py)
+    headers: RawHeaders = None  # the signature (streams/worker/provenance.py)
 
 
 @dataclass(slots=True)

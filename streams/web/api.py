@@ -4,7 +4,7 @@ Reads answer from the worker's copy of the policies. Writes are validated here a
 published policies (a refused edit answers 400/404/409 at once; an edit of a group the worker
 created a moment ago waits for its writer to publish it), then sent to the group's single
 writer on `procwarden.policy-updates`; the answer waits until the new version is published.
-Every method returns `(status, body)`; `streams/web.py` serves them over HTTP.
+Every method returns `(status, body)`; `streams/web/routes.py` serves them over HTTP.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ from streams.engine import (
     parse_crd_documents,
     trim_space,
 )
-from streams.handlers import Handlers
-from streams.session import edit_result
+from streams.worker.handlers import Handlers
+from streams.worker.session import edit_result
 
 __all__ = ["ApiError", "PolicyApi", "entry_json", "profile_json"]
 

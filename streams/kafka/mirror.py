@@ -34,8 +34,8 @@ from schemas import (
 )
 from schemas.connections import KafkaConnection
 from schemas.topics import POLICY, PROCESS_STATE, WORKLOADS
-from streams.kafka_options import aiokafka_options
-from streams.provenance import Provenance, RawHeaders
+from streams.kafka.kafka_options import aiokafka_options
+from streams.worker.provenance import Provenance, RawHeaders
 from transport import DlqLimits, MessageGuard, Refused
 
 _MIRRORED = (POLICY, WORKLOADS, PROCESS_STATE)
@@ -62,7 +62,7 @@ class PolicyMirror:
                  limits: DlqLimits | None = None, provenance: Provenance | None = None,
                  known_workload: Callable[[str], Workload | None] = lambda _: None) -> None:
         self.kafka = kafka
-        # Who may write each compacted topic (streams/provenance.py); the default believes
+        # Who may write each compacted topic (streams/worker/provenance.py); the default believes
         # unsigned records (unit tests of other concerns).
         self.provenance = provenance or Provenance(None, accept_unsigned=True)
         self.known_workload = known_workload

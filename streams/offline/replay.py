@@ -21,7 +21,7 @@ from schemas import (
 from schemas.codec import limits
 from streams.engine import PolicyError, apply_crd
 from streams.engine.crd import CRD_KINDS
-from streams.session import DecisionSession, EditOutcome, UnknownWorkload
+from streams.worker.session import DecisionSession, EditOutcome, UnknownWorkload
 from transport.guard import describe
 
 __all__ = ["OversizedLine", "ReplayLine", "dumps", "explain", "load_policy_file", "read_lines",
