@@ -76,8 +76,8 @@ from stream import UNSIGNED_WORKER
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from collectors.fanotify import PermissionGroup  # noqa: E402
-from collectors.procfs import read_cgroup, read_stat  # noqa: E402
+from collectors.kernel.fanotify import PermissionGroup  # noqa: E402
+from collectors.kernel.procfs import read_cgroup, read_stat  # noqa: E402
 from procwarden.stack import Stack  # noqa: E402
 from procwarden.stack.topics import delete_prefixed_topics  # noqa: E402
 from procwarden.testbed.containers import APP_LOOP, Container, run_container  # noqa: E402
@@ -318,7 +318,7 @@ def python_answerer(base: Path, reads: Literal["none", "path", "key"]) -> int:
     answerer = os.fork()
     if answerer == 0:  # the bare answering process
         # at the real-time priority the collector's exec answerer takes while it holds execs
-        # (collectors/realtime.py): at the default one, this floor's p99 doubled while
+        # (collectors/kernel/realtime.py): at the default one, this floor's p99 doubled while
         # the collector sensed (210-409 us against 132-186)
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
         while True:

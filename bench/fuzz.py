@@ -53,9 +53,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from collectors.enforcer import Enforcer
+from collectors.enforcement.enforcer import Enforcer
+from collectors.sensing.workloads import WorkloadResolver
 from collectors.settings import CollectorSettings
-from collectors.workloads import WorkloadResolver
 from procwarden.testbed.clickhouse import FakeClickHouse
 from schemas import (
     PAYLOAD_TYPES,
@@ -83,10 +83,10 @@ from schemas.topics import (
     WORKLOADS,
 )
 from streams.engine import learned_group_name
-from streams.event_output import OutputRefused
-from streams.handlers import Handlers, RawMessage
-from streams.mirror import PolicyMirror
-from streams.session import DecisionSession
+from streams.kafka.event_output import OutputRefused
+from streams.kafka.mirror import PolicyMirror
+from streams.worker.handlers import Handlers, RawMessage
+from streams.worker.session import DecisionSession
 from transport import MessageGuard, Refused
 from transport.signing import Keyring, Signer
 

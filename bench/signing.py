@@ -40,8 +40,8 @@ from schemas import (
     encode,
 )
 from schemas.topics import EXEC, VERDICTS
-from streams.provenance import Provenance, RecordSigner
-from streams.session import DecisionSession
+from streams.worker.provenance import Provenance, RecordSigner
+from streams.worker.session import DecisionSession
 from transport.signing import Keyring, Signer, Verifier
 
 NODES = 20

@@ -274,7 +274,7 @@ async def baseline_loop(kafka: KafkaConnection, expected: int) -> float:
     """Plain aiokafka consume -> produce over the exec topic, no work: events/s."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from streams.kafka_options import aiokafka_options
+    from streams.kafka.kafka_options import aiokafka_options
 
     options = aiokafka_options(kafka)  # SASL_SSL as the worker's own aiokafka client
     consumer = AIOKafkaConsumer(kafka.topic(EXEC.name), **options,

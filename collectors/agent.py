@@ -4,7 +4,7 @@ Each exec the kernel reports is enriched from /proc (a process gone before we lo
 never hidden), tagged with its workload, and published keyed by workload id so per-workload order
 holds. A workload is announced on `procwarden.workloads` the first time one of its processes is
 seen. Exits are published for processes whose exec was. New processes' stdio is inspected for
-reverse shells. The enforcer (collectors/enforcer.py) acts on this node's verdicts.
+reverse shells. The enforcer (collectors/enforcement/enforcer.py) acts on this node's verdicts.
 """
 
 from __future__ import annotations
@@ -21,20 +21,20 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
-from collectors.answerer_link import ANSWERER_METRICS
-from collectors.connector import COMM, EXIT, FORK, UID, ProcConnector, ProcEvent
-from collectors.connector import EXEC as EXEC_EVENT
-from collectors.enforcer import Enforcer, node_keys
-from collectors.escalation import EscalationWatch
-from collectors.fanotify import ExecNotice, NotificationGroup
-from collectors.file_watch import FileWatch
-from collectors.procfs import ArgvLimits
-from collectors.publisher import Publisher
-from collectors.sensing import Sensed, Sensor, is_loader
+from collectors.enforcement.answerer_link import ANSWERER_METRICS
+from collectors.enforcement.enforcer import Enforcer, node_keys
+from collectors.kernel.connector import COMM, EXIT, FORK, UID, ProcConnector, ProcEvent
+from collectors.kernel.connector import EXEC as EXEC_EVENT
+from collectors.kernel.fanotify import ExecNotice, NotificationGroup
+from collectors.kernel.procfs import ArgvLimits
+from collectors.publishing.publisher import Publisher
+from collectors.publishing.state_files import private_folder
+from collectors.sensing.escalation import EscalationWatch
+from collectors.sensing.file_watch import FileWatch
+from collectors.sensing.reverse_shell import StdioInspector
+from collectors.sensing.sensor import Sensed, Sensor, is_loader
+from collectors.sensing.workloads import WorkloadResolver
 from collectors.settings import CollectorSettings
-from collectors.state_files import private_folder
-from collectors.stdio import StdioInspector
-from collectors.workloads import WorkloadResolver
 from schemas import CollectorReport, Envelope, ExitEvent, Payload, Workload, WorkloadState, encode
 from schemas.connections import KafkaConnection
 from schemas.records import replace
@@ -69,7 +69,8 @@ class Collector:
     settings: CollectorSettings = field(default_factory=CollectorSettings)
     health: Health = field(default_factory=lambda: Health("collector"))
     # What it signs its records with and checks verdicts by; None: COLLECTOR_SIGNING_KEYS_FILE
-    # or the local keyring (collectors.enforcer.node_keys). A KeyFile is followed as it rotates.
+    # or the local keyring (collectors.enforcement.enforcer.node_keys). A KeyFile is followed as
+    # it rotates.
     keys: NodeKeys | KeyFile[NodeKeys] | None = None
     resolver: WorkloadResolver = field(init=False)
     sensor: Sensor = field(init=False)

@@ -64,7 +64,8 @@ class CollectorSettings(BaseSettings):
                           "change or a write to the file (a file with one name only)")
     fast_answers: bool = Field(
         True, description="the exec answerer's wait and cached answers run compiled "
-                          "(collectors/fast_answer.c); false: all in Python, by the same rules")
+                          "(collectors/enforcement/fast_answer.c); false: all in Python, by the "
+                          "same rules")
     cache_size: int = Field(65_536, ge=16, description="cached pre-exec answers")
     file_events: bool = Field(True, description="report file changes in containers (drift)")
     stdio_inspections: int = Field(5, ge=0, le=20,

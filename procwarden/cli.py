@@ -115,9 +115,9 @@ def decide(
     was rejected, 2 for bad options or policy files.
     """
     from streams.engine import EngineSettings, PolicyError, parse_baseline, parse_mode
-    from streams.replay import dumps, load_policy_file, read_lines, replay
-    from streams.replay import explain as explain_line
-    from streams.session import DecisionSession
+    from streams.offline.replay import dumps, load_policy_file, read_lines, replay
+    from streams.offline.replay import explain as explain_line
+    from streams.worker.session import DecisionSession
 
     try:
         settings = EngineSettings(full_cmdline=full_cmdline,

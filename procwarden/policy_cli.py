@@ -194,7 +194,7 @@ def token_add(name: str,
               ) -> None:
     """Make a token NAME with ROLE and print it: shown this once, only its digest is kept.
     Changes made with it are recorded under NAME."""
-    from streams.api_tokens import TokenError, add_token
+    from streams.web.api_tokens import TokenError, add_token
     path = _tokens_file()
     try:
         secret = add_token(path, name, role)
@@ -210,7 +210,7 @@ def token_add(name: str,
 @token_app.command("list")
 def token_list() -> None:
     """The tokens' names and roles (never their secrets)."""
-    from streams.api_tokens import TokenError, list_tokens
+    from streams.web.api_tokens import TokenError, list_tokens
     try:
         tokens = list_tokens(_tokens_file())
     except TokenError as exc:
@@ -225,7 +225,7 @@ def token_list() -> None:
 @token_app.command("revoke")
 def token_revoke(name: str) -> None:
     """Remove token NAME: the workers refuse it from their next request."""
-    from streams.api_tokens import TokenError, revoke_token
+    from streams.web.api_tokens import TokenError, revoke_token
     try:
         found = revoke_token(_tokens_file(), name)
     except TokenError as exc:

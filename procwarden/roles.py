@@ -25,8 +25,8 @@ from pydantic import ValidationError
 
 from procwarden.stack.layout import ProgressFn
 from procwarden.stack.processes import ManagedProcess, StackError, port_in_use, tail
-from streams.api_tokens import write_private
 from streams.settings import StreamSettings
+from streams.web.api_tokens import write_private
 from transport.health import HEALTH_FILE_ENV, read_health
 
 __all__ = ["Role", "Roles"]

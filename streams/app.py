@@ -33,16 +33,16 @@ import mode
 
 from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, FILE, POLICY_UPDATES, VERDICTS, WORKLOADS
-from streams.api import PolicyApi
-from streams.decider import EventDecider
-from streams.event_output import KafkaOutput, Sign
-from streams.handlers import Handlers, RawMessage
-from streams.kafka_options import ssl_context
-from streams.mirror import PolicyMirror
-from streams.provenance import Provenance, RecordSigner
-from streams.session import DecisionSession
+from streams.kafka.decider import EventDecider
+from streams.kafka.event_output import KafkaOutput, Sign
+from streams.kafka.kafka_options import ssl_context
+from streams.kafka.mirror import PolicyMirror
 from streams.settings import StreamSettings
-from streams.web import install_routes, web_options
+from streams.web.api import PolicyApi
+from streams.web.routes import install_routes, web_options
+from streams.worker.handlers import Handlers, RawMessage
+from streams.worker.provenance import Provenance, RecordSigner
+from streams.worker.session import DecisionSession
 from transport import HEALTH_FILE_ENV, DlqLimits, Health, describe, exit_unless_stopped
 from transport.keyfile import KeyFile
 from transport.signing import Keyring

@@ -60,7 +60,7 @@ class StreamSettings(BaseSettings):
     max_policy_bytes: int = Field(900_000, ge=10_000, le=1_000_000,
                                   description="a group's policy record after any edit")
     max_crd_bytes: int = Field(1024 * 1024, ge=1024, description="one CRD import's text (413)")
-    # Signatures (streams/provenance.py): the keyring file (default: the local one, made on
+    # Signatures (streams/worker/provenance.py): the keyring file (default: the local one, made on
     # first use), how long a verdict may be acted on, and an insecure switch that believes
     # unsigned records (for a rollout where some collectors do not sign yet).
     signing_keyring_file: Path | None = None

@@ -25,7 +25,7 @@ from schemas import (
     WorkloadKind,
 )
 from streams.engine import EngineSettings
-from streams.session import DecisionSession, EditOutcome
+from streams.worker.session import DecisionSession, EditOutcome
 
 NODE = "node-1"
 WEB = "nv.web.demo"

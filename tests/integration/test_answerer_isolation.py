@@ -12,8 +12,8 @@ from tests.integration.streamkit import ROOT
 # The collector's side, with the limit it inherits set first: the answerer's own limits then.
 _HARNESS = """
 import resource, sys, time
-from collectors.answerer_link import AnswererLink
-from collectors.answerer_protocol import Stop
+from collectors.enforcement.answerer_link import AnswererLink
+from collectors.enforcement.answerer_protocol import Stop
 from collectors.settings import CollectorSettings
 inherited, target, hard = (int(arg) for arg in sys.argv[1:4])
 resource.setrlimit(resource.RLIMIT_NOFILE, (inherited, hard))  # root may raise its hard limit

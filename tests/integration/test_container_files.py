@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from collectors import container_files
-from collectors.container_files import DEFAULT_MAX_BYTES, read_container_file, read_in_root
-from collectors.escalation import groups_of, uid_min
-from collectors.workloads import ContainerInfo, WorkloadResolver
+from collectors.sensing import container_files
+from collectors.sensing.container_files import DEFAULT_MAX_BYTES, read_container_file, read_in_root
+from collectors.sensing.escalation import groups_of, uid_min
+from collectors.sensing.workloads import ContainerInfo, WorkloadResolver
 
 
 def _refused(reason: str) -> float:
@@ -152,7 +152,7 @@ def test_without_openat2_nothing_is_read(root: Path, monkeypatch: pytest.MonkeyP
 def test_a_refusal_is_logged_once_per_file(root: Path, caplog: pytest.LogCaptureFixture) -> None:
     os.mkfifo(root / "etc" / "fifo")
     where = f"box-{uuid.uuid4().hex[:8]}"
-    with caplog.at_level(logging.WARNING, logger="collectors.container_files"):
+    with caplog.at_level(logging.WARNING, logger="collectors.sensing.container_files"):
         for _ in range(3):
             assert read_in_root(root, "etc/fifo", where=where) is None
     assert [r.getMessage() for r in caplog.records] == [f"etc/fifo of {where} not read: "

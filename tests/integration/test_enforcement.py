@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.exec_answerer import METRICS_EVERY_S
+from collectors.enforcement.exec_answerer import METRICS_EVERY_S
 from procwarden.testbed.containers import APP_LOOP, Container, run_container
 from schemas import (
     Decision,
@@ -68,7 +68,7 @@ class Guarded:
         return env.payload
 
 
-# Every test with held execs answered by the compiled wait (collectors/fast_answer.c) and by
+# Every test with held execs answered by the compiled wait (collectors/enforcement/fast_answer.c) and by
 # the Python code alone, which stays the reference.
 @pytest.fixture(scope="module", params=["compiled", "python"])
 def guarded(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory,
@@ -305,11 +305,11 @@ def _change_policy(g: Guarded, before: dict[str, float], change: RuleChange) -> 
 
 
 def _answerer() -> int:
-    """The pid of the collector's exec answerer (collectors/exec_answerer.py)."""
+    """The pid of the collector's exec answerer (collectors/enforcement/exec_answerer.py)."""
     collector = subprocess.run(["pgrep", "-f", f"procwarden.cli collector --node {NODE}"],
                                capture_output=True, text=True, check=False).stdout.split()
     assert len(collector) == 1, collector
-    children = subprocess.run(["pgrep", "-P", collector[0], "-f", "collectors.exec_answerer"],
+    children = subprocess.run(["pgrep", "-P", collector[0], "-f", "collectors.enforcement.exec_answerer"],
                               capture_output=True, text=True, check=False).stdout.split()
     assert len(children) == 1, children
     return int(children[0])

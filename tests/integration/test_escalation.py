@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from collectors.escalation import EscalationWatch
-from collectors.procfs import ArgvLimits
-from collectors.workloads import WorkloadResolver
+from collectors.kernel.procfs import ArgvLimits
+from collectors.sensing.escalation import EscalationWatch
+from collectors.sensing.workloads import WorkloadResolver
 
 NOBODY = 65534
 

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from schemas.connections import KafkaConnection
 from schemas.topics import verdict_partition
-from streams.event_output import DeliveryFailed, KafkaOutput
+from streams.kafka.event_output import DeliveryFailed, KafkaOutput
 
 
 def test_a_lost_output_fails_the_check_once(kafka: KafkaConnection,
@@ -76,8 +76,8 @@ def test_the_decider_commits_only_what_was_delivered(kafka: KafkaConnection,
     a batch with a lost output crashes the decider and stays uncommitted, to be decided again."""
     from confluent_kafka import Producer
 
-    from streams.decider import EventDecider
-    from streams.handlers import RawMessage
+    from streams.kafka.decider import EventDecider
+    from streams.worker.handlers import RawMessage
 
     events, outputs = topic_factory(), topic_factory()
     missing = f"test.missing-{uuid.uuid4().hex[:8]}"

@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from collectors.fanotify import ExecNotice, NotificationGroup
-from collectors.sensing import is_loader
+from collectors.kernel.fanotify import ExecNotice, NotificationGroup
+from collectors.sensing.sensor import is_loader
 from tests.integration.streamkit import spawn_true
 
 TRUE = "/usr/bin/true"  # what spawn_true runs

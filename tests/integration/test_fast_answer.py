@@ -1,4 +1,4 @@
-"""The exec answerer's compiled wait (collectors/fast_answer.c) on the real kernel: a held exec
+"""The exec answerer's compiled wait (collectors/enforcement/fast_answer.c) on the real kernel: a held exec
 whose caller is placed by the lineage and whose answer is cached is answered there, allowed or
 denied; anything else is handed back for the Python code to answer, and nothing is answered
 twice or left held. In a real container, the keys the Python code caches are the ones the
@@ -20,13 +20,19 @@ from pathlib import Path
 
 import pytest
 
-from collectors.answerer_protocol import Ask, Stop, VerdictMessage, decode_to_collector, encode
-from collectors.cache_key import CacheKey, FastHold
-from collectors.connector import EXIT, FORK, ProcConnector
-from collectors.exec_answerer import CACHED_BUCKETS, ExecAnswerer, Hold
-from collectors.fanotify import Permission, PermissionGroup
-from collectors.fast_answer import FastAnswerLike, fast_answer
-from collectors.lineage import Lineage, Placement
+from collectors.enforcement.answerer_protocol import (
+    Ask,
+    Stop,
+    VerdictMessage,
+    decode_to_collector,
+    encode,
+)
+from collectors.enforcement.cache_key import CacheKey, FastHold
+from collectors.enforcement.exec_answerer import CACHED_BUCKETS, ExecAnswerer, Hold
+from collectors.enforcement.fast_answer import FastAnswerLike, fast_answer
+from collectors.enforcement.lineage import Lineage, Placement
+from collectors.kernel.connector import EXIT, FORK, ProcConnector
+from collectors.kernel.fanotify import Permission, PermissionGroup
 from collectors.settings import CollectorSettings
 from procwarden.testbed.containers import APP_LOOP, run_container
 from schemas import Origin

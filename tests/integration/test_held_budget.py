@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from collectors.cache_key import CacheKey
-from collectors.exec_answerer import ExecAnswerer, Hold
-from collectors.fanotify import Permission
+from collectors.enforcement.cache_key import CacheKey
+from collectors.enforcement.exec_answerer import ExecAnswerer, Hold
+from collectors.kernel.fanotify import Permission
 from collectors.settings import CollectorSettings
 from schemas import FailMode, Origin
 

@@ -36,10 +36,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.exec_answerer import CACHED_BUCKETS
-from collectors.fanotify import PermissionGroup
-from collectors.fast_answer import fast_answer
-from collectors.lineage import Lineage
+from collectors.enforcement.exec_answerer import CACHED_BUCKETS
+from collectors.enforcement.fast_answer import fast_answer
+from collectors.enforcement.lineage import Lineage
+from collectors.kernel.fanotify import PermissionGroup
 from procwarden.testbed.containers import APP_LOOP, Container, run_container
 from schemas import (
     CollectorReport,
@@ -219,7 +219,7 @@ def test_readiness_says_when_execs_are_not_held(node: Node) -> None:
 
 def _answerer(n: Node) -> int:
     children = subprocess.run(["pgrep", "-P", str(n.collector.pid), "-f",
-                               "collectors.exec_answerer"],
+                               "collectors.enforcement.exec_answerer"],
                               capture_output=True, text=True, check=False).stdout.split()
     assert len(children) == 1, children
     return int(children[0])
@@ -354,8 +354,8 @@ def test_a_package_planted_in_the_working_directory_is_not_run(tmp_path: Path) -
         f"open({str(marker)!r}, 'w').write('ran')\n")
     harness = (
         "import os, sys, time\n"
-        "from collectors.answerer_link import AnswererLink\n"
-        "from collectors.answerer_protocol import Stop\n"
+        "from collectors.enforcement.answerer_link import AnswererLink\n"
+        "from collectors.enforcement.answerer_protocol import Stop\n"
         "from collectors.settings import CollectorSettings\n"
         "os.chdir(sys.argv[1])\n"
         "link = AnswererLink(CollectorSettings(node='planted', fast_answers=False), "

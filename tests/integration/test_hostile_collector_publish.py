@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.spool import Spool
+from collectors.publishing.spool import Spool
 from procwarden.testbed.containers import APP_LOOP, Container, run_container
 from schemas import Decision, Envelope, ExecEvent, encode
 from schemas.connections import KafkaConnection

@@ -20,8 +20,8 @@ from typing import TypeVar
 import pytest
 from prometheus_client import REGISTRY
 
-from collectors.escalation import groups_of, uid_min
-from collectors.workloads import ContainerInfo, WorkloadResolver
+from collectors.sensing.escalation import groups_of, uid_min
+from collectors.sensing.workloads import ContainerInfo, WorkloadResolver
 from procwarden.testbed.containers import Container, run_container
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -262,7 +262,7 @@ _DYING_WORKER = """
 import faust
 
 from schemas.connections import KafkaConnection
-from streams import handlers
+from streams.worker import handlers
 from procwarden.keys import local_keyring
 from streams.app import build_app
 from streams.settings import StreamSettings

@@ -8,7 +8,15 @@ import subprocess
 import sys
 import time
 
-from collectors.connector import COMM, EXEC, EXIT, FORK, ProcConnector, ProcEvent, kernel_filters
+from collectors.kernel.connector import (
+    COMM,
+    EXEC,
+    EXIT,
+    FORK,
+    ProcConnector,
+    ProcEvent,
+    kernel_filters,
+)
 from tests.integration.streamkit import spawn_true
 
 

@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from collectors.procfs import ArgvLimits, read_cgroup, read_exe, read_pid_ns, read_proc, read_stat
+from collectors.kernel.procfs import (
+    ArgvLimits,
+    read_cgroup,
+    read_exe,
+    read_pid_ns,
+    read_proc,
+    read_stat,
+)
 
 
 def _gone_pid() -> int:
@@ -76,8 +83,8 @@ def test_a_gone_execs_parent_is_read_whole_once_while_it_stays_the_same(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Sensor._parent: a parent starting many short programs is read whole once; its stat is
     checked each time, and a new name or `forget` (its uid change, exec or exit) reads it again."""
-    from collectors import sensing
-    from collectors.workloads import WorkloadResolver
+    from collectors.sensing import sensor as sensing
+    from collectors.sensing.workloads import WorkloadResolver
 
     whole_reads: list[int] = []
 

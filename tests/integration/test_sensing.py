@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from collectors import sensing
-from collectors.procfs import read_proc
-from collectors.sensing import Sensor
-from collectors.workloads import ContainerInfo, WorkloadResolver, container_id_from_cgroup
+from collectors.kernel.procfs import read_proc
+from collectors.sensing import sensor as sensing
+from collectors.sensing.sensor import Sensor
+from collectors.sensing.workloads import ContainerInfo, WorkloadResolver, container_id_from_cgroup
 from procwarden.testbed.containers import Container, run_container
 from schemas import Origin, WorkloadKind
 
@@ -112,7 +112,7 @@ def test_new_and_modified_executables(web: Container) -> None:
     resolver = WorkloadResolver(node="node-1")
     info = resolver.container_of(Path(f"/proc/{web.init_pid}/cgroup").read_text())
     assert info is not None
-    from collectors.sensing import exe_origin
+    from collectors.sensing.sensor import exe_origin
 
     assert exe_origin(info, "/bin/busybox") is Origin.IMAGE
     web.exec("sh", "-c", "printf x >> /etc/hostname")  # a running binary cannot be written

@@ -78,7 +78,7 @@ def test_confluent_kafka_round_trip(kafka: KafkaConnection,
 def test_aiokafka_round_trip(kafka: KafkaConnection, topic_factory: Callable[..., str]) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from streams.kafka_options import aiokafka_options
+    from streams.kafka.kafka_options import aiokafka_options
 
     topic = topic_factory()
 

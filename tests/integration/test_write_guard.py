@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from collectors.exec_answerer import ExecAnswerer
-from collectors.procfs import opens_for_writing
+from collectors.enforcement.exec_answerer import ExecAnswerer
+from collectors.enforcement.write_guard import WriteGuard
+from collectors.kernel.procfs import opens_for_writing
+from collectors.sensing.workloads import WorkloadResolver
 from collectors.settings import CollectorSettings
-from collectors.workloads import WorkloadResolver
-from collectors.write_guard import WriteGuard
 
 
 @pytest.fixture

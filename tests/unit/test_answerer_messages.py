@@ -1,4 +1,4 @@
-"""What the collector and its exec answerer say to each other (collectors/answerer_protocol.py):
+"""What the collector and its exec answerer say to each other (collectors/enforcement/answerer_protocol.py):
 each message reads back as it was sent, the same on both ends; anything else is refused."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from collectors.answerer_link import AnswererLink
-from collectors.answerer_protocol import (
+from collectors.enforcement.answerer_link import AnswererLink
+from collectors.enforcement.answerer_protocol import (
     Ask,
     Counts,
     Drift,
@@ -29,8 +29,8 @@ from collectors.answerer_protocol import (
     decode_to_collector,
     encode,
 )
-from collectors.cache_key import cache_key
-from collectors.exec_answerer import Hold, _Metrics
+from collectors.enforcement.cache_key import cache_key
+from collectors.enforcement.exec_answerer import Hold, _Metrics
 from collectors.settings import CollectorSettings
 from schemas import FailMode, FileEvent, FileOp, Origin
 

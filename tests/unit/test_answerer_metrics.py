@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from collectors.answerer_link import AnswererMetrics
-from collectors.exec_answerer import CACHED_BUCKETS, VERDICT_BUCKETS, _Metrics
+from collectors.enforcement.answerer_link import AnswererMetrics
+from collectors.enforcement.exec_answerer import CACHED_BUCKETS, VERDICT_BUCKETS, _Metrics
 
 
 def _registry() -> tuple[AnswererMetrics, CollectorRegistry]:

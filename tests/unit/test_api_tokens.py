@@ -1,4 +1,4 @@
-"""The API's token file (streams/api_tokens.py) and `procwarden token`: secrets never at rest,
+"""The API's token file (streams/web/api_tokens.py) and `procwarden token`: secrets never at rest,
 the file never readable by others for an instant whatever the umask, a readable file refused,
 and the node's generated legacy token written the same way (issue 22)."""
 
@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from procwarden.cli import app as cli_app
 from procwarden.roles import Roles
-from streams.api_tokens import (
+from streams.web.api_tokens import (
     TokenError,
     TokenStore,
     add_token,

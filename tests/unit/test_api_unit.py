@@ -1,4 +1,4 @@
-"""The policy API's handler (streams/api.py `PolicyApi`) over the worker's real handlers and a
+"""The policy API's handler (streams/web/api.py `PolicyApi`) over the worker's real handlers and a
 fake Kafka edge: a loopback producer whose policy-updates reach the group's writer, or a silent
 one whose writer never answers. A write answers once its change is published, and reads it
 back; a write nobody publishes is a 504, not a hang; If-Match refuses a stale version; a dry run
@@ -18,9 +18,9 @@ from schemas import Envelope, ExecEvent, Workload, WorkloadKind, encode
 from schemas.codec import to_plain
 from schemas.connections import KafkaConnection
 from schemas.topics import POLICY_UPDATES
-from streams.api import ApiError, PolicyApi
-from streams.handlers import Handlers
-from streams.session import DecisionSession
+from streams.web.api import ApiError, PolicyApi
+from streams.worker.handlers import Handlers
+from streams.worker.session import DecisionSession
 from tests.unit.test_policy_import import Loopback
 
 RULE = {"process_profile_config": {"process_change_list": [

@@ -1,4 +1,4 @@
-"""The policy API's HTTP layer (streams/web.py) on Faust's own aiohttp server, over a real
+"""The policy API's HTTP layer (streams/web/routes.py) on Faust's own aiohttp server, over a real
 PolicyApi whose policy-updates loop back to its own group writer: each role gets what it may and
 no more, changes are recorded under the token's name, every response carries the security
 headers, Faust's views are closed, Host is checked when reads are open, internal errors tell
@@ -24,10 +24,10 @@ from prometheus_client import REGISTRY
 
 from schemas import decode_envelope
 from schemas.topics import POLICY_UPDATES
-from streams.api_tokens import add_token, revoke_token
-from streams.security_events import SecurityEvents, SecurityEventsError
 from streams.settings import StreamSettings
-from streams.web import SECURITY_HEADERS, install_routes, web_options
+from streams.web.api_tokens import add_token, revoke_token
+from streams.web.routes import SECURITY_HEADERS, install_routes, web_options
+from streams.web.security_events import SecurityEvents, SecurityEventsError
 from tests.unit.test_policy_import import CRD, _api
 
 Client = TestClient[Any, Any]
@@ -140,7 +140,7 @@ def test_security_headers_on_every_response(tmp_path: Path) -> None:
 
 
 def test_the_csp_allows_what_the_console_loads() -> None:
-    html = (Path(__file__).resolve().parents[2] / "streams/console/index.html").read_text()
+    html = (Path(__file__).resolve().parents[2] / "streams/web/console/index.html").read_text()
     # The page loads only same-origin files and carries no inline script or style for the
     # policy to refuse.
     assert "<script>" not in html and "style=" not in html and "<style" not in html
@@ -276,7 +276,7 @@ def test_a_body_over_the_limit_is_a_json_413_and_the_api_reads_past_aiohttps_cap
         tmp_path: Path) -> None:
     """Before: aiohttp's own 1 MiB cap answered a text/plain 413 before the API's checks, so
     STREAMS_MAX_CRD_BYTES above 1 MiB had no effect and the answer was not the API's."""
-    from streams.web import body_limit
+    from streams.web.routes import body_limit
 
     settings = _settings(tmp_path, api_token="t")
 

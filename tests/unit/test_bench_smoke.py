@@ -124,7 +124,7 @@ def test_fuzz_bench_reports_a_codec_exception_other_than_decode_error(
 
 def test_fuzz_bench_reports_a_failure_a_guard_caught_and_strict_fails_on_it(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from collectors.enforcer import Enforcer
+    from collectors.enforcement.enforcer import Enforcer
 
     def planted(self: Enforcer, d: Decision) -> None:
         raise RuntimeError("planted")

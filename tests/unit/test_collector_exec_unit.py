@@ -18,10 +18,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from collectors.agent import Collector
-from collectors.connector import EXEC, EXIT, FORK, ProcEvent
-from collectors.fanotify import ExecNotice
-from collectors.procfs import ProcInfo
-from collectors.sensing import Sensed, Sensor
+from collectors.kernel.connector import EXEC, EXIT, FORK, ProcEvent
+from collectors.kernel.fanotify import ExecNotice
+from collectors.kernel.procfs import ProcInfo
+from collectors.sensing.sensor import Sensed, Sensor
 from collectors.settings import CollectorSettings
 from schemas import Envelope, ExecEvent, ExitEvent, Workload, WorkloadKind, decode_envelope
 from schemas.connections import KafkaConnection

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from collectors.agent import Collector
-from collectors.container_files import DEFAULT_MAX_BYTES
+from collectors.sensing.container_files import DEFAULT_MAX_BYTES
 from collectors.settings import CollectorSettings
 from schemas.connections import KafkaConnection
 from transport.signing import Keyring

@@ -1,9 +1,9 @@
-"""The event decider's consume-decide-commit loop (streams/decider.py) over a fake consumer (a
+"""The event decider's consume-decide-commit loop (streams/kafka/decider.py) over a fake consumer (a
 scripted list of batches that records its commits) and a fake output, with the worker's real
 handlers: no Kafka.
 
 The consumer is built by the decider itself (`confluent_kafka.Consumer` in `on_start`), so the
-fake replaces that name in `streams.decider`; the loop, the handlers and the commits are the
+fake replaces that name in `streams.kafka.decider`; the loop, the handlers and the commits are the
 real ones."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any, ClassVar
 
 import pytest
 
-import streams.decider
+import streams.kafka.decider
 from schemas import Envelope, ExecEvent, encode
 from schemas.topics import EXEC
-from streams.decider import EventDecider
-from streams.handlers import Handlers, RawMessage
-from streams.session import DecisionSession
+from streams.kafka.decider import EventDecider
+from streams.worker.handlers import Handlers, RawMessage
+from streams.worker.session import DecisionSession
 from tests.unit.test_handlers import KAFKA, WL, FakePublisher, announce
 
 TOPIC = KAFKA.topic(EXEC.name)
@@ -142,7 +142,7 @@ async def until(done: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def run_world(monkeypatch: pytest.MonkeyPatch,
               script: Callable[[World], Awaitable[None]], **handler_kw: Any) -> None:
-    monkeypatch.setattr(streams.decider, "Consumer", FakeConsumer)
+    monkeypatch.setattr(streams.kafka.decider, "Consumer", FakeConsumer)
 
     async def go() -> None:
         log: list[str] = []

@@ -1,5 +1,6 @@
 """The docs hold together with the code: every `§N` the code cites is a section of
-docs/behaviour.md, and docs/configuration.md is what its generator prints."""
+docs/behaviour.md, docs/configuration.md is what its generator prints, docs/architecture.md has a
+row for every room, and every collectors/ or streams/ path the docs name exists."""
 
 from __future__ import annotations
 
@@ -124,6 +125,36 @@ def test_architecture_md_lists_every_topic_as_schemas_defines_it() -> None:
         assert spec.name in rows, f"docs/architecture.md has no row for {spec.name}"
         assert rows[spec.name].startswith(expected), (
             f"docs/architecture.md's row for {spec.name} should start {expected!r}")
+
+
+def _rooms() -> set[str]:
+    """collectors/ and streams/ rooms: their packages and each stage's composition root."""
+    found = {"collectors/agent.py", "streams/app.py"}
+    for stage in ("collectors", "streams"):
+        found |= {f"{stage}/{p.parent.name}/" for p in (ROOT / stage).glob("*/__init__.py")}
+    return found
+
+
+def test_architecture_md_has_a_row_for_every_room() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text[text.index("### Rooms"):]
+    rows = set(re.findall(r"^\| `((?:collectors|streams)/[\w./]+)` \|", table, re.MULTILINE))
+    assert rows == _rooms()
+
+
+def test_every_room_says_its_role() -> None:
+    for room in _rooms() - {"collectors/agent.py", "streams/app.py"}:
+        text = (ROOT / room / "__init__.py").read_text()
+        assert text.startswith('"""'), f"{room}__init__.py has no docstring"
+
+
+def test_every_stage_path_the_docs_name_exists() -> None:
+    named = set()
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        named |= set(re.findall(r"(?<![\w./-])((?:collectors|streams)/[\w./-]*\w/?)",
+                                doc.read_text()))
+    assert len(named) >= 10
+    assert sorted(p for p in named if not (ROOT / p).exists()) == []
 
 
 def test_every_procwarden_variable_the_code_reads_is_documented() -> None:

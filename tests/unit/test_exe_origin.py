@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from collectors.sensing import exe_origin
-from collectors.workloads import ContainerInfo
+from collectors.sensing.sensor import exe_origin
+from collectors.sensing.workloads import ContainerInfo
 from schemas import Origin
 
 TOOL = b"\x7fELF the image's tool\n" * 100

@@ -1,4 +1,4 @@
-"""The exec answerer's compiled wait (collectors/fast_answer.c) builds the same cache keys as the
+"""The exec answerer's compiled wait (collectors/enforcement/fast_answer.c) builds the same cache keys as the
 Python answerer: an answer cached by either is found by both, for any path, workload, stamp,
 family or netcat. The compiled module is the one `pip install -e .` builds (./pw and CI do): if it
 is missing these tests fail, they never skip."""
@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 
-from collectors.cache_key import (
+from collectors.enforcement.cache_key import (
     HOLD_FIELDS,
     KEY_FIELDS,
     KEY_LAYOUT_VERSION,
@@ -26,11 +26,11 @@ from collectors.cache_key import (
     cache_key,
     fast_hold,
 )
-from collectors.exec_answerer import CACHED_BUCKETS
-from collectors.fast_answer import FastAnswerLike, fast_answer
-from collectors.lineage import Lineage, Placement
-from collectors.sensing import exe_origin
-from collectors.workloads import ContainerInfo
+from collectors.enforcement.exec_answerer import CACHED_BUCKETS
+from collectors.enforcement.fast_answer import FastAnswerLike, fast_answer
+from collectors.enforcement.lineage import Lineage, Placement
+from collectors.sensing.sensor import exe_origin
+from collectors.sensing.workloads import ContainerInfo
 from schemas import Origin
 
 PID = 4242  # any: the lineage is the test's own
@@ -38,7 +38,7 @@ PID = 4242  # any: the lineage is the test's own
 
 @pytest.fixture
 def compiled() -> ModuleType:
-    return importlib.import_module("collectors._fast_answer")  # ImportError: a failure
+    return importlib.import_module("collectors.enforcement._fast_answer")  # ImportError: a failure
 
 
 class Tables:

@@ -41,12 +41,12 @@ from schemas.topics import (
     VERDICTS,
     WORKLOADS,
 )
-from streams.decider import commit_points
 from streams.engine import EngineSettings
-from streams.event_output import KafkaOutput, OutputRefused
-from streams.handlers import Handlers, RawMessage, SideBuffer
-from streams.mirror import PolicyMirror
-from streams.session import DecisionSession
+from streams.kafka.decider import commit_points
+from streams.kafka.event_output import KafkaOutput, OutputRefused
+from streams.kafka.mirror import PolicyMirror
+from streams.worker.handlers import Handlers, RawMessage, SideBuffer
+from streams.worker.session import DecisionSession
 
 KAFKA = KafkaConnection(bootstrap_servers="127.0.0.1:1")
 WL = Workload(id="c-web-1", kind=WorkloadKind.CONTAINER, node="node-1", name="web",

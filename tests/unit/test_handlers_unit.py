@@ -1,4 +1,4 @@
-"""The stream worker's handlers (streams/handlers.py) over list publishers and a fake clock:
+"""The stream worker's handlers (streams/worker/handlers.py) over list publishers and a fake clock:
 what one event becomes on which topic with which key, learning in Discover end to end through
 the group's writer, refused senders' dead letters, and revoked partitions' waiting events.
 (tests/unit/test_handlers.py holds the failure paths; these are the adapter's plain effects.)"""
@@ -24,9 +24,9 @@ from schemas import (
 )
 from schemas.connections import KafkaConnection
 from schemas.topics import DLQ, EXEC, POLICY, POLICY_UPDATES, PROFILE_CHANGES, VERDICTS, WORKLOADS
-from streams.handlers import Handlers, RawMessage
-from streams.provenance import Provenance
-from streams.session import DecisionSession
+from streams.worker.handlers import Handlers, RawMessage
+from streams.worker.provenance import Provenance
+from streams.worker.session import DecisionSession
 from tests.unit.test_handlers import Clock, FakePublisher, run
 from transport.signing import Keyring, Signer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from collectors.connector import kernel_filters
+from collectors.kernel.connector import kernel_filters
 
 
 @pytest.mark.parametrize(("release", "filters"), [

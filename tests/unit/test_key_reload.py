@@ -17,7 +17,7 @@ from collectors.agent import Collector
 from collectors.settings import CollectorSettings
 from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, VERDICTS
-from streams.provenance import Provenance, RecordSigner
+from streams.worker.provenance import Provenance, RecordSigner
 from transport.keyfile import KeyFile
 from transport.signing import BadSignature, Header, Keyring, NodeKeys, Signer, Verifier
 

@@ -1,10 +1,10 @@
-"""Placing a held exec by its lineage (collectors/lineage.py): what a placed process makes is
+"""Placing a held exec by its lineage (collectors/enforcement/lineage.py): what a placed process makes is
 placed with it, a host creator never places anything, and an exit or a lost message forgets."""
 
 from __future__ import annotations
 
-from collectors.connector import EXEC, EXIT, FORK, ProcEvent
-from collectors.lineage import Lineage, Placement
+from collectors.enforcement.lineage import Lineage, Placement
+from collectors.kernel.connector import EXEC, EXIT, FORK, ProcEvent
 
 SHOP = Placement("pw-shop", family=True)
 INJECTED = Placement("pw-shop", family=False)

@@ -1,11 +1,11 @@
-"""The policy mirror (streams/mirror.py) feeding the worker's handlers, record by record through
+"""The policy mirror (streams/kafka/mirror.py) feeding the worker's handlers, record by record through
 `apply` and through its own loop over a fake consumer: policies and workloads applied in the
 order they come, stale copies and tombstones, records that do not belong on their topic or come
 from the wrong node refused (dead-lettered, the mirror goes on), and "caught up" only once every
 partition reached the end offsets seen at start.
 
 The loop's consumer is built by `start` itself (`aiokafka.AIOKafkaConsumer`), so the fake
-replaces that name in `streams.mirror`."""
+replaces that name in `streams.kafka.mirror`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-import streams.mirror
+import streams.kafka.mirror
 from schemas import (
     Baseline,
     Envelope,
@@ -32,10 +32,10 @@ from schemas import (
 )
 from schemas.records import replace
 from schemas.topics import POLICY, PROCESS_STATE, WORKLOADS
-from streams.handlers import Handlers
-from streams.mirror import PolicyMirror
-from streams.provenance import Provenance
-from streams.session import DecisionSession
+from streams.kafka.mirror import PolicyMirror
+from streams.worker.handlers import Handlers
+from streams.worker.provenance import Provenance
+from streams.worker.session import DecisionSession
 from tests.unit.test_handlers import KAFKA, FakePublisher, run
 from transport.signing import Keyring, Signer
 
@@ -217,7 +217,7 @@ class FakeConsumer:
 
 def test_the_mirror_is_caught_up_only_once_every_partition_reached_its_end(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(streams.mirror, "AIOKafkaConsumer", FakeConsumer)
+    monkeypatch.setattr(streams.kafka.mirror, "AIOKafkaConsumer", FakeConsumer)
     FakeConsumer.made.clear()
     h, mirror, _ = world()
     pol = TopicPartition(KAFKA.topic(POLICY.name), 0)

@@ -1,4 +1,4 @@
-"""The OpenAPI document (streams/openapi.py, served at /v1/openapi.json), the routes streams/web.py
+"""The OpenAPI document (streams/web/openapi.py, served at /v1/openapi.json), the routes streams/web/routes.py
 installs and docs/api.md hold together: the same operations in all three, each with the role the
 server enforces, and every answer of real calls through the web layer is what the document says
 it is (issue 23)."""
@@ -19,10 +19,10 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from schemas import Envelope, Workload, WorkloadKind, decode_envelope
-from streams.api_tokens import ROLES, add_token, role_allows
-from streams.openapi import CONSOLE_ASSETS, document
-from streams.security_events import COLUMNS, SecurityEvents
-from streams.web import _ASSETS, SECURITY_HEADERS, _served
+from streams.web.api_tokens import ROLES, add_token, role_allows
+from streams.web.openapi import CONSOLE_ASSETS, document
+from streams.web.routes import _ASSETS, SECURITY_HEADERS, _served
+from streams.web.security_events import COLUMNS, SecurityEvents
 from tests.unit.test_api_web import (
     _API,
     GROUP,

@@ -23,7 +23,7 @@ from schemas import (
 )
 from streams.engine import EngineSettings, PolicyError, apply_crd, validate_rule
 from streams.engine.validation import parse_baseline
-from streams.session import EditOutcome
+from streams.worker.session import EditOutcome
 from tests.builders import WEB, World, container, group, learned_rule, rule
 
 VALID = {
@@ -348,7 +348,7 @@ def test_a_rest_action_with_surrounding_whitespace_is_refused(action: str) -> No
 def test_a_rest_action_with_whitespace_is_a_400_from_the_api() -> None:
     import asyncio
 
-    from streams.api import ApiError
+    from streams.web.api import ApiError
     from tests.unit.test_policy_import import _api
 
     api, _ = _api()

@@ -16,9 +16,9 @@ import yaml
 from schemas import CriteriaKey, CriteriaOp, Criterion, GroupKind, GroupPolicy
 from schemas.connections import KafkaConnection
 from schemas.topics import POLICY_UPDATES
-from streams.api import ApiError, PolicyApi
-from streams.handlers import Handlers, RawMessage
-from streams.session import DecisionSession
+from streams.web.api import ApiError, PolicyApi
+from streams.worker.handlers import Handlers, RawMessage
+from streams.worker.session import DecisionSession
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = (ROOT / "examples" / "policies" / "custom-lockdown.yaml").read_text()

@@ -34,7 +34,7 @@ from streams.engine import (
     policy_state,
     pre_exec_decide,
 )
-from streams.session import EditOutcome
+from streams.worker.session import EditOutcome
 from tests.builders import (
     WEB,
     World,

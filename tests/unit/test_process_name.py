@@ -3,8 +3,8 @@ BusyBox applet re-executed through /proc/self/exe; and whether a read process st
 
 from __future__ import annotations
 
-from collectors.procfs import ProcInfo, ProcStat, process_name
-from collectors.sensing import still_the_exec_read
+from collectors.kernel.procfs import ProcInfo, ProcStat, process_name
+from collectors.sensing.sensor import still_the_exec_read
 
 BUSYBOX = "/var/lib/runc/rootfs/bin/busybox"
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from schemas import DecodeError, Envelope, ProcessSnapshot, decode_envelope, encode
 from streams.engine import ProcessState
 from streams.engine.state import StateEffect
-from streams.session import DecisionSession
+from streams.worker.session import DecisionSession
 
 _pids = st.integers(1, 6)
 _pairs = st.tuples(_pids, st.integers(100, 102))

@@ -1,4 +1,4 @@
-"""Who may tell the stream app what (streams/provenance.py), through the worker's handlers and
+"""Who may tell the stream app what (streams/worker/provenance.py), through the worker's handlers and
 its mirror with fake outputs. Each test is an attack of issue 22 that worked before."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from schemas import (
     encode,
 )
 from schemas.topics import EXEC, POLICY, POLICY_UPDATES, PROCESS_STATE, VERDICTS, WORKLOADS
-from streams.handlers import Handlers, RawMessage
-from streams.mirror import PolicyMirror
-from streams.provenance import Provenance, RecordSigner
-from streams.session import DecisionSession
+from streams.kafka.mirror import PolicyMirror
+from streams.worker.handlers import Handlers, RawMessage
+from streams.worker.provenance import Provenance, RecordSigner
+from streams.worker.session import DecisionSession
 from tests.unit.test_handlers import KAFKA, FakePublisher, run, sample
 from transport.signing import BadSignature, Keyring, Signer, Verifier
 

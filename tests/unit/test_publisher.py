@@ -12,8 +12,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import REGISTRY
 
-from collectors.publisher import Publisher
-from collectors.spool import Spool
+from collectors.publishing.publisher import Publisher
+from collectors.publishing.spool import Spool
 from schemas.connections import KafkaConnection
 from transport.signing import Keyring, Signer, Verifier
 

@@ -136,8 +136,8 @@ def test_hostile_lines_are_reported_and_the_run_goes_on(tmp_path: Path) -> None:
 
 
 def test_a_line_the_session_fails_on_is_reported() -> None:
-    from streams.replay import replay
-    from streams.session import DecisionSession
+    from streams.offline.replay import replay
+    from streams.worker.session import DecisionSession
 
     class Failing(DecisionSession):
         def handle(self, env: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.connections import ClickHouseConnection
-from streams.security_events import SecurityEvents, SecurityEventsError
+from streams.web.security_events import SecurityEvents, SecurityEventsError
 
 EVENTS = SecurityEvents(ClickHouseConnection(database="procwarden"))
 

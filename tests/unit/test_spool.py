@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from collectors.spool import Spool
+from collectors.publishing.spool import Spool
 
 
 def _all(spool: Spool) -> list[tuple[str, bytes, bytes]]:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from collectors.agent import Collector
-from collectors.enforcer import Enforcer
-from collectors.exec_answerer import Hold
+from collectors.enforcement.enforcer import Enforcer
+from collectors.enforcement.exec_answerer import Hold
+from collectors.sensing.workloads import WorkloadResolver
 from collectors.settings import CollectorSettings
-from collectors.workloads import WorkloadResolver
 from schemas.connections import KafkaConnection
 from transport import Health
 from transport.signing import Keyring

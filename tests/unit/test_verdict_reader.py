@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from collectors.answerer_protocol import ToAnswerer, VerdictMessage
-from collectors.enforcer import Enforcer, kill_if_same
-from collectors.exec_answerer import Hold
-from collectors.procfs import read_stat
+from collectors.enforcement.answerer_protocol import ToAnswerer, VerdictMessage
+from collectors.enforcement.enforcer import Enforcer, kill_if_same
+from collectors.enforcement.exec_answerer import Hold
+from collectors.enforcement.verdict_checks import ActedOn, RecentEvents, RefusalLog, protected_pids
+from collectors.kernel.procfs import read_stat
+from collectors.sensing.workloads import WorkloadResolver, host_workload_id
 from collectors.settings import CollectorSettings
-from collectors.verdict_checks import ActedOn, RecentEvents, RefusalLog, protected_pids
-from collectors.workloads import WorkloadResolver, host_workload_id
 from schemas import (
     Decision,
     Envelope,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors.procfs import ArgvLimits, bound_argv
-from collectors.workloads import ContainerInfo, WorkloadResolver
+from collectors.kernel.procfs import ArgvLimits, bound_argv
+from collectors.sensing.workloads import ContainerInfo, WorkloadResolver
 
 CID = "pw-shop-0123456789"
 
