@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import FailMode
+from schemas.env_settings import LOG_LEVEL, LogLevel
 
 __all__ = ["CollectorSettings"]
 
@@ -20,7 +21,8 @@ class CollectorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COLLECTOR_", extra="forbid")
 
     node: str = Field(default_factory=socket.gethostname, description="this node's name")
-    cluster: str = "default"
+    cluster: str = Field("default", description="the cluster this node belongs to, carried in "
+                         "every record it publishes")
     with_hash: bool = Field(False, description="send the sha256 of every executable")
     dry_run: bool = Field(False, description="sense and report, never kill or deny")
     enforce: bool = Field(True, description="consume this node's verdicts and enforce them")
@@ -70,7 +72,8 @@ class CollectorSettings(BaseSettings):
     file_events: bool = Field(True, description="report file changes in containers (drift)")
     stdio_inspections: int = Field(5, ge=0, le=20,
                                    description="reverse-shell checks of a new process's stdio")
-    stdio_interval_s: float = Field(0.5, gt=0, le=10)
+    stdio_interval_s: float = Field(0.5, gt=0, le=10,
+                                    description="seconds between those checks")
     state_dir: Path = Field(Path("var/collector"),
                             description="what must survive a restart: which workloads are held")
     spool_max_bytes: int = Field(256 * 2**20, ge=2**20,
@@ -113,7 +116,7 @@ class CollectorSettings(BaseSettings):
                            "carry no signature (still only on the collector's own events; an "
                            "unsigned policy verdict may only hold more, never less)")
     metrics_port: int = Field(0, ge=0, le=65535, description="/metrics on loopback; 0: off")
-    log_level: str = "info"
+    log_level: LogLevel = Field("info", description=LOG_LEVEL)
 
     @model_validator(mode="after")
     def _budget_below_ceiling(self) -> CollectorSettings:

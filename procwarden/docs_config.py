@@ -89,8 +89,10 @@ def _type_name(annotation: Any) -> str:
         named = [_type_name(a) for a in args if a is not type(None)]
         optional = len(named) < len(args)
         return " or ".join(named) + (", optional" if optional else "")
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(str(a) for a in args)
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return " \\| ".join(str(m.value) for m in annotation)
+        return " | ".join(str(m.value) for m in annotation)
     if annotation is SecretStr:
         return "str"
     if isinstance(annotation, type) and issubclass(annotation, Path):

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -23,7 +23,13 @@ from pydantic_settings import (
 
 from schemas.codec import CodecLimits
 
-__all__ = ["ConfigError", "EnvSettings", "MessageLimitSettings"]
+__all__ = ["LOG_LEVEL", "ConfigError", "EnvSettings", "LogLevel", "MessageLimitSettings"]
+
+# Every role's `*_LOG_LEVEL`: a closed set, any case, so a typo stops the role at start with
+# the variable named rather than in the logging module.
+LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"],
+                     BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)]
+LOG_LEVEL = "least severe log line written"
 
 
 class ConfigError(ValueError):

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import Baseline, Mode
+from schemas.env_settings import LOG_LEVEL, LogLevel
 from streams.engine import EngineSettings, parse_baseline, parse_mode
 
 __all__ = ["StreamSettings"]
@@ -20,8 +21,9 @@ class StreamSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMS_", extra="forbid")
 
     app_id: str = Field("procwarden-streams", description="Kafka consumer group of the workers")
-    web_host: str = "127.0.0.1"
-    web_port: int = Field(6066, ge=1, le=65535)
+    web_host: str = Field("127.0.0.1", description="address the policy API and console listen "
+                          "on")
+    web_port: int = Field(6066, ge=1, le=65535, description="port of the policy API and console")
     web_tls_cert: Path | None = Field(None, description="PEM certificate chain: serve HTTPS")
     web_tls_key: Path | None = Field(None, description="PEM private key of web_tls_cert")
     api_token: SecretStr | None = Field(None, description="an admin bearer token named 'env' "
@@ -33,9 +35,12 @@ class StreamSettings(BaseSettings):
     api_allowed_hosts: str = Field("", description="comma-separated Host names the API "
                                    "answers when reads are open (against DNS rebinding); "
                                    "127.0.0.1, localhost, ::1 and web_host always")
-    new_group_mode: str = "Discover"
-    new_group_baseline: str = "zero-drift"
-    full_cmdline: bool = False
+    new_group_mode: str = Field("Discover", description="mode of a group made for a new "
+                                "workload: Discover, Monitor or Protect")
+    new_group_baseline: str = Field("zero-drift", description="baseline of such a group: "
+                                    "zero-drift or basic")
+    full_cmdline: bool = Field(False, description="keep secret-looking arguments unmasked in "
+                               "incidents")
     unknown_workload_wait_s: float = Field(3.0, ge=0, description="wait for an announcement")
     # Events of unannounced workloads wait aside while the rest is decided; past these bounds
     # they are dead-lettered (counted in procwarden_streams_unknown_workload_events_total).
@@ -69,8 +74,9 @@ class StreamSettings(BaseSettings):
                                            "rotation (transport/keyfile.py)")
     verdict_ttl_s: float = Field(60.0, ge=1, le=3600, description="a verdict's validity")
     accept_unsigned: bool = Field(False, description="INSECURE: believe unsigned records")
-    data_dir: Path = Path("var/streams")
-    log_level: str = "info"
+    data_dir: Path = Field(Path("var/streams"), description="the worker's table state (one "
+                           "folder per app_id) and default token file")
+    log_level: LogLevel = Field("info", description=LOG_LEVEL)
 
     @field_validator("new_group_mode")
     @classmethod

@@ -32,12 +32,18 @@ class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PROCWARDEN_STACK_", extra="forbid")
 
     home: Path | None = Field(None, description="state folder (default: <source>/var)")
-    kafka_port: int = Field(9092, ge=1, le=65535)
-    kafka_controller_port: int = Field(9093, ge=1, le=65535)
+    kafka_port: int = Field(9092, ge=1, le=65535, description="Kafka's client listener, on "
+                            "127.0.0.1")
+    kafka_controller_port: int = Field(9093, ge=1, le=65535,
+                                       description="Kafka's KRaft controller listener")
     kafka_heap_mb: int = Field(1024, ge=128, description="the broker's heap (Kafka's own default)")
-    clickhouse_tcp_port: int = Field(9000, ge=1, le=65535)
-    clickhouse_http_port: int = Field(8123, ge=1, le=65535)
-    clickhouse_interserver_port: int = Field(9009, ge=1, le=65535)
+    clickhouse_tcp_port: int = Field(9000, ge=1, le=65535,
+                                     description="ClickHouse's native protocol, on 127.0.0.1")
+    clickhouse_http_port: int = Field(8123, ge=1, le=65535, description="ClickHouse's HTTP "
+                                      "interface (Grafana, curl)")
+    clickhouse_interserver_port: int = Field(9009, ge=1, le=65535,
+                                             description="ClickHouse's interserver port (replicas; "
+                                             "one node still listens)")
     insecure_plaintext: bool = Field(
         False, description="INSECURE, development only: Kafka with no TLS, no SASL and no ACLs "
                            "(anyone on this host can make a collector kill)")

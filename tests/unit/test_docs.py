@@ -93,6 +93,11 @@ def test_configuration_md_is_generated() -> None:
         "    .venv/bin/python -m procwarden.docs_config > docs/configuration.md")
 
 
+def test_every_setting_says_what_it_is() -> None:
+    blank = [r.variable for r in docs_config.rows() if not r.description.strip()]
+    assert blank == [], "give these settings a Field(description=...)"
+
+
 @pytest.mark.parametrize("name", ["PROCWARDEN_KAFKA_SASL_PASSWORD", "PROCWARDEN_CLICKHOUSE_PASSWORD",
                                   "STREAMS_API_TOKEN", "SIEM_WEBHOOK_TOKEN"])
 def test_secrets_show_no_default(name: str) -> None:

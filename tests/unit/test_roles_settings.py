@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from collectors.settings import CollectorSettings
+from sinks.settings import SiemSettings, SinkSettings
+from streams.settings import StreamSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,3 +28,17 @@ def test_a_bad_stream_setting_is_one_line(command: str) -> None:
     lines = done.stderr.strip().splitlines()
     assert lines == [f"procwarden {command}: STREAMS_WEB_PORT: Input should be a valid integer, "
                      "unable to parse string as an integer"], done.stderr
+
+
+@pytest.mark.parametrize("prefix", ["COLLECTOR", "STREAMS", "SINKS", "SIEM"])
+def test_a_log_level_is_one_of_the_levels_in_any_case(
+        prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    roles: dict[str, type[BaseSettings]] = {
+        "COLLECTOR": CollectorSettings, "STREAMS": StreamSettings, "SINKS": SinkSettings,
+        "SIEM": SiemSettings}
+    settings = roles[prefix]
+    monkeypatch.setenv(f"{prefix}_LOG_LEVEL", "WARNING")
+    assert settings().model_dump()["log_level"] == "warning"
+    monkeypatch.setenv(f"{prefix}_LOG_LEVEL", "loud")
+    with pytest.raises(ValidationError, match="log_level"):
+        settings()
