@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings
 
 from collectors.settings import CollectorSettings
 from procwarden.keys import KEYS_DIR_ENV
+from procwarden.policy_cli import ApiClientSettings
 from procwarden.stack.layout import StackSettings
 from schemas.connections import ClickHouseSettings, KafkaSettings
 from schemas.env_settings import MessageLimitSettings
@@ -54,6 +55,8 @@ _ROLES: tuple[tuple[str, str, type[BaseSettings]], ...] = (
     ("Stream worker and API", "`procwarden streams` (streams/settings.py)", StreamSettings),
     ("ClickHouse sink", "`procwarden sink-clickhouse` (sinks/settings.py)", SinkSettings),
     ("SIEM forwarder", "`procwarden siem` (sinks/settings.py)", SiemSettings),
+    ("Policy CLI", "`procwarden policy`, `procwarden token`, when a command runs "
+     "(procwarden/policy_cli.py)", ApiClientSettings),
     ("Local stack", "`procwarden stack`, `procwarden up`, `procwarden demo` "
      "(procwarden/stack/layout.py)", StackSettings),
 )
@@ -64,12 +67,8 @@ _CONNECTIONS: tuple[tuple[str, type[BaseSettings]], ...] = (
     ("ClickHouse", ClickHouseSettings),
 )
 
-# Read with os.environ by the CLI and the role runner rather than through a settings class.
+# Read with os.environ by the role runner and the key tools rather than through a settings class.
 _OTHERS: tuple[tuple[str, str, str, str], ...] = (
-    ("PROCWARDEN_API_URL", "str", "http://127.0.0.1:6066",
-     "where `procwarden policy` and `procwarden token` reach the API (https:// for TLS)"),
-    ("PROCWARDEN_API_TOKEN", "str (secret)", "", "the bearer token the CLI sends"),
-    ("PROCWARDEN_API_CA", "path", "", "PEM CA the CLI trusts for an https:// API"),
     (KEYS_DIR_ENV, "path", "<source>/var/keys",
      "the local keyring's folder (`procwarden keys`)"),
     (HEALTH_FILE_ENV, "path", "",

@@ -8,7 +8,6 @@ its token `PROCWARDEN_API_TOKEN`. `procwarden token ...` manages the named token
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import urllib.error
 import urllib.request
@@ -16,8 +15,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
 
-__all__ = ["policy_app", "token_app"]
+from schemas.env_settings import ConfigError, EnvSettings
+
+__all__ = ["ApiClientSettings", "policy_app", "token_app"]
 
 policy_app = typer.Typer(help="Read and change process profiles through the policy API.",
                          no_args_is_help=True)
@@ -33,16 +36,37 @@ class ApiCallError(Exception):
     pass
 
 
+class ApiClientSettings(EnvSettings):
+    """`PROCWARDEN_API_*`: where `procwarden policy` and `procwarden token` reach the API, read
+    when a command runs."""
+
+    model_config = SettingsConfigDict(env_prefix="PROCWARDEN_API_")
+
+    url: str = Field("http://127.0.0.1:6066",
+                     description="where the CLI reaches the policy API (https:// for TLS)")
+    token: SecretStr | None = Field(None, description="the bearer token the CLI sends")
+    ca: Path | None = Field(None, description="PEM CA the CLI trusts for an https:// API")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
 def call(method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> Any:
-    base = os.environ.get("PROCWARDEN_API_URL", "http://127.0.0.1:6066").rstrip("/")
+    try:
+        api = ApiClientSettings.read()
+    except ConfigError as exc:
+        raise ApiCallError(str(exc)) from None
+    base = api.url
     headers = {"Content-Type": "application/json"}
-    token = os.environ.get("PROCWARDEN_API_TOKEN")
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    if api.token is not None and api.token.get_secret_value():
+        headers["Authorization"] = f"Bearer {api.token.get_secret_value()}"
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
-    ca = os.environ.get("PROCWARDEN_API_CA")
-    context = ssl.create_default_context(cafile=ca) if ca else None
+    context = ssl.create_default_context(cafile=api.ca) if api.ca else None
     try:
         with urllib.request.urlopen(request, timeout=30, context=context) as resp:
             return json.loads(resp.read() or b"null")
@@ -216,7 +240,9 @@ def token_list() -> None:
     except TokenError as exc:
         typer.echo(f"procwarden token list: {exc}", err=True)
         raise typer.Exit(2) from None
-    if os.environ.get("STREAMS_API_TOKEN"):
+    from streams.settings import StreamSettings
+    env_token = StreamSettings().api_token
+    if env_token is not None and env_token.get_secret_value():
         typer.echo("env  admin  (STREAMS_API_TOKEN)")
     for token in tokens:
         typer.echo(f"{token.name}  {token.role}")

@@ -104,7 +104,8 @@ def _one_line(cls: type[EnvSettings], exc: ValidationError) -> str:
         info = cls.model_fields.get(name)
         secret = info is not None and info.annotation is SecretStr
         got = "" if secret or "input" not in error else f", got {error['input']!r}"
-        problems.append(f"{cls.variable(name)}: {_PLAIN.get(error['type'], error['msg'])}{got}")
+        said = _PLAIN.get(error["type"], error["msg"].removeprefix("Value error, "))
+        problems.append(f"{cls.variable(name)}: {said}{got}")
     return "; ".join(problems)
 
 

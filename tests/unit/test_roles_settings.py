@@ -42,3 +42,13 @@ def test_a_log_level_is_one_of_the_levels_in_any_case(
     monkeypatch.setenv(f"{prefix}_LOG_LEVEL", "loud")
     with pytest.raises(ValidationError, match="log_level"):
         settings()
+
+
+def test_the_policy_cli_names_a_bad_api_variable_in_one_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "procwarden.cli", "policy", "get", "web"],
+                          cwd=ROOT, env={**os.environ, "PROCWARDEN_API_URL": "ftp://api:6066"},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "procwarden policy: PROCWARDEN_API_URL: must start with http:// or https://, "
+        "got 'ftp://api:6066'"]
