@@ -301,6 +301,43 @@ async def baseline_loop(kafka: KafkaConnection, expected: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
+class CpuSampler(threading.Thread):
+    """CPU seconds used by the worker and by the broker, sampled every 0.1 s from /proc: per
+    decided event, over the throughput phase only (first to last verdict), so the start-up
+    counts for neither side. On this 2-core machine the broker's extra work is the worker's
+    lost CPU too."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.stopped = threading.Event()
+
+    @classmethod
+    def cpu(cls, pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / cls.TICK  # utime + stime, all threads
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.1):
+            self.samples.append((time.time(), {k: self.cpu(p) for k, p in self.pids.items()}))
+
+    def per_event(self, first: float, last: float, count: int) -> dict[str, float]:
+        """Microseconds of CPU per event for each process, from the samples nearest the
+        phase's ends."""
+        inside = [s for s in self.samples if first <= s[0] <= last]
+        if len(inside) < 2 or count < 2:
+            return {}
+        (t0, a), (t1, b) = inside[0], inside[-1]
+        share = (count - 1) * (t1 - t0) / (last - first)  # events decided between the samples
+        return {k: (b[k] - a[k]) / share * 1e6 for k in self.pids}
+
+
 @dataclass(frozen=True)
 class Run:
     signed: bool
@@ -309,6 +346,7 @@ class Run:
     p99: float
     produced_p50: float  # publish -> the worker produced the verdict
     produced_p99: float
+    cpu_us: dict[str, float]  # CPU per decided event: worker, broker
 
     @property
     def label(self) -> str:
@@ -317,7 +355,7 @@ class Run:
 
 def one_run(admin: KafkaConnection, kafka_env: dict[str, str], tmp: Path,
             ring: Keyring | None, ring_file: Path | None, workloads: list[Workload],
-            args: argparse.Namespace, baseline: list[float]) -> Run:
+            args: argparse.Namespace, baseline: list[float], broker_pid: int) -> Run:
     """A worker on topics of its own, the same events (signed when `ring` is given)."""
     kafka = replace(admin, topic_prefix=f"bench{uuid.uuid4().hex[:6]}.")
     signing = Signing(ring)
@@ -333,23 +371,28 @@ def one_run(admin: KafkaConnection, kafka_env: dict[str, str], tmp: Path,
             baseline.append(asyncio.run(baseline_loop(kafka, args.events)))
             print(f"baseline     aiokafka consume->produce (SASL_SSL), no work: "
                   f"{baseline[0]:>10,.0f} events/s", flush=True)
-        return measure(kafka, kafka_env, tmp, ring_file, workloads, args, producer, signing)
+        return measure(kafka, kafka_env, tmp, ring_file, workloads, args, producer, signing,
+                       broker_pid)
     finally:
         delete_prefixed_topics(admin, [kafka.topic_prefix])
 
 
 def measure(kafka: KafkaConnection, kafka_env: dict[str, str], tmp: Path,
             ring_file: Path | None, workloads: list[Workload], args: argparse.Namespace,
-            producer: Producer, signing: Signing) -> Run:
+            producer: Producer, signing: Signing, broker_pid: int) -> Run:
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
     worker = start_worker(kafka_env, kafka, tmp, app_id, ring_file)
+    sampler = CpuSampler({"worker": worker.pid, "broker": broker_pid})
+    sampler.start()
     try:
         wait_until_decided(kafka, f"{app_id}-events", args.events, 600, worker)
+        sampler.stopped.set()
         count, first, last = count_verdicts(kafka, args.events, 120, worker,
                                             check=signing.check_verdict)
         if count < args.events:
             raise SystemExit(f"only {count:,} of {args.events:,} verdicts")
         rate = (count - 1) / (last - first) if count > 1 and last > first else 0.0
+        cpu_us = sampler.per_event(first, last, count)
 
         latencies: list[float] = []
         produced: list[float] = []  # event ts -> the worker produced the verdict
@@ -396,8 +439,10 @@ def measure(kafka: KafkaConnection, kafka_env: dict[str, str], tmp: Path,
     if len(latencies) < 2:
         raise SystemExit("latency: no verdicts received")
     q, qp = statistics.quantiles(latencies, n=100), statistics.quantiles(produced, n=100)
-    result = Run(ring_file is not None, rate, q[49], q[98], qp[49], qp[98])
-    print(f"{result.label}  decided {count:,} events: {rate:>10,.0f} events/s; latency "
+    result = Run(ring_file is not None, rate, q[49], q[98], qp[49], qp[98], cpu_us)
+    cpu = ", ".join(f"{k} {v:.1f}" for k, v in cpu_us.items()) or "not sampled"
+    print(f"{result.label}  decided {count:,} events: {rate:>10,.0f} events/s (CPU us/event: "
+          f"{cpu}); latency "
           f"{len(latencies):,} events at {args.rate:,}/s: p50 {q[49] * 1000:.1f} ms, "
           f"p99 {q[98] * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms (verdict produced "
           f"by the worker: p50 {qp[49] * 1000:.1f} ms, p99 {qp[98] * 1000:.1f} ms)", flush=True)
@@ -421,6 +466,9 @@ def main() -> int:
     if not stack.status().kafka_ready:
         raise SystemExit("the local Kafka is not running: `procwarden stack up` first")
     admin, kafka_env = stack.kafka_connection, stack.kafka.environment()
+    broker_pid = stack.kafka.process.pid()
+    if broker_pid is None:
+        raise SystemExit("cannot find the local Kafka's process")
     tmp = Path(tempfile.mkdtemp(prefix="pw-bench-"))
     ring = Keyring.generate()
     ring_file = tmp / "keys" / "keyring.json"
@@ -436,7 +484,8 @@ def main() -> int:
         runs: dict[bool, Run] = {}
         for signed in ((True, False) if r % 2 == 0 else (False, True)):
             runs[signed] = one_run(admin, kafka_env, tmp, ring if signed else None,
-                                   ring_file if signed else None, workloads, args, baseline)
+                                   ring_file if signed else None, workloads, args, baseline,
+                                   broker_pid)
         pairs.append((runs[True], runs[False]))
         on, off = pairs[-1]
         print(f"round {r + 1}: on/off throughput {on.rate / off.rate:.3f}, latency p50 "
@@ -450,9 +499,11 @@ def main() -> int:
     p99_ratio = median([on.p99 / off.p99 for on, off in pairs])
     for signed in (True, False):
         side = [p[0] if signed else p[1] for p in pairs]
+        cpu = ", ".join(f"{k} {median([x.cpu_us[k] for x in side if k in x.cpu_us]):.1f}"
+                        for k in ("worker", "broker") if any(k in x.cpu_us for x in side))
         print(f"{side[0].label}  median of {len(side)}: {median([x.rate for x in side]):,.0f} "
               f"events/s, latency p50 {median([x.p50 for x in side]) * 1000:.1f} ms, "
-              f"p99 {median([x.p99 for x in side]) * 1000:.1f} ms")
+              f"p99 {median([x.p99 for x in side]) * 1000:.1f} ms; CPU us/event: {cpu}")
     on_rate = median([on.rate for on, _ in pairs])
     on_p99 = median([on.p99 for on, _ in pairs])
     print(f"target: signing on within 5% of off, throughput on/off >= 0.95 -> median "

@@ -46,6 +46,8 @@ RawHeaders = (Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | byte
 
 
 def _pairs(headers: RawHeaders) -> Sequence[tuple[str, str | bytes | None]]:
+    if type(headers) is list:  # what confluent-kafka gives: no ABC check on the hot path
+        return headers
     if isinstance(headers, Mapping):
         return list(headers.items())
     return headers or ()

@@ -198,6 +198,78 @@ def test_the_cached_pad_hmac_is_rfc_2104_hmac_sha256(secret: bytes, message: byt
     assert _HmacKey(secret).digest(message) == hmac.new(secret, message, hashlib.sha256).digest()
 
 
+_TEXT = st.text(st.characters(codec=None) | st.sampled_from("\0\ud800\udfff\u00e9"), max_size=40)
+_BYTES = st.none() | st.binary(max_size=3000)
+
+
+@given(st.binary(min_size=0, max_size=64), _TEXT, _TEXT, _TEXT, _TEXT, _BYTES, _BYTES)
+def test_the_compiled_mac_is_the_python_reference_on_any_record(
+        secret: bytes, topic: str, signer: str, kid: str, expires: str, key: bytes | None,
+        value: bytes | None) -> None:
+    from transport.signing import _HmacKey, _mac
+
+    hk = _HmacKey(secret)
+    want = _mac(hk, topic, signer, kid, expires, key, value).hex()
+    assert hk.hexmac(topic, signer, kid, expires, key, value) == want.encode()
+    assert hk.matches(want, topic, signer, kid, expires, key, value)
+    # One bit off anywhere, or not the signature's shape: no match.
+    flipped = want[:-1] + ("0" if want[-1] != "0" else "1")
+    for bad in (flipped, want.upper() if want != want.upper() else flipped, want[:-2], want + "0",
+                "\u00e9" + want[1:], ""):
+        assert not hk.matches(bad, topic, signer, kid, expires, key, value)
+    # An absent key or value is not an empty one.
+    if key is None:
+        assert hk.hexmac(topic, signer, kid, expires, b"", value) != want.encode()
+    if value is None:
+        assert hk.hexmac(topic, signer, kid, expires, key, b"") != want.encode()
+
+
+_NAME = st.sampled_from(["pw-signer", "pw-kid", "pw-exp", "pw-sig", "pw-sig2", "other", ""])
+_VALUE = (st.none() | st.binary(max_size=300) | st.text(max_size=300)
+          | st.sampled_from([b"a" * 256, b"a" * 257, "\u00e9", b"\xff", "a" * 257]))
+
+
+@given(st.lists(st.tuples(_NAME, _VALUE), max_size=8))
+def test_the_compiled_header_reader_reads_as_the_python_reference(
+        headers: list[tuple[str, bytes | str | None]]) -> None:
+    from transport import _fast_mac
+    from transport.signing import _our_headers
+
+    try:
+        want: object = _our_headers(headers)
+    except BadSignature as exc:
+        want = exc.detail
+    assert _fast_mac.read_headers(headers) == want
+    # What is not a list of (str, bytes | str | None) pairs is left to the reference.
+    assert _fast_mac.read_headers(tuple(headers)) is None
+
+
+def test_the_compiled_header_reader_leaves_odd_shapes_to_the_reference() -> None:
+    from transport import _fast_mac
+
+    for odd in ([("pw-sig", 1)], [["pw-sig", b"x"]], [("pw-sig", b"x", b"y")], [(b"pw-sig", b"x")],
+                [("pw-sig", bytearray(b"x"))], "pw-sig", {"pw-sig": b"x"}):
+        assert _fast_mac.read_headers(odd) is None, odd
+    assert _fast_mac.read_headers(None) == (None, None, None, None)
+    assert _fast_mac.read_headers([]) == (None, None, None, None)
+
+
+def test_the_compiled_mac_refuses_what_is_not_a_record() -> None:
+    from transport import _fast_mac
+
+    with pytest.raises(ValueError, match="64 bytes"):
+        _fast_mac.Key(b"k" * 65)
+    key = _fast_mac.Key(b"k" * 32)
+    with pytest.raises(TypeError):
+        key.hexmac(b"topic", "s", "k", "", None, None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        key.hexmac("topic", "s", "k", "", "a str key", None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        key.hexmac("topic", "s", "k", "")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        key.matches(b"00" * 32, "topic", "s", "k", "", None, None)  # type: ignore[arg-type]
+
+
 def test_a_signer_name_with_a_nul_is_refused() -> None:
     event = Signer.for_node(RING.node_keys("node-a")).headers(E, b"c1", b"{}")
     odd = [(n, b"node:node-a\0k1" if n == "pw-signer" else v) for n, v in event]
