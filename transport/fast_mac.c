@@ -232,8 +232,9 @@ static PyObject *Key_matches(KeyObject *self, PyObject *const *args, Py_ssize_t 
 
 /* read_headers(headers): our four headers' values as a tuple (signer, kid, expires, signature),
  * None where absent; a str saying what is wrong with them; or None when the headers are not a
- * list of (str, bytes | None) pairs, for signing.py's `_our_headers` (the reference) to read. */
-#define MAX_HEADER 256
+ * list of (str, bytes | None) pairs, for signing.py's `_our_headers` (the reference) to read.
+ * The names and the bound are defined here only: the module exports them to signing.py. */
+#define MAX_HEADER 256 /* bytes of one of our headers: anything longer is refused unread */
 static const char *const NAMES[4] = {"pw-signer", "pw-kid", "pw-exp", "pw-sig"};
 
 static PyObject *read_headers(PyObject *module, PyObject *headers) {
@@ -350,9 +351,19 @@ PyMODINIT_FUNC PyInit__fast_mac(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    PyObject *names = Py_BuildValue("(ssss)", NAMES[0], NAMES[1], NAMES[2], NAMES[3]);
+    if (names == NULL || PyModule_AddObject(m, "HEADER_NAMES", names) < 0) {
+        Py_XDECREF(names);
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&KeyType);
     if (PyModule_AddObject(m, "Key", (PyObject *)&KeyType) < 0) {
         Py_DECREF(&KeyType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "MAX_HEADER", MAX_HEADER) < 0) {
         Py_DECREF(m);
         return NULL;
     }

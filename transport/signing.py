@@ -42,14 +42,14 @@ from transport.guard import Refused
 __all__ = ["BadSignature", "Header", "Keyring", "NodeKeys", "Signed", "Signer", "Verifier",
            "node_signer", "STREAMS"]
 
-SIGNER, KID, EXPIRES, SIGNATURE = "pw-signer", "pw-kid", "pw-exp", "pw-sig"
+# (named where the compiled header reader reads them, and taken from it: one definition)
+SIGNER, KID, EXPIRES, SIGNATURE = _fast_mac.HEADER_NAMES
 STREAMS = "streams"
 _NODE = "node:"
 # What each key signs: a node's own records, what the stream app sends that node, and what only
 # the stream app writes (policy, process state, policy updates). Distinct keys per purpose, so
 # a node holding its keys can sign only as itself.
 _FROM_NODE, _TO_NODE, _FROM_STREAMS = b"from-node", b"to-node", b"from-streams"
-_MAX_HEADER = 256  # bytes of one of our headers: anything longer is refused unread
 _KID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 # As the Kafka clients take and give them (confluent-kafka's type, which aiokafka's fits).
@@ -223,26 +223,20 @@ _LEN = struct.Struct(">I")
 
 
 class _HmacKey:
-    """HMAC-SHA256 (RFC 2104) with its padded key hashed once: each record then costs two
-    hash copies. `hexmac` and `matches` are the compiled ones (transport/fast_mac.c), ~1 us a
-    record where this Python took ~6; `digest` is the reference they are tested against."""
+    """One HMAC-SHA256 key. `hexmac` and `matches` are compiled (transport/fast_mac.c, the
+    padded key hashed once), ~1 us a record where Python took ~6; `digest` is the standard
+    library's HMAC, the independent reference the tests hold them to."""
 
-    __slots__ = ("_inner", "_outer", "hexmac", "matches")
+    __slots__ = ("_secret", "hexmac", "matches")
 
     def __init__(self, secret: bytes) -> None:
-        padded = secret.ljust(64, b"\0")  # (keys here are 32 bytes: under the block size)
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
+        self._secret = secret
         fast = _fast_mac.Key(secret)
         self.hexmac = fast.hexmac
         self.matches = fast.matches
 
     def digest(self, message: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(message)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+        return hmac.digest(self._secret, message, "sha256")
 
 
 def _mac(secret: _HmacKey, topic: str, signer: str, kid: str, expires: str,
@@ -404,7 +398,7 @@ def _our_headers(headers: Headers) -> tuple[str | None, str | None, str | None, 
             continue
         if got[at] is not None:
             raise BadSignature("headers", f"{name} twice")
-        if value is None or len(value) > _MAX_HEADER:
+        if value is None or len(value) > _fast_mac.MAX_HEADER:
             raise BadSignature("headers", f"{name} empty or too long")
         text = value if isinstance(value, str) else value.decode("ascii", "replace")
         if not text.isascii():

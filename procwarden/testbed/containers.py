@@ -178,11 +178,7 @@ class Container:
             except ContainerError:
                 break
             time.sleep(0.05)
-        with contextlib.suppress(ContainerError):
-            _run(["runc", "delete", "--force", self.id])
-        if os.path.ismount(self.rootfs):
-            _run(["umount", "-l", str(self.rootfs)])
-        shutil.rmtree(self.bundle, ignore_errors=True)
+        _remove(self.id, self.bundle)
 
     def __enter__(self) -> Container:
         return self
@@ -250,14 +246,18 @@ def remove_leftovers(workdir: Path) -> list[str]:
     for bundle in sorted(bundles.iterdir()) if bundles.is_dir() else ():
         if bundle.name in running:
             continue
-        with contextlib.suppress(ContainerError):
-            _run(["runc", "delete", "--force", bundle.name])
-        rootfs = bundle / "rootfs"
-        if os.path.ismount(rootfs):
-            _run(["umount", "-l", str(rootfs)])
-        shutil.rmtree(bundle, ignore_errors=True)
+        _remove(bundle.name, bundle)
         removed.append(bundle.name)
     return removed
+
+
+def _remove(container_id: str, bundle: Path) -> None:
+    """Delete a stopped container, unmount its root and remove its bundle."""
+    with contextlib.suppress(ContainerError):
+        _run(["runc", "delete", "--force", container_id])
+    if os.path.ismount(bundle / "rootfs"):
+        _run(["umount", "-l", str(bundle / "rootfs")])
+    shutil.rmtree(bundle, ignore_errors=True)
 
 
 def run_container(workdir: Path, name: str = "web", *, namespace: str = "demo",

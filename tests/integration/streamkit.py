@@ -198,20 +198,30 @@ class Pipeline:
                  f"of them not from a host ({len(boxes)}): "
                  + "; ".join(brief(e) for e in boxes[-15:])]
         for name in (DLQ.name, EXEC.name):
-            found = self.read_all(name, settle=1.0)
+            try:  # (the host keeps exec'ing: to the end as it is now, never "until quiet")
+                found = self.read_to_end(name, timeout=20.0)
+            except TimeoutError as exc:
+                parts.append(str(exc))
+                continue
             parts.append(f"{name} ({len(found)}): " + "; ".join(brief(e) for e in found[-15:]))
         return "\n".join(parts)
 
-    def read_all(self, topic: str, settle: float = 2.0) -> list[Envelope]:
-        """Everything on a topic, after it stays quiet for `settle` seconds."""
+    def read_all(self, topic: str, settle: float = 2.0, timeout: float = 120.0) -> list[Envelope]:
+        """Everything on a topic, after it stays quiet for `settle` seconds: what is still
+        arriving is waited for. A topic that never goes quiet (a host's execs, say) is a
+        TimeoutError past `timeout`, not a hang: `read_to_end` is the reader for those."""
         out: list[Envelope] = []
-        quiet_since = time.monotonic()
+        start = quiet_since = time.monotonic()
         for msg in self.consumer(topic):
+            now = time.monotonic()
             if msg is not None and msg.value() is not None:
                 out.append(decode_envelope(msg.value()))
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > settle:
+                quiet_since = now
+            elif now - quiet_since > settle:
                 return out
+            if now - start > timeout:
+                raise TimeoutError(f"read_all({self.topic(topic)}): still busy after {timeout} s "
+                                   f"({len(out)} records, never quiet for {settle} s)")
         return out
 
     def read_to_end(self, topic: str, timeout: float = 60.0) -> list[Envelope]:
