@@ -82,10 +82,9 @@ from procwarden.stack import Stack  # noqa: E402
 from procwarden.stack.topics import delete_prefixed_topics  # noqa: E402
 from procwarden.testbed.containers import APP_LOOP, Container, run_container  # noqa: E402
 from schemas import (  # noqa: E402
-    Decision,
-    EventKind,
     ExecEvent,
     GroupPolicy,
+    HoldSettings,
     ProfilePatch,
     RuleChange,
     ServiceConfig,
@@ -469,8 +468,7 @@ def signing_rounds(pipe: Pipeline, tmp: Path, held_n: int, rounds: int) -> int:
                     RuleChange("true", UNHELD_COPY, "allow"))))
             pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ServiceConfig(
                 services=("bench.bench",), profile_mode="Protect", baseline_profile="basic"))
-            pipe.wait_for(VERDICTS.name, lambda e: isinstance(e.payload, Decision)
-                          and e.payload.event_kind is EventKind.POLICY
+            pipe.wait_for(VERDICTS.name, lambda e: isinstance(e.payload, HoldSettings)
                           and e.payload.workload_id == box.id and e.payload.pre_exec
                           and not e.payload.pre_write, timeout=60)
             wait_for_line(log, f"holding execs of {box.id}")
@@ -621,8 +619,7 @@ def main() -> int:
                     RuleChange("exec-timer", TIMER, "allow"))))
             pipe.send(POLICY_UPDATES.name, "nv.bench.bench", ServiceConfig(
                 services=("bench.bench",), profile_mode="Protect"))
-            pipe.wait_for(VERDICTS.name, lambda e: isinstance(e.payload, Decision)
-                          and e.payload.event_kind is EventKind.POLICY
+            pipe.wait_for(VERDICTS.name, lambda e: isinstance(e.payload, HoldSettings)
                           and e.payload.workload_id == box.id and e.payload.pre_exec)
             wait_for_line(log, f"holding execs of {box.id}")
             time_in_container(box, 50)  # the first is a miss: warm the cache

@@ -118,15 +118,14 @@ WORDS = ("a", "root", "app", "web", "demo", "prod", "x", "", "10.0.0.1:443", "tc
 # Each kind's weight among the valid bases: more of what the consumers act on.
 KIND_WEIGHTS = {EventKind.EXEC: 6, EventKind.VERDICT: 6, EventKind.SECURITY_EVENT: 4,
                 EventKind.WORKLOAD: 4, EventKind.POLICY: 2, EventKind.PROCESS_STATE: 2,
-                EventKind.FILE: 2, EventKind.EXEC_CHECK: 2}
+                EventKind.FILE: 2, EventKind.EXEC_CHECK: 2, EventKind.HOLD_SETTINGS: 2}
 ENUM_FIELDS = {"kind", "verdict", "mode", "baseline", "origin", "op", "level", "action",
                "event_kind", "change", "state", "fail_mode", "direction", "profile_mode",
                "baseline_profile", "key"}
 
 
 REASON_POOL = ("rule", "learn", "probe", "violation:R0", "violation:R5", "parent-rule:sh/*",
-               "suspicious:nc", "drift:create", "pre-exec:deny-rule:r1", "none:exit",
-               "policy-state")
+               "suspicious:nc", "drift:create", "pre-exec:deny-rule:r1", "none:exit")
 
 
 # -- valid records, from the schema's own types -------------------------------------------------

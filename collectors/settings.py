@@ -114,7 +114,7 @@ class CollectorSettings(BaseSettings):
     accept_unsigned_verdicts: bool = Field(
         False, description="insecure, for mixed-version rollouts only: act on verdicts that "
                            "carry no signature (still only on the collector's own events; an "
-                           "unsigned policy verdict may only hold more, never less)")
+                           "unsigned hold settings record may only hold more, never less)")
     metrics_port: int = Field(0, ge=0, le=65535, description="/metrics on loopback; 0: off")
     log_level: LogLevel = Field("info", description=LOG_LEVEL)
 

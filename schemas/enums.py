@@ -96,6 +96,7 @@ class EventKind(_WireEnum):
     CRD_IMPORT = "crd_import"
     LEARN = "learn"
     VERDICT = "verdict"
+    HOLD_SETTINGS = "hold_settings"
     SECURITY_EVENT = "security_event"
     PROFILE_CHANGE = "profile_change"
     DLQ = "dlq"

@@ -20,7 +20,14 @@ from schemas.events import (
     UidChangeEvent,
     Workload,
 )
-from schemas.outcomes import Decision, DlqEntry, Incident, ProcessSnapshot, ProfileChange
+from schemas.outcomes import (
+    Decision,
+    DlqEntry,
+    HoldSettings,
+    Incident,
+    ProcessSnapshot,
+    ProfileChange,
+)
 from schemas.policy import (
     CrdImport,
     GroupConfig,
@@ -43,7 +50,7 @@ Payload = (
     Workload | ExecEvent | ExecCheck | ExitEvent | FileEvent | StdioEvent | UidChangeEvent
     | DockerCpEvent
     | GroupPolicy | ProfilePatch | ServiceConfig | GroupConfig | GroupDelete | CrdImport
-    | LearnRequest | Decision | Incident | ProfileChange | DlqEntry | CollectorReport
+    | LearnRequest | Decision | HoldSettings | Incident | ProfileChange | DlqEntry | CollectorReport
     | ProcessSnapshot
 )
 
@@ -64,6 +71,7 @@ PAYLOAD_TYPES: dict[EventKind, type] = {
     EventKind.CRD_IMPORT: CrdImport,
     EventKind.LEARN: LearnRequest,
     EventKind.VERDICT: Decision,
+    EventKind.HOLD_SETTINGS: HoldSettings,
     EventKind.SECURITY_EVENT: Incident,
     EventKind.PROFILE_CHANGE: ProfileChange,
     EventKind.DLQ: DlqEntry,

@@ -1,4 +1,5 @@
-"""What the pipeline produces: decisions (verdicts), incidents, profile changes, DLQ entries."""
+"""What the pipeline produces: decisions (verdicts), hold settings, incidents, profile changes,
+DLQ entries."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from schemas.records import Record, field
 __all__ = [
     "Decision",
     "DlqEntry",
+    "HoldSettings",
     "Incident",
     "ProcessSnapshot",
     "ProfileChange",
@@ -78,9 +80,13 @@ class Decision(Record, frozen=True):
 
     `reason` is a reason's wire string (schemas/reasons.py: `rule`, `learn`, `violation:R5`,
     `pre-exec:deny-rule:<uuid>`, ...), checked as the record is built or decoded: an unknown
-    code is a decode error. `why` is the same reason as code and detail. A `policy` decision
-    (verdict `none`, reason `policy-state`) tells a workload's collector its `pre_exec`,
-    `pre_write` and `policy_stamp` after a policy change.
+    code is a decode error. `why` is the same reason as code and detail.
+
+    Every decision also carries its workload's hold settings (`pre_exec`, `pre_write`,
+    `fail_mode`, `policy_stamp`): a collector that holds none for the workload (it started after
+    they were sent, or lost its holds.json) takes them from the next verdict it reads rather than
+    wait for a policy change to send `HoldSettings` again; and an `exec_check` answer's stamp
+    says which policies the answer holds for, the key it is cached under.
     """
 
     event_id: str
@@ -103,9 +109,7 @@ class Decision(Record, frozen=True):
     user: str = ""
     ts: float = 0.0
     policy_version: int = 0
-    # For the collector: hold this workload's execs before they run (a container in Protect),
-    # deny its drift writes before they happen (and zero-drift), and a stamp that changes
-    # whenever any policy the workload's decisions read changes.
+    # The workload's hold settings as this decision was made (HoldSettings says each one).
     pre_exec: bool = False
     pre_write: bool = False
     fail_mode: FailMode | None = None  # the group's; None: the collector's own setting
@@ -128,6 +132,25 @@ class Decision(Record, frozen=True):
     @property
     def why(self) -> Reason:
         return parse(self.reason)
+
+
+class HoldSettings(Record, frozen=True):
+    """How a workload's collector holds its execs and writes before they happen: sent on the
+    verdicts topic (keyed by node) when they change (a policy change, a workload announced into
+    a group in Protect). A control message, not a decision: it answers no event, so a collector
+    takes it only for a workload of its node and signed for that node (unsigned, if at all, only
+    when it holds no less: collectors/enforcement/verdict_checks.py)."""
+
+    workload_id: str
+    node: str
+    group: str  # the workload's learned group (`nodes` for a host): whose policy this follows
+    policy_version: int  # of that group; the stamp covers its custom groups too
+    pre_exec: bool  # hold its execs before they run (a non-system container in Protect)
+    pre_write: bool  # ...and, zero-drift, deny its drift writes before they happen
+    # Changes whenever any policy the workload's decisions read changes: the collector's cached
+    # answers are kept under it, so a new stamp invalidates them.
+    policy_stamp: str
+    fail_mode: FailMode | None = None  # the group's; None: the collector's own setting
 
 
 class ProfileChange(Record, frozen=True):

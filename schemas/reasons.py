@@ -46,7 +46,6 @@ class ReasonCode(StrEnum):
     DOCKER_CP = "docker-cp"  # docker cp into or out of the container (§9.4)
     PRE_EXEC = "pre-exec"  # the answer to a held exec (§14); detail: a PreExecReason
     NONE = "none"  # an event that decides nothing; detail: why (NONE_DETAILS)
-    POLICY_STATE = "policy-state"  # a `policy` record: the collector's hold settings (§3)
 
 
 class ViolationCode(StrEnum):

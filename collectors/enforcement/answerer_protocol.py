@@ -35,8 +35,8 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class Hold:
-    """How a workload is held, as its latest `policy` verdict says: kept by the collector (and
-    across its restarts, in its holds.json), told to the answerer."""
+    """How a workload is held, as its latest `HoldSettings` record says: kept by the collector
+    (and across its restarts, in its holds.json), told to the answerer."""
 
     pre_exec: bool  # its execs are held before they run
     stamp: str  # the policies its cached answers were given under

@@ -2,11 +2,12 @@
 
 The verdict thread reads only this node's partition of the verdicts topic: a `block` for an exec,
 a reverse shell or an escalation kills the process (through a pidfd, after checking its start
-time, so a reused pid is never hit); an `exec_check` answer releases the held exec it names; a
-`policy` message says whether the workload's execs are held before they run, and its stamp
-invalidates the answers cached under the previous policies; in a zero-drift workload held before
-exec, writes that would be drift are denied before they happen too (`write_guard`, run by the
-exec answerer).
+time, so a reused pid is never hit); an `exec_check` answer releases the held exec it names. A
+`HoldSettings` record on the same partition says whether the workload's execs are held before
+they run, and its stamp invalidates the answers cached under the previous policies; in a
+zero-drift workload held before exec, writes that would be drift are denied before they happen
+too (`write_guard`, run by the exec answerer). Every decision carries the same settings, taken
+for a workload this collector holds none for yet.
 
 Held execs are answered by a process of their own (`exec_answerer`, through `answerer_link`):
 from its cache at once, else after the verdict of the `exec_check` this enforcer publishes for
@@ -59,6 +60,7 @@ from schemas import (
     EventKind,
     ExecCheck,
     ExecEvent,
+    HoldSettings,
     Payload,
     StdioEvent,
     UidChangeEvent,
@@ -292,24 +294,40 @@ class Enforcer:
                    key: bytes | None = None) -> None:
         """One message of this node's verdict partition (raises for one it cannot read)."""
         env = decode_envelope(value or b"")
-        if not isinstance(env.payload, Decision):
+        record = env.payload
+        if isinstance(record, HoldSettings):
+            if record.node == self.node:
+                signed = self._signature(value, headers, key, _brief_hold(record))
+                if signed is not None:
+                    self.on_hold_settings(record, signed)
+            return
+        if not isinstance(record, Decision):
             raise Refused(f"a {env.kind.value} record, not a verdict")
-        d = env.payload
+        d = record
         if d.node != self.node:
             return  # another node's, on a partition it shares with us
         if d.event_kind in _KILLED_KINDS and d.verdict is Verdict.BLOCK \
                 and not 2 <= d.pid <= _PID_MAX:
             raise Refused(f"a block verdict for pid {d.pid}, which no process can have")
-        topic = self.kafka.topic(VERDICTS.name)
+        signed = self._signature(value, headers, key, _brief(d))
+        if signed:
+            self.on_verdict(d)
+        elif signed is not None:
+            self.on_verdict(d, signed=False)
+
+    def _signature(self, value: bytes | None, headers: Headers, key: bytes | None,
+                   what: str) -> bool | None:
+        """Whether the record is signed for this node (True), unsigned and accepted as such
+        (False), or refused (None, counted and logged)."""
         try:
-            self.verifier.verify(topic, key, value, headers, now=time.time())
+            self.verifier.verify(self.kafka.topic(VERDICTS.name), key, value, headers,
+                                 now=time.time())
         except BadSignature as bad:
             if bad.reason != "unsigned" or not self.settings.accept_unsigned_verdicts:
-                self.refusals.refuse(bad.reason, f"{_brief(d)}: {bad}", _signer(headers))
-                return
-            self.on_verdict(d, signed=False)
-            return
-        self.on_verdict(d)
+                self.refusals.refuse(bad.reason, f"{what}: {bad}", _signer(headers))
+                return None
+            return False
+        return True
 
     def _partition_count(self, consumer: Consumer, topic: str) -> int:
         """The verdict topic's partitions; a topic created a moment ago may list none yet."""
@@ -332,14 +350,13 @@ class Enforcer:
         """A verdict for this node, signed (or unsigned, accepted as such): acted on only if
         it passes the local checks."""
         kind = d.event_kind
-        if kind is EventKind.POLICY or (d.workload_id not in self._holds and d.policy_stamp):
-            # (the second: any verdict tells the policy state again after our restart)
-            why = self._policy_refused(d, signed)
-            if why is None:
-                self._set_hold(d.workload_id,
-                               Hold(d.pre_exec, d.policy_stamp, d.pre_write, d.fail_mode))
-            elif kind is EventKind.POLICY:
-                self.refusals.refuse(why, _brief(d))
+        if d.workload_id not in self._holds and d.policy_stamp:
+            # Settings sent before this collector started (or lost with its holds.json) come
+            # again with any verdict, not only with the next policy change. Refused silently:
+            # the verdict they ride on is checked, and refused if need be, on its own below.
+            hold = Hold(d.pre_exec, d.policy_stamp, d.pre_write, d.fail_mode)
+            if self._hold_refused(d.workload_id, hold, signed) is None:
+                self._set_hold(d.workload_id, hold)
         if kind is EventKind.EXEC_CHECK:
             why = check_release(d, self.recent, self.acted)
             if why is not None:
@@ -356,9 +373,17 @@ class Enforcer:
             self.acted.add(d.event_id, kind)
             self._kill(d)
 
-    def _policy_refused(self, d: Decision, signed: bool) -> str | None:
-        """Why a verdict may not set how its workload is held (None: it may)."""
-        wid = d.workload_id
+    def on_hold_settings(self, h: HoldSettings, signed: bool = True) -> None:
+        """How a workload of this node is held from now on, if the local checks allow it."""
+        hold = Hold(h.pre_exec, h.policy_stamp, h.pre_write, h.fail_mode)
+        why = self._hold_refused(h.workload_id, hold, signed)
+        if why is not None:
+            self.refusals.refuse(why, _brief_hold(h))
+            return
+        self._set_hold(h.workload_id, hold)
+
+    def _hold_refused(self, wid: str, hold: Hold, signed: bool) -> str | None:
+        """Why `hold` may not become how workload `wid` is held (None: it may)."""
         if wid != host_workload_id(self.node) and self.resolver.container(wid) is None:
             return "foreign_workload"
         if signed:
@@ -367,9 +392,9 @@ class Enforcer:
         mode = self.settings.fail_mode
         before = HoldState(old.pre_exec, old.writes, old.fail_mode or mode) if old is not None \
             else HoldState(False, False, mode)
-        if only_tightens(before, HoldState(d.pre_exec, d.pre_write, d.fail_mode or mode)):
+        if only_tightens(before, HoldState(hold.pre_exec, hold.writes, hold.fail_mode or mode)):
             return None
-        return "policy_unsigned"
+        return "hold_unsigned"
 
     def _protected(self) -> set[int]:
         answerer = self.answerer.process if self.answerer is not None else None
@@ -441,6 +466,11 @@ class Enforcer:
 def _brief(d: Decision) -> str:
     return (f"{d.event_kind.value} {d.verdict.value} for pid {d.pid} in "
             f"{d.workload_id[:80]!r} (event {d.event_id[:80]!r})")
+
+
+def _brief_hold(h: HoldSettings) -> str:
+    return (f"hold settings (pre_exec={h.pre_exec}, pre_write={h.pre_write}) for "
+            f"{h.workload_id[:80]!r}")
 
 
 def _signer(headers: Headers) -> str:

@@ -13,9 +13,11 @@ its node. Whatever a verdict's signature, it is acted on only when:
 - it was not acted on already (`ActedOn`, bounded): a replay of a signed verdict is refused,
   as one past its signature's expiry is.
 
-A `policy` verdict (whether execs are held) is taken only for a workload of this node and only
-signed. Each refusal is counted (`procwarden_collector_verdicts_refused_total{reason}`) and
-logged once per reason and source a minute (`RefusalLog`); none raises.
+A `HoldSettings` record (whether execs and writes are held), or the same settings carried by a
+decision, is taken only for a workload of this node and only signed (unsigned, when unsigned
+verdicts are accepted, only if it holds no less: `only_tightens`). Each refusal is counted
+(`procwarden_collector_verdicts_refused_total{reason}`) and logged once per reason and source a
+minute (`RefusalLog`); none raises.
 """
 
 from __future__ import annotations
@@ -218,7 +220,7 @@ def check_release(d: Decision, recent: RecentEvents, acted: ActedOn) -> str | No
 
 @dataclass(frozen=True, slots=True)
 class HoldState:
-    """What a policy verdict sets (collectors.enforcement.exec_answerer.Hold's fields, without its
+    """What hold settings set (collectors.enforcement.exec_answerer.Hold's fields, without its
     import here)."""
 
     pre_exec: bool
@@ -227,7 +229,7 @@ class HoldState:
 
 
 def only_tightens(old: HoldState, new: HoldState) -> bool:
-    """Whether `new` holds at least what `old` did: what an unsigned policy verdict may say
-    when unsigned verdicts are accepted (mixed-version rollouts)."""
+    """Whether `new` holds at least what `old` did: what unsigned hold settings may say when
+    unsigned verdicts are accepted (mixed-version rollouts)."""
     return (new.pre_exec >= old.pre_exec and new.pre_write >= old.pre_write
             and not (old.fail_mode is FailMode.CLOSED and new.fail_mode is FailMode.OPEN))

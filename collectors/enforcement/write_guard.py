@@ -8,8 +8,8 @@ truncating) a file that came with the image or is executable is drift, which is 
 file stays as it was, and reported as a held `modify` for the stream app to record. Everything
 else goes ahead.
 
-Which workloads are guarded is the stream app's call (its `policy` verdicts: held before exec and
-zero-drift); whether a write is drift is the same predicate the engine judges file events with.
+Which workloads are guarded is the stream app's call (its `HoldSettings` records: held before exec
+and zero-drift); whether a write is drift is the same predicate the engine judges file events with.
 Writes this cannot see before they happen (a descriptor opened before the guard began, io_uring
 opens) are still reported after the fact by the file watch.
 

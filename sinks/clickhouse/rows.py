@@ -12,9 +12,17 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
-from schemas import CollectorReport, Decision, Envelope, Incident, ProfileChange, Workload
+from schemas import (
+    CollectorReport,
+    Decision,
+    Envelope,
+    HoldSettings,
+    Incident,
+    ProfileChange,
+    Workload,
+)
 
-__all__ = ["TABLES", "Table", "table_for"]
+__all__ = ["NOT_STORED", "TABLES", "Table", "table_for"]
 
 
 # A column is a payload attribute (its name) or a function of the batch's envelopes and payloads.
@@ -153,6 +161,12 @@ TABLES: dict[type, Table] = {
         ("loss_reasons", _lost_reasons), ("loss_counts", _lost_counts),
         ("spool_bytes", "spool_bytes"), ("report_id", _envelope_id)),
 }
+
+
+# Records the sink reads on its topics and keeps out of ClickHouse on purpose, not as misplaced:
+# hold settings are a control message to one collector, decide nothing, and the policy change
+# that sent them is a row of `profile_changes` already (docs/soc.md).
+NOT_STORED: frozenset[type] = frozenset({HoldSettings})
 
 
 def table_for(env: Envelope) -> Table | None:

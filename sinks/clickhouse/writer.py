@@ -44,7 +44,7 @@ from schemas.topics import (
 )
 from sinks.clickhouse.migrations import apply_migrations, connect
 from sinks.clickhouse.retention import drop_expired_partitions
-from sinks.clickhouse.rows import Table, table_for
+from sinks.clickhouse.rows import NOT_STORED, Table, table_for
 from sinks.dead_letters import DeadLetters
 from transport.batch_loop import BatchLoop
 from transport.guard import DlqLimits, MessageGuard, Refused
@@ -178,10 +178,12 @@ class ClickHouseWriter:
         self.stored += len(batch)
         BATCHES.observe(time.perf_counter() - started)
 
-    def _place(self, msg: Message, value: bytes) -> tuple[Table, Envelope]:
+    def _place(self, msg: Message, value: bytes) -> tuple[Table, Envelope] | None:
         env = decode_envelope(value)
         table = table_for(env)
         if table is None:
+            if type(env.payload) in NOT_STORED:
+                return None
             raise Refused(f"{env.kind.value} does not belong on {msg.topic()}")
         return table, env
 

@@ -6,7 +6,7 @@ decides a verdict in procwarden calls into this package.
 
 from streams.engine.compiled import CompiledRules, compile_rules
 from streams.engine.crd import apply_crd, apply_crd_documents, parse_crd_documents
-from streams.engine.decide import DECIDED_KINDS, decide, policy_state
+from streams.engine.decide import DECIDED_KINDS, decide
 from streams.engine.matching import can_match_path, match_rule, process_name
 from streams.engine.membership import (
     criteria_match,
@@ -36,7 +36,13 @@ from streams.engine.validation import (
     trim_space,
     validate_rule,
 )
-from streams.engine.view import EngineSettings, MissingGroup, PolicyView, build_view
+from streams.engine.view import (
+    EngineSettings,
+    MissingGroup,
+    PolicyView,
+    build_view,
+    hold_settings,
+)
 
 __all__ = [
     "DECIDED_KINDS", "CompiledRules", "EditResult", "EngineSettings", "MissingGroup",
@@ -45,8 +51,9 @@ __all__ = [
     "apply_group_config", "apply_group_delete", "apply_learn", "apply_profile_patch",
     "apply_service_config", "build_view", "can_match_path", "category", "compile_rules",
     "criteria_match", "custom_groups_of", "decide", "effective_rules", "ensure_workload_groups",
+    "hold_settings",
     "learned_group_name", "match_rule", "merge", "nodes_group", "order_group_rules",
-    "parse_baseline", "parse_crd_documents", "parse_mode", "policy_state", "pre_exec_decide",
+    "parse_baseline", "parse_crd_documents", "parse_mode", "pre_exec_decide",
     "probe_commands", "probe_rules", "process_name", "service_name", "trim_space",
     "validate_rule",
 ]

@@ -68,7 +68,7 @@ from streams.engine.state import (
 )
 from streams.engine.view import PolicyView
 
-__all__ = ["DECIDED_KINDS", "decide", "policy_state"]
+__all__ = ["DECIDED_KINDS", "decide"]
 
 
 # Enum members bound once: reading a member off an Enum class costs 100-200 ns on Python 3.11,
@@ -92,10 +92,10 @@ _R0, _RD, _RS, _R5, _R6, _R7, _RU, _RH = (
 
 # Reasons as their wire strings (schemas/reasons.py), rendered once: most decisions carry one.
 _RULE, _LEARN_R, _USER_LEARN, _HASH_LEARN, _LEARN_CAPPED, _PROBE, _NO_DRIFT, _REVERSE_SHELL, \
-    _ESCALATION, _DOCKER_CP, _POLICY_STATE = (render(c) for c in (
+    _ESCALATION, _DOCKER_CP = (render(c) for c in (
         ReasonCode.RULE, ReasonCode.LEARN, ReasonCode.USER_LEARN, ReasonCode.HASH_LEARN,
         ReasonCode.LEARN_CAPPED, ReasonCode.PROBE, ReasonCode.NO_DRIFT, ReasonCode.REVERSE_SHELL,
-        ReasonCode.ESCALATION, ReasonCode.DOCKER_CP, ReasonCode.POLICY_STATE))
+        ReasonCode.ESCALATION, ReasonCode.DOCKER_CP))
 _VIOLATION = {v: render(ReasonCode.VIOLATION, v) for v in ViolationCode}
 _NONE_R = {d: render(ReasonCode.NONE, d) for d in (
     "exit", "not-judged", "no-tunnel", "tunnel-sighted", "tunnel-reported", "no-escalation",
@@ -208,18 +208,6 @@ def _with_overflow(view: PolicyView, st: ProcessState, env: Envelope, decision: 
 def _room(items: Collection[object], key: object, limit: int) -> bool:
     """Whether `key` is in `items` already or fits under the cap."""
     return key in items or len(items) < limit
-
-
-def policy_state(view: PolicyView, event_id: str, ts: float) -> Decision:
-    """What a workload's collector must know after a policy change: whether to hold execs before
-    they run, and the stamp that invalidates its cached pre-exec answers."""
-    wl = view.workload
-    return Decision(
-        event_id=event_id, event_kind=EventKind.POLICY, workload_id=wl.id, node=wl.node,
-        verdict=_NONE, reason=_POLICY_STATE, group=view.learned.name, mode=view.mode,
-        baseline=view.baseline, ts=ts, policy_version=view.learned.version,
-        pre_exec=view.pre_exec, pre_write=view.pre_write, fail_mode=view.fail_mode,
-        policy_stamp=view.stamp)
 
 
 def _would_block(view: PolicyView) -> bool:

@@ -6,13 +6,22 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from schemas import Baseline, FailMode, GroupKind, GroupPolicy, Mode, Workload, WorkloadKind
+from schemas import (
+    Baseline,
+    FailMode,
+    GroupKind,
+    GroupPolicy,
+    HoldSettings,
+    Mode,
+    Workload,
+    WorkloadKind,
+)
 from streams.engine.compiled import CompiledRules, compile_rules
 from streams.engine.membership import custom_groups_of, learned_group_name
 from streams.engine.ordering import effective_rules
 from streams.engine.probes import probe_commands
 
-__all__ = ["EngineSettings", "MissingGroup", "PolicyView", "build_view"]
+__all__ = ["EngineSettings", "MissingGroup", "PolicyView", "build_view", "hold_settings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +120,16 @@ def build_view(policies: Mapping[str, GroupPolicy], workload: Workload,
         fail_mode=learned.fail_mode,
         stamp=_stamp(learned, [policies[g] for g in customs]),
     )
+
+
+def hold_settings(view: PolicyView) -> HoldSettings:
+    """What the workload's collector must know after a policy change (§14): whether to hold its
+    execs and writes before they happen, what a held exec gets when no verdict comes, and the
+    stamp that invalidates its cached answers."""
+    return HoldSettings(
+        workload_id=view.workload.id, node=view.workload.node, group=view.learned.name,
+        policy_version=view.learned.version, pre_exec=view.pre_exec, pre_write=view.pre_write,
+        policy_stamp=view.stamp, fail_mode=view.fail_mode)
 
 
 def _stamp(learned: GroupPolicy, customs: list[GroupPolicy]) -> str:

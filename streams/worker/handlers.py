@@ -35,6 +35,7 @@ from schemas import (
     Envelope,
     GroupKind,
     GroupPolicy,
+    HoldSettings,
     Incident,
     LearnRequest,
     ProcessSnapshot,
@@ -60,8 +61,8 @@ from streams.engine import (
     EditResult,
     MissingGroup,
     PolicyError,
+    hold_settings,
     learned_group_name,
-    policy_state,
 )
 from streams.worker.provenance import Provenance, RawHeaders
 from streams.worker.session import DecisionSession, UnknownWorkload, edit_result
@@ -510,8 +511,9 @@ class Handlers:
         await self._tell_collectors(result, cause)
 
     async def _tell_collectors(self, result: EditResult, cause: Envelope) -> None:
-        """Tell the collectors of the workloads a change touches whether to hold their execs
-        before they run, and give held workloads the stamp that invalidates cached answers."""
+        """Send the collectors of the workloads a change touches their `HoldSettings`: whether
+        to hold their execs before they run, and for held workloads the stamp that invalidates
+        cached answers."""
         if isinstance(cause.payload, Workload):
             self.session.handle(cause)  # the mirror may not have brought it here yet
             self._note_announced(cause.payload.id)
@@ -532,14 +534,14 @@ class Handlers:
             if now == told or (not view.pre_exec and not told[0]):
                 continue
             self._told[wid] = now
-            state = policy_state(view, f"{cause.event_id}:policy:{wid}", cause.ts or time.time())
-            await self.send(VERDICTS.name, state.node, state, state.event_id)
+            hold = hold_settings(view)
+            await self.send(VERDICTS.name, hold.node, hold, f"{cause.event_id}:hold:{wid}")
 
     # -- publishing -----------------------------------------------------------------------------
 
     async def send(self, topic: str, key: str,
-                   payload: Decision | Incident | LearnRequest | GroupPolicy | ProfileChange
-                   | DlqEntry, event_id: str, out: Publisher | None = None) -> None:
+                   payload: Decision | HoldSettings | Incident | LearnRequest | GroupPolicy
+                   | ProfileChange | DlqEntry, event_id: str, out: Publisher | None = None) -> None:
         env = Envelope.wrap(payload, event_id=event_id, node=self.node,
                             ts=getattr(payload, "ts", 0.0) or time.time())
         await self.send_envelope(topic, key, env, out)

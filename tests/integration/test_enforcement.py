@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from schemas import (
     EventKind,
     ExecCheck,
     FailMode,
+    HoldSettings,
     Incident,
     IncidentAction,
     ProfilePatch,
@@ -67,6 +68,15 @@ class Guarded:
         assert isinstance(env.payload, Decision)
         return env.payload
 
+    def hold(self, test: Callable[[HoldSettings], bool], timeout: float = 30.0) -> HoldSettings:
+        """The hold settings the stream app sent this workload's collector that pass `test`."""
+        env, _ = self.pipe.wait_for(
+            VERDICTS.name, lambda e: isinstance(e.payload, HoldSettings)
+            and e.payload.workload_id == self.box.id and test(e.payload),
+            timeout=timeout, partitions=[verdict_partition(NODE, VERDICTS.partitions)])
+        assert isinstance(env.payload, HoldSettings) and env.kind is EventKind.HOLD_SETTINGS
+        return env.payload
+
 
 # Every test with held execs answered by the compiled wait (collectors/enforcement/fast_answer.c) and by
 # the Python code alone, which stays the reference.
@@ -91,8 +101,8 @@ def guarded(kafka: KafkaConnection, tmp_path_factory: pytest.TempPathFactory,
                 RuleChange(name, "/bin/busybox", "allow") for name in ALLOWED)))
             pipe.send(POLICY_UPDATES.name, GROUP, ServiceConfig(
                 services=("guard.enf",), profile_mode="Protect", baseline_profile="zero-drift"))
-            state = g.verdict(lambda d: d.event_kind is EventKind.POLICY and d.pre_exec)
-            assert state.reason == "policy-state"
+            state = g.hold(lambda h: h.pre_exec)
+            assert state.group == GROUP
             wait_for_line(log, f"holding execs of {box.id}")
             yield g
     finally:
@@ -374,7 +384,7 @@ def test_fail_modes_when_the_stream_app_is_away(guarded: Guarded) -> None:
     # The group says closed: its collectors deny, whatever their own setting.
     g.pipe.start_worker()
     g.pipe.send(POLICY_UPDATES.name, GROUP, ProfilePatch(GROUP, fail_mode="closed"))
-    g.verdict(lambda d: d.event_kind is EventKind.POLICY and d.fail_mode is FailMode.CLOSED)
+    g.hold(lambda h: h.fail_mode is FailMode.CLOSED)
     g.pipe.stop_workers()
     started = time.monotonic()
     rc, out = g.box.app(_drop(g.box, "false"))

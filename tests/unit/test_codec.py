@@ -20,10 +20,12 @@ from schemas import (
     Envelope,
     ExecCheck,
     ExecEvent,
+    FailMode,
     FileEvent,
     FileOp,
     GroupKind,
     GroupPolicy,
+    HoldSettings,
     Mode,
     Origin,
     ProcessSnapshot,
@@ -76,6 +78,10 @@ def _samples() -> dict[str, Envelope]:
                                                                            "deny"),)),
                               "e-patch"),
         "verdict": wrap(decision, "e-verdict"),
+        "hold_settings": wrap(HoldSettings(workload_id="c1", node=NODE, group="nv.web.demo",
+                                           policy_version=4, pre_exec=True, pre_write=True,
+                                           policy_stamp="8aec97256382712c",
+                                           fail_mode=FailMode.CLOSED), "e-hold:hold:c1"),
         "process_state": wrap(ProcessSnapshot(workload_id="c1", seq=7, risk={"42": "nmap"},
                                               probe_shells=(50,), admitted_pgids=(60,),
                                               tunnels=(TunnelSighting(70, 123, True),),
@@ -159,6 +165,23 @@ def test_decode_errors_name_field_and_reason(case: tuple[Any, str, str]) -> None
         decode_envelope(raw)
     assert err.value.field == field
     assert reason in err.value.reason
+
+
+def test_hold_settings_travel_as_their_own_kind_and_the_old_policy_verdict_is_refused() -> None:
+    """Hold settings were once a `verdict` of event kind `policy`, reason `policy-state`; this
+    build reads them only as `hold_settings`, and the old form is a decode error (its reason is
+    no code any more), so no consumer acts on it as a decision."""
+    hold = _samples()["hold_settings"]
+    plain = orjson.loads(encode(hold))
+    assert plain["kind"] == "hold_settings" and "reason" not in plain["payload"]
+    verdict = orjson.loads(encode(_samples()["verdict"]))
+    verdict["payload"].update(event_kind="policy", verdict="none", reason="policy-state",
+                              incident=None)
+    with pytest.raises(DecodeError, match="unknown reason code 'policy-state'"):
+        decode_envelope(orjson.dumps(verdict))
+    for kind, payload in (("verdict", plain["payload"]), ("hold_settings", verdict["payload"])):
+        with pytest.raises(DecodeError):  # each kind reads only its own record
+            decode_envelope(orjson.dumps({**plain, "kind": kind, "payload": payload}))
 
 
 def test_record_invariants_are_decode_errors() -> None:

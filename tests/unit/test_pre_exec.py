@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 from schemas import (
     Baseline,
     Decision,
+    Envelope,
     EventKind,
     ExecCheck,
     ExecEvent,
     FailMode,
     FileEvent,
     FileOp,
+    HoldSettings,
     IncidentAction,
     Mode,
     Origin,
@@ -31,7 +33,7 @@ from streams.engine import (
     ProcessState,
     build_view,
     decide,
-    policy_state,
+    hold_settings,
     pre_exec_decide,
 )
 from streams.worker.session import EditOutcome
@@ -209,29 +211,28 @@ def test_exec_check_sees_drift_the_stream_app_knows_of() -> None:
 def test_policy_stamp_follows_every_policy_the_workload_reads() -> None:
     world = World(groups=[group(mode=Mode.PROTECT)])
     session = world.session
-    first = policy_state(session.view("c1"), "s1", 1.0)
-    assert (first.event_kind, first.verdict, first.pre_exec) == (EventKind.POLICY, Verdict.NONE,
-                                                                 True)
+    first = hold_settings(session.view("c1"))
+    assert (type(first), first.pre_exec, first.group) == (HoldSettings, True, WEB)
+    assert Envelope.wrap(first, event_id="h", node="n", ts=1.0).kind is EventKind.HOLD_SETTINGS
     assert world.exec("/bin/ls").policy_stamp == first.policy_stamp
     # A custom group the workload joins, then a change to it, each give a new stamp.
     session.load_policies([custom("lockdown", (rule("*", "/tmp/*", "deny", group="lockdown"),))])
-    second = policy_state(session.view("c1"), "s2", 2.0).policy_stamp
+    second = hold_settings(session.view("c1")).policy_stamp
     assert second != first.policy_stamp
     bumped = replace(session.policies["lockdown"], version=5)
     session.load_policies([bumped])
-    assert policy_state(session.view("c1"), "s3", 3.0).policy_stamp not in (second,
-                                                                           first.policy_stamp)
+    assert hold_settings(session.view("c1")).policy_stamp not in (second, first.policy_stamp)
     # Monitor: nothing to hold.
     session.load_policies([replace(session.policies[WEB], mode=Mode.MONITOR,
                                                version=9)])
-    assert not policy_state(session.view("c1"), "s4", 4.0).pre_exec
+    assert not hold_settings(session.view("c1")).pre_exec
 
 
 def test_system_containers_and_hosts_are_never_held() -> None:
     world = World(groups=[group(mode=Mode.PROTECT), group("nodes", mode=Mode.PROTECT)],
                   workloads=[container(system=True), host()])
-    assert not policy_state(world.session.view("c1"), "s", 1.0).pre_exec
-    assert not policy_state(world.session.view("host-1"), "s", 1.0).pre_exec
+    assert not hold_settings(world.session.view("c1")).pre_exec
+    assert not hold_settings(world.session.view("host-1")).pre_exec
 
 
 def test_writes_are_held_only_in_zero_drift_protect_containers() -> None:
@@ -239,24 +240,24 @@ def test_writes_are_held_only_in_zero_drift_protect_containers() -> None:
                           group("nodes", mode=Mode.PROTECT)],
                   workloads=[container(), container("c2", system=True), host()])
     session = world.session
-    assert policy_state(session.view("c1"), "s", 1.0).pre_write
-    assert not policy_state(session.view("c2"), "s", 1.0).pre_write  # system: alert only
-    assert not policy_state(session.view("host-1"), "s", 1.0).pre_write
+    assert hold_settings(session.view("c1")).pre_write
+    assert not hold_settings(session.view("c2")).pre_write  # system: alert only
+    assert not hold_settings(session.view("host-1")).pre_write
     session.load_policies([replace(session.policies[WEB], baseline=Baseline.BASIC,
                                                version=7)])
-    basic = policy_state(session.view("c1"), "s", 2.0)
+    basic = hold_settings(session.view("c1"))
     assert basic.pre_exec and not basic.pre_write
 
 
 def test_the_group_fail_mode_reaches_its_collectors() -> None:
     world = World(groups=[group(mode=Mode.PROTECT)])
-    assert policy_state(world.session.view("c1"), "s", 1.0).fail_mode is None
+    assert hold_settings(world.session.view("c1")).fail_mode is None
     world.send(ProfilePatch(group=WEB, fail_mode="closed"))
-    state = policy_state(world.session.view("c1"), "s", 2.0)
+    state = hold_settings(world.session.view("c1"))
     assert state.fail_mode is FailMode.CLOSED
     assert world.exec("/bin/ls").fail_mode is FailMode.CLOSED  # every verdict carries it
     world.send(ProfilePatch(group=WEB, fail_mode="DEFAULT"))
-    assert policy_state(world.session.view("c1"), "s", 3.0).fail_mode is None
+    assert hold_settings(world.session.view("c1")).fail_mode is None
     answer = world.send(ProfilePatch(group=WEB, fail_mode="half-open"))
     assert isinstance(answer, EditOutcome) and answer.status == 400
     assert "unknown fail mode" in answer.reason

@@ -19,6 +19,7 @@ from schemas import (
     Envelope,
     EventKind,
     ExecEvent,
+    HoldSettings,
     Verdict,
     decode_envelope,
     encode,
@@ -150,6 +151,21 @@ def test_the_sink_dead_letters_what_it_cannot_store_and_stores_the_rest(fakes: N
     assert "pid" in entries[3].error and "UInt32" in entries[3].error
     assert "exec does not belong on procwarden.verdicts" in entries[7].error
     assert entries[1].value_length == len(DEEP) and len(entries[1].value) <= 16 * 1024
+
+
+def test_hold_settings_are_skipped_on_purpose_not_stored_nor_dead_lettered(fakes: None) -> None:
+    """A control message to one collector shares the verdicts topic: the sink leaves it out of
+    every table and says nothing of it (docs/soc.md), while the decisions around it are stored."""
+    ch = FakeClickHouse()
+    writer = _writer(ch)
+    hold = encode(Envelope.wrap(HoldSettings(
+        workload_id="c1", node="n", group="g", policy_version=2, pre_exec=True,
+        pre_write=False, policy_stamp="s1"), event_id="h:hold:c1", node="n", ts=1.0))
+    writer.store([FakeMessage(VERDICTS.name, 0, _decision(0)),
+                  FakeMessage(VERDICTS.name, 1, hold),
+                  FakeMessage(VERDICTS.name, 2, _decision(2))])
+    assert sorted(r[2] for r in ch.rows["events"]) == ["ev-0", "ev-2"]
+    assert list(ch.rows) == ["events"] and not writer.dead_letters.producer.sent
 
 
 def test_a_batch_over_the_partition_limit_is_split_not_retried_forever(fakes: None) -> None:

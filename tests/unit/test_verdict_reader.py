@@ -5,6 +5,7 @@ published for that very process and workload (issue 22)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -14,10 +15,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from collectors.enforcement.answerer_protocol import ToAnswerer, VerdictMessage
+from collectors.enforcement.answerer_protocol import HoldMessage, ToAnswerer, VerdictMessage
 from collectors.enforcement.enforcer import Enforcer, kill_if_same
 from collectors.enforcement.exec_answerer import Hold
 from collectors.enforcement.verdict_checks import ActedOn, RecentEvents, RefusalLog, protected_pids
@@ -26,14 +28,17 @@ from collectors.sensing.workloads import WorkloadResolver, host_workload_id
 from collectors.settings import CollectorSettings
 from schemas import (
     Decision,
+    DecodeError,
     Envelope,
     EventKind,
     ExecCheck,
     ExecEvent,
     ExitEvent,
     FailMode,
+    HoldSettings,
     StdioEvent,
     Verdict,
+    decode_envelope,
     encode,
 )
 from schemas.connections import KafkaConnection
@@ -371,29 +376,79 @@ def test_a_release_must_name_an_exec_this_collector_holds(tmp_path: Path) -> Non
     assert _refused("unsigned") == before + 1
 
 
-def _policy(workload_id: str, pre_exec: bool, **changes: Any) -> bytes:
-    return _wire(Decision(event_id=f"p-{time.time_ns()}", event_kind=EventKind.POLICY,
-                          workload_id=workload_id, node=NODE, verdict=Verdict.NONE,
-                          reason="policy-state", pre_exec=pre_exec, policy_stamp="s2",
-                          **changes))
+def _hold(workload_id: str, pre_exec: bool, **changes: Any) -> bytes:
+    fields: dict[str, Any] = dict(workload_id=workload_id, node=NODE, group="nv.web.demo",
+                                  policy_version=3, pre_exec=pre_exec, pre_write=False,
+                                  policy_stamp="s2")
+    fields.update(changes)
+    return _wire(HoldSettings(**fields))
 
 
-def test_a_policy_verdict_needs_a_signature_and_a_workload_of_this_node(tmp_path: Path) -> None:
+def test_hold_settings_need_a_signature_and_a_workload_of_this_node(tmp_path: Path) -> None:
     e = _enforcer(tmp_path)
     e._holds[HOST] = Hold(True, "s1")
     before = _refused("unsigned")
-    _feed(e, _policy(HOST, False), [])  # the attack: holding turned off by anyone
+    _feed(e, _hold(HOST, False), [])  # the attack: holding turned off by anyone
     assert e._holds[HOST].pre_exec and _refused("unsigned") == before + 1
     before = _refused("foreign_workload")
-    _feed(e, _policy("no-such-container", True))
+    _feed(e, _hold("no-such-container", True))
     assert "no-such-container" not in e._holds and _refused("foreign_workload") == before + 1
-    # the piggyback too (any verdict tells the policy state after a restart)
+    # the piggyback too (any verdict tells the hold settings after a restart)
     _feed(e, _wire(Decision(event_id="x", event_kind=EventKind.EXEC, workload_id="nowhere",
                             node=NODE, verdict=Verdict.ALLOW, reason="rule", pre_exec=True,
                             policy_stamp="s9")))
     assert "nowhere" not in e._holds
-    _feed(e, _policy(HOST, False))
+    _feed(e, _hold(HOST, False))
     assert not e._holds[HOST].pre_exec  # signed, ours: taken
+
+
+def test_hold_settings_reach_the_answerer_and_are_kept_across_restarts(tmp_path: Path) -> None:
+    e = _enforcer(tmp_path, dry_run=False)
+    sent = _sent(e)
+    _feed(e, _hold(HOST, True, pre_write=True, fail_mode=FailMode.CLOSED))
+    assert sent == [HoldMessage(HOST, True, "s2", True, FailMode.CLOSED)]
+    assert e.dead_letters == 0
+    _feed(e, _hold(HOST, True, pre_write=True, fail_mode=FailMode.CLOSED))
+    assert len(sent) == 1  # the same settings again: nothing to tell
+    _feed(e, _hold(HOST, True, node="node-other", policy_stamp="s3"))
+    assert len(sent) == 1 and e._holds[HOST].stamp == "s2"  # another node's: not ours
+    saved = json.loads((tmp_path / "holds.json").read_text())
+    assert Hold.of_fields(saved[HOST]) == Hold(True, "s2", True, FailMode.CLOSED)
+
+
+def test_a_decision_carries_hold_settings_only_for_a_workload_not_held_yet(
+        tmp_path: Path) -> None:
+    """The piggyback: after a restart that lost holds.json, the first verdict of a workload
+    says how it is held; once held, only `HoldSettings` change it."""
+    e = _enforcer(tmp_path, dry_run=False)
+    sent = _sent(e)
+    allowed = partial(Decision, event_kind=EventKind.EXEC, workload_id=HOST, node=NODE,
+                      verdict=Verdict.ALLOW, reason="rule", pre_exec=True)
+    _feed(e, _wire(allowed(event_id="a1", policy_stamp="")))
+    assert HOST not in e._holds  # no stamp: nothing said
+    _feed(e, _wire(allowed(event_id="a2", policy_stamp="s7", pre_write=True)))
+    assert e._holds[HOST] == Hold(True, "s7", True, None) and len(sent) == 1
+    _feed(e, _wire(allowed(event_id="a3", policy_stamp="s8", pre_exec=False)))
+    assert e._holds[HOST] == Hold(True, "s7", True, None) and len(sent) == 1
+
+
+def test_an_old_style_policy_decision_is_refused_not_acted_on(tmp_path: Path) -> None:
+    """Before hold settings had a record of their own they travelled as a `verdict` of event
+    kind `policy`, reason `policy-state`: a stream app of that version is not this one's, and
+    what it says is refused as unreadable, not taken as a decision's piggyback."""
+    e = _enforcer(tmp_path, dry_run=False)
+    sent = _sent(e)
+    old = orjson.loads(_wire(Decision(
+        event_id="p-1", event_kind=EventKind.EXEC, workload_id=HOST, node=NODE,
+        verdict=Verdict.NONE, reason="rule", pre_exec=True, policy_stamp="s2")))
+    old["payload"].update(event_kind="policy", reason="policy-state")
+    value = orjson.dumps(old)
+    with pytest.raises(DecodeError, match="reason"):
+        decode_envelope(value)
+    before = _count("invalid")
+    _feed(e, value)
+    assert _count("invalid") == before + 1 and e.dead_letters == 1
+    assert HOST not in e._holds and sent == []
 
 
 def test_accepting_unsigned_verdicts_never_lets_one_hold_less(tmp_path: Path) -> None:
@@ -403,12 +458,12 @@ def test_accepting_unsigned_verdicts_never_lets_one_hold_less(tmp_path: Path) ->
         {"pre_exec": False}, {"pre_exec": True, "pre_write": False},
         {"pre_exec": True, "pre_write": True, "fail_mode": FailMode.OPEN}]
     for weaker in weakenings:
-        before = _refused("policy_unsigned")
+        before = _refused("hold_unsigned")
         pre_exec = weaker.pop("pre_exec")
-        _feed(e, _policy(HOST, pre_exec, **weaker), [])
-        assert _refused("policy_unsigned") == before + 1 and e._holds[HOST] == Hold(
+        _feed(e, _hold(HOST, pre_exec, **weaker), [])
+        assert _refused("hold_unsigned") == before + 1 and e._holds[HOST] == Hold(
             True, "s1", True, None), weaker
-    _feed(e, _policy(HOST, True, pre_write=True), [])
+    _feed(e, _hold(HOST, True, pre_write=True), [])
     assert e._holds[HOST] == Hold(True, "s2", True, None)  # holding as much: a new stamp
 
 
