@@ -74,7 +74,7 @@ from schemas import (
 )
 from schemas.connections import KafkaConnection
 from schemas.topics import ALL_TOPICS, EXEC, POLICY, VERDICTS, WORKLOADS, TopicSpec
-from transport.signing import SIGNATURE, Header, Keyring, Signer, Verifier
+from transport.signing import AUTH, Header, Keyring, Signer, Verifier
 
 ROOT = Path(__file__).resolve().parents[1]
 BINARIES = [f"/usr/bin/tool{i}" for i in range(50)]
@@ -118,7 +118,7 @@ class Signing:
         """As the verdict's node checks it (ON); none must be signed when OFF."""
         headers = msg.headers() or []
         if self.ring is None:
-            if any(name == SIGNATURE for name, _ in headers):
+            if any(name == AUTH for name, _ in headers):
                 raise SystemExit("a verdict of the unsigned worker is signed")
             return
         node = msg.key().decode()
@@ -237,7 +237,7 @@ def count_verdicts(kafka: KafkaConnection, expected: int, timeout: float,
             # stamps each verdict when it is handed over.
             for msg in consumer.consume(10000, 0.001):
                 if msg.error() or b'"event_kind":"exec"' not in (msg.value() or b""):
-                    continue  # policy verdicts (pre-exec on/off) are not decided events
+                    continue  # hold settings records are not decided events
                 count += 1
                 ts = msg.timestamp()[1] / 1000
                 first, last = min(first, ts), max(last, ts)

@@ -71,7 +71,7 @@ from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, FILE, VERDICTS, verdict_partition
 from transport import Health, MessageGuard, Refused
 from transport.keyfile import KeyFile, keys_now
-from transport.signing import SIGNER, BadSignature, Headers, NodeKeys, Verifier
+from transport.signing import BadSignature, Headers, NodeKeys, Verifier, claimed
 
 __all__ = ["Enforcer", "kill_if_same", "node_keys"]
 
@@ -475,8 +475,5 @@ def _brief_hold(h: HoldSettings) -> str:
 
 def _signer(headers: Headers) -> str:
     """Who a verdict says signed it (for the log only: it is not believed)."""
-    for name, value in headers or ():
-        if name == SIGNER and value is not None:
-            text = value if isinstance(value, str) else value.decode("ascii", "replace")
-            return text[:_SOURCE_BYTES]
-    return "-"
+    said = claimed(headers)
+    return said.signer[:_SOURCE_BYTES] if said is not None else "-"

@@ -29,7 +29,7 @@ from prometheus_client import Counter
 
 from schemas import Envelope, Workload, WorkloadState
 from transport.keyfile import KeyFile, keys_now
-from transport.signing import BadSignature, Header, Keyring, Signer, Verifier
+from transport.signing import AUTH, BadSignature, Header, Keyring, Signer, Verifier, claimed
 
 __all__ = ["Provenance", "RecordSigner"]
 
@@ -86,13 +86,13 @@ class Provenance:
         verifier = self._verifier
         try:
             if verifier is None or (self.accept_unsigned and
-                                    not any(n == "pw-sig" for n, _ in pairs)):
+                                    not any(n == AUTH for n, _ in pairs)):
                 return None
             return verifier.verify(topic, key, value, pairs, now=self._clock(),
                                    from_streams=from_streams).node
         except BadSignature as exc:
-            signer = next((v[:80] if isinstance(v, str) else v[:80].decode("ascii", "replace")
-                           for n, v in pairs if n == "pw-signer" and v), "-")
+            said = claimed(pairs)
+            signer = said.signer[:80] if said is not None else "-"
             raise self.refuse(exc.reason, signer, exc.detail) from None
 
     def check_speaker(self, node: str | None, env: Envelope) -> None:

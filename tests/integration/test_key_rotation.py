@@ -25,7 +25,7 @@ from schemas import Decision, ExecEvent, decode_envelope
 from schemas.connections import KafkaConnection
 from schemas.topics import DLQ, EXEC, VERDICTS, verdict_partition
 from tests.integration.streamkit import ROOT, Pipeline, free_port, running_collector
-from transport.signing import Keyring, NodeKeys, Verifier
+from transport.signing import Keyring, NodeKeys, Verifier, claimed
 
 NODE = "node-rotation"
 
@@ -60,7 +60,13 @@ def _keys(*args: str) -> None:
 
 
 def _kids(msgs: list[tuple[bytes, list[tuple[str, bytes]]]]) -> list[str]:
-    return [dict(headers)["pw-kid"].decode() for _, headers in msgs]
+    return [_kid(headers) for _, headers in msgs]
+
+
+def _kid(headers: list[tuple[str, bytes]]) -> str:
+    said = claimed(headers)
+    assert said is not None, headers
+    return said.kid
 
 
 def _changes_once(kids: list[str]) -> bool:
@@ -148,10 +154,10 @@ def test_a_rotation_refuses_no_legitimate_record_and_restarts_nothing(
             assert verdicts.keys() == events.keys(), len(events.keys() - verdicts.keys())
             # The worker's verdicts: k1 until it took the activation, k2 from then on, and
             # every one checks with the node's keys.
-            kids = [dict(verdicts[e][2])["pw-kid"].decode() for e in order]
+            kids = [_kid(verdicts[e][2]) for e in order]
             assert _changes_once(kids), kids
             late = {e for e, (pid, _) in events.items() if pid in spawned[activated_at:]}
-            assert late and all(dict(verdicts[e][2])["pw-kid"] == b"k2" for e in late)
+            assert late and all(_kid(verdicts[e][2]) == "k2" for e in late)
             node_keys = NodeKeys.load(node_file)
             assert sorted(node_keys.keys) == ["k1", "k2"]
             verifier = Verifier.for_node(node_keys)

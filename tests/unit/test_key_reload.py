@@ -19,7 +19,7 @@ from schemas.connections import KafkaConnection
 from schemas.topics import EXEC, VERDICTS
 from streams.worker.provenance import Provenance, RecordSigner
 from transport.keyfile import KeyFile
-from transport.signing import BadSignature, Header, Keyring, NodeKeys, Signer, Verifier
+from transport.signing import BadSignature, Header, Keyring, NodeKeys, Signer, Verifier, claimed
 
 NODE = "node-a"
 EVENT = b'{"kind":"exec"}'
@@ -81,9 +81,9 @@ def test_a_rotation_reaches_running_roles_without_refusing_a_record(tmp_path: Pa
         assert provenance.node_of(EXEC.name, b"w", EVENT, event) == NODE
         verdict = sign_verdict(VERDICTS.name, NODE.encode(), b"{}")
         got = node_verifier[0].verify(VERDICTS.name, NODE.encode(), b"{}", verdict, now=1.8e9)
-        kid = dict(event)["pw-kid"]
-        assert isinstance(kid, bytes)
-        return kid.decode(), got.kid
+        said = claimed(event)
+        assert said is not None
+        return said.kid, got.kid
 
     assert both_ways() == ("k1", "k1")
     ring = ring.rotated("k2")

@@ -12,16 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from transport.signing import (
-    EXPIRES,
-    KID,
-    SIGNATURE,
-    SIGNER,
+    AUTH,
     STREAMS,
     BadSignature,
     Keyring,
     NodeKeys,
     Signer,
     Verifier,
+    _head_start,
+    _reference_read_auth,
+    claimed,
     node_signer,
 )
 
@@ -36,6 +36,19 @@ def _verdict(ring: Keyring = RING, node: str = "node-a", value: bytes = b'{"v":1
                                             expires=expires)
 
 
+def _tampered(headers: list[tuple[str, bytes]], *, signer: str | None = None,
+              kid: str | None = None, expires: int | None = None,
+              tag: bytes | None = None) -> list[tuple[str, bytes]]:
+    """The headers with fields of their `pw-auth` changed, the rest (the tag too) kept."""
+    got = _reference_read_auth(list(headers))
+    assert isinstance(got, tuple), got
+    was_signer, was_kid, was_expires, header, at = got
+    head = _head_start(signer or was_signer, kid or was_kid)
+    value = (head + (was_expires if expires is None else expires).to_bytes(8, "big")
+             + (header[at:] if tag is None else tag))
+    return [(n, value if n == AUTH else v) for n, v in headers]
+
+
 def _refused(reason: str, verifier: Verifier, topic: str, key: bytes | None,
              value: bytes | None, headers: object, **kw: object) -> None:
     with pytest.raises(BadSignature) as err:
@@ -43,10 +56,13 @@ def _refused(reason: str, verifier: Verifier, topic: str, key: bytes | None,
     assert err.value.reason == reason, err.value
 
 
-def test_the_header_names_are_the_documented_wire_names() -> None:
-    # (defined once, in the compiled reader: renaming one would break every running peer)
-    assert (SIGNER, KID, EXPIRES, SIGNATURE) == ("pw-signer", "pw-kid", "pw-exp", "pw-sig")
-    assert {h for h, _ in _verdict()} == {SIGNER, KID, EXPIRES, SIGNATURE}
+def test_a_record_carries_one_header_of_the_documented_layout() -> None:
+    # (defined once, in the compiled reader: renaming or reshaping it breaks every running peer)
+    ((name, value),) = _verdict(node="node-a", expires=0x0102030405)
+    assert name == AUTH == "pw-auth"
+    assert value[:20] == b"\x01\x07streams\x02k1\x00\x00\x00\x01\x02\x03\x04\x05"
+    assert len(value) == 20 + 16  # and the tag: HMAC-SHA256 to 128 bits
+    assert claimed([(name, value)]) == (STREAMS, "k1", 0x0102030405)
 
 
 def test_a_verdict_signed_for_a_node_is_accepted_by_that_node_only() -> None:
@@ -65,8 +81,7 @@ def test_a_node_cannot_forge_a_verdict_for_another_node_nor_for_itself_as_the_st
     _refused("signer", Verifier.for_node(RING.node_keys("node-b")), V, b"node-b", b'{"v":1}',
              forged)
     # ...and it cannot relabel its signature as the stream app's.
-    relabelled = [(n, STREAMS.encode() if n == "pw-signer" else v) for n, v in forged]
-    relabelled.append(("pw-exp", str(int(NOW) + 60).encode()))
+    relabelled = _tampered(forged, signer=STREAMS, expires=int(NOW) + 60)
     _refused("mismatch", Verifier.for_node(RING.node_keys("node-b")), V, b"node-b",
              b'{"v":1}', relabelled)
 
@@ -74,7 +89,7 @@ def test_a_node_cannot_forge_a_verdict_for_another_node_nor_for_itself_as_the_st
 @pytest.mark.parametrize("change", ["value", "key", "topic", "expiry", "kid", "signature"])
 def test_any_change_to_a_signed_verdict_is_refused(change: str) -> None:
     node_a = Verifier.for_node(RING.node_keys("node-a"))
-    headers = dict(_verdict())
+    headers = _verdict()
     topic, key, value = V, b"node-a", b'{"v":1}'
     if change == "value":
         value = b'{"v":2}'
@@ -83,13 +98,13 @@ def test_any_change_to_a_signed_verdict_is_refused(change: str) -> None:
     elif change == "topic":
         topic = "procwarden.policy"
     elif change == "expiry":
-        headers["pw-exp"] = str(int(NOW) + 3600).encode()
+        headers = _tampered(headers, expires=int(NOW) + 3600)
     elif change == "kid":
-        headers["pw-kid"] = b"k0"
+        headers = _tampered(headers, kid="k0")
     else:
-        headers["pw-sig"] = b"0" * 64
+        headers = _tampered(headers, tag=bytes(16))
     reason = "key" if change == "kid" else "mismatch"
-    _refused(reason, node_a, topic, key, value, list(headers.items()))
+    _refused(reason, node_a, topic, key, value, headers)
 
 
 def test_unsigned_expired_and_malformed_verdicts_are_refused() -> None:
@@ -100,17 +115,15 @@ def test_unsigned_expired_and_malformed_verdicts_are_refused() -> None:
                                                              expires=int(NOW) - 1))
     no_expiry = Signer.for_streams(RING).headers(V, b"node-a", b"{}", to_node="node-a")
     _refused("expiry", node_a, V, b"node-a", b"{}", no_expiry)
-    twice = [*_verdict(value=b"{}"), ("pw-sig", b"00")]
-    _refused("headers", node_a, V, b"node-a", b"{}", twice)
-    _refused("headers", node_a, V, b"node-a", b"{}",
-             [(n, b"\xff" if n == "pw-kid" else v) for n, v in _verdict(value=b"{}")])
-    _refused("headers", node_a, V, b"node-a", b"{}",
-             [(n, None if n == "pw-sig" else v) for n, v in _verdict(value=b"{}")])
-    _refused("expiry", node_a, V, b"node-a", b"{}",
-             [(n, b"1e99" if n == "pw-exp" else v) for n, v in _verdict(value=b"{}")])
+    ((_, good),) = _verdict(value=b"{}")
+    for bad in ([(AUTH, good), (AUTH, good)], [(AUTH, None)], [(AUTH, good.decode("latin-1"))],
+                [(AUTH, b"\x02" + good[1:])], [(AUTH, good[:-1])], [(AUTH, good + b"\0")],
+                [(AUTH, good[:1])], [(AUTH, good[:9].replace(b"streams", b"stre\xffms") + good[9:])],
+                [(AUTH, good + bytes(600))], [("x", b"y", b"z")]):
+        _refused("headers", node_a, V, b"node-a", b"{}", bad)
 
 
-@given(st.lists(st.tuples(st.sampled_from(["pw-signer", "pw-kid", "pw-exp", "pw-sig", "x"]),
+@given(st.lists(st.tuples(st.sampled_from(["pw-auth", "pw-sig", "x"]),
                           st.none() | st.binary(max_size=300)), max_size=6),
        st.none() | st.binary(max_size=50))
 def test_any_headers_raise_only_bad_signature(headers: list[tuple[str, bytes | None]],
@@ -131,7 +144,7 @@ def test_the_stream_app_knows_which_node_signed_and_its_own_records_only_from_it
                           from_streams=True).signer == STREAMS
     _refused("signer", streams, "procwarden.policy", b"g", b"{}", own)  # not a node's
     # A node's name in the signer header is bound into the signature: no renaming.
-    renamed = [(n, node_signer("node-b").encode() if n == "pw-signer" else v) for n, v in event]
+    renamed = _tampered(event, signer=node_signer("node-b"))
     _refused("mismatch", streams, E, b"c1", b"{}", renamed)
     # A tombstone is signed as one: it is not the same record as an empty value.
     tomb = Signer.for_node(RING.node_keys("node-a")).headers(E, b"c1", None)
@@ -202,77 +215,80 @@ _TEXT = st.text(st.characters(codec=None) | st.sampled_from("\0\ud800\udfff\u00e
 _BYTES = st.none() | st.binary(max_size=3000)
 
 
-@given(st.binary(min_size=0, max_size=64), _TEXT, _TEXT, _TEXT, _TEXT, _BYTES, _BYTES)
-def test_the_compiled_mac_is_the_python_reference_on_any_record(
-        secret: bytes, topic: str, signer: str, kid: str, expires: str, key: bytes | None,
+@given(st.binary(min_size=0, max_size=64), _TEXT, st.binary(min_size=1, max_size=300),
+       st.integers(0, 2**64 - 1), _BYTES, _BYTES)
+def test_the_compiled_tag_is_the_python_reference_on_any_record(
+        secret: bytes, topic: str, start: bytes, expires: int, key: bytes | None,
         value: bytes | None) -> None:
-    from transport.signing import _HmacKey, _mac
+    from transport.signing import _HmacKey, _reference_mac
 
     hk = _HmacKey(secret)
-    want = _mac(hk, topic, signer, kid, expires, key, value).hex()
-    assert hk.hexmac(topic, signer, kid, expires, key, value) == want.encode()
-    assert hk.matches(want, topic, signer, kid, expires, key, value)
-    # One bit off anywhere, or not the signature's shape: no match.
-    flipped = want[:-1] + ("0" if want[-1] != "0" else "1")
-    for bad in (flipped, want.upper() if want != want.upper() else flipped, want[:-2], want + "0",
-                "\u00e9" + want[1:], ""):
-        assert not hk.matches(bad, topic, signer, kid, expires, key, value)
+    header = hk.seal(topic, start, expires, key, value)
+    at = len(start) + 8
+    assert header[:at] == start + expires.to_bytes(8, "big")
+    assert header[at:] == _reference_mac(hk, topic, header[:at], key, value)
+    assert hk.opens(header, at, topic, key, value)
+    # One bit off anywhere, or not the header's length: no match.
+    for i in range(len(header)):
+        if i < at:  # (a changed head is another record: the tag was not made for it)
+            continue
+        flipped = bytearray(header)
+        flipped[i] ^= 1
+        assert not hk.opens(bytes(flipped), at, topic, key, value)
+    for bad_at in (at - 1, at + 1, -1, 0):
+        assert not hk.opens(header, bad_at, topic, key, value)
+    assert not hk.opens(header + b"\0", at, topic, key, value)
     # An absent key or value is not an empty one.
     if key is None:
-        assert hk.hexmac(topic, signer, kid, expires, b"", value) != want.encode()
+        assert not hk.opens(header, at, topic, b"", value)
     if value is None:
-        assert hk.hexmac(topic, signer, kid, expires, key, b"") != want.encode()
+        assert not hk.opens(header, at, topic, key, b"")
 
 
-_NAME = st.sampled_from(["pw-signer", "pw-kid", "pw-exp", "pw-sig", "pw-sig2", "other", ""])
-_VALUE = (st.none() | st.binary(max_size=300) | st.text(max_size=300)
-          | st.sampled_from([b"a" * 256, b"a" * 257, "\u00e9", b"\xff", "a" * 257]))
+_NAME = st.sampled_from(["pw-auth", "pw-auth2", "pw-sig", "other", ""])
+_FIELD = st.binary(min_size=0, max_size=4) | st.sampled_from([b"streams", b"node:a", b"\xff"])
+_AUTH = st.builds(lambda version, signer, kid, expires, tag, cut: (
+    bytes((version, len(signer))) + signer + bytes((len(kid),)) + kid + expires + tag)[:cut],
+    st.sampled_from([1, 1, 1, 0, 2]), _FIELD, _FIELD, st.binary(min_size=8, max_size=8),
+    st.binary(min_size=15, max_size=17), st.integers(0, 400))
+_VALUE = (st.none() | _AUTH | st.binary(max_size=300) | st.text(max_size=30)
+          | st.sampled_from([b"\x01" * 513, bytearray(b"x")]))
 
 
-@given(st.lists(st.tuples(_NAME, _VALUE), max_size=8))
-def test_the_compiled_header_reader_reads_as_the_python_reference(
-        headers: list[tuple[str, bytes | str | None]]) -> None:
-    from transport import _fast_mac
-    from transport.signing import _our_headers
-
-    try:
-        want: object = _our_headers(headers)
-    except BadSignature as exc:
-        want = exc.detail
-    assert _fast_mac.read_headers(headers) == want
-    # What is not a list of (str, bytes | str | None) pairs is left to the reference.
-    assert _fast_mac.read_headers(tuple(headers)) is None
-
-
-def test_the_compiled_header_reader_leaves_odd_shapes_to_the_reference() -> None:
+@given(st.lists(st.tuples(_NAME, _VALUE) | st.sampled_from([("pw-auth",), ["pw-auth", b""],
+                                                            (b"pw-auth", b"")]), max_size=6))
+def test_the_compiled_header_reader_reads_as_the_python_reference(headers: list[object]) -> None:
     from transport import _fast_mac
 
-    for odd in ([("pw-sig", 1)], [["pw-sig", b"x"]], [("pw-sig", b"x", b"y")], [(b"pw-sig", b"x")],
-                [("pw-sig", bytearray(b"x"))], "pw-sig", {"pw-sig": b"x"}):
-        assert _fast_mac.read_headers(odd) is None, odd
-    assert _fast_mac.read_headers(None) == (None, None, None, None)
-    assert _fast_mac.read_headers([]) == (None, None, None, None)
+    assert _fast_mac.read_auth(headers) == _reference_read_auth(headers)
 
 
-def test_the_compiled_mac_refuses_what_is_not_a_record() -> None:
+def test_the_compiled_reader_refuses_what_is_not_a_record() -> None:
     from transport import _fast_mac
 
     with pytest.raises(ValueError, match="64 bytes"):
         _fast_mac.Key(b"k" * 65)
     key = _fast_mac.Key(b"k" * 32)
     with pytest.raises(TypeError):
-        key.hexmac(b"topic", "s", "k", "", None, None)  # type: ignore[arg-type]
+        key.seal(b"topic", b"\x01", 0, None, None)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        key.hexmac("topic", "s", "k", "", "a str key", None)  # type: ignore[arg-type]
+        key.seal("topic", b"\x01", 0, "a str key", None)  # type: ignore[arg-type]
+    with pytest.raises(OverflowError):
+        key.seal("topic", b"\x01", -1, None, None)
+    with pytest.raises(ValueError, match="too long"):
+        key.seal("topic", b"\x01" * 500, 0, None, None)
     with pytest.raises(TypeError):
-        key.hexmac("topic", "s", "k", "")  # type: ignore[call-arg]
+        key.opens("not bytes", 0, "topic", None, None)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        key.matches(b"00" * 32, "topic", "s", "k", "", None, None)  # type: ignore[arg-type]
+        _fast_mac.read_auth(((AUTH, b""),))  # type: ignore[arg-type]
+    assert _fast_mac.read_auth([]) is None
+    with pytest.raises(ValueError, match="1 to 255"):
+        Signer("x" * 256, lambda *a: None, "k1")
 
 
 def test_a_signer_name_with_a_nul_is_refused() -> None:
     event = Signer.for_node(RING.node_keys("node-a")).headers(E, b"c1", b"{}")
-    odd = [(n, b"node:node-a\0k1" if n == "pw-signer" else v) for n, v in event]
+    odd = _tampered(event, signer="node:node-a\0k1")
     _refused("signer", Verifier.for_streams(RING), E, b"c1", b"{}", odd)
 
 

@@ -206,8 +206,7 @@ def test_a_verdict_not_signed_for_this_node_is_refused(
         "wrong-key": ("mismatch", _signed(value, ring=Keyring.generate())),
         "expired": ("expired", _signed(value, expires_in=-1)),
         "other-node": ("mismatch", _signed(value, node="node-other")),
-        "garbage": ("headers", [("pw-signer", b"\xff" * 10), ("pw-kid", None),
-                                ("pw-sig", b"x" * 10_000)]),
+        "garbage": ("headers", [("pw-auth", b"\x01\xff" + b"x" * 10_000)]),
     }
     reason, headers = cases[case]
     before = _refused(reason)
