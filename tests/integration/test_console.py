@@ -246,10 +246,13 @@ def test_a_rule_is_changed_then_deleted(console: Console) -> None:
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     c.wait(ec.text_to_be_present_in_element((By.ID, "status"), "Saved rule wget"))
 
-    def row_with(text: str) -> Any:
-        return c.wait(lambda b: next((r for r in b.find_elements(By.CSS_SELECTOR, "#main tbody tr")
+    def button_in_row(text: str, label: str) -> Any:
+        # Found within the wait: the table re-renders after a save, and a row found before
+        # that is stale by the time its button is looked up (the wait retries stale ones).
+        return c.wait(lambda b: next((r.find_element(By.XPATH, f".//button[text()='{label}']")
+                                      for r in b.find_elements(By.CSS_SELECTOR, "#main tbody tr")
                                       if text in r.text), None))
-    row_with("/usr/bin/wget").find_element(By.XPATH, ".//button[text()='Edit']").click()
+    button_in_row("/usr/bin/wget", "Edit").click()
     form = c.browser.find_element(By.ID, "rule")
     path = form.find_element(By.NAME, "path")
     assert path.get_attribute("value") == "/usr/bin/wget"
@@ -262,7 +265,7 @@ def test_a_rule_is_changed_then_deleted(console: Console) -> None:
              for r in c.api(f"/v1/process_profile/{CART}")["process_profile"]["process_list"]}
     assert ("wget", "/bin/wget", "deny") in rules and ("wget", "/usr/bin/wget", "allow") \
         not in rules
-    row_with("/bin/wget").find_element(By.XPATH, ".//button[text()='Delete']").click()
+    button_in_row("/bin/wget", "Delete").click()
     c.wait(ec.text_to_be_present_in_element((By.ID, "status"), "Deleted rule wget"))
     assert not [r for r in c.api(f"/v1/process_profile/{CART}")["process_profile"]
                 ["process_list"] if r["name"] == "wget"]
